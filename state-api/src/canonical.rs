@@ -1,0 +1,559 @@
+//! The canonical snapshot format: backend-independent, key group by key
+//! group, checksummed. Heap and RocksDB full snapshots and savepoints all
+//! use it, so any of them restores into any backend at any parallelism.
+//! The byte layout is specified in `docs/format.md`.
+
+use std::io::Read;
+
+use bytes::Bytes;
+
+use crate::codec::{crc32c, crc32c_append, decode_envelope, encode_envelope, put_bytes, put_str, put_varint, Reader};
+use crate::descriptor::{StateKind, StateMeta, StorageKind};
+use crate::error::{Error, ErrorKind, Result};
+use crate::handle::{KeyGroupsStateHandle, StreamStateHandle};
+use crate::keygroup::KeyGroupRange;
+use crate::serializer::SerializerId;
+use crate::storage::CheckpointOutputStream;
+use crate::ttl::{is_expired, split_ttl_value};
+
+/// First four bytes of every canonical snapshot file.
+pub const SNAPSHOT_MAGIC: [u8; 4] = *b"FSKG";
+/// The format version written.
+pub const SNAPSHOT_VERSION: u16 = 1;
+/// Flag bit: key-group payloads are zstd-compressed.
+pub const FLAG_ZSTD: u16 = 1;
+
+/// What a snapshot file says about itself: the key groups it covers, the key
+/// serializer and the states, in the order records refer to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// The key groups written.
+    pub range: KeyGroupRange,
+    /// The key serializer's identity.
+    pub key_serializer: SerializerId,
+    /// The states; a record's state index points into this list.
+    pub states: Vec<StateMeta>,
+    /// Whether key-group payloads are zstd-compressed.
+    pub compressed: bool,
+}
+
+fn kind_tag(kind: StateKind) -> u8 {
+    match kind {
+        StateKind::Value => 0,
+        StateKind::List => 1,
+        StateKind::Map => 2,
+        StateKind::Reducing => 3,
+        StateKind::Aggregating => 4,
+    }
+}
+
+fn kind_from_tag(tag: u8) -> Result<StateKind> {
+    Ok(match tag {
+        0 => StateKind::Value,
+        1 => StateKind::List,
+        2 => StateKind::Map,
+        3 => StateKind::Reducing,
+        4 => StateKind::Aggregating,
+        t => return Err(Error::corrupted(format!("unknown state kind {t}"))),
+    })
+}
+
+fn put_serializer(out: &mut Vec<u8>, id: &SerializerId) {
+    put_str(out, &id.name);
+    put_varint(out, u64::from(id.version));
+}
+
+fn read_serializer(r: &mut Reader<'_>, what: &str) -> Result<SerializerId> {
+    let name = r.str(what)?.to_string();
+    let version = r.varint_u32(what)?;
+    Ok(SerializerId { name, version })
+}
+
+/// Encodes a state's metadata (shared with the checkpoint metadata format).
+pub(crate) fn put_state_meta(out: &mut Vec<u8>, s: &StateMeta) {
+    put_str(out, &s.name);
+    out.push(kind_tag(s.kind));
+    put_serializer(out, &s.namespace_serializer);
+    put_serializer(out, &s.value_serializer);
+    match &s.user_key_serializer {
+        Some(id) => {
+            out.push(1);
+            put_serializer(out, id);
+        }
+        None => out.push(0),
+    }
+    out.push(u8::from(s.ttl));
+}
+
+pub(crate) fn read_state_meta(r: &mut Reader<'_>) -> Result<StateMeta> {
+    let name = r.str("state name")?.to_string();
+    let kind = kind_from_tag(r.u8("state kind")?)?;
+    let namespace_serializer = read_serializer(r, "namespace serializer")?;
+    let value_serializer = read_serializer(r, "value serializer")?;
+    let user_key_serializer = match r.u8("user-key serializer flag")? {
+        0 => None,
+        1 => Some(read_serializer(r, "user-key serializer")?),
+        t => return Err(Error::corrupted(format!("bad user-key serializer flag {t}"))),
+    };
+    let ttl = match r.u8("ttl flag")? {
+        0 => false,
+        1 => true,
+        t => return Err(Error::corrupted(format!("bad TTL flag {t}"))),
+    };
+    if (kind == StateKind::Map) != user_key_serializer.is_some() {
+        return Err(Error::corrupted(format!("state {name:?}: user-key serializer does not match kind {kind}")));
+    }
+    Ok(StateMeta {
+        name,
+        kind,
+        namespace_serializer,
+        value_serializer,
+        user_key_serializer,
+        ttl,
+    })
+}
+
+impl SnapshotHeader {
+    /// Encodes magic, version, flags and the checksummed header frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut payload = Vec::new();
+        put_varint(&mut payload, u64::from(self.range.start()));
+        put_varint(&mut payload, u64::from(self.range.end()));
+        put_serializer(&mut payload, &self.key_serializer);
+        put_varint(&mut payload, self.states.len() as u64);
+        for s in &self.states {
+            put_state_meta(&mut payload, s);
+        }
+        let flags = if self.compressed { FLAG_ZSTD } else { 0 };
+        encode_envelope(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, flags, &payload)
+    }
+
+    /// Decodes the header at the start of `data`; returns it and its length.
+    pub fn decode(data: &[u8]) -> Result<(Self, usize)> {
+        let env = decode_envelope(data, SNAPSHOT_MAGIC, "flowstate snapshot")?;
+        if env.version != SNAPSHOT_VERSION {
+            return Err(Error::unsupported(format!(
+                "snapshot format version {}; this build reads version {SNAPSHOT_VERSION}",
+                env.version
+            )));
+        }
+        if env.flags & !FLAG_ZSTD != 0 {
+            return Err(Error::unsupported(format!("unknown snapshot flags {:#06x}", env.flags)));
+        }
+        let flags = env.flags;
+        let payload = env.payload;
+        let mut p = Reader::new(payload);
+        let start = p.varint_u32("key-group range start")?;
+        let end = p.varint_u32("key-group range end")?;
+        let range = KeyGroupRange::new(start, end).map_err(|e| Error::corrupted(e.message().to_string()))?;
+        let key_serializer = read_serializer(&mut p, "key serializer")?;
+        let n = p.count(8, "state count")?;
+        let mut states = Vec::with_capacity(n);
+        for _ in 0..n {
+            states.push(read_state_meta(&mut p)?);
+        }
+        p.finish("snapshot header")?;
+        let header = SnapshotHeader {
+            range,
+            key_serializer,
+            states,
+            compressed: flags & FLAG_ZSTD != 0,
+        };
+        Ok((header, env.len))
+    }
+}
+
+/// Drops expired TTL entries while a snapshot is written (full-snapshot
+/// cleanup): per state, the TTL in milliseconds, or `None` to keep all.
+#[derive(Debug, Clone, Default)]
+pub struct TtlFilter {
+    /// Per state index: the TTL to apply.
+    pub ttl_millis: Vec<Option<u64>>,
+    /// The time the snapshot was taken.
+    pub now: u64,
+}
+
+impl TtlFilter {
+    #[inline]
+    fn keeps(&self, state: u32, value: &[u8]) -> bool {
+        match self.ttl_millis.get(state as usize).copied().flatten() {
+            None => true,
+            Some(ttl) => match split_ttl_value(value) {
+                Ok((ts, _)) => !is_expired(ts, ttl, self.now),
+                Err(_) => true,
+            },
+        }
+    }
+}
+
+/// Collects the records of one key group.
+#[derive(Debug)]
+pub struct KeyGroupWriter {
+    buf: Vec<u8>,
+    filter: TtlFilter,
+    records: u64,
+}
+
+impl KeyGroupWriter {
+    fn new(filter: TtlFilter) -> Self {
+        KeyGroupWriter {
+            buf: Vec::with_capacity(64 << 10),
+            filter,
+            records: 0,
+        }
+    }
+
+    #[inline]
+    fn record_head(&mut self, state: u32, key: &[u8], namespace: &[u8]) {
+        put_varint(&mut self.buf, u64::from(state));
+        put_bytes(&mut self.buf, key);
+        put_bytes(&mut self.buf, namespace);
+        self.records += 1;
+    }
+
+    /// A value (also reducing and aggregating state).
+    #[inline]
+    pub fn value(&mut self, state: u32, key: &[u8], namespace: &[u8], value: &[u8]) {
+        if self.filter.keeps(state, value) {
+            self.record_head(state, key, namespace);
+            put_bytes(&mut self.buf, value);
+        }
+    }
+
+    /// A whole list; empty lists (after TTL filtering) are not written.
+    pub fn list<'a, I>(&mut self, state: u32, key: &[u8], namespace: &[u8], elements: I)
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+        I::IntoIter: Clone,
+    {
+        let elements = elements.into_iter();
+        let n = elements.clone().filter(|e| self.filter.keeps(state, e)).count();
+        if n == 0 {
+            return;
+        }
+        self.record_head(state, key, namespace);
+        put_varint(&mut self.buf, n as u64);
+        for e in elements {
+            if self.filter.keeps(state, e) {
+                put_bytes(&mut self.buf, e);
+            }
+        }
+    }
+
+    /// One entry of a map.
+    #[inline]
+    pub fn map_entry(&mut self, state: u32, key: &[u8], namespace: &[u8], user_key: &[u8], value: &[u8]) {
+        if self.filter.keeps(state, value) {
+            self.record_head(state, key, namespace);
+            put_bytes(&mut self.buf, user_key);
+            put_bytes(&mut self.buf, value);
+        }
+    }
+
+    fn finish_frame(&mut self, kg: u32, level: Option<i32>) -> Result<Vec<u8>> {
+        let stored: Vec<u8> = match level {
+            None => std::mem::take(&mut self.buf),
+            Some(level) => {
+                let mut s = Vec::with_capacity(self.buf.len() / 2 + 16);
+                s.extend_from_slice(&(self.buf.len() as u32).to_le_bytes());
+                let compressed = zstd::bulk::compress(&self.buf, level)
+                    .map_err(|e| Error::internal(format!("zstd compression of key group {kg} failed: {e}")))?;
+                s.extend_from_slice(&compressed);
+                self.buf.clear();
+                s
+            }
+        };
+        let len = u32::try_from(stored.len())
+            .map_err(|_| Error::invalid(format!("key group {kg} holds more than 4 GiB of state")))?;
+        let crc = crc32c_append(crc32c(&kg.to_le_bytes()), &stored);
+        let mut frame = Vec::with_capacity(8 + stored.len());
+        frame.extend_from_slice(&len.to_le_bytes());
+        frame.extend_from_slice(&crc.to_le_bytes());
+        frame.extend_from_slice(&stored);
+        Ok(frame)
+    }
+}
+
+/// A backend's view of its state, frozen at the sync phase, that writes one
+/// key group at a time.
+pub trait KeyGroupSource: Send {
+    /// Writes every record of key group `kg`.
+    fn write_key_group(&mut self, kg: u32, out: &mut KeyGroupWriter) -> Result<()>;
+}
+
+/// What a canonical snapshot write produced.
+#[derive(Debug, Clone)]
+pub struct CanonicalWriteResult {
+    /// The handle to the written stream.
+    pub handle: KeyGroupsStateHandle,
+    /// Records written (values, lists and map entries).
+    pub records: u64,
+}
+
+/// Writes a canonical snapshot of `header.range` from `source` to `stream`.
+/// With no states, writes nothing and returns an empty handle.
+/// `compression_level` turns zstd on.
+pub async fn write_canonical_snapshot(
+    header: &SnapshotHeader,
+    source: &mut dyn KeyGroupSource,
+    filter: TtlFilter,
+    mut stream: Box<dyn CheckpointOutputStream>,
+    compression_level: Option<i32>,
+) -> Result<CanonicalWriteResult> {
+    if header.states.is_empty() {
+        stream.abort().await;
+        return Ok(CanonicalWriteResult {
+            handle: KeyGroupsStateHandle {
+                range: header.range,
+                offsets: Vec::new(),
+                stream: StreamStateHandle::Empty,
+            },
+            records: 0,
+        });
+    }
+    let level = if header.compressed { Some(compression_level.unwrap_or(3)) } else { None };
+    stream.write(&header.encode()).await?;
+    let mut writer = KeyGroupWriter::new(filter);
+    let mut offsets = Vec::with_capacity(header.range.len() as usize);
+    for kg in header.range.iter() {
+        offsets.push(stream.position());
+        source.write_key_group(kg, &mut writer)?;
+        let frame = writer.finish_frame(kg, level)?;
+        stream.write(&frame).await?;
+    }
+    let handle = stream.close().await?;
+    Ok(CanonicalWriteResult {
+        handle: KeyGroupsStateHandle {
+            range: header.range,
+            offsets,
+            stream: handle,
+        },
+        records: writer.records,
+    })
+}
+
+/// One record of a key group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// A value (also reducing or aggregating state).
+    Value {
+        /// State index into the header.
+        state: u32,
+        /// Serialized key.
+        key: &'a [u8],
+        /// Serialized namespace.
+        namespace: &'a [u8],
+        /// The value bytes.
+        value: &'a [u8],
+    },
+    /// A whole list.
+    List {
+        /// State index into the header.
+        state: u32,
+        /// Serialized key.
+        key: &'a [u8],
+        /// Serialized namespace.
+        namespace: &'a [u8],
+        /// The elements.
+        elements: Vec<&'a [u8]>,
+    },
+    /// One map entry.
+    MapEntry {
+        /// State index into the header.
+        state: u32,
+        /// Serialized key.
+        key: &'a [u8],
+        /// Serialized namespace.
+        namespace: &'a [u8],
+        /// Serialized user key.
+        user_key: &'a [u8],
+        /// The value bytes.
+        value: &'a [u8],
+    },
+}
+
+/// A canonical snapshot opened for reading: header parsed, key groups
+/// verified one at a time as they are read.
+#[derive(Debug, Clone)]
+pub struct CanonicalSnapshot {
+    data: Bytes,
+    header: SnapshotHeader,
+    kinds: Vec<StorageKind>,
+    offsets: Vec<u64>,
+    name: String,
+}
+
+impl CanonicalSnapshot {
+    /// Opens the bytes `data` that `handle` references; `name` is used in
+    /// every error message (the file or checkpoint).
+    pub fn open(data: Bytes, handle: &KeyGroupsStateHandle, name: &str) -> Result<Self> {
+        let ctx = |e: Error| e.context(format!("snapshot {name}"));
+        if data.len() as u64 != handle.stream.size() {
+            return Err(ctx(Error::corrupted(format!(
+                "holds {} bytes but its handle says {} (truncated or replaced)",
+                data.len(),
+                handle.stream.size()
+            ))));
+        }
+        let (header, header_len) = SnapshotHeader::decode(&data).map_err(ctx)?;
+        if header.range != handle.range {
+            return Err(ctx(Error::corrupted(format!(
+                "covers key groups {} but its handle says {}",
+                header.range, handle.range
+            ))));
+        }
+        if handle.offsets.len() != header.range.len() as usize {
+            return Err(ctx(Error::corrupted(format!(
+                "handle lists {} key-group offsets for {} key groups",
+                handle.offsets.len(),
+                header.range.len()
+            ))));
+        }
+        if let Some(o) = handle.offsets.iter().find(|o| **o < header_len as u64 || **o >= data.len() as u64) {
+            return Err(ctx(Error::corrupted(format!("key-group offset {o} lies outside the key-group frames"))));
+        }
+        let kinds = header.states.iter().map(|s| s.kind.storage()).collect();
+        Ok(CanonicalSnapshot {
+            data,
+            header,
+            kinds,
+            offsets: handle.offsets.clone(),
+            name: name.to_string(),
+        })
+    }
+
+    /// The header.
+    pub fn header(&self) -> &SnapshotHeader {
+        &self.header
+    }
+
+    /// The verified, decompressed records of key group `kg`.
+    pub fn key_group(&self, kg: u32) -> Result<KeyGroupRecords<'_>> {
+        let ctx = |e: Error| e.context(format!("snapshot {}, key group {kg}", self.name));
+        if !self.header.range.contains(kg) {
+            return Err(ctx(Error::invalid(format!("not in the snapshot's range {}", self.header.range))));
+        }
+        let offset = self.offsets[(kg - self.header.range.start()) as usize] as usize;
+        let mut r = Reader::new(&self.data[offset..]);
+        let stored = (|| {
+            let len = r.u32_le("frame length")? as usize;
+            let crc = r.u32_le("frame checksum")?;
+            let stored = r.take(len, "key-group frame")?;
+            let actual = crc32c_append(crc32c(&kg.to_le_bytes()), stored);
+            if actual != crc {
+                return Err(Error::corrupted(format!(
+                    "checksum mismatch (stored {crc:#010x}, computed {actual:#010x})"
+                )));
+            }
+            Ok(stored)
+        })()
+        .map_err(ctx)?;
+        let payload = if self.header.compressed {
+            decompress(stored).map_err(ctx)?
+        } else {
+            let start = offset + 8;
+            self.data.slice(start..start + stored.len())
+        };
+        Ok(KeyGroupRecords {
+            payload,
+            kinds: &self.kinds,
+            name: &self.name,
+            kg,
+        })
+    }
+}
+
+fn decompress(stored: &[u8]) -> Result<Bytes> {
+    let mut r = Reader::new(stored);
+    let len = r.u32_le("uncompressed length")? as u64;
+    let compressed = r.take(r.remaining(), "compressed payload")?;
+    let decoder = zstd::stream::read::Decoder::new(compressed)
+        .map_err(|e| Error::corrupted(format!("zstd: {e}")).with_source(e))?;
+    let mut out = Vec::new();
+    // Output grows only as data really decompresses, up to the declared length.
+    decoder
+        .take(len + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::corrupted(format!("zstd: {e}")).with_source(e))?;
+    if out.len() as u64 != len {
+        return Err(Error::corrupted(format!(
+            "decompressed to {} bytes, expected {len}",
+            out.len()
+        )));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// The records of one key group.
+#[derive(Debug)]
+pub struct KeyGroupRecords<'s> {
+    payload: Bytes,
+    kinds: &'s [StorageKind],
+    name: &'s str,
+    kg: u32,
+}
+
+impl KeyGroupRecords<'_> {
+    /// Calls `f` with every record, in order.
+    pub fn for_each(&self, mut f: impl FnMut(Record<'_>) -> Result<()>) -> Result<()> {
+        let mut r = Reader::new(&self.payload);
+        while !r.is_empty() {
+            let record = self.next_record(&mut r).map_err(|e| {
+                e.context(format!("snapshot {}, key group {}", self.name, self.kg))
+            })?;
+            f(record)?;
+        }
+        Ok(())
+    }
+
+    fn next_record<'a>(&self, r: &mut Reader<'a>) -> Result<Record<'a>> {
+        let state = r.varint_u32("state index")?;
+        let kind = *self.kinds.get(state as usize).ok_or_else(|| {
+            Error::corrupted(format!("record refers to state {state} of {}", self.kinds.len()))
+        })?;
+        let key = r.bytes("key")?;
+        let namespace = r.bytes("namespace")?;
+        Ok(match kind {
+            StorageKind::Value => Record::Value {
+                state,
+                key,
+                namespace,
+                value: r.bytes("value")?,
+            },
+            StorageKind::List => {
+                let n = r.count(1, "list length")?;
+                let mut elements = Vec::with_capacity(n);
+                for _ in 0..n {
+                    elements.push(r.bytes("list element")?);
+                }
+                Record::List {
+                    state,
+                    key,
+                    namespace,
+                    elements,
+                }
+            }
+            StorageKind::Map => Record::MapEntry {
+                state,
+                key,
+                namespace,
+                user_key: r.bytes("map user key")?,
+                value: r.bytes("map value")?,
+            },
+        })
+    }
+}
+
+/// Checks that a restored header's key serializer is the one in use.
+pub fn check_key_serializer(header: &SnapshotHeader, ours: &SerializerId, name: &str) -> Result<()> {
+    if &header.key_serializer != ours {
+        return Err(Error::new(
+            ErrorKind::Incompatible,
+            format!(
+                "snapshot {name}: keys were written by {} but the backend's key serializer is {ours}",
+                header.key_serializer
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Checkpoint metadata: the `_metadata` file that makes a checkpoint exist.
+//!
+//! Written last, it lists every operator's state handles. Its byte layout is
+//! in `docs/format.md`: the common envelope (magic `FSMD`, version,
+//! checksum) around hand-encoded fields, so every count and length is
+//! checked against the bytes present.
+
+use bytes::Bytes;
+
+use crate::codec::{decode_envelope, encode_envelope, put_str, put_varint, Reader};
+use crate::error::{Error, Result};
+use crate::handle::KeyedStateHandle;
+
+/// First four bytes of a `_metadata` file.
+pub const METADATA_MAGIC: [u8; 4] = *b"FSMD";
+/// The metadata format version written.
+pub const METADATA_VERSION: u16 = 1;
+
+/// What a completed checkpoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckpointKind {
+    /// A periodic checkpoint, owned by the job.
+    Checkpoint,
+    /// A savepoint in the canonical format: self-contained and owned by the user.
+    Savepoint,
+}
+
+/// The keyed state of one operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorState {
+    /// The operator's id, stable across restarts.
+    pub operator_id: String,
+    /// Parallelism when the checkpoint was taken.
+    pub parallelism: u32,
+    /// Max parallelism (number of key groups).
+    pub max_parallelism: u32,
+    /// One handle per subtask that had state.
+    pub keyed: Vec<KeyedStateHandle>,
+}
+
+/// The content of `_metadata`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointMetadata {
+    /// The checkpoint id.
+    pub checkpoint_id: u64,
+    /// Checkpoint or savepoint.
+    pub kind: CheckpointKind,
+    /// When it was triggered, in milliseconds of the job's clock.
+    pub timestamp_millis: u64,
+    /// The operators' states.
+    pub operators: Vec<OperatorState>,
+}
+
+impl CheckpointMetadata {
+    /// An empty checkpoint of `kind`.
+    pub fn new(checkpoint_id: u64, kind: CheckpointKind, timestamp_millis: u64) -> Self {
+        CheckpointMetadata {
+            checkpoint_id,
+            kind,
+            timestamp_millis,
+            operators: Vec::new(),
+        }
+    }
+
+    /// The state of operator `id`, if present.
+    pub fn operator(&self, id: &str) -> Option<&OperatorState> {
+        self.operators.iter().find(|o| o.operator_id == id)
+    }
+
+    /// Total size of all referenced state.
+    pub fn state_size(&self) -> u64 {
+        self.operators
+            .iter()
+            .flat_map(|o| o.keyed.iter())
+            .map(KeyedStateHandle::state_size)
+            .sum()
+    }
+
+    /// Encodes the metadata file.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut p = Vec::new();
+        put_varint(&mut p, self.checkpoint_id);
+        p.push(match self.kind {
+            CheckpointKind::Checkpoint => 0,
+            CheckpointKind::Savepoint => 1,
+        });
+        put_varint(&mut p, self.timestamp_millis);
+        put_varint(&mut p, self.operators.len() as u64);
+        for op in &self.operators {
+            put_str(&mut p, &op.operator_id);
+            put_varint(&mut p, u64::from(op.parallelism));
+            put_varint(&mut p, u64::from(op.max_parallelism));
+            put_varint(&mut p, op.keyed.len() as u64);
+            for h in &op.keyed {
+                h.encode(&mut p);
+            }
+        }
+        encode_envelope(METADATA_MAGIC, METADATA_VERSION, 0, &p)
+    }
+
+    /// Decodes a metadata file; `name` (its path or pointer) is in every error.
+    pub fn decode(data: &Bytes, name: &str) -> Result<Self> {
+        Self::decode_inner(data).map_err(|e| e.context(format!("checkpoint metadata {name}")))
+    }
+
+    fn decode_inner(data: &Bytes) -> Result<Self> {
+        if data.is_empty() {
+            return Err(Error::corrupted("file is empty"));
+        }
+        let env = decode_envelope(data, METADATA_MAGIC, "flowstate checkpoint metadata")?;
+        if env.version != METADATA_VERSION || env.flags != 0 {
+            return Err(Error::unsupported(format!(
+                "metadata format version {} flags {:#x}; this build reads version {METADATA_VERSION}",
+                env.version, env.flags
+            )));
+        }
+        if env.len != data.len() {
+            return Err(Error::corrupted(format!("{} bytes after the metadata", data.len() - env.len)));
+        }
+        let payload = data.slice(16..env.len);
+        let mut r = Reader::new(&payload);
+        let checkpoint_id = r.varint("checkpoint id")?;
+        let kind = match r.u8("checkpoint kind")? {
+            0 => CheckpointKind::Checkpoint,
+            1 => CheckpointKind::Savepoint,
+            t => return Err(Error::corrupted(format!("unknown checkpoint kind {t}"))),
+        };
+        let timestamp_millis = r.varint("timestamp")?;
+        let n = r.count(4, "operator count")?;
+        let mut operators = Vec::with_capacity(n);
+        for _ in 0..n {
+            let operator_id = r.str("operator id")?.to_string();
+            let parallelism = r.varint_u32("parallelism")?;
+            let max_parallelism = r.varint_u32("max parallelism")?;
+            let k = r.count(4, "keyed handle count")?;
+            let mut keyed = Vec::with_capacity(k);
+            for _ in 0..k {
+                keyed.push(KeyedStateHandle::decode(&mut r, &payload)?);
+            }
+            operators.push(OperatorState {
+                operator_id,
+                parallelism,
+                max_parallelism,
+                keyed,
+            });
+        }
+        r.finish("checkpoint metadata")?;
+        Ok(CheckpointMetadata {
+            checkpoint_id,
+            kind,
+            timestamp_millis,
+            operators,
+        })
+    }
+}

@@ -1,0 +1,214 @@
+//! Checkpoint storage: where snapshots are written and found again.
+//!
+//! The traits are object-safe and async, and are used as
+//! `Arc<dyn CheckpointStorage>`. A storage hands out one
+//! [`CheckpointLocation`] per checkpoint; backends write state through its
+//! output streams in their async phase, and the checkpoint exists once its
+//! metadata has been written, last.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::handle::StreamStateHandle;
+use crate::metadata::{CheckpointKind, CheckpointMetadata};
+
+/// Who owns the files a stream writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StateScope {
+    /// Owned by one checkpoint (`chk-<id>/`).
+    Exclusive,
+    /// Shared between checkpoints (`shared/`), e.g. incremental SST files.
+    Shared,
+    /// Owned by the backend across checkpoints (`taskowned/`).
+    TaskOwned,
+}
+
+/// What a storage can do; backends and the conformance suite read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StorageCapabilities {
+    /// Streams of at most this many bytes are inlined into the metadata.
+    pub inline_threshold: usize,
+    /// Largest state a single stream may hold, if limited.
+    pub max_state_size: Option<u64>,
+    /// True when checkpoints survive the end of the process.
+    pub durable: bool,
+    /// True when shared (`StateScope::Shared`) files are supported.
+    pub shared_state: bool,
+}
+
+/// An output stream for one piece of state. Dropping it, or calling
+/// [`abort`](CheckpointOutputStream::abort), before
+/// [`close`](CheckpointOutputStream::close) discards what was written.
+#[async_trait]
+pub trait CheckpointOutputStream: Send {
+    /// Appends `data`.
+    async fn write(&mut self, data: &[u8]) -> Result<()>;
+    /// Bytes written so far.
+    fn position(&self) -> u64;
+    /// Completes the stream: nothing written gives
+    /// [`StreamStateHandle::Empty`], a small stream an inline handle, a
+    /// larger one a file.
+    async fn close(self: Box<Self>) -> Result<StreamStateHandle>;
+    /// Discards the stream and whatever it wrote.
+    async fn abort(self: Box<Self>);
+}
+
+/// Reads back the state streams of a checkpoint.
+#[async_trait]
+pub trait StateReader: Send + Sync + fmt::Debug {
+    /// All bytes of `handle`. Files whose paths leave the checkpoint root are refused.
+    async fn read(&self, handle: &StreamStateHandle) -> Result<Bytes>;
+}
+
+/// Reads inline handles only: what is needed when every stream was inlined.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct InlineReader;
+
+#[async_trait]
+impl StateReader for InlineReader {
+    async fn read(&self, handle: &StreamStateHandle) -> Result<Bytes> {
+        match handle {
+            StreamStateHandle::Empty => Ok(Bytes::new()),
+            StreamStateHandle::Inline(b) => Ok(b.clone()),
+            StreamStateHandle::File { path, .. } => Err(Error::unsupported(format!(
+                "state file {path} cannot be read here: this storage keeps only inline state"
+            ))),
+        }
+    }
+}
+
+/// Where one checkpoint or savepoint is being written.
+#[async_trait]
+pub trait CheckpointLocation: Send + Sync + fmt::Debug {
+    /// The checkpoint id.
+    fn checkpoint_id(&self) -> u64;
+    /// Checkpoint or savepoint.
+    fn kind(&self) -> CheckpointKind;
+    /// The pointer that will resolve this checkpoint once it is complete.
+    fn pointer(&self) -> &str;
+    /// A new output stream for state of `scope`.
+    async fn create_output_stream(&self, scope: StateScope) -> Result<Box<dyn CheckpointOutputStream>>;
+    /// Writes the metadata, last, durably and only if absent: the checkpoint
+    /// then exists. Returns its pointer. Fails with `Conflict` if the
+    /// checkpoint already exists.
+    async fn write_metadata(&self, metadata: &CheckpointMetadata) -> Result<String>;
+    /// Deletes what this location wrote (an aborted checkpoint). Shared
+    /// files are left to the shared-state registry.
+    async fn dispose(&self) -> Result<()>;
+}
+
+/// A completed checkpoint found by its pointer.
+#[derive(Debug, Clone)]
+pub struct ResolvedCheckpoint {
+    /// The normalized pointer.
+    pub pointer: String,
+    /// The decoded metadata.
+    pub metadata: CheckpointMetadata,
+    /// Reads the checkpoint's state streams.
+    pub reader: Arc<dyn StateReader>,
+}
+
+/// Checkpoint storage for one job.
+#[async_trait]
+pub trait CheckpointStorage: Send + Sync + fmt::Debug {
+    /// The job this storage writes for.
+    fn job_id(&self) -> &str;
+    /// What it can do.
+    fn capabilities(&self) -> StorageCapabilities;
+    /// Prepares the location of checkpoint `checkpoint_id`.
+    async fn init_checkpoint(&self, checkpoint_id: u64) -> Result<Arc<dyn CheckpointLocation>>;
+    /// Prepares a savepoint location, under `target` if given.
+    async fn init_savepoint(&self, checkpoint_id: u64, target: Option<&str>) -> Result<Arc<dyn CheckpointLocation>>;
+    /// Finds a completed checkpoint: `…/chk-<n>/_metadata`, `…/chk-<n>` and
+    /// `…/chk-<n>/` name the same one.
+    async fn resolve(&self, pointer: &str) -> Result<ResolvedCheckpoint>;
+    /// The newest complete checkpoint of this job, skipping any without a
+    /// valid metadata file.
+    async fn latest_checkpoint(&self) -> Result<Option<ResolvedCheckpoint>>;
+}
+
+/// The metadata file name inside a checkpoint directory.
+pub const METADATA_FILE: &str = "_metadata";
+
+/// A checkpoint pointer split into its parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedPointer<'a> {
+    /// Everything before the checkpoint directory (no trailing `/`).
+    pub parent: &'a str,
+    /// The checkpoint directory's name, e.g. `chk-7` or `savepoint-ab12`.
+    pub dir: &'a str,
+    /// The checkpoint id, for `chk-<n>` directories.
+    pub checkpoint_id: Option<u64>,
+}
+
+impl ParsedPointer<'_> {
+    /// The normalized pointer: `<parent>/<dir>`.
+    pub fn normalized(&self) -> String {
+        if self.parent.is_empty() {
+            self.dir.to_string()
+        } else {
+            format!("{}/{}", self.parent, self.dir)
+        }
+    }
+}
+
+/// Parses `…/chk-<n>/_metadata`, `…/chk-<n>`, `…/chk-<n>/` (and the same
+/// with `savepoint-<name>`) into parent and checkpoint directory.
+pub fn parse_pointer(pointer: &str) -> Result<ParsedPointer<'_>> {
+    let p = pointer.trim();
+    if p.is_empty() {
+        return Err(Error::invalid("empty checkpoint pointer"));
+    }
+    let p = p.strip_suffix('/').unwrap_or(p);
+    let p = p.strip_suffix(METADATA_FILE).unwrap_or(p);
+    let p = p.strip_suffix('/').unwrap_or(p);
+    let (parent, dir) = match p.rfind('/') {
+        Some(i) => (&p[..i], &p[i + 1..]),
+        None => ("", p),
+    };
+    let checkpoint_id = match dir.strip_prefix("chk-") {
+        Some(n) => Some(n.parse::<u64>().map_err(|_| {
+            Error::invalid(format!("checkpoint pointer {pointer:?}: {dir:?} is not chk-<number>"))
+        })?),
+        None if dir.starts_with("savepoint-") && dir.len() > "savepoint-".len() => None,
+        None => {
+            return Err(Error::invalid(format!(
+                "checkpoint pointer {pointer:?} does not name a chk-<n> or savepoint-<name> directory"
+            )))
+        }
+    };
+    Ok(ParsedPointer {
+        parent,
+        dir,
+        checkpoint_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointer_forms_name_the_same_checkpoint() {
+        let a = parse_pointer("/ckpt/job/chk-7/_metadata").unwrap();
+        let b = parse_pointer("/ckpt/job/chk-7").unwrap();
+        let c = parse_pointer("/ckpt/job/chk-7/").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(b, c);
+        assert_eq!(a.checkpoint_id, Some(7));
+        assert_eq!(a.normalized(), "/ckpt/job/chk-7");
+        assert_eq!(parse_pointer("s3://b/sp/savepoint-1a2b/").unwrap().dir, "savepoint-1a2b");
+    }
+
+    #[test]
+    fn bad_pointers_are_refused() {
+        for p in ["", "   ", "/ckpt/job", "/ckpt/job/chk-x", "/ckpt/job/chk-", "savepoint-", "/_metadata"] {
+            assert!(parse_pointer(p).is_err(), "{p:?}");
+        }
+    }
+}
