@@ -312,14 +312,22 @@ pub async fn write_canonical_snapshot(
         });
     }
     let level = if header.compressed { Some(compression_level.unwrap_or(3)) } else { None };
-    stream.write(&header.encode()).await?;
     let mut writer = KeyGroupWriter::new(filter);
     let mut offsets = Vec::with_capacity(header.range.len() as usize);
-    for kg in header.range.iter() {
-        offsets.push(stream.position());
-        source.write_key_group(kg, &mut writer)?;
-        let frame = writer.finish_frame(kg, level)?;
-        stream.write(&frame).await?;
+    let written: Result<()> = async {
+        stream.write(&header.encode()).await?;
+        for kg in header.range.iter() {
+            offsets.push(stream.position());
+            source.write_key_group(kg, &mut writer)?;
+            let frame = writer.finish_frame(kg, level)?;
+            stream.write(&frame).await?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = written {
+        stream.abort().await;
+        return Err(e);
     }
     let handle = stream.close().await?;
     Ok(CanonicalWriteResult {

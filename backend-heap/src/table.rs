@@ -1,0 +1,262 @@
+//! The heap backend's state tables: one persistent hash map per key group,
+//! keyed by the composite `varint(len(key)) | key | namespace`.
+//!
+//! The maps are `imbl` hash array mapped tries: cloning one is O(1) and a
+//! write after a clone copies only the nodes on its path, so a snapshot
+//! freezes the whole table by cloning one root per key group.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flowstate_api::canonical::{KeyGroupSource, KeyGroupWriter, Record};
+use flowstate_api::codec::{put_varint, Reader};
+use flowstate_api::ttl::{is_expired, split_ttl_value};
+use flowstate_api::{Error, ErrorKind, Result, StateMeta, StateTtlConfig, StorageKind};
+
+/// A persistent map from byte strings.
+pub(crate) type Map<V> = imbl::GenericHashMap<Bytes, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+/// A list's elements; shared until written after a snapshot.
+pub(crate) type ListValue = Arc<Vec<Bytes>>;
+/// A map state's entries under one key and namespace.
+pub(crate) type UserMap = Map<Bytes>;
+
+/// The maps of one state, one per key group of the backend's range.
+#[derive(Clone)]
+pub(crate) enum Table {
+    Value(Vec<Map<Bytes>>),
+    List(Vec<Map<ListValue>>),
+    Map(Vec<Map<UserMap>>),
+}
+
+impl Table {
+    pub(crate) fn new(kind: StorageKind, key_groups: usize) -> Self {
+        match kind {
+            StorageKind::Value => Table::Value(vec![Map::default(); key_groups]),
+            StorageKind::List => Table::List(vec![Map::default(); key_groups]),
+            StorageKind::Map => Table::Map(vec![Map::default(); key_groups]),
+        }
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            Table::Value(m) => m.iter().map(|m| m.len() as u64).sum(),
+            Table::List(m) => m.iter().map(|m| m.len() as u64).sum(),
+            Table::Map(m) => m.iter().map(|m| m.len() as u64).sum(),
+        }
+    }
+
+    pub(crate) fn keys_of(&self, kg: usize) -> Vec<Bytes> {
+        match self {
+            Table::Value(m) => m[kg].keys().cloned().collect(),
+            Table::List(m) => m[kg].keys().cloned().collect(),
+            Table::Map(m) => m[kg].keys().cloned().collect(),
+        }
+    }
+
+    pub(crate) fn for_each_composite(&self, mut f: impl FnMut(&Bytes) -> Result<()>) -> Result<()> {
+        match self {
+            Table::Value(maps) => maps.iter().flat_map(|m| m.keys()).try_for_each(&mut f),
+            Table::List(maps) => maps.iter().flat_map(|m| m.keys()).try_for_each(&mut f),
+            Table::Map(maps) => maps.iter().flat_map(|m| m.keys()).try_for_each(&mut f),
+        }
+    }
+}
+
+/// Builds `varint(len(key)) | key | namespace`.
+#[inline]
+pub(crate) fn compose(out: &mut Vec<u8>, key: &[u8], namespace: &[u8]) {
+    out.clear();
+    put_varint(out, key.len() as u64);
+    out.extend_from_slice(key);
+    out.extend_from_slice(namespace);
+}
+
+/// Splits a composite key into key and namespace.
+#[inline]
+pub(crate) fn split_composite(composite: &[u8]) -> Result<(&[u8], &[u8])> {
+    let mut r = Reader::new(composite);
+    let key = r.bytes("composite key")?;
+    let ns = r.take(r.remaining(), "namespace")?;
+    Ok((key, ns))
+}
+
+/// One registered or restored state.
+pub(crate) struct HeapState {
+    pub(crate) meta: StateMeta,
+    pub(crate) ttl: Option<StateTtlConfig>,
+    /// True once registered in this run; false while only restored.
+    pub(crate) registered: bool,
+    pub(crate) namespace: Vec<u8>,
+    pub(crate) table: Table,
+    pub(crate) cleanup: CleanupCursor,
+}
+
+impl HeapState {
+    pub(crate) fn new(meta: StateMeta, ttl: Option<StateTtlConfig>, registered: bool, key_groups: usize) -> Self {
+        let table = Table::new(meta.kind.storage(), key_groups);
+        HeapState {
+            meta,
+            ttl,
+            registered,
+            namespace: Vec::new(),
+            table,
+            cleanup: CleanupCursor::default(),
+        }
+    }
+
+    pub(crate) fn wrong_kind(&self, wanted: StorageKind) -> Error {
+        Error::new(
+            ErrorKind::Internal,
+            format!(
+                "state {:?} is a {} state, accessed as {wanted:?} storage",
+                self.meta.name, self.meta.kind
+            ),
+        )
+    }
+
+    /// Removes up to `budget` expired entries, walking the table a key group
+    /// at a time (TTL incremental cleanup).
+    pub(crate) fn incremental_cleanup(&mut self, now: u64, budget: u32) {
+        let Some(ttl) = self.ttl.map(|t| t.ttl_millis()) else { return };
+        let key_groups = match &self.table {
+            Table::Value(m) => m.len(),
+            Table::List(m) => m.len(),
+            Table::Map(m) => m.len(),
+        };
+        if key_groups == 0 {
+            return;
+        }
+        for _ in 0..budget {
+            match self.cleanup.pending.pop() {
+                Some(ck) => clean_entry(&mut self.table, self.cleanup.kg, &ck, ttl, now),
+                None => {
+                    self.cleanup.kg = (self.cleanup.kg + 1) % key_groups;
+                    self.cleanup.pending = self.table.keys_of(self.cleanup.kg);
+                }
+            }
+        }
+    }
+}
+
+/// Where incremental cleanup is in a state's table.
+#[derive(Default)]
+pub(crate) struct CleanupCursor {
+    kg: usize,
+    pending: Vec<Bytes>,
+}
+
+#[inline]
+fn expired(value: &[u8], ttl: u64, now: u64) -> bool {
+    matches!(split_ttl_value(value), Ok((ts, _)) if is_expired(ts, ttl, now))
+}
+
+fn clean_entry(table: &mut Table, kg: usize, ck: &[u8], ttl: u64, now: u64) {
+    match table {
+        Table::Value(maps) => {
+            if maps[kg].get(ck).is_some_and(|v| expired(v, ttl, now)) {
+                maps[kg].remove(ck);
+            }
+        }
+        Table::List(maps) => {
+            let Some(list) = maps[kg].get(ck) else { return };
+            if !list.iter().any(|e| expired(e, ttl, now)) {
+                return;
+            }
+            let kept: Vec<Bytes> = list.iter().filter(|e| !expired(e, ttl, now)).cloned().collect();
+            if kept.is_empty() {
+                maps[kg].remove(ck);
+            } else {
+                maps[kg].insert(Bytes::copy_from_slice(ck), Arc::new(kept));
+            }
+        }
+        Table::Map(maps) => {
+            let Some(user_map) = maps[kg].get(ck) else { return };
+            if !user_map.values().any(|v| expired(v, ttl, now)) {
+                return;
+            }
+            let mut kept = user_map.clone();
+            kept.retain(|_, v| !expired(v, ttl, now));
+            if kept.is_empty() {
+                maps[kg].remove(ck);
+            } else {
+                maps[kg].insert(Bytes::copy_from_slice(ck), kept);
+            }
+        }
+    }
+}
+
+/// The tables as they were at a snapshot's sync phase.
+pub(crate) struct FrozenTables {
+    pub(crate) tables: Vec<Table>,
+    pub(crate) first_key_group: u32,
+    pub(crate) closed: Arc<AtomicBool>,
+}
+
+impl KeyGroupSource for FrozenTables {
+    fn write_key_group(&mut self, kg: u32, out: &mut KeyGroupWriter) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::new(ErrorKind::Closed, "the heap backend was closed during the snapshot"));
+        }
+        let i = (kg - self.first_key_group) as usize;
+        for (state, table) in self.tables.iter().enumerate() {
+            let state = state as u32;
+            match table {
+                Table::Value(maps) => {
+                    for (ck, v) in maps[i].iter() {
+                        let (key, ns) = split_composite(ck)?;
+                        out.value(state, key, ns, v);
+                    }
+                }
+                Table::List(maps) => {
+                    for (ck, list) in maps[i].iter() {
+                        let (key, ns) = split_composite(ck)?;
+                        out.list(state, key, ns, list.iter().map(|b| &b[..]));
+                    }
+                }
+                Table::Map(maps) => {
+                    for (ck, user_map) in maps[i].iter() {
+                        let (key, ns) = split_composite(ck)?;
+                        for (uk, v) in user_map.iter() {
+                            out.map_entry(state, key, ns, uk, v);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Inserts one restored record into key group index `kg` of `table`.
+pub(crate) fn insert_record(table: &mut Table, kg: usize, record: &Record<'_>, scratch: &mut Vec<u8>) -> Result<()> {
+    match (table, record) {
+        (Table::Value(maps), Record::Value { key, namespace, value, .. }) => {
+            compose(scratch, key, namespace);
+            maps[kg].insert(Bytes::copy_from_slice(scratch), Bytes::copy_from_slice(value));
+        }
+        (Table::List(maps), Record::List { key, namespace, elements, .. }) => {
+            compose(scratch, key, namespace);
+            let list: Vec<Bytes> = elements.iter().map(|e| Bytes::copy_from_slice(e)).collect();
+            if !list.is_empty() {
+                maps[kg].insert(Bytes::copy_from_slice(scratch), Arc::new(list));
+            }
+        }
+        (Table::Map(maps), Record::MapEntry { key, namespace, user_key, value, .. }) => {
+            compose(scratch, key, namespace);
+            let ck: &[u8] = scratch;
+            match maps[kg].get_mut(ck) {
+                Some(m) => {
+                    m.insert(Bytes::copy_from_slice(user_key), Bytes::copy_from_slice(value));
+                }
+                None => {
+                    let mut m = UserMap::default();
+                    m.insert(Bytes::copy_from_slice(user_key), Bytes::copy_from_slice(value));
+                    maps[kg].insert(Bytes::copy_from_slice(ck), m);
+                }
+            }
+        }
+        _ => return Err(Error::corrupted("record does not match its state's kind")),
+    }
+    Ok(())
+}
