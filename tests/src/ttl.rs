@@ -1,0 +1,312 @@
+//! TTL contracts, driven by a manual clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowstate_api::*;
+
+use crate::{checkpoint, clocked_config, restore_from, BackendFactory, Ctx};
+
+const TTL: Duration = Duration::from_millis(100);
+
+fn setup<F: BackendFactory>(ctx: &Ctx<F>) -> (F::Backend<u64>, Arc<ManualClock>) {
+    let clock = ManualClock::new(1000);
+    let b = ctx.backend.create(clocked_config::<u64>(clock.clone())).unwrap();
+    (b, clock)
+}
+
+fn quiet(ttl: StateTtlConfig) -> StateTtlConfig {
+    ttl.disable_cleanup_in_background()
+}
+
+/// OnCreateAndWrite: reads do not extend the lifetime.
+pub async fn on_create_and_write_is_not_refreshed_by_reads<F: BackendFactory>(ctx: Ctx<F>) {
+    let (mut b, clock) = setup(&ctx);
+    let v = b
+        .register(ValueStateDescriptor::<u64>::new("v").with_ttl(quiet(StateTtlConfig::new(TTL))))
+        .unwrap();
+    b.set_current_key(&1).unwrap();
+    b.update(&v, 1).unwrap();
+    clock.set(1099);
+    assert_eq!(b.value(&v).unwrap(), Some(1));
+    clock.set(1100);
+    assert_eq!(b.value(&v).unwrap(), None);
+    // A write starts a new lifetime.
+    b.update(&v, 2).unwrap();
+    clock.set(1199);
+    assert_eq!(b.value(&v).unwrap(), Some(2));
+}
+
+/// OnReadAndWrite: every read extends the lifetime.
+pub async fn on_read_and_write_is_refreshed_by_reads<F: BackendFactory>(ctx: Ctx<F>) {
+    let (mut b, clock) = setup(&ctx);
+    let ttl = quiet(StateTtlConfig::new(TTL).with_update_type(TtlUpdateType::OnReadAndWrite));
+    let v = b.register(ValueStateDescriptor::<u64>::new("v").with_ttl(ttl)).unwrap();
+    let l = b.register(ListStateDescriptor::<u64>::new("l").with_ttl(ttl)).unwrap();
+    let m = b.register(MapStateDescriptor::<u64, u64>::new("m").with_ttl(ttl)).unwrap();
+    b.set_current_key(&1).unwrap();
+    b.update(&v, 1).unwrap();
+    b.append(&l, 1).unwrap();
+    b.map_put(&m, 1u64, 1u64).unwrap();
+    for t in [1050, 1140, 1230] {
+        clock.set(t);
+        assert_eq!(b.value(&v).unwrap(), Some(1), "t={t}");
+        assert_eq!(b.list(&l).unwrap(), [1], "t={t}");
+        assert_eq!(b.map_get(&m, &1).unwrap(), Some(1), "t={t}");
+    }
+    clock.set(1330);
+    assert_eq!(b.value(&v).unwrap(), None);
+    assert!(b.list(&l).unwrap().is_empty());
+    assert_eq!(b.map_get(&m, &1).unwrap(), None);
+}
+
+/// ReturnExpiredIfNotCleanedUp: an expired value still stored is returned
+/// once, by the read that removes it.
+pub async fn return_expired_if_not_cleaned_up<F: BackendFactory>(ctx: Ctx<F>) {
+    let (mut b, clock) = setup(&ctx);
+    let ttl = quiet(StateTtlConfig::new(TTL).with_visibility(TtlStateVisibility::ReturnExpiredIfNotCleanedUp));
+    let v = b.register(ValueStateDescriptor::<u64>::new("v").with_ttl(ttl)).unwrap();
+    let never = b
+        .register(ValueStateDescriptor::<u64>::new("never").with_ttl(quiet(StateTtlConfig::new(TTL))))
+        .unwrap();
+    b.set_current_key(&1).unwrap();
+    b.update(&v, 5).unwrap();
+    b.update(&never, 5).unwrap();
+    clock.set(1500);
+    assert_eq!(b.value(&v).unwrap(), Some(5));
+    assert_eq!(b.value(&v).unwrap(), None, "the read that returned it removed it");
+    assert_eq!(b.value(&never).unwrap(), None);
+}
+
+/// An entry is visible until exactly `write time + ttl`, and expired from then on.
+pub async fn expiry_boundary_is_exact<F: BackendFactory>(ctx: Ctx<F>) {
+    let (mut b, clock) = setup(&ctx);
+    let v = b
+        .register(ValueStateDescriptor::<u64>::new("v").with_ttl(quiet(StateTtlConfig::new(Duration::from_millis(10)))))
+        .unwrap();
+    b.set_current_key(&1).unwrap();
+    b.update(&v, 1).unwrap();
+    clock.set(1009);
+    assert_eq!(b.value(&v).unwrap(), Some(1));
+    clock.set(1010);
+    assert_eq!(b.value(&v).unwrap(), None);
+}
+
+/// A TTL near the maximum does not overflow into immediate expiry.
+pub async fn ttl_near_max_does_not_overflow<F: BackendFactory>(ctx: Ctx<F>) {
+    let (mut b, clock) = setup(&ctx);
+    let v = b
+        .register(ValueStateDescriptor::<u64>::new("v").with_ttl(quiet(StateTtlConfig::new(Duration::MAX))))
+        .unwrap();
+    let w = b
+        .register(
+            ValueStateDescriptor::<u64>::new("w")
+                .with_ttl(quiet(StateTtlConfig::new(Duration::from_millis(u64::MAX - 1)))),
+        )
+        .unwrap();
+    b.set_current_key(&1).unwrap();
+    b.update(&v, 1).unwrap();
+    b.update(&w, 1).unwrap();
+    clock.set(u64::MAX - 1);
+    assert_eq!(b.value(&v).unwrap(), Some(1));
+    assert_eq!(b.value(&w).unwrap(), Some(1));
+}
+
+struct Count;
+impl AggregateFunction<u64, u64, u64> for Count {
+    fn create_accumulator(&self) -> u64 {
+        0
+    }
+    fn add(&self, _: u64, acc: &mut u64) {
+        *acc += 1;
+    }
+    fn get_result(&self, acc: &u64) -> u64 {
+        *acc
+    }
+    fn merge(&self, a: u64, b: u64) -> u64 {
+        a + b
+    }
+}
+
+/// Expired entries read as absent for every state kind.
+pub async fn every_state_kind_expires<F: BackendFactory>(ctx: Ctx<F>) {
+    let (mut b, clock) = setup(&ctx);
+    let ttl = quiet(StateTtlConfig::new(TTL));
+    let v = b.register(ValueStateDescriptor::<u64>::new("v").with_ttl(ttl)).unwrap();
+    let l = b.register(ListStateDescriptor::<u64>::new("l").with_ttl(ttl)).unwrap();
+    let m = b.register(MapStateDescriptor::<u64, u64>::new("m").with_ttl(ttl)).unwrap();
+    let r = b
+        .register(ReducingStateDescriptor::<u64>::new("r", |a, b| a + b).with_ttl(ttl))
+        .unwrap();
+    let a = b.register(AggregatingStateDescriptor::new("a", Count).with_ttl(ttl)).unwrap();
+    b.set_current_key(&1).unwrap();
+    b.update(&v, 1).unwrap();
+    b.append(&l, 1).unwrap();
+    b.map_put(&m, 1u64, 1u64).unwrap();
+    b.reduce(&r, 10).unwrap();
+    b.aggregate(&a, 10).unwrap();
+    clock.set(1100);
+    assert_eq!(b.value(&v).unwrap(), None);
+    assert!(b.list(&l).unwrap().is_empty());
+    assert_eq!(b.map_get(&m, &1).unwrap(), None);
+    assert!(b.map_is_empty(&m).unwrap());
+    assert_eq!(b.reduced(&r).unwrap(), None);
+    assert_eq!(b.aggregated(&a).unwrap(), None);
+    // A fold into an expired value starts afresh.
+    b.reduce(&r, 3).unwrap();
+    assert_eq!(b.reduced(&r).unwrap(), Some(3));
+    b.aggregate(&a, 3).unwrap();
+    assert_eq!(b.aggregated(&a).unwrap(), Some(1));
+    for count in [b.entry_count(&v).unwrap(), b.entry_count(&l).unwrap(), b.entry_count(&m).unwrap()] {
+        assert_eq!(count, 0, "reading expired state removes it");
+    }
+}
+
+/// List elements expire one by one.
+pub async fn list_elements_expire_individually<F: BackendFactory>(ctx: Ctx<F>) {
+    let (mut b, clock) = setup(&ctx);
+    let l = b
+        .register(ListStateDescriptor::<u64>::new("l").with_ttl(quiet(StateTtlConfig::new(TTL))))
+        .unwrap();
+    b.set_current_key(&1).unwrap();
+    b.append(&l, 1).unwrap();
+    clock.set(1050);
+    b.append_all(&l, [2u64, 3]).unwrap();
+    clock.set(1100);
+    assert_eq!(b.list(&l).unwrap(), [2, 3]);
+    clock.set(1150);
+    assert!(b.list(&l).unwrap().is_empty());
+}
+
+/// Map entries expire one by one.
+pub async fn map_entries_expire_individually<F: BackendFactory>(ctx: Ctx<F>) {
+    let (mut b, clock) = setup(&ctx);
+    let m = b
+        .register(MapStateDescriptor::<u64, u64>::new("m").with_ttl(quiet(StateTtlConfig::new(TTL))))
+        .unwrap();
+    b.set_current_key(&1).unwrap();
+    b.map_put(&m, 1u64, 10u64).unwrap();
+    clock.set(1050);
+    b.map_put(&m, 2u64, 20u64).unwrap();
+    clock.set(1100);
+    assert_eq!(b.map_entries(&m).unwrap(), [(2, 20)]);
+    assert_eq!(b.map_get(&m, &1).unwrap(), None);
+    assert!(!b.map_contains(&m, &1).unwrap());
+    assert!(b.map_contains(&m, &2).unwrap());
+    assert!(!b.map_is_empty(&m).unwrap());
+    clock.set(1150);
+    assert!(b.map_is_empty(&m).unwrap());
+}
+
+/// Expiry holds across snapshot and restore: timestamps travel with the state.
+pub async fn expiry_holds_across_snapshot_and_restore<F: BackendFactory>(ctx: Ctx<F>) {
+    let storage = ctx.storage.storage(&crate::job_id("ttl-restore"));
+    let (mut b, clock) = setup(&ctx);
+    let ttl = quiet(StateTtlConfig::new(TTL));
+    let v = b.register(ValueStateDescriptor::<u64>::new("v").with_ttl(ttl)).unwrap();
+    let l = b.register(ListStateDescriptor::<u64>::new("l").with_ttl(ttl)).unwrap();
+    b.set_current_key(&1).unwrap();
+    b.update(&v, 1).unwrap();
+    b.append(&l, 1).unwrap();
+    clock.set(1060);
+    b.append(&l, 2).unwrap();
+    let pointer = checkpoint(&mut b, &*storage, 1).await;
+    let mut r = restore_from(&ctx, &*storage, clocked_config::<u64>(clock.clone()), &pointer)
+        .await
+        .unwrap();
+    let v = r.register(ValueStateDescriptor::<u64>::new("v").with_ttl(ttl)).unwrap();
+    let l = r.register(ListStateDescriptor::<u64>::new("l").with_ttl(ttl)).unwrap();
+    r.set_current_key(&1).unwrap();
+    clock.set(1099);
+    assert_eq!(r.value(&v).unwrap(), Some(1));
+    assert_eq!(r.list(&l).unwrap(), [1, 2]);
+    clock.set(1100);
+    assert_eq!(r.value(&v).unwrap(), None);
+    assert_eq!(r.list(&l).unwrap(), [2]);
+}
+
+/// Full-snapshot cleanup leaves expired entries out of the snapshot itself.
+pub async fn full_snapshot_cleanup_leaves_expired_out<F: BackendFactory>(ctx: Ctx<F>) {
+    let storage = ctx.storage.storage(&crate::job_id("ttl-full-snapshot"));
+    let (mut b, clock) = setup(&ctx);
+    let ttl = quiet(StateTtlConfig::new(TTL).cleanup_full_snapshot());
+    let v = b.register(ValueStateDescriptor::<u64>::new("v").with_ttl(ttl)).unwrap();
+    let l = b.register(ListStateDescriptor::<u64>::new("l").with_ttl(ttl)).unwrap();
+    let m = b.register(MapStateDescriptor::<u64, u64>::new("m").with_ttl(ttl)).unwrap();
+    for k in 0..10u64 {
+        b.set_current_key(&k).unwrap();
+        b.update(&v, k).unwrap();
+        b.append(&l, k).unwrap();
+        b.map_put(&m, k, k).unwrap();
+    }
+    clock.set(1080);
+    b.set_current_key(&0).unwrap();
+    b.update(&v, 100).unwrap();
+    b.append(&l, 100).unwrap();
+    b.map_put(&m, 100u64, 100u64).unwrap();
+    clock.set(1100);
+    let pointer = checkpoint(&mut b, &*storage, 1).await;
+    // Turn time back: anything still in the snapshot would be visible again.
+    clock.set(1000);
+    let mut r = restore_from(&ctx, &*storage, clocked_config::<u64>(clock.clone()), &pointer)
+        .await
+        .unwrap();
+    let v = r.register(ValueStateDescriptor::<u64>::new("v").with_ttl(ttl)).unwrap();
+    let l = r.register(ListStateDescriptor::<u64>::new("l").with_ttl(ttl)).unwrap();
+    let m = r.register(MapStateDescriptor::<u64, u64>::new("m").with_ttl(ttl)).unwrap();
+    assert_eq!(r.entry_count(&v).unwrap(), 1);
+    assert_eq!(r.entry_count(&l).unwrap(), 1);
+    assert_eq!(r.entry_count(&m).unwrap(), 1);
+    r.set_current_key(&0).unwrap();
+    assert_eq!(r.value(&v).unwrap(), Some(100));
+    assert_eq!(r.list(&l).unwrap(), [100]);
+    assert_eq!(r.map_entries(&m).unwrap(), [(100, 100)]);
+}
+
+/// Restoring a TTL state without TTL (or the reverse) is refused.
+pub async fn ttl_flag_mismatch_is_refused<F: BackendFactory>(ctx: Ctx<F>) {
+    let storage = ctx.storage.storage(&crate::job_id("ttl-mismatch"));
+    let (mut b, clock) = setup(&ctx);
+    let v = b
+        .register(ValueStateDescriptor::<u64>::new("v").with_ttl(StateTtlConfig::new(TTL)))
+        .unwrap();
+    b.set_current_key(&1).unwrap();
+    b.update(&v, 1).unwrap();
+    let pointer = checkpoint(&mut b, &*storage, 1).await;
+    let mut r = restore_from(&ctx, &*storage, clocked_config::<u64>(clock), &pointer)
+        .await
+        .unwrap();
+    let err = r.register(ValueStateDescriptor::<u64>::new("v")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
+    assert!(err.to_string().contains("TTL"), "{err}");
+}
+
+/// Heap incremental cleanup removes expired entries as state is accessed,
+/// and never removes live ones.
+pub async fn incremental_cleanup_removes_expired_as_it_goes<F: BackendFactory>(ctx: Ctx<F>) {
+    let (mut b, clock) = setup(&ctx);
+    let ttl = StateTtlConfig::new(TTL)
+        .disable_cleanup_in_background()
+        .cleanup_incrementally(10, false);
+    let v = b.register(ValueStateDescriptor::<u64>::new("v").with_ttl(ttl)).unwrap();
+    let l = b.register(ListStateDescriptor::<u64>::new("l").with_ttl(ttl)).unwrap();
+    for k in 0..100u64 {
+        b.set_current_key(&k).unwrap();
+        b.update(&v, k).unwrap();
+        b.append(&l, k).unwrap();
+    }
+    b.set_current_key(&1_000_000).unwrap();
+    for _ in 0..100 {
+        assert_eq!(b.value(&v).unwrap(), None);
+        assert!(b.list(&l).unwrap().is_empty());
+    }
+    assert_eq!(b.entry_count(&v).unwrap(), 100, "live entries were removed");
+    assert_eq!(b.entry_count(&l).unwrap(), 100, "live entries were removed");
+    clock.set(1100);
+    for _ in 0..100 {
+        b.value(&v).unwrap();
+        b.list(&l).unwrap();
+    }
+    assert_eq!(b.entry_count(&v).unwrap(), 0, "expired values were not cleaned up");
+    assert_eq!(b.entry_count(&l).unwrap(), 0, "expired lists were not cleaned up");
+}
