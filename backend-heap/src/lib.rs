@@ -41,13 +41,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use flowstate_api::canonical::{check_key_serializer, write_canonical_snapshot, CanonicalSnapshot, SnapshotHeader, TtlFilter};
+use flowstate_api::canonical::{
+    check_key_serializer, write_canonical_snapshot, CanonicalSnapshot, SnapshotHeader, TtlFilter,
+};
 use flowstate_api::codec::put_varint;
 use flowstate_api::{
     key_group_for_key_bytes, next_backend_id, AsyncOutput, BackendCapabilities, CheckpointLocation, Error,
-    KeyGroupRange, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, MapVisit, PendingSnapshot, Result,
-    SharedClock, SharedSerializer, SnapshotOptions, StateId, StateMeta, StateReader, StateScope, StateTtlConfig,
-    StorageKind,
+    KeyGroupRange, KeyVisitor, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, MapVisit, MapVisitor,
+    PendingSnapshot, Result, SharedClock, SharedSerializer, SnapshotOptions, StateId, StateMeta, StateReader,
+    StateScope, StateTtlConfig, StorageKind,
 };
 
 use table::{insert_record, split_composite, FrozenTables, HeapState, Table, UserMap};
@@ -286,7 +288,10 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
                 let state = &mut self.states[id as usize];
                 if let Some(why) = meta.incompatibility(&state.meta) {
                     let was = if state.registered { "registered" } else { "restored" };
-                    return Err(Error::incompatible(format!("state {:?} was {was} differently: {why}", meta.name)));
+                    return Err(Error::incompatible(format!(
+                        "state {:?} was {was} differently: {why}",
+                        meta.name
+                    )));
                 }
                 state.registered = true;
                 state.ttl = ttl;
@@ -469,7 +474,7 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
         Ok(maps!(s, Map, Map)[kg].get(ck).is_none_or(|m| m.is_empty()))
     }
 
-    fn raw_map_for_each(&mut self, state: StateId, f: &mut dyn FnMut(&[u8], &[u8]) -> Result<MapVisit>) -> Result<()> {
+    fn raw_map_for_each(&mut self, state: StateId, f: &mut MapVisitor<'_>) -> Result<()> {
         let (s, kg, ck) = self.target(state)?;
         let map = &mut maps!(s, Map, Map)[kg];
         let Some(user_map) = map.get(ck) else { return Ok(()) };
@@ -500,12 +505,7 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
         Ok(())
     }
 
-    fn raw_for_each_key(
-        &mut self,
-        state: StateId,
-        namespace: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<()> {
+    fn raw_for_each_key(&mut self, state: StateId, namespace: Option<&[u8]>, f: &mut KeyVisitor<'_>) -> Result<()> {
         let s = self.state_mut(state)?;
         s.table.for_each_composite(|ck| {
             let (key, ns) = split_composite(ck)?;
@@ -562,4 +562,3 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
         Ok(PendingSnapshot::new(checkpoint_id, started, phase))
     }
 }
-

@@ -15,7 +15,8 @@ use flowstate_api::ttl::{is_expired, split_ttl_value};
 use flowstate_api::{Error, ErrorKind, Result, StateMeta, StateTtlConfig, StorageKind};
 
 /// A persistent map from byte strings.
-pub(crate) type Map<V> = imbl::GenericHashMap<Bytes, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+pub(crate) type Map<V> =
+    imbl::GenericHashMap<Bytes, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
 /// A list's elements; shared until written after a snapshot.
 pub(crate) type ListValue = Arc<Vec<Bytes>>;
 /// A map state's entries under one key and namespace.
@@ -118,7 +119,9 @@ impl HeapState {
     /// Removes up to `budget` expired entries, walking the table a key group
     /// at a time (TTL incremental cleanup).
     pub(crate) fn incremental_cleanup(&mut self, now: u64, budget: u32) {
-        let Some(ttl) = self.ttl.map(|t| t.ttl_millis()) else { return };
+        let Some(ttl) = self.ttl.map(|t| t.ttl_millis()) else {
+            return;
+        };
         let key_groups = match &self.table {
             Table::Value(m) => m.len(),
             Table::List(m) => m.len(),
@@ -196,7 +199,10 @@ pub(crate) struct FrozenTables {
 impl KeyGroupSource for FrozenTables {
     fn write_key_group(&mut self, kg: u32, out: &mut KeyGroupWriter) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(Error::new(ErrorKind::Closed, "the heap backend was closed during the snapshot"));
+            return Err(Error::new(
+                ErrorKind::Closed,
+                "the heap backend was closed during the snapshot",
+            ));
         }
         let i = (kg - self.first_key_group) as usize;
         for (state, table) in self.tables.iter().enumerate() {
@@ -231,18 +237,40 @@ impl KeyGroupSource for FrozenTables {
 /// Inserts one restored record into key group index `kg` of `table`.
 pub(crate) fn insert_record(table: &mut Table, kg: usize, record: &Record<'_>, scratch: &mut Vec<u8>) -> Result<()> {
     match (table, record) {
-        (Table::Value(maps), Record::Value { key, namespace, value, .. }) => {
+        (
+            Table::Value(maps),
+            Record::Value {
+                key, namespace, value, ..
+            },
+        ) => {
             compose(scratch, key, namespace);
             maps[kg].insert(Bytes::copy_from_slice(scratch), Bytes::copy_from_slice(value));
         }
-        (Table::List(maps), Record::List { key, namespace, elements, .. }) => {
+        (
+            Table::List(maps),
+            Record::List {
+                key,
+                namespace,
+                elements,
+                ..
+            },
+        ) => {
             compose(scratch, key, namespace);
             let list: Vec<Bytes> = elements.iter().map(|e| Bytes::copy_from_slice(e)).collect();
             if !list.is_empty() {
                 maps[kg].insert(Bytes::copy_from_slice(scratch), Arc::new(list));
             }
         }
-        (Table::Map(maps), Record::MapEntry { key, namespace, user_key, value, .. }) => {
+        (
+            Table::Map(maps),
+            Record::MapEntry {
+                key,
+                namespace,
+                user_key,
+                value,
+                ..
+            },
+        ) => {
             compose(scratch, key, namespace);
             let ck: &[u8] = scratch;
             match maps[kg].get_mut(ck) {

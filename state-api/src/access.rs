@@ -14,13 +14,17 @@ use crate::descriptor::{
 };
 use crate::error::{Error, Result};
 use crate::serializer::SharedSerializer;
-use crate::ttl::{put_ttl_timestamp, split_ttl_value, StateTtlConfig, TtlStateVisibility, TtlUpdateType, TTL_TIMESTAMP_LEN};
+use crate::ttl::{
+    put_ttl_timestamp, split_ttl_value, StateTtlConfig, TtlStateVisibility, TtlUpdateType, TTL_TIMESTAMP_LEN,
+};
 
 fn state_id<B: KeyedStateBackend + ?Sized>(b: &B, slot: StateSlot, name: &str) -> Result<StateId> {
     if slot.backend == b.backend_id() {
         Ok(slot.id)
     } else {
-        Err(Error::invalid(format!("state {name:?} was registered with another backend")))
+        Err(Error::invalid(format!(
+            "state {name:?} was registered with another backend"
+        )))
     }
 }
 
@@ -67,7 +71,10 @@ fn check_ttl(ttl: &StateTtlConfig, raw: &Bytes, now: u64, for_read: bool, name: 
         let visible = for_read && ttl.visibility() == TtlStateVisibility::ReturnExpiredIfNotCleanedUp;
         Ok(TtlRead::Expired(user, visible))
     } else {
-        Ok(TtlRead::Live(user, for_read && ttl.update_type() == TtlUpdateType::OnReadAndWrite))
+        Ok(TtlRead::Live(
+            user,
+            for_read && ttl.update_type() == TtlUpdateType::OnReadAndWrite,
+        ))
     }
 }
 
@@ -81,7 +88,9 @@ fn read_value<B: KeyedStateBackend + ?Sized>(
     for_read: bool,
     name: &str,
 ) -> Result<Option<Bytes>> {
-    let Some(raw) = b.raw_value_get(id)? else { return Ok(None) };
+    let Some(raw) = b.raw_value_get(id)? else {
+        return Ok(None);
+    };
     let Some(ttl) = ttl else { return Ok(Some(raw)) };
     let now = b.clock().now_millis();
     match check_ttl(ttl, &raw, now, for_read, name)? {
@@ -164,12 +173,17 @@ impl<V, N> MergeableState for ListState<V, N> {
     }
 }
 
+/// A state as the merge helpers see it.
+struct Merging<'a> {
+    id: StateId,
+    ttl: Option<&'a StateTtlConfig>,
+    name: &'a str,
+}
+
 /// Folds the values of `sources` and `target` into `target` with `fold`.
 fn merge_values<B, T>(
     b: &mut B,
-    id: StateId,
-    ttl: Option<&StateTtlConfig>,
-    name: &str,
+    st: Merging<'_>,
     ser: &SharedSerializer<T>,
     target: &[u8],
     sources: &[Vec<u8>],
@@ -178,6 +192,7 @@ fn merge_values<B, T>(
 where
     B: KeyedStateBackend + ?Sized,
 {
+    let Merging { id, ttl, name } = st;
     let mut acc: Option<T> = None;
     for src in sources.iter().filter(|s| s.as_slice() != target) {
         b.set_namespace_bytes(id, src)?;
@@ -206,7 +221,18 @@ impl<V, N> MergeableState for ReducingState<V, N> {
     fn merge_raw<B: KeyedStateBackend + ?Sized>(&self, b: &mut B, target: &[u8], sources: &[Vec<u8>]) -> Result<()> {
         let id = state_id(b, self.slot(), self.name())?;
         let reduce = &self.0.reduce;
-        merge_values(b, id, self.ttl(), self.name(), &self.0.value, target, sources, |a, v| reduce(&a, &v))
+        merge_values(
+            b,
+            Merging {
+                id,
+                ttl: self.ttl(),
+                name: self.name(),
+            },
+            &self.0.value,
+            target,
+            sources,
+            |a, v| reduce(&a, &v),
+        )
     }
 }
 
@@ -214,7 +240,18 @@ impl<IN, ACC, OUT, N> MergeableState for AggregatingState<IN, ACC, OUT, N> {
     fn merge_raw<B: KeyedStateBackend + ?Sized>(&self, b: &mut B, target: &[u8], sources: &[Vec<u8>]) -> Result<()> {
         let id = state_id(b, self.slot(), self.name())?;
         let f = &self.0.function;
-        merge_values(b, id, self.ttl(), self.name(), &self.0.accumulator, target, sources, |a, v| f.merge(a, v))
+        merge_values(
+            b,
+            Merging {
+                id,
+                ttl: self.ttl(),
+                name: self.name(),
+            },
+            &self.0.accumulator,
+            target,
+            sources,
+            |a, v| f.merge(a, v),
+        )
     }
 }
 
@@ -366,7 +403,9 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
         let id = state_id(self, i.core.slot, name)?;
         let mut uk = Vec::new();
         i.user_key.serialize(user_key, &mut uk)?;
-        let Some(raw) = self.raw_map_get(id, &uk)? else { return Ok(None) };
+        let Some(raw) = self.raw_map_get(id, &uk)? else {
+            return Ok(None);
+        };
         let Some(ttl) = i.core.common.ttl.as_ref() else {
             return decode(&i.value, &raw, name).map(Some);
         };

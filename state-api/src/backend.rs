@@ -68,7 +68,7 @@ impl BackendCapabilities {
     }
 }
 
-/// What to do with a map entry during [`KeyedStateBackend::map_for_each`].
+/// What to do with a map entry during [`KeyedStateBackend::raw_map_for_each`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MapVisit {
     /// Keep it and go on.
@@ -78,6 +78,13 @@ pub enum MapVisit {
     /// Keep it and stop iterating.
     Stop,
 }
+
+/// The callback of [`KeyedStateBackend::raw_map_for_each`]: sees each
+/// (user key, value) and says what to do with it.
+pub type MapVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<MapVisit> + 'a;
+
+/// The callback of [`KeyedStateBackend::raw_for_each_key`]: sees each (key, namespace).
+pub type KeyVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
 
 /// What every backend is built from: its key groups, key serializer and clock.
 pub struct KeyedBackendConfig<K> {
@@ -229,16 +236,11 @@ pub trait KeyedStateBackend: Send {
     /// True when the map has no entry.
     fn raw_map_is_empty(&mut self, state: StateId) -> Result<bool>;
     /// Visits each entry; `f` decides whether to keep, remove or stop.
-    fn raw_map_for_each(&mut self, state: StateId, f: &mut dyn FnMut(&[u8], &[u8]) -> Result<MapVisit>) -> Result<()>;
+    fn raw_map_for_each(&mut self, state: StateId, f: &mut MapVisitor<'_>) -> Result<()>;
 
     /// Calls `f(key, namespace)` for each key and namespace that holds
     /// `state`, only in `namespace` if given.
-    fn raw_for_each_key(
-        &mut self,
-        state: StateId,
-        namespace: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<()>;
+    fn raw_for_each_key(&mut self, state: StateId, namespace: Option<&[u8]>, f: &mut KeyVisitor<'_>) -> Result<()>;
     /// The exact number of (key, namespace) pairs holding `state`.
     fn raw_entry_count(&mut self, state: StateId) -> Result<u64>;
 

@@ -101,7 +101,9 @@ pub(crate) fn read_state_meta(r: &mut Reader<'_>) -> Result<StateMeta> {
         t => return Err(Error::corrupted(format!("bad TTL flag {t}"))),
     };
     if (kind == StateKind::Map) != user_key_serializer.is_some() {
-        return Err(Error::corrupted(format!("state {name:?}: user-key serializer does not match kind {kind}")));
+        return Err(Error::corrupted(format!(
+            "state {name:?}: user-key serializer does not match kind {kind}"
+        )));
     }
     Ok(StateMeta {
         name,
@@ -311,7 +313,11 @@ pub async fn write_canonical_snapshot(
             records: 0,
         });
     }
-    let level = if header.compressed { Some(compression_level.unwrap_or(3)) } else { None };
+    let level = if header.compressed {
+        Some(compression_level.unwrap_or(3))
+    } else {
+        None
+    };
     let mut writer = KeyGroupWriter::new(filter);
     let mut offsets = Vec::with_capacity(header.range.len() as usize);
     let written: Result<()> = async {
@@ -417,8 +423,14 @@ impl CanonicalSnapshot {
                 header.range.len()
             ))));
         }
-        if let Some(o) = handle.offsets.iter().find(|o| **o < header_len as u64 || **o >= data.len() as u64) {
-            return Err(ctx(Error::corrupted(format!("key-group offset {o} lies outside the key-group frames"))));
+        if let Some(o) = handle
+            .offsets
+            .iter()
+            .find(|o| **o < header_len as u64 || **o >= data.len() as u64)
+        {
+            return Err(ctx(Error::corrupted(format!(
+                "key-group offset {o} lies outside the key-group frames"
+            ))));
         }
         let kinds = header.states.iter().map(|s| s.kind.storage()).collect();
         Ok(CanonicalSnapshot {
@@ -439,7 +451,10 @@ impl CanonicalSnapshot {
     pub fn key_group(&self, kg: u32) -> Result<KeyGroupRecords<'_>> {
         let ctx = |e: Error| e.context(format!("snapshot {}, key group {kg}", self.name));
         if !self.header.range.contains(kg) {
-            return Err(ctx(Error::invalid(format!("not in the snapshot's range {}", self.header.range))));
+            return Err(ctx(Error::invalid(format!(
+                "not in the snapshot's range {}",
+                self.header.range
+            ))));
         }
         let offset = self.offsets[(kg - self.header.range.start()) as usize] as usize;
         let mut r = Reader::new(&self.data[offset..]);
@@ -506,9 +521,9 @@ impl KeyGroupRecords<'_> {
     pub fn for_each(&self, mut f: impl FnMut(Record<'_>) -> Result<()>) -> Result<()> {
         let mut r = Reader::new(&self.payload);
         while !r.is_empty() {
-            let record = self.next_record(&mut r).map_err(|e| {
-                e.context(format!("snapshot {}, key group {}", self.name, self.kg))
-            })?;
+            let record = self
+                .next_record(&mut r)
+                .map_err(|e| e.context(format!("snapshot {}, key group {}", self.name, self.kg)))?;
             f(record)?;
         }
         Ok(())
@@ -516,9 +531,10 @@ impl KeyGroupRecords<'_> {
 
     fn next_record<'a>(&self, r: &mut Reader<'a>) -> Result<Record<'a>> {
         let state = r.varint_u32("state index")?;
-        let kind = *self.kinds.get(state as usize).ok_or_else(|| {
-            Error::corrupted(format!("record refers to state {state} of {}", self.kinds.len()))
-        })?;
+        let kind = *self
+            .kinds
+            .get(state as usize)
+            .ok_or_else(|| Error::corrupted(format!("record refers to state {state} of {}", self.kinds.len())))?;
         let key = r.bytes("key")?;
         let namespace = r.bytes("namespace")?;
         Ok(match kind {

@@ -132,17 +132,26 @@ impl<'a> Reader<'a> {
             let b = self.u8(what)?;
             let low = u64::from(b & 0x7f);
             if i == 9 && b > 1 {
-                return Err(Error::corrupted(format!("{what}: varint overflows 64 bits at offset {}", self.pos)));
+                return Err(Error::corrupted(format!(
+                    "{what}: varint overflows 64 bits at offset {}",
+                    self.pos
+                )));
             }
             v |= low << (7 * i);
             if b & 0x80 == 0 {
                 if b == 0 && i > 0 {
-                    return Err(Error::corrupted(format!("{what}: overlong varint at offset {}", self.pos)));
+                    return Err(Error::corrupted(format!(
+                        "{what}: overlong varint at offset {}",
+                        self.pos
+                    )));
                 }
                 return Ok(v);
             }
         }
-        Err(Error::corrupted(format!("{what}: varint longer than 10 bytes at offset {}", self.pos)))
+        Err(Error::corrupted(format!(
+            "{what}: varint longer than 10 bytes at offset {}",
+            self.pos
+        )))
     }
 
     /// A varint that must fit in a u32.
@@ -220,7 +229,11 @@ mod tests {
         assert!(Reader::new(&[0x80]).varint("v").is_err()); // truncated
         assert!(Reader::new(&[0x80, 0x00]).varint("v").is_err()); // overlong
         assert!(Reader::new(&[0xff; 10]).varint("v").is_err()); // overflow
-        assert!(Reader::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]).varint("v").is_err());
+        assert!(
+            Reader::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02])
+                .varint("v")
+                .is_err()
+        );
     }
 
     #[test]

@@ -340,7 +340,10 @@ impl<V, N> StateDescriptor for ValueStateDescriptor<V, N> {
     }
     fn into_handle(self, slot: StateSlot) -> ValueState<V, N> {
         ValueState(Arc::new(ValueInner {
-            core: HandleCore { slot, common: self.common },
+            core: HandleCore {
+                slot,
+                common: self.common,
+            },
             value: self.value,
             default: self.default,
         }))
@@ -393,7 +396,10 @@ impl<V, N> StateDescriptor for ListStateDescriptor<V, N> {
     }
     fn into_handle(self, slot: StateSlot) -> ListState<V, N> {
         ListState(Arc::new(ListInner {
-            core: HandleCore { slot, common: self.common },
+            core: HandleCore {
+                slot,
+                common: self.common,
+            },
             element: self.element,
         }))
     }
@@ -452,7 +458,10 @@ impl<UK, UV, N> StateDescriptor for MapStateDescriptor<UK, UV, N> {
     }
     fn into_handle(self, slot: StateSlot) -> MapState<UK, UV, N> {
         MapState(Arc::new(MapInner {
-            core: HandleCore { slot, common: self.common },
+            core: HandleCore {
+                slot,
+                common: self.common,
+            },
             user_key: self.user_key,
             value: self.value,
         }))
@@ -512,7 +521,10 @@ impl<V, N> StateDescriptor for ReducingStateDescriptor<V, N> {
     }
     fn into_handle(self, slot: StateSlot) -> ReducingState<V, N> {
         ReducingState(Arc::new(ReducingInner {
-            core: HandleCore { slot, common: self.common },
+            core: HandleCore {
+                slot,
+                common: self.common,
+            },
             value: self.value,
             reduce: self.reduce,
         }))
@@ -576,7 +588,10 @@ impl<IN, ACC, OUT, N> StateDescriptor for AggregatingStateDescriptor<IN, ACC, OU
     }
     fn into_handle(self, slot: StateSlot) -> AggregatingState<IN, ACC, OUT, N> {
         AggregatingState(Arc::new(AggregatingInner {
-            core: HandleCore { slot, common: self.common },
+            core: HandleCore {
+                slot,
+                common: self.common,
+            },
             accumulator: self.accumulator,
             function: self.function,
         }))

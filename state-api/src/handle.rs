@@ -190,7 +190,11 @@ impl KeyedStateHandle {
                     offsets.push(r.varint("key-group offset")?);
                 }
                 let stream = StreamStateHandle::decode(r, source)?;
-                Ok(KeyedStateHandle::KeyGroups(KeyGroupsStateHandle { range, offsets, stream }))
+                Ok(KeyedStateHandle::KeyGroups(KeyGroupsStateHandle {
+                    range,
+                    offsets,
+                    stream,
+                }))
             }
             t => Err(Error::corrupted(format!("unknown keyed state handle tag {t}"))),
         }
@@ -203,7 +207,17 @@ mod tests {
 
     #[test]
     fn paths_that_leave_the_root_are_refused() {
-        for p in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a\\b", "c:x", "a\0"] {
+        for p in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "a\\b",
+            "c:x",
+            "a\0",
+        ] {
             assert!(validate_relative_path(p).is_err(), "{p:?}");
         }
         for p in ["chk-1/abc", "shared/x.sst", "f"] {
@@ -216,7 +230,10 @@ mod tests {
         let h = KeyedStateHandle::KeyGroups(KeyGroupsStateHandle {
             range: KeyGroupRange::new(3, 5).unwrap(),
             offsets: vec![10, 300],
-            stream: StreamStateHandle::File { path: "chk-2/a".into(), size: 999 },
+            stream: StreamStateHandle::File {
+                path: "chk-2/a".into(),
+                size: 999,
+            },
         });
         let mut b = Vec::new();
         h.encode(&mut b);

@@ -121,11 +121,7 @@ impl KeyGroupRange {
                 "operator index {index} is outside 0..{parallelism}"
             )));
         }
-        let (m, p, i) = (
-            u64::from(max_parallelism),
-            u64::from(parallelism),
-            u64::from(index),
-        );
+        let (m, p, i) = (u64::from(max_parallelism), u64::from(parallelism), u64::from(index));
         let start = (i * m).div_ceil(p);
         let end = ((i + 1) * m - 1) / p + 1;
         Self::new(start as u32, end as u32)
@@ -222,7 +218,10 @@ mod tests {
             }
         }
         // Flink: maxParallelism 128, parallelism 3 -> [0..=42], [43..=85], [86..=127].
-        assert_eq!(KeyGroupRange::for_operator(128, 3, 1).unwrap(), KeyGroupRange::inclusive(43, 85).unwrap());
+        assert_eq!(
+            KeyGroupRange::for_operator(128, 3, 1).unwrap(),
+            KeyGroupRange::inclusive(43, 85).unwrap()
+        );
     }
 
     #[test]

@@ -36,7 +36,9 @@ mod storage;
 pub mod ttl;
 
 pub use access::{KeyedStateBackendExt, MergeableState};
-pub use backend::{next_backend_id, BackendCapabilities, KeyedBackendConfig, KeyedStateBackend, MapVisit};
+pub use backend::{
+    next_backend_id, BackendCapabilities, KeyVisitor, KeyedBackendConfig, KeyedStateBackend, MapVisit, MapVisitor,
+};
 pub use descriptor::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState, ListStateDescriptor, MapState,
     MapStateDescriptor, ReduceFn, ReducingState, ReducingStateDescriptor, SharedAggregate, StateDescriptor,

@@ -115,7 +115,10 @@ impl CheckpointMetadata {
             )));
         }
         if env.len != data.len() {
-            return Err(Error::corrupted(format!("{} bytes after the metadata", data.len() - env.len)));
+            return Err(Error::corrupted(format!(
+                "{} bytes after the metadata",
+                data.len() - env.len
+            )));
         }
         let payload = data.slice(16..env.len);
         let mut r = Reader::new(&payload);

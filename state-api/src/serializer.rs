@@ -109,16 +109,18 @@ where
     fn serialize(&self, value: &T, out: &mut Vec<u8>) -> Result<()> {
         bincode::serde::encode_into_std_write(value, out, bincode_config())
             .map(|_| ())
-            .map_err(|e| {
-                Error::invalid(format!("cannot encode {}: {e}", type_name::<T>())).with_source(e)
-            })
+            .map_err(|e| Error::invalid(format!("cannot encode {}: {e}", type_name::<T>())).with_source(e))
     }
 
     #[inline]
     fn deserialize(&self, bytes: &[u8]) -> Result<T> {
         let (value, used) = bincode::serde::decode_from_slice(bytes, bincode_config()).map_err(|e| {
-            Error::corrupted(format!("cannot decode {} from {} bytes: {e}", type_name::<T>(), bytes.len()))
-                .with_source(e)
+            Error::corrupted(format!(
+                "cannot decode {} from {} bytes: {e}",
+                type_name::<T>(),
+                bytes.len()
+            ))
+            .with_source(e)
         })?;
         if used != bytes.len() {
             return Err(Error::corrupted(format!(
@@ -179,7 +181,10 @@ impl Serializer<VoidNamespace> for VoidNamespaceSerializer {
         if bytes.is_empty() {
             Ok(VoidNamespace)
         } else {
-            Err(Error::corrupted(format!("void namespace has {} bytes, expected 0", bytes.len())))
+            Err(Error::corrupted(format!(
+                "void namespace has {} bytes, expected 0",
+                bytes.len()
+            )))
         }
     }
 

@@ -172,9 +172,10 @@ pub fn parse_pointer(pointer: &str) -> Result<ParsedPointer<'_>> {
         None => ("", p),
     };
     let checkpoint_id = match dir.strip_prefix("chk-") {
-        Some(n) => Some(n.parse::<u64>().map_err(|_| {
-            Error::invalid(format!("checkpoint pointer {pointer:?}: {dir:?} is not chk-<number>"))
-        })?),
+        Some(n) => Some(
+            n.parse::<u64>()
+                .map_err(|_| Error::invalid(format!("checkpoint pointer {pointer:?}: {dir:?} is not chk-<number>")))?,
+        ),
         None if dir.starts_with("savepoint-") && dir.len() > "savepoint-".len() => None,
         None => {
             return Err(Error::invalid(format!(
@@ -202,12 +203,23 @@ mod tests {
         assert_eq!(b, c);
         assert_eq!(a.checkpoint_id, Some(7));
         assert_eq!(a.normalized(), "/ckpt/job/chk-7");
-        assert_eq!(parse_pointer("s3://b/sp/savepoint-1a2b/").unwrap().dir, "savepoint-1a2b");
+        assert_eq!(
+            parse_pointer("s3://b/sp/savepoint-1a2b/").unwrap().dir,
+            "savepoint-1a2b"
+        );
     }
 
     #[test]
     fn bad_pointers_are_refused() {
-        for p in ["", "   ", "/ckpt/job", "/ckpt/job/chk-x", "/ckpt/job/chk-", "savepoint-", "/_metadata"] {
+        for p in [
+            "",
+            "   ",
+            "/ckpt/job",
+            "/ckpt/job/chk-x",
+            "/ckpt/job/chk-",
+            "savepoint-",
+            "/_metadata",
+        ] {
             assert!(parse_pointer(p).is_err(), "{p:?}");
         }
     }

@@ -46,7 +46,10 @@ async fn restore_inline<F: BackendFactory>(ctx: &Ctx<F>, handle: &KeyGroupsState
         .await?;
     // Reaching here with corrupted input would be a defect; show what was restored.
     let v = b.register(ValueStateDescriptor::<u64>::new("v"))?;
-    Err(Error::internal(format!("restored {} entries from corrupted bytes", b.entry_count(&v)?)))
+    Err(Error::internal(format!(
+        "restored {} entries from corrupted bytes",
+        b.entry_count(&v)?
+    )))
 }
 
 /// Every single-byte flip of a snapshot is refused as corrupted.
@@ -80,12 +83,18 @@ pub async fn every_truncation_of_a_snapshot_is_refused<F: BackendFactory>(ctx: C
     }
     // A file handle whose recorded size disagrees with the bytes read is refused too.
     let h = KeyGroupsStateHandle {
-        stream: StreamStateHandle::File { path: "chk-1/x".into(), size: data.len() as u64 + 1 },
+        stream: StreamStateHandle::File {
+            path: "chk-1/x".into(),
+            size: data.len() as u64 + 1,
+        },
         ..handle
     };
     let err = flowstate_api::canonical::CanonicalSnapshot::open(data, &h, "chk-1/x").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupted, "{err}");
-    assert!(err.to_string().contains("chk-1/x"), "the error must name the file: {err}");
+    assert!(
+        err.to_string().contains("chk-1/x"),
+        "the error must name the file: {err}"
+    );
 }
 
 /// Every byte flip and truncation of a `_metadata` file is refused as corrupted.
@@ -101,12 +110,18 @@ pub async fn every_byte_flip_of_metadata_is_refused<F: BackendFactory>(ctx: Ctx<
             KeyedStateHandle::KeyGroups(KeyGroupsStateHandle {
                 range: KeyGroupRange::new(0, 2).unwrap(),
                 offsets: vec![16, 40],
-                stream: StreamStateHandle::File { path: "chk-9/abc".into(), size: 99 },
+                stream: StreamStateHandle::File {
+                    path: "chk-9/abc".into(),
+                    size: 99,
+                },
             }),
         ],
     });
     let bytes = metadata.encode();
-    assert_eq!(CheckpointMetadata::decode(&Bytes::from(bytes.clone()), "m").unwrap(), metadata);
+    assert_eq!(
+        CheckpointMetadata::decode(&Bytes::from(bytes.clone()), "m").unwrap(),
+        metadata
+    );
     for i in 0..bytes.len() {
         for mask in [0x01u8, 0xff] {
             let mut bad = bytes.clone();
@@ -168,7 +183,7 @@ fn zstd_frame(body: &[u8]) -> Vec<u8> {
     let mut f = vec![0x28, 0xb5, 0x2f, 0xfd]; // magic
     f.push(0x00); // frame header: no content size, no checksum, window descriptor follows
     f.push(0x58); // window descriptor: 2^(11+10) bytes... large enough
-    // One last raw block: header = last(1) | type raw(0) << 1 | size << 3, 3 bytes LE.
+                  // One last raw block: header = last(1) | type raw(0) << 1 | size << 3, 3 bytes LE.
     let h = 1u32 | ((body.len() as u32) << 3);
     f.extend_from_slice(&h.to_le_bytes()[..3]);
     f.extend_from_slice(body);
@@ -217,7 +232,12 @@ pub async fn hostile_lengths_do_not_allocate<F: BackendFactory>(ctx: Ctx<F>) {
     put_varint(&mut p, 7);
     cases.push(("state index", vec![meta("v", StateKind::Value)], p, false));
     // A compressed frame claiming 4 GiB of output for a few bytes.
-    cases.push(("compressed length", vec![meta("v", StateKind::Value)], b"abc".to_vec(), true));
+    cases.push((
+        "compressed length",
+        vec![meta("v", StateKind::Value)],
+        b"abc".to_vec(),
+        true,
+    ));
     for (what, states, payload, compressed) in cases {
         let (mut handle, data) = crafted(states, &payload, compressed);
         let data = if compressed {

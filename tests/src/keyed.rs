@@ -24,7 +24,11 @@ pub async fn value_absent_reads_none_or_default<F: BackendFactory>(ctx: Ctx<F>) 
     assert_eq!(d, vec![1, 2]);
     d.push(3); // mutating the copy must not change the default
     assert_eq!(b.value(&with_default).unwrap(), Some(vec![1, 2]));
-    assert_eq!(b.entry_count(&with_default).unwrap(), 0, "reading a default stores nothing");
+    assert_eq!(
+        b.entry_count(&with_default).unwrap(),
+        0,
+        "reading a default stores nothing"
+    );
 }
 
 /// Value: update then get; clear; keys are independent.
@@ -86,7 +90,11 @@ pub async fn list_update_empty_clears_and_add_all_empty_is_noop<F: BackendFactor
     let l = b.register(ListStateDescriptor::<u32>::new("l")).unwrap();
     b.set_current_key(&1).unwrap();
     b.append_all(&l, Vec::<u32>::new()).unwrap();
-    assert_eq!(b.entry_count(&l).unwrap(), 0, "add_all of nothing must not create an entry");
+    assert_eq!(
+        b.entry_count(&l).unwrap(),
+        0,
+        "add_all of nothing must not create an entry"
+    );
     b.append_all(&l, [1u32, 2]).unwrap();
     b.append_all(&l, Vec::<u32>::new()).unwrap();
     assert_eq!(b.list(&l).unwrap(), [1, 2]);
@@ -103,7 +111,8 @@ pub async fn map_operations<F: BackendFactory>(ctx: Ctx<F>) {
     assert!(b.map_is_empty(&m).unwrap());
     assert_eq!(b.map_get(&m, &"a".to_string()).unwrap(), None);
     b.map_put(&m, "a".to_string(), 1).unwrap();
-    b.map_put_all(&m, [("b".to_string(), 2u64), ("c".to_string(), 3)]).unwrap();
+    b.map_put_all(&m, [("b".to_string(), 2u64), ("c".to_string(), 3)])
+        .unwrap();
     b.map_put(&m, "a".to_string(), 10).unwrap();
     assert_eq!(b.map_get(&m, &"a".to_string()).unwrap(), Some(10));
     assert!(b.map_contains(&m, &"b".to_string()).unwrap());
@@ -146,7 +155,11 @@ pub async fn map_remove_during_iteration_writes_through<F: BackendFactory>(ctx: 
     assert_eq!(keys, [0, 2, 4, 6, 8]);
     b.map_retain(&m, |_, _| false).unwrap();
     assert!(b.map_is_empty(&m).unwrap());
-    assert_eq!(b.entry_count(&m).unwrap(), 0, "a map emptied by iteration leaves no entry");
+    assert_eq!(
+        b.entry_count(&m).unwrap(),
+        0,
+        "a map emptied by iteration leaves no entry"
+    );
 }
 
 /// Map: an empty or absent map iterates nothing.
@@ -425,7 +438,10 @@ pub async fn value_serializer_mismatch_is_refused<F: BackendFactory>(ctx: Ctx<F>
     let storage = ctx.storage.storage(&crate::job_id("value-serializer"));
     let mut b = backend(&ctx);
     let v = b
-        .register(ValueStateDescriptor::with_serializer("v", std::sync::Arc::new(Bincode::<u64>::named("count", 1))))
+        .register(ValueStateDescriptor::with_serializer(
+            "v",
+            std::sync::Arc::new(Bincode::<u64>::named("count", 1)),
+        ))
         .unwrap();
     b.set_current_key(&1).unwrap();
     b.update(&v, 7).unwrap();
@@ -439,17 +455,27 @@ pub async fn value_serializer_mismatch_is_refused<F: BackendFactory>(ctx: Ctx<F>
 
     let mut r = restore().await.unwrap();
     let err = r
-        .register(ValueStateDescriptor::with_serializer("v", std::sync::Arc::new(Bincode::<u64>::named("count", 2))))
+        .register(ValueStateDescriptor::with_serializer(
+            "v",
+            std::sync::Arc::new(Bincode::<u64>::named("count", 2)),
+        ))
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
 
     let mut r = restore().await.unwrap();
     let err = r.register(ListStateDescriptor::<u64>::new("v")).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Incompatible, "a value state restored as a list: {err}");
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Incompatible,
+        "a value state restored as a list: {err}"
+    );
 
     let mut r = restore().await.unwrap();
     let v = r
-        .register(ValueStateDescriptor::with_serializer("v", std::sync::Arc::new(Bincode::<u64>::named("count", 1))))
+        .register(ValueStateDescriptor::with_serializer(
+            "v",
+            std::sync::Arc::new(Bincode::<u64>::named("count", 1)),
+        ))
         .unwrap();
     r.set_current_key(&1).unwrap();
     assert_eq!(r.value(&v).unwrap(), Some(7));

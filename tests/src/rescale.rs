@@ -23,7 +23,11 @@ async fn rescale<F: BackendFactory>(ctx: Ctx<F>, from: u32, to: u32) {
             b.append_all(&l, [k, k + 1]).unwrap();
             b.map_put(&m, (k % 7) as u8, k).unwrap();
         }
-        handles.push(snapshot_into(&mut b, &*storage, 1, SnapshotOptions::checkpoint()).await.handle);
+        handles.push(
+            snapshot_into(&mut b, &*storage, 1, SnapshotOptions::checkpoint())
+                .await
+                .handle,
+        );
     }
     let pointer = complete(&*storage, 1, CheckpointKind::Checkpoint, from, handles).await;
     let mut seen = HashSet::new();
@@ -37,15 +41,31 @@ async fn rescale<F: BackendFactory>(ctx: Ctx<F>, from: u32, to: u32) {
         let mine: Vec<u64> = (0..KEYS).filter(|k| operator_for_key(k, to) == index).collect();
         for &k in &mine {
             r.set_current_key(&k).unwrap();
-            assert_eq!(r.value(&v).unwrap(), Some(k * 3), "{from}->{to}: key {k} on operator {index}");
+            assert_eq!(
+                r.value(&v).unwrap(),
+                Some(k * 3),
+                "{from}->{to}: key {k} on operator {index}"
+            );
             assert_eq!(r.list(&l).unwrap(), [k, k + 1]);
             assert_eq!(r.map_entries(&m).unwrap(), [((k % 7) as u8, k)]);
         }
-        for state in [r.entry_count(&v).unwrap(), r.entry_count(&l).unwrap(), r.entry_count(&m).unwrap()] {
-            assert_eq!(state, mine.len() as u64, "{from}->{to}: operator {index} holds foreign keys");
+        for state in [
+            r.entry_count(&v).unwrap(),
+            r.entry_count(&l).unwrap(),
+            r.entry_count(&m).unwrap(),
+        ] {
+            assert_eq!(
+                state,
+                mine.len() as u64,
+                "{from}->{to}: operator {index} holds foreign keys"
+            );
         }
         for k in r.keys(&v, &VoidNamespace).unwrap() {
-            assert_eq!(operator_for_key(&k, to), index, "key {k} restored on the wrong operator");
+            assert_eq!(
+                operator_for_key(&k, to),
+                index,
+                "key {k} restored on the wrong operator"
+            );
             assert!(seen.insert(k), "key {k} restored twice");
         }
     }

@@ -42,7 +42,9 @@ pub async fn snapshot_isolation<F: BackendFactory>(ctx: Ctx<F>) {
     b.update(&v, 1).unwrap();
     let result = pending.await.unwrap();
     let pointer = complete(&*storage, 1, CheckpointKind::Checkpoint, 1, vec![result.handle]).await;
-    let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer).await.unwrap();
+    let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer)
+        .await
+        .unwrap();
     let v = r.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     let l = r.register(ListStateDescriptor::<u64>::new("l")).unwrap();
     for k in 0..200u64 {
@@ -69,7 +71,9 @@ pub async fn two_snapshots_restore_to_their_own_state<F: BackendFactory>(ctx: Ct
     }
     let p2 = checkpoint(&mut b, &*storage, 2).await;
     for (pointer, expected) in [(p1, 1u64), (p2, 2)] {
-        let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer).await.unwrap();
+        let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer)
+            .await
+            .unwrap();
         let v = r.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
         for k in 0..50u64 {
             assert_eq!(value_of(&mut r, &v, k).await, Some(expected), "{pointer} key {k}");
@@ -103,7 +107,9 @@ pub async fn concurrent_async_phases_while_serving<F: BackendFactory>(ctx: Ctx<F
         let round = i as u64 + 1;
         let result = task.await.unwrap().unwrap();
         let pointer = complete(&*storage, round, CheckpointKind::Checkpoint, 1, vec![result.handle]).await;
-        let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer).await.unwrap();
+        let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer)
+            .await
+            .unwrap();
         let rv = r.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
         for k in (0..300u64).step_by(7) {
             assert_eq!(value_of(&mut r, &rv, k).await, Some(round));
@@ -125,7 +131,9 @@ pub async fn dropped_snapshot_leaves_nothing<F: BackendFactory>(ctx: Ctx<F>) {
     assert!(storage.latest_checkpoint().await.unwrap().is_none());
     // The backend is unaffected and can snapshot the same id afresh.
     let pointer = checkpoint(&mut b, &*storage, 2).await;
-    let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer).await.unwrap();
+    let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer)
+        .await
+        .unwrap();
     let v = r.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     assert_eq!(value_of(&mut r, &v, 1).await, Some(1));
 }
@@ -157,7 +165,9 @@ pub async fn empty_backend_snapshots_empty<F: BackendFactory>(ctx: Ctx<F>) {
     assert!(result.handle.is_empty(), "{:?}", result.handle);
     assert_eq!(result.stats.full_size, 0);
     let pointer = complete(&*storage, 1, CheckpointKind::Checkpoint, 1, vec![result.handle]).await;
-    let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer).await.unwrap();
+    let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer)
+        .await
+        .unwrap();
     let v = r.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     assert_eq!(value_of(&mut r, &v, 1).await, None);
     assert_eq!(r.entry_count(&v).unwrap(), 0);
@@ -168,7 +178,9 @@ pub async fn restored_untouched_state_is_in_next_snapshot<F: BackendFactory>(ctx
     let storage = storage(&ctx, "untouched");
     let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
     let v = b.register(ValueStateDescriptor::<u64>::new("untouched")).unwrap();
-    let m = b.register(MapStateDescriptor::<u64, String>::new("untouched-map")).unwrap();
+    let m = b
+        .register(MapStateDescriptor::<u64, String>::new("untouched-map"))
+        .unwrap();
     for k in 0..20u64 {
         b.set_current_key(&k).unwrap();
         b.update(&v, k).unwrap();
@@ -182,7 +194,9 @@ pub async fn restored_untouched_state_is_in_next_snapshot<F: BackendFactory>(ctx
     let p2 = checkpoint(&mut r1, &*storage, 2).await;
     let mut r2 = restore_from(&ctx, &*storage, full_config::<u64>(), &p2).await.unwrap();
     let v = r2.register(ValueStateDescriptor::<u64>::new("untouched")).unwrap();
-    let m = r2.register(MapStateDescriptor::<u64, String>::new("untouched-map")).unwrap();
+    let m = r2
+        .register(MapStateDescriptor::<u64, String>::new("untouched-map"))
+        .unwrap();
     let other = r2.register(ValueStateDescriptor::<u64>::new("other")).unwrap();
     for k in 0..20u64 {
         assert_eq!(value_of(&mut r2, &v, k).await, Some(k));
@@ -202,7 +216,9 @@ fn fill_every_kind<B: KeyedStateBackend<Key = u64>>(b: &mut B, keys: u64) {
     let m = b
         .register(MapStateDescriptor::<String, u64>::new("map").in_namespace::<u8>())
         .unwrap();
-    let r = b.register(ReducingStateDescriptor::<u64>::new("reducing", sum)).unwrap();
+    let r = b
+        .register(ReducingStateDescriptor::<u64>::new("reducing", sum))
+        .unwrap();
     for k in 0..keys {
         b.set_current_key(&k).unwrap();
         b.update(&v, format!("v{k}")).unwrap();
@@ -223,7 +239,9 @@ fn check_every_kind<B: KeyedStateBackend<Key = u64>>(b: &mut B, keys: impl Itera
     let m = b
         .register(MapStateDescriptor::<String, u64>::new("map").in_namespace::<u8>())
         .unwrap();
-    let r = b.register(ReducingStateDescriptor::<u64>::new("reducing", sum)).unwrap();
+    let r = b
+        .register(ReducingStateDescriptor::<u64>::new("reducing", sum))
+        .unwrap();
     let mut n = 0;
     for k in keys {
         b.set_current_key(&k).unwrap();
@@ -247,7 +265,9 @@ pub async fn every_state_kind_round_trips<F: BackendFactory>(ctx: Ctx<F>) {
     let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
     fill_every_kind(&mut b, 300);
     let pointer = checkpoint(&mut b, &*storage, 1).await;
-    let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer).await.unwrap();
+    let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer)
+        .await
+        .unwrap();
     assert_eq!(check_every_kind(&mut r, 0..300), 300);
 }
 
@@ -265,7 +285,9 @@ pub async fn compressed_snapshot_round_trips<F: BackendFactory>(ctx: Ctx<F>) {
         plain.stats.full_size
     );
     let pointer = complete(&*storage, 2, CheckpointKind::Checkpoint, 1, vec![zstd.handle]).await;
-    let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer).await.unwrap();
+    let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer)
+        .await
+        .unwrap();
     assert_eq!(check_every_kind(&mut r, 0..300), 300);
 }
 
@@ -286,7 +308,10 @@ pub async fn canonical_savepoint_restores_at_other_parallelism<F: BackendFactory
         total += check_every_kind(&mut r, mine);
         let v = r.register(ValueStateDescriptor::<String>::new("value")).unwrap();
         let count = r.entry_count(&v).unwrap() as usize;
-        assert_eq!(count, (0..200u64).filter(|k| crate::operator_for_key(k, 3) == index).count());
+        assert_eq!(
+            count,
+            (0..200u64).filter(|k| crate::operator_for_key(k, 3) == index).count()
+        );
     }
     assert_eq!(total, 200);
 }

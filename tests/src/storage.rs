@@ -14,7 +14,13 @@ async fn one_checkpoint(storage: &dyn CheckpointStorage, id: u64, marker: u32) -
         max_parallelism: 128,
         keyed: Vec::new(),
     });
-    storage.init_checkpoint(id).await.unwrap().write_metadata(&metadata).await.unwrap()
+    storage
+        .init_checkpoint(id)
+        .await
+        .unwrap()
+        .write_metadata(&metadata)
+        .await
+        .unwrap()
 }
 
 /// `chk-n/_metadata`, `chk-n` and `chk-n/` name the same checkpoint.
@@ -69,8 +75,14 @@ pub async fn two_jobs_do_not_collide<F: BackendFactory>(ctx: Ctx<F>) {
     assert_ne!(pa, pb);
     assert_eq!(a.resolve(&pa).await.unwrap().metadata.timestamp_millis, 1);
     assert_eq!(b.resolve(&pb).await.unwrap().metadata.timestamp_millis, 2);
-    assert_eq!(a.latest_checkpoint().await.unwrap().unwrap().metadata.timestamp_millis, 1);
-    assert_eq!(b.latest_checkpoint().await.unwrap().unwrap().metadata.timestamp_millis, 2);
+    assert_eq!(
+        a.latest_checkpoint().await.unwrap().unwrap().metadata.timestamp_millis,
+        1
+    );
+    assert_eq!(
+        b.latest_checkpoint().await.unwrap().unwrap().metadata.timestamp_millis,
+        2
+    );
 }
 
 /// Output streams: nothing written gives an empty handle, little is inlined,
@@ -89,7 +101,10 @@ pub async fn output_stream_handles<F: BackendFactory>(ctx: Ctx<F>) {
     stream.write(b"de").await.unwrap();
     assert_eq!(stream.position(), 5);
     assert!(caps.inline_threshold >= 5);
-    assert_eq!(stream.close().await.unwrap(), StreamStateHandle::Inline(bytes::Bytes::from_static(b"abcde")));
+    assert_eq!(
+        stream.close().await.unwrap(),
+        StreamStateHandle::Inline(bytes::Bytes::from_static(b"abcde"))
+    );
 
     let above = caps.inline_threshold + 1;
     if caps.max_state_size.is_none_or(|max| max >= above as u64) {
@@ -100,8 +115,14 @@ pub async fn output_stream_handles<F: BackendFactory>(ctx: Ctx<F>) {
         }
         assert_eq!(stream.position(), above as u64);
         let handle = stream.close().await.unwrap();
-        assert!(matches!(handle, StreamStateHandle::File { size, .. } if size == above as u64), "{handle:?}");
-        let pointer = location.write_metadata(&CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 0)).await.unwrap();
+        assert!(
+            matches!(handle, StreamStateHandle::File { size, .. } if size == above as u64),
+            "{handle:?}"
+        );
+        let pointer = location
+            .write_metadata(&CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 0))
+            .await
+            .unwrap();
         let reader = storage.resolve(&pointer).await.unwrap().reader;
         assert_eq!(reader.read(&handle).await.unwrap(), data);
     }
@@ -114,7 +135,16 @@ pub async fn latest_checkpoint_is_the_newest<F: BackendFactory>(ctx: Ctx<F>) {
     for id in [1u64, 3, 2] {
         one_checkpoint(&*storage, id, id as u32).await;
     }
-    assert_eq!(storage.latest_checkpoint().await.unwrap().unwrap().metadata.checkpoint_id, 3);
+    assert_eq!(
+        storage
+            .latest_checkpoint()
+            .await
+            .unwrap()
+            .unwrap()
+            .metadata
+            .checkpoint_id,
+        3
+    );
 }
 
 /// The memory storage refuses state above its maximum with a clear error.
@@ -138,7 +168,10 @@ pub async fn memory_storage_refuses_state_above_maximum<F: BackendFactory>(ctx: 
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::LimitExceeded, "{err}");
     assert!(err.to_string().contains("4096"), "the error must give the limit: {err}");
-    assert!(err.to_string().contains("chk-2"), "the error must name the checkpoint: {err}");
+    assert!(
+        err.to_string().contains("chk-2"),
+        "the error must name the checkpoint: {err}"
+    );
 }
 
 /// Memory checkpoints cannot be resolved once their process has ended (a

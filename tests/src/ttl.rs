@@ -43,7 +43,9 @@ pub async fn on_read_and_write_is_refreshed_by_reads<F: BackendFactory>(ctx: Ctx
     let ttl = quiet(StateTtlConfig::new(TTL).with_update_type(TtlUpdateType::OnReadAndWrite));
     let v = b.register(ValueStateDescriptor::<u64>::new("v").with_ttl(ttl)).unwrap();
     let l = b.register(ListStateDescriptor::<u64>::new("l").with_ttl(ttl)).unwrap();
-    let m = b.register(MapStateDescriptor::<u64, u64>::new("m").with_ttl(ttl)).unwrap();
+    let m = b
+        .register(MapStateDescriptor::<u64, u64>::new("m").with_ttl(ttl))
+        .unwrap();
     b.set_current_key(&1).unwrap();
     b.update(&v, 1).unwrap();
     b.append(&l, 1).unwrap();
@@ -134,11 +136,15 @@ pub async fn every_state_kind_expires<F: BackendFactory>(ctx: Ctx<F>) {
     let ttl = quiet(StateTtlConfig::new(TTL));
     let v = b.register(ValueStateDescriptor::<u64>::new("v").with_ttl(ttl)).unwrap();
     let l = b.register(ListStateDescriptor::<u64>::new("l").with_ttl(ttl)).unwrap();
-    let m = b.register(MapStateDescriptor::<u64, u64>::new("m").with_ttl(ttl)).unwrap();
+    let m = b
+        .register(MapStateDescriptor::<u64, u64>::new("m").with_ttl(ttl))
+        .unwrap();
     let r = b
         .register(ReducingStateDescriptor::<u64>::new("r", |a, b| a + b).with_ttl(ttl))
         .unwrap();
-    let a = b.register(AggregatingStateDescriptor::new("a", Count).with_ttl(ttl)).unwrap();
+    let a = b
+        .register(AggregatingStateDescriptor::new("a", Count).with_ttl(ttl))
+        .unwrap();
     b.set_current_key(&1).unwrap();
     b.update(&v, 1).unwrap();
     b.append(&l, 1).unwrap();
@@ -157,7 +163,11 @@ pub async fn every_state_kind_expires<F: BackendFactory>(ctx: Ctx<F>) {
     assert_eq!(b.reduced(&r).unwrap(), Some(3));
     b.aggregate(&a, 3).unwrap();
     assert_eq!(b.aggregated(&a).unwrap(), Some(1));
-    for count in [b.entry_count(&v).unwrap(), b.entry_count(&l).unwrap(), b.entry_count(&m).unwrap()] {
+    for count in [
+        b.entry_count(&v).unwrap(),
+        b.entry_count(&l).unwrap(),
+        b.entry_count(&m).unwrap(),
+    ] {
         assert_eq!(count, 0, "reading expired state removes it");
     }
 }
@@ -232,7 +242,9 @@ pub async fn full_snapshot_cleanup_leaves_expired_out<F: BackendFactory>(ctx: Ct
     let ttl = quiet(StateTtlConfig::new(TTL).cleanup_full_snapshot());
     let v = b.register(ValueStateDescriptor::<u64>::new("v").with_ttl(ttl)).unwrap();
     let l = b.register(ListStateDescriptor::<u64>::new("l").with_ttl(ttl)).unwrap();
-    let m = b.register(MapStateDescriptor::<u64, u64>::new("m").with_ttl(ttl)).unwrap();
+    let m = b
+        .register(MapStateDescriptor::<u64, u64>::new("m").with_ttl(ttl))
+        .unwrap();
     for k in 0..10u64 {
         b.set_current_key(&k).unwrap();
         b.update(&v, k).unwrap();
@@ -253,7 +265,9 @@ pub async fn full_snapshot_cleanup_leaves_expired_out<F: BackendFactory>(ctx: Ct
         .unwrap();
     let v = r.register(ValueStateDescriptor::<u64>::new("v").with_ttl(ttl)).unwrap();
     let l = r.register(ListStateDescriptor::<u64>::new("l").with_ttl(ttl)).unwrap();
-    let m = r.register(MapStateDescriptor::<u64, u64>::new("m").with_ttl(ttl)).unwrap();
+    let m = r
+        .register(MapStateDescriptor::<u64, u64>::new("m").with_ttl(ttl))
+        .unwrap();
     assert_eq!(r.entry_count(&v).unwrap(), 1);
     assert_eq!(r.entry_count(&l).unwrap(), 1);
     assert_eq!(r.entry_count(&m).unwrap(), 1);

@@ -51,7 +51,11 @@ pub async fn snapshot_into<B: KeyedStateBackend>(
         CheckpointKind::Checkpoint => storage.init_checkpoint(checkpoint_id).await.unwrap(),
         CheckpointKind::Savepoint => storage.init_savepoint(checkpoint_id, None).await.unwrap(),
     };
-    backend.snapshot(checkpoint_id, location, options).unwrap().await.unwrap()
+    backend
+        .snapshot(checkpoint_id, location, options)
+        .unwrap()
+        .await
+        .unwrap()
 }
 
 /// Writes the metadata of a checkpoint holding `handles` and returns its pointer.
@@ -97,7 +101,9 @@ pub async fn restore_from<F: BackendFactory, K: TestKey>(
         .operator(OPERATOR)
         .map(|o| o.keyed.clone())
         .unwrap_or_default();
-    ctx.backend.restore(config, &handles, Arc::clone(&resolved.reader)).await
+    ctx.backend
+        .restore(config, &handles, Arc::clone(&resolved.reader))
+        .await
 }
 
 /// A fresh job id for one contract, so storages never share checkpoints by accident.

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use flowstate_api::{BackendCapabilities, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, Result, StateReader};
+use flowstate_api::{
+    BackendCapabilities, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, Result, StateReader,
+};
 use flowstate_conformance::{BackendFactory, TestKey};
 use flowstate_heap::HeapBackend;
 

@@ -1,0 +1,127 @@
+//! The test vectors of `docs/format.md`: the bytes below are part of the
+//! format and must never change for version 1.
+#![allow(clippy::unwrap_used)]
+
+use bytes::Bytes;
+use flowstate_api::canonical::{CanonicalSnapshot, Record, SnapshotHeader};
+use flowstate_api::*;
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    let s: String = s.split_whitespace().collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The key group of u64 key 42 (bincode bytes `2a`) with max parallelism 128.
+const KEY_42_KEY_GROUP: u32 = 28;
+
+/// A canonical snapshot of key group `KEY_42_KEY_GROUP` only, holding one
+/// value state "count" (u64, void namespace) with key 42 -> 7.
+const SNAPSHOT: &str = concat!(
+    "46534b4701000000380000001a6f49b11c1d0c62696e636f6465323a75363401",
+    "0105636f756e74000e766f69642d6e616d657370616365010c62696e636f6465",
+    "323a75363401000006000000227fa06a00012a000107"
+);
+
+/// `_metadata` of checkpoint 1 with operator "op" (parallelism 1, max 128)
+/// whose one keyed handle inlines `SNAPSHOT`.
+const METADATA: &str = concat!(
+    "46534d440100000068000000cff71e0101000001026f7001800101011c1d0148",
+    "015646534b4701000000380000001a6f49b11c1d0c62696e636f6465323a7536",
+    "34010105636f756e74000e766f69642d6e616d657370616365010c62696e636f",
+    "6465323a75363401000006000000227fa06a00012a000107"
+);
+
+async fn snapshot_bytes() -> (KeyGroupsStateHandle, Vec<u8>) {
+    // Build exactly what a backend writes, through the public writer.
+    struct One;
+    impl flowstate_api::canonical::KeyGroupSource for One {
+        fn write_key_group(&mut self, _kg: u32, out: &mut flowstate_api::canonical::KeyGroupWriter) -> Result<()> {
+            out.value(0, &[42], &[], &[7]);
+            Ok(())
+        }
+    }
+    let header = SnapshotHeader {
+        range: KeyGroupRange::new(KEY_42_KEY_GROUP, KEY_42_KEY_GROUP + 1).unwrap(),
+        key_serializer: Bincode::<u64>::new().id(),
+        states: vec![StateMeta {
+            name: "count".into(),
+            kind: StateKind::Value,
+            namespace_serializer: VoidNamespaceSerializer.id(),
+            value_serializer: Bincode::<u64>::new().id(),
+            user_key_serializer: None,
+            ttl: false,
+        }],
+        compressed: false,
+    };
+    let storage = MemoryCheckpointStorage::new("vectors");
+    let location = storage.init_checkpoint(1).await.unwrap();
+    let stream = location.create_output_stream(StateScope::Exclusive).await.unwrap();
+    let written =
+        flowstate_api::canonical::write_canonical_snapshot(&header, &mut One, Default::default(), stream, None)
+            .await
+            .unwrap();
+    let StreamStateHandle::Inline(b) = &written.handle.stream else {
+        panic!()
+    };
+    let bytes = b.to_vec();
+    (written.handle, bytes)
+}
+
+#[test]
+fn key_group_of_key_42() {
+    let mut b = Vec::new();
+    Bincode::<u64>::new().serialize(&42, &mut b).unwrap();
+    assert_eq!(b, [0x2a]);
+    assert_eq!(murmur3_32(&b, 0), 0x1433_6e1c);
+    assert_eq!(key_group_for_key_bytes(&b, 128), KEY_42_KEY_GROUP);
+}
+
+#[tokio::test]
+async fn snapshot_vector() {
+    let (handle, bytes) = snapshot_bytes().await;
+    assert_eq!(handle.offsets, [72]);
+    assert_eq!(hex(&bytes), hex(&unhex(SNAPSHOT)));
+    let snap = CanonicalSnapshot::open(Bytes::from(bytes), &handle, "vector").unwrap();
+    let mut records = Vec::new();
+    snap.key_group(KEY_42_KEY_GROUP)
+        .unwrap()
+        .for_each(|r| {
+            records.push(format!("{r:?}"));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        records,
+        [format!(
+            "{:?}",
+            Record::Value {
+                state: 0,
+                key: &[42],
+                namespace: &[],
+                value: &[7]
+            }
+        )]
+    );
+}
+
+#[tokio::test]
+async fn metadata_vector() {
+    let (handle, _) = snapshot_bytes().await;
+    let mut m = CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 0);
+    m.operators.push(OperatorState {
+        operator_id: "op".into(),
+        parallelism: 1,
+        max_parallelism: 128,
+        keyed: vec![KeyedStateHandle::KeyGroups(handle)],
+    });
+    let bytes = m.encode();
+    assert_eq!(hex(&bytes), hex(&unhex(METADATA)));
+    assert_eq!(CheckpointMetadata::decode(&Bytes::from(bytes), "vector").unwrap(), m);
+}
