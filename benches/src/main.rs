@@ -1,0 +1,63 @@
+//! The standard workload runner (`BENCHMARKS.md`): W1 state access and W2
+//! snapshots, one tab-separated line per figure:
+//! `flowstate <workload> <backend> <metric> <value> <unit>`.
+//!
+//! `workload [W1|W2|all] [--quick]`; `--quick` shrinks every size 10x.
+
+mod w1;
+mod w2;
+
+use std::process::ExitCode;
+
+/// xorshift64*, the generator both sides of the comparison use.
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// Seeded generator.
+    pub fn new(seed: u64) -> Self {
+        XorShift(seed)
+    }
+
+    /// The next draw.
+    #[inline]
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Prints one figure.
+pub fn emit(workload: &str, backend: &str, metric: &str, value: f64, unit: &str) {
+    println!("flowstate\t{workload}\t{backend}\t{metric}\t{value:.3}\t{unit}");
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let which = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .unwrap_or("all");
+    let scale = if quick { 10 } else { 1 };
+    let result = match which {
+        "W1" => w1::run(scale),
+        "W2" => w2::run(scale),
+        "all" => w1::run(scale).and_then(|_| w2::run(scale)),
+        other => {
+            eprintln!("usage: workload [W1|W2|all] [--quick] (unknown workload {other:?})");
+            return ExitCode::FAILURE;
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("workload: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! W2: full snapshots of 2,000,000 keys × 100-byte values, 1% updated
+//! between checkpoints, then restore.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use flowstate_api::*;
+use flowstate_heap::HeapBackend;
+
+use crate::{emit, XorShift};
+
+fn value(rng: &mut XorShift) -> Vec<u8> {
+    let mut v = Vec::with_capacity(104);
+    for _ in 0..13 {
+        v.extend_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    v.truncate(100);
+    v
+}
+
+fn config() -> Result<KeyedBackendConfig<u64>> {
+    Ok(KeyedBackendConfig::new(KeyGroupRange::all(128)?, 128))
+}
+
+fn descriptor() -> ValueStateDescriptor<Vec<u8>> {
+    ValueStateDescriptor::with_serializer("w2-value", Arc::new(RawBytes))
+}
+
+async fn heap_full(scale: usize) -> Result<u64> {
+    let keys = 2_000_000 / scale as u64;
+    let updates = 20_000 / scale;
+    let storage = MemoryCheckpointStorage::new("w2").with_max_state_size(usize::MAX);
+    let mut rng = XorShift::new(42);
+    let mut expected: Vec<Vec<u8>> = Vec::with_capacity(keys as usize);
+    let mut b = HeapBackend::new(config()?)?;
+    let s = b.register(descriptor())?;
+    let started = Instant::now();
+    for k in 0..keys {
+        let v = value(&mut rng);
+        b.set_current_key(&k)?;
+        b.update(&s, &v)?;
+        expected.push(v);
+    }
+    emit("W2", "heap-full", "load", started.elapsed().as_secs_f64() * 1e3, "ms");
+
+    let mut last_key = 0;
+    let mut full_bytes = 0;
+    for id in 1..=6u64 {
+        if id > 1 {
+            for _ in 0..updates {
+                let k = rng.next_u64() % keys;
+                let v = value(&mut rng);
+                b.set_current_key(&k)?;
+                b.update(&s, &v)?;
+                expected[k as usize] = v;
+                last_key = k;
+            }
+        }
+        let location = storage.init_checkpoint(id).await?;
+        let pending = b.snapshot(id, location.clone(), SnapshotOptions::checkpoint())?;
+        let result = pending.await?;
+        let mut metadata = CheckpointMetadata::new(id, CheckpointKind::Checkpoint, 0);
+        metadata.operators.push(OperatorState {
+            operator_id: "w2".into(),
+            parallelism: 1,
+            max_parallelism: 128,
+            keyed: vec![result.handle.clone()],
+        });
+        location.write_metadata(&metadata).await?;
+        b.notify_checkpoint_complete(id)?;
+        let st = result.stats;
+        emit("W2", "heap-full", &format!("ckpt.{id}.sync_ms"), st.sync_duration.as_secs_f64() * 1e3, "ms");
+        emit("W2", "heap-full", &format!("ckpt.{id}.async_ms"), st.async_duration.as_secs_f64() * 1e3, "ms");
+        emit("W2", "heap-full", &format!("ckpt.{id}.bytes"), st.bytes_written as f64, "bytes");
+        emit("W2", "heap-full", &format!("ckpt.{id}.full_bytes"), st.full_size as f64, "bytes");
+        full_bytes = st.full_size;
+    }
+    drop(b);
+
+    let started = Instant::now();
+    let latest = storage
+        .latest_checkpoint()
+        .await?
+        .ok_or_else(|| Error::not_found("checkpoint 6"))?;
+    let handles = latest.metadata.operators[0].keyed.clone();
+    let mut r = HeapBackend::restore(config()?, &handles, &*latest.reader).await?;
+    let s = r.register(descriptor())?;
+    r.set_current_key(&last_key)?;
+    let got = r.value(&s)?;
+    let elapsed = started.elapsed();
+    if got.as_ref() != Some(&expected[last_key as usize]) {
+        return Err(Error::internal("restore returned a wrong value"));
+    }
+    emit("W2", "heap-full", "restore.remote_ms", elapsed.as_secs_f64() * 1e3, "ms");
+    let mut check = XorShift::new(7);
+    for _ in 0..10_000 {
+        let k = check.next_u64() % keys;
+        r.set_current_key(&k)?;
+        if r.value(&s)?.as_ref() != Some(&expected[k as usize]) {
+            return Err(Error::internal(format!("restored key {k} differs")));
+        }
+    }
+    Ok(full_bytes)
+}
+
+/// Sequential write + fsync and read bandwidth of a file of `bytes` bytes.
+fn disk(bytes: u64) -> Result<()> {
+    let dir = tempfile::tempdir().map_err(|e| Error::io("temporary directory", e))?;
+    let path = dir.path().join("bandwidth");
+    let chunk = vec![0x5au8; 1 << 20];
+    let started = Instant::now();
+    {
+        let mut f = std::fs::File::create(&path).map_err(|e| Error::io(path.display(), e))?;
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            f.write_all(&chunk[..n]).map_err(|e| Error::io(path.display(), e))?;
+            left -= n as u64;
+        }
+        f.sync_all().map_err(|e| Error::io(path.display(), e))?;
+    }
+    let mb = bytes as f64 / 1e6;
+    emit("W2", "disk", "write_fsync", mb / started.elapsed().as_secs_f64(), "MB/s");
+    let started = Instant::now();
+    let mut f = std::fs::File::open(&path).map_err(|e| Error::io(path.display(), e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    while f.read(&mut buf).map_err(|e| Error::io(path.display(), e))? > 0 {}
+    emit("W2", "disk", "read", mb / started.elapsed().as_secs_f64(), "MB/s");
+    Ok(())
+}
+
+/// Runs W2 for every backend and the disk limit.
+pub fn run(scale: usize) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::internal(format!("runtime: {e}")))?;
+    let full = rt.block_on(heap_full(scale))?;
+    disk(full)
+}
