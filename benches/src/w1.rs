@@ -108,7 +108,13 @@ fn heap(scale: usize) -> Result<()> {
             Ok(b.list(&list)?.len() as u64)
         })
         .sum::<Result<u64>>()?;
-    emit("W1", "heap", "list.get.avg_len", total as f64 / key_space as f64, "elements");
+    emit(
+        "W1",
+        "heap",
+        "list.get.avg_len",
+        total as f64 / key_space as f64,
+        "elements",
+    );
     let r = inputs.measure(|k, _, _| {
         b.set_current_key(&k)?;
         for e in b.list(&list)? {

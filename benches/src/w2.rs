@@ -70,10 +70,34 @@ async fn heap_full(scale: usize) -> Result<u64> {
         location.write_metadata(&metadata).await?;
         b.notify_checkpoint_complete(id)?;
         let st = result.stats;
-        emit("W2", "heap-full", &format!("ckpt.{id}.sync_ms"), st.sync_duration.as_secs_f64() * 1e3, "ms");
-        emit("W2", "heap-full", &format!("ckpt.{id}.async_ms"), st.async_duration.as_secs_f64() * 1e3, "ms");
-        emit("W2", "heap-full", &format!("ckpt.{id}.bytes"), st.bytes_written as f64, "bytes");
-        emit("W2", "heap-full", &format!("ckpt.{id}.full_bytes"), st.full_size as f64, "bytes");
+        emit(
+            "W2",
+            "heap-full",
+            &format!("ckpt.{id}.sync_ms"),
+            st.sync_duration.as_secs_f64() * 1e3,
+            "ms",
+        );
+        emit(
+            "W2",
+            "heap-full",
+            &format!("ckpt.{id}.async_ms"),
+            st.async_duration.as_secs_f64() * 1e3,
+            "ms",
+        );
+        emit(
+            "W2",
+            "heap-full",
+            &format!("ckpt.{id}.bytes"),
+            st.bytes_written as f64,
+            "bytes",
+        );
+        emit(
+            "W2",
+            "heap-full",
+            &format!("ckpt.{id}.full_bytes"),
+            st.full_size as f64,
+            "bytes",
+        );
         full_bytes = st.full_size;
     }
     drop(b);
@@ -92,7 +116,13 @@ async fn heap_full(scale: usize) -> Result<u64> {
     if got.as_ref() != Some(&expected[last_key as usize]) {
         return Err(Error::internal("restore returned a wrong value"));
     }
-    emit("W2", "heap-full", "restore.remote_ms", elapsed.as_secs_f64() * 1e3, "ms");
+    emit(
+        "W2",
+        "heap-full",
+        "restore.remote_ms",
+        elapsed.as_secs_f64() * 1e3,
+        "ms",
+    );
     let mut check = XorShift::new(7);
     for _ in 0..10_000 {
         let k = check.next_u64() % keys;
@@ -121,7 +151,13 @@ fn disk(bytes: u64) -> Result<()> {
         f.sync_all().map_err(|e| Error::io(path.display(), e))?;
     }
     let mb = bytes as f64 / 1e6;
-    emit("W2", "disk", "write_fsync", mb / started.elapsed().as_secs_f64(), "MB/s");
+    emit(
+        "W2",
+        "disk",
+        "write_fsync",
+        mb / started.elapsed().as_secs_f64(),
+        "MB/s",
+    );
     let started = Instant::now();
     let mut f = std::fs::File::open(&path).map_err(|e| Error::io(path.display(), e))?;
     let mut buf = vec![0u8; 1 << 20];
