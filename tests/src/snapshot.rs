@@ -209,16 +209,30 @@ fn sum(a: &u64, b: &u64) -> u64 {
     a + b
 }
 
+/// One state of every kind.
+struct EveryKind {
+    v: ValueState<String>,
+    l: ListState<u32>,
+    m: MapState<String, u64, u8>,
+    r: ReducingState<u64>,
+}
+
+impl EveryKind {
+    fn register<B: KeyedStateBackend<Key = u64>>(b: &mut B) -> Self {
+        EveryKind {
+            v: b.register(ValueStateDescriptor::<String>::new("value")).unwrap(),
+            l: b.register(ListStateDescriptor::<u32>::new("list")).unwrap(),
+            m: b.register(MapStateDescriptor::<String, u64>::new("map").in_namespace::<u8>())
+                .unwrap(),
+            r: b.register(ReducingStateDescriptor::<u64>::new("reducing", sum))
+                .unwrap(),
+        }
+    }
+}
+
 /// Writes one of every state kind in two namespaces.
 fn fill_every_kind<B: KeyedStateBackend<Key = u64>>(b: &mut B, keys: u64) {
-    let v = b.register(ValueStateDescriptor::<String>::new("value")).unwrap();
-    let l = b.register(ListStateDescriptor::<u32>::new("list")).unwrap();
-    let m = b
-        .register(MapStateDescriptor::<String, u64>::new("map").in_namespace::<u8>())
-        .unwrap();
-    let r = b
-        .register(ReducingStateDescriptor::<u64>::new("reducing", sum))
-        .unwrap();
+    let EveryKind { v, l, m, r } = EveryKind::register(b);
     for k in 0..keys {
         b.set_current_key(&k).unwrap();
         b.update(&v, format!("v{k}")).unwrap();
@@ -234,14 +248,7 @@ fn fill_every_kind<B: KeyedStateBackend<Key = u64>>(b: &mut B, keys: u64) {
 }
 
 fn check_every_kind<B: KeyedStateBackend<Key = u64>>(b: &mut B, keys: impl Iterator<Item = u64>) -> usize {
-    let v = b.register(ValueStateDescriptor::<String>::new("value")).unwrap();
-    let l = b.register(ListStateDescriptor::<u32>::new("list")).unwrap();
-    let m = b
-        .register(MapStateDescriptor::<String, u64>::new("map").in_namespace::<u8>())
-        .unwrap();
-    let r = b
-        .register(ReducingStateDescriptor::<u64>::new("reducing", sum))
-        .unwrap();
+    let EveryKind { v, l, m, r } = EveryKind::register(b);
     let mut n = 0;
     for k in keys {
         b.set_current_key(&k).unwrap();
