@@ -52,7 +52,9 @@ use flowstate_api::{
     StateScope, StateTtlConfig, StorageKind,
 };
 
-use table::{insert_record, split_composite, FrozenTables, HeapState, Table, UserMap};
+use table::{
+    elements, insert_record, pack, packed, split_composite, CompositeKey, FrozenTables, HeapState, Inline, Table,
+};
 
 /// The in-memory keyed state backend.
 pub struct HeapBackend<K> {
@@ -349,7 +351,7 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
     #[inline]
     fn raw_value_get(&mut self, state: StateId) -> Result<Option<Bytes>> {
         let (s, kg, ck) = self.target(state)?;
-        Ok(maps!(s, Value, Value)[kg].get(ck).cloned())
+        Ok(maps!(s, Value, Value)[kg].get(ck).map(|v| Bytes::copy_from_slice(v)))
     }
 
     #[inline]
@@ -357,9 +359,12 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
         let (s, kg, ck) = self.target(state)?;
         let map = &mut maps!(s, Value, Value)[kg];
         match map.get_mut(ck) {
-            Some(v) => *v = value,
+            Some(v) => {
+                v.clear();
+                v.extend_from_slice(&value);
+            }
             None => {
-                map.insert(Bytes::copy_from_slice(ck), value);
+                map.insert(CompositeKey::from_slice(ck), Inline::from_slice(&value));
             }
         }
         Ok(())
@@ -384,7 +389,7 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
     fn raw_list_get(&mut self, state: StateId, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
         let (s, kg, ck) = self.target(state)?;
         if let Some(list) = maps!(s, List, List)[kg].get(ck) {
-            for e in list.iter() {
+            for e in elements(list) {
                 f(e)?;
             }
         }
@@ -396,9 +401,9 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
         let (s, kg, ck) = self.target(state)?;
         let map = &mut maps!(s, List, List)[kg];
         match map.get_mut(ck) {
-            Some(list) => Arc::make_mut(list).push(element),
+            Some(list) => pack(Arc::make_mut(list), &element),
             None => {
-                map.insert(Bytes::copy_from_slice(ck), Arc::new(vec![element]));
+                map.insert(CompositeKey::from_slice(ck), Arc::new(packed([&element[..]])));
             }
         }
         Ok(())
@@ -411,9 +416,17 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
         let (s, kg, ck) = self.target(state)?;
         let map = &mut maps!(s, List, List)[kg];
         match map.get_mut(ck) {
-            Some(list) => Arc::make_mut(list).extend(elements),
+            Some(list) => {
+                let list = Arc::make_mut(list);
+                for e in &elements {
+                    pack(list, e);
+                }
+            }
             None => {
-                map.insert(Bytes::copy_from_slice(ck), Arc::new(elements));
+                map.insert(
+                    CompositeKey::from_slice(ck),
+                    Arc::new(packed(elements.iter().map(|e| &e[..]))),
+                );
             }
         }
         Ok(())
@@ -425,7 +438,10 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
         if elements.is_empty() {
             map.remove(ck);
         } else {
-            map.insert(Bytes::copy_from_slice(ck), Arc::new(elements));
+            map.insert(
+                CompositeKey::from_slice(ck),
+                Arc::new(packed(elements.iter().map(|e| &e[..]))),
+            );
         }
         Ok(())
     }
@@ -433,7 +449,10 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
     #[inline]
     fn raw_map_get(&mut self, state: StateId, user_key: &[u8]) -> Result<Option<Bytes>> {
         let (s, kg, ck) = self.target(state)?;
-        Ok(maps!(s, Map, Map)[kg].get(ck).and_then(|m| m.get(user_key)).cloned())
+        Ok(maps!(s, Map, Map)[kg]
+            .get(ck)
+            .and_then(|m| m.get(user_key))
+            .map(|v| Bytes::copy_from_slice(v)))
     }
 
     #[inline]
@@ -442,12 +461,12 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
         let map = &mut maps!(s, Map, Map)[kg];
         match map.get_mut(ck) {
             Some(m) => {
-                m.insert(user_key, value);
+                Arc::make_mut(m).insert(Inline::from_slice(&user_key), Inline::from_slice(&value));
             }
             None => {
-                let mut m = UserMap::default();
-                m.insert(user_key, value);
-                map.insert(Bytes::copy_from_slice(ck), m);
+                let mut m = std::collections::BTreeMap::new();
+                m.insert(Inline::from_slice(&user_key), Inline::from_slice(&value));
+                map.insert(CompositeKey::from_slice(ck), Arc::new(m));
             }
         }
         Ok(())
@@ -457,11 +476,11 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
         let (s, kg, ck) = self.target(state)?;
         let map = &mut maps!(s, Map, Map)[kg];
         let now_empty = match map.get_mut(ck) {
-            Some(m) => {
-                m.remove(user_key);
+            Some(m) if m.contains_key(user_key) => {
+                Arc::make_mut(m).remove(user_key);
                 m.is_empty()
             }
-            None => false,
+            _ => false,
         };
         if now_empty {
             map.remove(ck);
@@ -478,8 +497,8 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
         let (s, kg, ck) = self.target(state)?;
         let map = &mut maps!(s, Map, Map)[kg];
         let Some(user_map) = map.get(ck) else { return Ok(()) };
-        // Iterate a frozen copy (O(1)); removals go to the live map.
-        let frozen = user_map.clone();
+        // Iterate a frozen view (an Arc clone); removals go to the live map.
+        let frozen = Arc::clone(user_map);
         let mut removed = Vec::new();
         for (uk, v) in frozen.iter() {
             match f(uk, v)? {
@@ -489,8 +508,10 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
             }
         }
         if !removed.is_empty() {
+            drop(frozen);
             let now_empty = match map.get_mut(ck) {
                 Some(m) => {
+                    let m = Arc::make_mut(m);
                     for uk in &removed {
                         m.remove(uk);
                     }

@@ -8,24 +8,32 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use flowstate_api::canonical::{KeyGroupSource, KeyGroupWriter, Record};
-use flowstate_api::codec::{put_varint, Reader};
+use flowstate_api::codec::{put_bytes, put_varint, Reader};
 use flowstate_api::ttl::{is_expired, split_ttl_value};
 use flowstate_api::{Error, ErrorKind, Result, StateMeta, StateTtlConfig, StorageKind};
 
-/// A persistent map from byte strings.
+/// A composite key, stored inline in the map node when it is short (so
+/// comparing keys touches no other memory).
+pub(crate) type CompositeKey = smallvec::SmallVec<[u8; 24]>;
+/// A persistent map from composite keys.
 pub(crate) type Map<V> =
-    imbl::GenericHashMap<Bytes, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
-/// A list's elements; shared until written after a snapshot.
-pub(crate) type ListValue = Arc<Vec<Bytes>>;
-/// A map state's entries under one key and namespace.
-pub(crate) type UserMap = Map<Bytes>;
+    imbl::GenericHashMap<CompositeKey, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+/// A list's elements packed into one buffer, each as `varint(len) | bytes`,
+/// so reading a list touches one allocation; shared until written after a
+/// snapshot.
+pub(crate) type ListValue = Arc<Vec<u8>>;
+/// A map state's entries under one key and namespace; shared until written
+/// after a snapshot, when the first write copies it (as Flink's heap backend
+/// copies a map value on its first write after a snapshot).
+pub(crate) type UserMap = Arc<std::collections::BTreeMap<Inline, Inline>>;
+/// Short byte strings (values, user keys) kept inline.
+pub(crate) type Inline = smallvec::SmallVec<[u8; 24]>;
 
 /// The maps of one state, one per key group of the backend's range.
 #[derive(Clone)]
 pub(crate) enum Table {
-    Value(Vec<Map<Bytes>>),
+    Value(Vec<Map<Inline>>),
     List(Vec<Map<ListValue>>),
     Map(Vec<Map<UserMap>>),
 }
@@ -47,7 +55,7 @@ impl Table {
         }
     }
 
-    pub(crate) fn keys_of(&self, kg: usize) -> Vec<Bytes> {
+    pub(crate) fn keys_of(&self, kg: usize) -> Vec<CompositeKey> {
         match self {
             Table::Value(m) => m[kg].keys().cloned().collect(),
             Table::List(m) => m[kg].keys().cloned().collect(),
@@ -55,11 +63,50 @@ impl Table {
         }
     }
 
-    pub(crate) fn for_each_composite(&self, mut f: impl FnMut(&Bytes) -> Result<()>) -> Result<()> {
+    pub(crate) fn for_each_composite(&self, mut f: impl FnMut(&CompositeKey) -> Result<()>) -> Result<()> {
         match self {
             Table::Value(maps) => maps.iter().flat_map(|m| m.keys()).try_for_each(&mut f),
             Table::List(maps) => maps.iter().flat_map(|m| m.keys()).try_for_each(&mut f),
             Table::Map(maps) => maps.iter().flat_map(|m| m.keys()).try_for_each(&mut f),
+        }
+    }
+}
+
+/// Appends one element to a packed list.
+#[inline]
+pub(crate) fn pack(buf: &mut Vec<u8>, element: &[u8]) {
+    put_bytes(buf, element);
+}
+
+/// Packs elements into a list buffer.
+pub(crate) fn packed<'a>(elements: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for e in elements {
+        pack(&mut buf, e);
+    }
+    buf
+}
+
+/// The elements of a packed list.
+#[derive(Clone)]
+pub(crate) struct Elements<'a>(Reader<'a>);
+
+/// Iterates a packed list.
+#[inline]
+pub(crate) fn elements(buf: &[u8]) -> Elements<'_> {
+    Elements(Reader::new(buf))
+}
+
+impl<'a> Iterator for Elements<'a> {
+    type Item = &'a [u8];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        // The buffer is only ever written by `pack`, so it always parses.
+        if self.0.is_empty() {
+            None
+        } else {
+            self.0.bytes("list element").ok()
         }
     }
 }
@@ -146,7 +193,7 @@ impl HeapState {
 #[derive(Default)]
 pub(crate) struct CleanupCursor {
     kg: usize,
-    pending: Vec<Bytes>,
+    pending: Vec<CompositeKey>,
 }
 
 #[inline]
@@ -163,14 +210,14 @@ fn clean_entry(table: &mut Table, kg: usize, ck: &[u8], ttl: u64, now: u64) {
         }
         Table::List(maps) => {
             let Some(list) = maps[kg].get(ck) else { return };
-            if !list.iter().any(|e| expired(e, ttl, now)) {
+            if !elements(list).any(|e| expired(e, ttl, now)) {
                 return;
             }
-            let kept: Vec<Bytes> = list.iter().filter(|e| !expired(e, ttl, now)).cloned().collect();
+            let kept = packed(elements(list).filter(|e| !expired(e, ttl, now)));
             if kept.is_empty() {
                 maps[kg].remove(ck);
             } else {
-                maps[kg].insert(Bytes::copy_from_slice(ck), Arc::new(kept));
+                maps[kg].insert(CompositeKey::from_slice(ck), Arc::new(kept));
             }
         }
         Table::Map(maps) => {
@@ -178,12 +225,12 @@ fn clean_entry(table: &mut Table, kg: usize, ck: &[u8], ttl: u64, now: u64) {
             if !user_map.values().any(|v| expired(v, ttl, now)) {
                 return;
             }
-            let mut kept = user_map.clone();
+            let mut kept = (**user_map).clone();
             kept.retain(|_, v| !expired(v, ttl, now));
             if kept.is_empty() {
                 maps[kg].remove(ck);
             } else {
-                maps[kg].insert(Bytes::copy_from_slice(ck), kept);
+                maps[kg].insert(CompositeKey::from_slice(ck), Arc::new(kept));
             }
         }
     }
@@ -217,7 +264,7 @@ impl KeyGroupSource for FrozenTables {
                 Table::List(maps) => {
                     for (ck, list) in maps[i].iter() {
                         let (key, ns) = split_composite(ck)?;
-                        out.list(state, key, ns, list.iter().map(|b| &b[..]));
+                        out.list(state, key, ns, elements(list));
                     }
                 }
                 Table::Map(maps) => {
@@ -244,7 +291,7 @@ pub(crate) fn insert_record(table: &mut Table, kg: usize, record: &Record<'_>, s
             },
         ) => {
             compose(scratch, key, namespace);
-            maps[kg].insert(Bytes::copy_from_slice(scratch), Bytes::copy_from_slice(value));
+            maps[kg].insert(CompositeKey::from_slice(scratch), Inline::from_slice(value));
         }
         (
             Table::List(maps),
@@ -256,9 +303,9 @@ pub(crate) fn insert_record(table: &mut Table, kg: usize, record: &Record<'_>, s
             },
         ) => {
             compose(scratch, key, namespace);
-            let list: Vec<Bytes> = elements.iter().map(|e| Bytes::copy_from_slice(e)).collect();
+            let list = packed(elements.iter().copied());
             if !list.is_empty() {
-                maps[kg].insert(Bytes::copy_from_slice(scratch), Arc::new(list));
+                maps[kg].insert(CompositeKey::from_slice(scratch), Arc::new(list));
             }
         }
         (
@@ -275,12 +322,12 @@ pub(crate) fn insert_record(table: &mut Table, kg: usize, record: &Record<'_>, s
             let ck: &[u8] = scratch;
             match maps[kg].get_mut(ck) {
                 Some(m) => {
-                    m.insert(Bytes::copy_from_slice(user_key), Bytes::copy_from_slice(value));
+                    Arc::make_mut(m).insert(Inline::from_slice(user_key), Inline::from_slice(value));
                 }
                 None => {
-                    let mut m = UserMap::default();
-                    m.insert(Bytes::copy_from_slice(user_key), Bytes::copy_from_slice(value));
-                    maps[kg].insert(Bytes::copy_from_slice(ck), m);
+                    let mut m = std::collections::BTreeMap::new();
+                    m.insert(Inline::from_slice(user_key), Inline::from_slice(value));
+                    maps[kg].insert(CompositeKey::from_slice(ck), Arc::new(m));
                 }
             }
         }
