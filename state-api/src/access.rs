@@ -107,8 +107,10 @@ fn read_value<B: KeyedStateBackend + ?Sized>(
     }
 }
 
-/// Collects the raw list elements, dropping expired ones from the state.
-/// Returns (elements to return, raw elements to keep if the list changed).
+/// Reads a list under TTL rules: expired elements are removed from the
+/// state, and refreshed ones restamped. With `for_read`, returns the user
+/// bytes of the elements to show; otherwise the stored elements, stamps
+/// included, that are still live (for moving them in a merge).
 fn read_list<B: KeyedStateBackend + ?Sized>(
     b: &mut B,
     id: StateId,
