@@ -41,6 +41,19 @@ pub struct StorageCapabilities {
     pub shared_state: bool,
 }
 
+impl StorageCapabilities {
+    /// Capabilities with the given inline threshold, maximum state size,
+    /// durability and shared-state support.
+    pub fn new(inline_threshold: usize, max_state_size: Option<u64>, durable: bool, shared_state: bool) -> Self {
+        StorageCapabilities {
+            inline_threshold,
+            max_state_size,
+            durable,
+            shared_state,
+        }
+    }
+}
+
 /// An output stream for one piece of state. Dropping it, or calling
 /// [`abort`](CheckpointOutputStream::abort), before
 /// [`close`](CheckpointOutputStream::close) discards what was written.

@@ -1,11 +1,14 @@
-//! Factories for flowstate's own backends.
+//! Factories for flowstate's own backends and storages.
+#![allow(clippy::unwrap_used, dead_code)]
 
 use std::sync::Arc;
 
+use flowstate_api::CheckpointStorage;
 use flowstate_api::{
     BackendCapabilities, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, Result, StateReader,
 };
-use flowstate_conformance::{BackendFactory, TestKey};
+use flowstate_conformance::{BackendFactory, StorageFactory, TestKey};
+use flowstate_fs::FsCheckpointStorage;
 use flowstate_heap::HeapBackend;
 
 /// The heap backend.
@@ -35,5 +38,37 @@ impl BackendFactory for HeapFactory {
         reader: Arc<dyn StateReader>,
     ) -> Result<HeapBackend<K>> {
         HeapBackend::restore(config, handles, &*reader).await
+    }
+}
+
+/// Filesystem storage under a temporary directory, shared by every job.
+pub struct FsStorageFactory {
+    dir: tempfile::TempDir,
+}
+
+impl FsStorageFactory {
+    /// A factory over a fresh temporary directory.
+    pub fn new() -> Self {
+        FsStorageFactory {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
+impl StorageFactory for FsStorageFactory {
+    fn name(&self) -> &str {
+        "fs"
+    }
+
+    fn storage(&self, job_id: &str) -> Arc<dyn CheckpointStorage> {
+        Arc::new(
+            FsCheckpointStorage::open(self.dir.path().join("checkpoints"), job_id)
+                .unwrap()
+                .with_savepoint_dir(self.dir.path().join("savepoints")),
+        )
+    }
+
+    fn durable(&self) -> bool {
+        true
     }
 }
