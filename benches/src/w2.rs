@@ -30,7 +30,8 @@ fn descriptor() -> ValueStateDescriptor<Vec<u8>> {
 async fn heap_full(scale: usize) -> Result<u64> {
     let keys = 2_000_000 / scale as u64;
     let updates = 20_000 / scale;
-    let storage = MemoryCheckpointStorage::new("w2").with_max_state_size(usize::MAX);
+    let dir = tempfile::tempdir().map_err(|e| Error::io("temporary directory", e))?;
+    let storage = flowstate_fs::FsCheckpointStorage::open(dir.path(), "w2")?;
     let mut rng = XorShift::new(42);
     let mut expected: Vec<Vec<u8>> = Vec::with_capacity(keys as usize);
     let mut b = HeapBackend::new(config()?)?;
