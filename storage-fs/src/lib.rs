@@ -39,8 +39,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use flowstate_api::{
     parse_pointer, validate_relative_path, CheckpointKind, CheckpointLocation, CheckpointMetadata,
-    CheckpointOutputStream, CheckpointStorage, Error, ErrorKind, ResolvedCheckpoint, Result, StateReader, StateScope,
-    StorageCapabilities, StreamStateHandle, METADATA_FILE,
+    CheckpointOutputStream, CheckpointStorage, Error, ErrorKind, InlineReader, ResolvedCheckpoint, Result, StateReader,
+    StateScope, StorageCapabilities, StreamStateHandle, METADATA_FILE,
 };
 
 pub use stream::FsOutputStream;
@@ -440,8 +440,6 @@ impl FsStateReader {
 impl StateReader for FsStateReader {
     async fn read(&self, handle: &StreamStateHandle) -> Result<Bytes> {
         match handle {
-            StreamStateHandle::Empty => Ok(Bytes::new()),
-            StreamStateHandle::Inline(b) => Ok(b.clone()),
             StreamStateHandle::File { path, size } => {
                 let reader = self.clone();
                 let (path, size) = (path.clone(), *size);
@@ -459,6 +457,7 @@ impl StateReader for FsStateReader {
                 })
                 .await
             }
+            inline => InlineReader.read(inline).await,
         }
     }
 }
