@@ -62,12 +62,9 @@ async fn heap_full(scale: usize) -> Result<u64> {
         let pending = b.snapshot(id, location.clone(), SnapshotOptions::checkpoint())?;
         let result = pending.await?;
         let mut metadata = CheckpointMetadata::new(id, CheckpointKind::Checkpoint, 0);
-        metadata.operators.push(OperatorState {
-            operator_id: "w2".into(),
-            parallelism: 1,
-            max_parallelism: 128,
-            keyed: vec![result.handle.clone()],
-        });
+        metadata
+            .operators
+            .push(OperatorState::new("w2", 1, 128, vec![result.handle.clone()]));
         location.write_metadata(&metadata).await?;
         b.notify_checkpoint_complete(id)?;
         let st = result.stats;

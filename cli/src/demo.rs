@@ -180,12 +180,12 @@ impl Job {
         }
         let async_elapsed = async_started.elapsed();
         let mut metadata = CheckpointMetadata::new(id, CheckpointKind::Checkpoint, SystemClock.now_millis());
-        metadata.operators.push(OperatorState {
-            operator_id: OPERATOR.into(),
-            parallelism: self.subtasks.len() as u32,
-            max_parallelism: MAX_PARALLELISM,
-            keyed: results.iter().map(|r| r.handle.clone()).collect(),
-        });
+        metadata.operators.push(OperatorState::new(
+            OPERATOR,
+            self.subtasks.len() as u32,
+            MAX_PARALLELISM,
+            results.iter().map(|r| r.handle.clone()).collect(),
+        ));
         let pointer = location.write_metadata(&metadata).await?;
         for s in &mut self.subtasks {
             s.backend.notify_checkpoint_complete(id)?;

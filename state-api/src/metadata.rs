@@ -38,6 +38,18 @@ pub struct OperatorState {
     pub keyed: Vec<KeyedStateHandle>,
 }
 
+impl OperatorState {
+    /// The keyed state of operator `operator_id`.
+    pub fn new(operator_id: &str, parallelism: u32, max_parallelism: u32, keyed: Vec<KeyedStateHandle>) -> Self {
+        OperatorState {
+            operator_id: operator_id.to_string(),
+            parallelism,
+            max_parallelism,
+            keyed,
+        }
+    }
+}
+
 /// The content of `_metadata`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointMetadata {
@@ -60,6 +72,12 @@ impl CheckpointMetadata {
             timestamp_millis,
             operators: Vec::new(),
         }
+    }
+
+    /// Adds an operator's state.
+    pub fn with_operator(mut self, operator: OperatorState) -> Self {
+        self.operators.push(operator);
+        self
     }
 
     /// The state of operator `id`, if present.

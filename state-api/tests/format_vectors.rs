@@ -115,12 +115,12 @@ async fn snapshot_vector() {
 async fn metadata_vector() {
     let (handle, _) = snapshot_bytes().await;
     let mut m = CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 0);
-    m.operators.push(OperatorState {
-        operator_id: "op".into(),
-        parallelism: 1,
-        max_parallelism: 128,
-        keyed: vec![KeyedStateHandle::KeyGroups(handle)],
-    });
+    m.operators.push(OperatorState::new(
+        "op",
+        1,
+        128,
+        vec![KeyedStateHandle::KeyGroups(handle)],
+    ));
     let bytes = m.encode();
     assert_eq!(hex(&bytes), hex(&unhex(METADATA)));
     assert_eq!(CheckpointMetadata::decode(&Bytes::from(bytes), "vector").unwrap(), m);

@@ -49,12 +49,8 @@ async fn checkpoint(b: &mut HeapBackend<u64>, storage: &FsCheckpointStorage, id:
         .await
         .unwrap();
     let mut m = CheckpointMetadata::new(id, CheckpointKind::Checkpoint, 0);
-    m.operators.push(OperatorState {
-        operator_id: "op".into(),
-        parallelism: 1,
-        max_parallelism: 128,
-        keyed: vec![result.handle.clone()],
-    });
+    m.operators
+        .push(OperatorState::new("op", 1, 128, vec![result.handle.clone()]));
     (location.write_metadata(&m).await.unwrap(), result.handle)
 }
 
@@ -190,12 +186,7 @@ async fn savepoints_are_self_contained_and_relocatable() {
         .await
         .unwrap();
     let mut m = CheckpointMetadata::new(7, CheckpointKind::Savepoint, 0);
-    m.operators.push(OperatorState {
-        operator_id: "op".into(),
-        parallelism: 1,
-        max_parallelism: 128,
-        keyed: vec![result.handle],
-    });
+    m.operators.push(OperatorState::new("op", 1, 128, vec![result.handle]));
     let pointer = location.write_metadata(&m).await.unwrap();
     assert!(files(&dir.path().join("ckpt/job/shared")).is_empty());
     // Move the savepoint elsewhere and delete the original.

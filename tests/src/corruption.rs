@@ -101,11 +101,11 @@ pub async fn every_truncation_of_a_snapshot_is_refused<F: BackendFactory>(ctx: C
 pub async fn every_byte_flip_of_metadata_is_refused<F: BackendFactory>(ctx: Ctx<F>) {
     let (handle, _) = small_snapshot(&ctx).await;
     let mut metadata = CheckpointMetadata::new(9, CheckpointKind::Checkpoint, 1234);
-    metadata.operators.push(OperatorState {
-        operator_id: "op".into(),
-        parallelism: 1,
-        max_parallelism: 128,
-        keyed: vec![
+    metadata.operators.push(OperatorState::new(
+        "op",
+        1,
+        128,
+        vec![
             KeyedStateHandle::KeyGroups(handle),
             KeyedStateHandle::KeyGroups(KeyGroupsStateHandle {
                 range: KeyGroupRange::new(0, 2).unwrap(),
@@ -116,7 +116,7 @@ pub async fn every_byte_flip_of_metadata_is_refused<F: BackendFactory>(ctx: Ctx<
                 },
             }),
         ],
-    });
+    ));
     let bytes = metadata.encode();
     assert_eq!(
         CheckpointMetadata::decode(&Bytes::from(bytes.clone()), "m").unwrap(),

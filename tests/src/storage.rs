@@ -8,12 +8,9 @@ use crate::{complete, full_config, snapshot_into, BackendFactory, Ctx, OPERATOR}
 
 async fn one_checkpoint(storage: &dyn CheckpointStorage, id: u64, marker: u32) -> String {
     let mut metadata = CheckpointMetadata::new(id, CheckpointKind::Checkpoint, u64::from(marker));
-    metadata.operators.push(OperatorState {
-        operator_id: OPERATOR.into(),
-        parallelism: marker,
-        max_parallelism: 128,
-        keyed: Vec::new(),
-    });
+    metadata
+        .operators
+        .push(OperatorState::new(OPERATOR, marker, 128, Vec::new()));
     storage
         .init_checkpoint(id)
         .await

@@ -70,13 +70,12 @@ pub async fn complete(
         CheckpointKind::Checkpoint => storage.init_checkpoint(checkpoint_id).await.unwrap(),
         CheckpointKind::Savepoint => storage.init_savepoint(checkpoint_id, None).await.unwrap(),
     };
-    let mut metadata = CheckpointMetadata::new(checkpoint_id, kind, 0);
-    metadata.operators.push(OperatorState {
-        operator_id: OPERATOR.into(),
+    let metadata = CheckpointMetadata::new(checkpoint_id, kind, 0).with_operator(OperatorState::new(
+        OPERATOR,
         parallelism,
-        max_parallelism: MAX_PARALLELISM,
-        keyed: handles,
-    });
+        MAX_PARALLELISM,
+        handles,
+    ));
     location.write_metadata(&metadata).await.unwrap()
 }
 
