@@ -2,12 +2,15 @@
 //! at parallelism 2, with periodic checkpoints, a crash and a recovery.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use flowstate_api::*;
+use flowstate_fs::FsCheckpointStorage;
 use flowstate_heap::HeapBackend;
+use flowstate_rocksdb::{RocksDbBackend, RocksDbOptions};
 
 /// Options of `flowstate demo`.
 #[derive(Args, Debug, Clone)]
@@ -16,7 +19,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 200_000)]
     events: u64,
     /// Distinct keys (users).
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 200_000)]
     keys: u64,
     /// Take a checkpoint every this many events.
     #[arg(long, default_value_t = 25_000)]
@@ -30,10 +33,148 @@ pub struct DemoArgs {
     /// Seed of the event generator.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Directory for checkpoints and savepoints (default: a new directory
+    /// under the system's temporary directory). It is left in place.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Checkpoint storage.
+    #[arg(long, value_enum, default_value_t = StorageKind::Fs)]
+    storage: StorageKind,
+    /// Completed checkpoints to retain.
+    #[arg(long, default_value_t = 1)]
+    retain: usize,
+    /// State backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Rocksdb)]
+    backend: BackendKind,
+    /// Full checkpoints instead of incremental ones (RocksDB).
+    #[arg(long)]
+    full: bool,
+}
+
+/// Which state backend runs the job.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// RocksDB, with incremental checkpoints and local recovery.
+    Rocksdb,
+    /// The in-memory backend.
+    Heap,
+}
+
+/// Where a backend keeps its local files.
+struct Env {
+    work: PathBuf,
+    local: PathBuf,
+    incremental: bool,
+}
+
+/// A backend the demo can run on.
+trait DemoBackend: KeyedStateBackend<Key = u64> + Sized + Send + 'static {
+    const NAME: &'static str;
+    fn create(config: KeyedBackendConfig<u64>, env: &Env, subtask: u32) -> Result<Self>;
+    fn restore(
+        config: KeyedBackendConfig<u64>,
+        handles: &[KeyedStateHandle],
+        reader: &dyn StateReader,
+        env: &Env,
+        subtask: u32,
+    ) -> impl std::future::Future<Output = Result<Self>> + Send;
+    /// Whether the restore used a local copy.
+    fn restored_locally(&self) -> bool {
+        false
+    }
+}
+
+impl DemoBackend for HeapBackend<u64> {
+    const NAME: &'static str = "heap";
+    fn create(config: KeyedBackendConfig<u64>, _env: &Env, _subtask: u32) -> Result<Self> {
+        HeapBackend::new(config)
+    }
+    async fn restore(
+        config: KeyedBackendConfig<u64>,
+        handles: &[KeyedStateHandle],
+        reader: &dyn StateReader,
+        _env: &Env,
+        _subtask: u32,
+    ) -> Result<Self> {
+        HeapBackend::restore(config, handles, reader).await
+    }
+}
+
+fn rocksdb_options(env: &Env, subtask: u32) -> RocksDbOptions {
+    RocksDbOptions::new(&env.work)
+        .with_incremental(env.incremental)
+        .with_local_recovery(vec![env.local.clone()], format!("{JOB}/{OPERATOR}-{subtask}"))
+}
+
+impl DemoBackend for RocksDbBackend<u64> {
+    const NAME: &'static str = "RocksDB";
+    fn create(config: KeyedBackendConfig<u64>, env: &Env, subtask: u32) -> Result<Self> {
+        RocksDbBackend::new(config, rocksdb_options(env, subtask))
+    }
+    async fn restore(
+        config: KeyedBackendConfig<u64>,
+        handles: &[KeyedStateHandle],
+        reader: &dyn StateReader,
+        env: &Env,
+        subtask: u32,
+    ) -> Result<Self> {
+        RocksDbBackend::restore(config, handles, reader, rocksdb_options(env, subtask)).await
+    }
+    fn restored_locally(&self) -> bool {
+        self.restore_stats().from_local_copy
+    }
+}
+
+/// Where checkpoints go.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageKind {
+    /// Filesystem storage under `--dir`.
+    Fs,
+    /// In-memory ("JobManager memory") storage; lost when the process ends.
+    Memory,
 }
 
 const MAX_PARALLELISM: u32 = 128;
 const OPERATOR: &str = "count-by-user";
+const JOB: &str = "flowstate-demo";
+
+/// The files under `dir`, relative, with sizes; runs of state files in one
+/// directory are summarized.
+fn layout(dir: &Path) -> Result<Vec<String>> {
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir.display(), e))?
+            .filter_map(|e| e.ok())
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        let (mut state_files, mut state_bytes) = (0, 0);
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let meta = e.metadata().map_err(|err| Error::io(e.path().display(), err))?;
+            if meta.is_dir() {
+                out.push(format!("{path}/"));
+                walk(&e.path(), &path, out)?;
+            } else if is_own_file_name(&name) {
+                state_files += 1;
+                state_bytes += meta.len();
+            } else {
+                out.push(format!("{path} ({} bytes)", meta.len()));
+            }
+        }
+        if state_files > 0 {
+            out.push(format!("{rel}/<{state_files} state files, {state_bytes} bytes>"));
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, "", &mut out)?;
+    Ok(out)
+}
 
 /// One event of the generated stream.
 #[derive(Debug, Clone, Copy)]
@@ -60,14 +201,14 @@ fn events(seed: u64, keys: u64, n: u64) -> Vec<Event> {
 }
 
 /// One parallel instance of the keyed operator.
-struct Subtask {
-    backend: HeapBackend<u64>,
+struct Subtask<B> {
+    backend: B,
     count: ValueState<u64>,
     total: ReducingState<u64>,
 }
 
-impl Subtask {
-    fn open(mut backend: HeapBackend<u64>) -> Result<Self> {
+impl<B: DemoBackend> Subtask<B> {
+    fn open(mut backend: B) -> Result<Self> {
         let count = backend.register(ValueStateDescriptor::<u64>::new("count"))?;
         let total = backend.register(ReducingStateDescriptor::<u64>::new("total", |a, b| a + b))?;
         Ok(Subtask { backend, count, total })
@@ -92,14 +233,14 @@ impl Subtask {
 }
 
 /// The keyed operator at some parallelism, routing events by key group.
-struct Job {
-    subtasks: Vec<Subtask>,
+struct Job<B> {
+    subtasks: Vec<Subtask<B>>,
     ranges: Vec<KeyGroupRange>,
     key_serializer: SharedSerializer<u64>,
     key_buf: Vec<u8>,
 }
 
-impl Job {
+impl<B: DemoBackend> Job<B> {
     fn configs(parallelism: u32) -> Result<Vec<KeyedBackendConfig<u64>>> {
         (0..parallelism)
             .map(|i| {
@@ -111,7 +252,7 @@ impl Job {
             .collect()
     }
 
-    fn from_backends(backends: Vec<HeapBackend<u64>>) -> Result<Self> {
+    fn from_backends(backends: Vec<B>) -> Result<Self> {
         let ranges = backends.iter().map(|b| b.key_group_range()).collect();
         let key_serializer = default_serializer::<u64>();
         let subtasks = backends.into_iter().map(Subtask::open).collect::<Result<_>>()?;
@@ -123,23 +264,24 @@ impl Job {
         })
     }
 
-    fn new(parallelism: u32) -> Result<Self> {
+    fn new(parallelism: u32, env: &Env) -> Result<Self> {
         let backends = Self::configs(parallelism)?
             .into_iter()
-            .map(HeapBackend::new)
+            .zip(0..)
+            .map(|(config, i)| B::create(config, env, i))
             .collect::<Result<_>>()?;
         Self::from_backends(backends)
     }
 
-    async fn restore(parallelism: u32, checkpoint: &ResolvedCheckpoint) -> Result<Self> {
+    async fn restore(parallelism: u32, checkpoint: &ResolvedCheckpoint, env: &Env) -> Result<Self> {
         let handles = checkpoint
             .metadata
             .operator(OPERATOR)
             .map(|o| o.keyed.clone())
             .unwrap_or_default();
         let mut backends = Vec::new();
-        for config in Self::configs(parallelism)? {
-            backends.push(HeapBackend::restore(config, &handles, &*checkpoint.reader).await?);
+        for (config, i) in Self::configs(parallelism)?.into_iter().zip(0..) {
+            backends.push(B::restore(config, &handles, &*checkpoint.reader, env, i).await?);
         }
         Self::from_backends(backends)
     }
@@ -156,17 +298,44 @@ impl Job {
         self.subtasks[i].process(e)
     }
 
-    /// Takes checkpoint `id` of every subtask: sync phases in turn, async
-    /// phases concurrently, then the metadata, last.
-    async fn checkpoint(&mut self, storage: &dyn CheckpointStorage, id: u64) -> Result<CheckpointReport> {
-        let location = storage.init_checkpoint(id).await?;
+    /// Takes checkpoint (or savepoint) `id` of every subtask: sync phases
+    /// in turn, async phases concurrently, then the metadata, last. A
+    /// checkpoint that fails is aborted.
+    async fn checkpoint(
+        &mut self,
+        store: &mut CheckpointStore,
+        id: u64,
+        kind: CheckpointKind,
+    ) -> Result<CheckpointReport> {
+        let (location, options) = match kind {
+            CheckpointKind::Checkpoint => (store.begin_checkpoint(id).await?, SnapshotOptions::checkpoint()),
+            CheckpointKind::Savepoint => (store.begin_savepoint(id, None).await?, SnapshotOptions::savepoint()),
+        };
+        match self.snapshot(store, &location, options).await {
+            Ok(report) => Ok(report),
+            Err(e) => {
+                if let Err(abort) = store.abort(&location, &[]).await {
+                    eprintln!("flowstate demo: aborting checkpoint {id} failed too: {abort}");
+                }
+                for s in &mut self.subtasks {
+                    s.backend.notify_checkpoint_aborted(id)?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn snapshot(
+        &mut self,
+        store: &mut CheckpointStore,
+        location: &Arc<dyn CheckpointLocation>,
+        options: SnapshotOptions,
+    ) -> Result<CheckpointReport> {
+        let id = location.checkpoint_id();
         let sync_started = Instant::now();
         let mut pending = Vec::new();
         for s in &mut self.subtasks {
-            pending.push(
-                s.backend
-                    .snapshot(id, Arc::clone(&location), SnapshotOptions::checkpoint())?,
-            );
+            pending.push(s.backend.snapshot(id, Arc::clone(location), options)?);
         }
         let sync = sync_started.elapsed();
         let async_started = Instant::now();
@@ -179,20 +348,22 @@ impl Job {
             );
         }
         let async_elapsed = async_started.elapsed();
-        let mut metadata = CheckpointMetadata::new(id, CheckpointKind::Checkpoint, SystemClock.now_millis());
-        metadata.operators.push(OperatorState::new(
-            OPERATOR,
-            self.subtasks.len() as u32,
-            MAX_PARALLELISM,
-            results.iter().map(|r| r.handle.clone()).collect(),
-        ));
-        let pointer = location.write_metadata(&metadata).await?;
-        for s in &mut self.subtasks {
-            s.backend.notify_checkpoint_complete(id)?;
+        let metadata =
+            CheckpointMetadata::new(id, options.kind, SystemClock.now_millis()).with_operator(OperatorState::new(
+                OPERATOR,
+                self.subtasks.len() as u32,
+                MAX_PARALLELISM,
+                results.iter().map(|r| r.handle.clone()).collect(),
+            ));
+        let completion = store.complete(location, metadata).await?;
+        if options.kind == CheckpointKind::Checkpoint {
+            for s in &mut self.subtasks {
+                s.backend.notify_checkpoint_complete(id)?;
+            }
         }
         Ok(CheckpointReport {
             id,
-            pointer,
+            pointer: completion.pointer,
             sync_ms: sync.as_secs_f64() * 1e3,
             async_ms: async_elapsed.as_secs_f64() * 1e3,
             bytes: results.iter().map(|r| r.stats.bytes_written).sum(),
@@ -227,59 +398,121 @@ fn print_report(r: &CheckpointReport) {
 
 /// Runs the demo; returns whether the exactly-once check passed.
 pub async fn run(args: DemoArgs) -> Result<bool> {
+    match args.backend {
+        BackendKind::Rocksdb => run_on::<RocksDbBackend<u64>>(args).await,
+        BackendKind::Heap => run_on::<HeapBackend<u64>>(args).await,
+    }
+}
+
+async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
     if args.checkpoint_every == 0 || args.keys == 0 || args.crash_after >= args.events {
         return Err(Error::invalid(
             "need --checkpoint-every > 0, --keys > 0 and --crash-after < --events",
         ));
     }
     let stream = events(args.seed, args.keys, args.events);
-    let storage = MemoryCheckpointStorage::new("flowstate-demo").with_max_state_size(64 << 20);
+    let root = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("flowstate-demo-{}", unique_file_name())),
+    };
+    let env = Env {
+        work: root.join("rocksdb"),
+        local: root.join("local-recovery"),
+        incremental: !args.full,
+    };
+    let (storage, dir): (Arc<dyn CheckpointStorage>, Option<PathBuf>) = match args.storage {
+        StorageKind::Fs => {
+            let dir = root.clone();
+            let fs =
+                FsCheckpointStorage::open(dir.join("checkpoints"), JOB)?.with_savepoint_dir(dir.join("savepoints"));
+            (Arc::new(fs), Some(dir))
+        }
+        StorageKind::Memory => (
+            Arc::new(MemoryCheckpointStorage::new(JOB).with_max_state_size(64 << 20)),
+            None,
+        ),
+    };
+    let config = CheckpointStoreConfig::default().with_max_retained(args.retain);
     println!(
-        "flowstate demo: heap backend, memory checkpoint storage; {} events over {} keys, parallelism {}, \
-         checkpoint every {} events, crash after event {}",
-        args.events, args.keys, args.parallelism, args.checkpoint_every, args.crash_after
+        "flowstate demo: {} backend ({} checkpoints), {} checkpoint storage; {} events over {} keys, \
+         parallelism {}, checkpoint every {} events, crash after event {}, retaining {}",
+        B::NAME,
+        if args.full || B::NAME == "heap" {
+            "full"
+        } else {
+            "incremental"
+        },
+        match args.storage {
+            StorageKind::Fs => "filesystem",
+            StorageKind::Memory => "memory",
+        },
+        args.events,
+        args.keys,
+        args.parallelism,
+        args.checkpoint_every,
+        args.crash_after,
+        args.retain
     );
+    println!("directory: {}", root.display());
     println!(
         "{:>10} {:>9} {:>9} {:>12} {:>12}  pointer",
         "checkpoint", "sync ms", "async ms", "bytes", "full bytes"
     );
 
     // First attempt: runs until the crash.
-    let mut job = Job::new(args.parallelism)?;
+    let mut store = CheckpointStore::open(Arc::clone(&storage), config).await?;
+    let mut job = Job::<B>::new(args.parallelism, &env)?;
     let mut next_id = 1;
     for (i, e) in stream.iter().enumerate().take(args.crash_after as usize) {
         job.process(e)?;
         let done = i as u64 + 1;
         if done % args.checkpoint_every == 0 {
-            print_report(&job.checkpoint(&storage, next_id).await?);
+            print_report(&job.checkpoint(&mut store, next_id, CheckpointKind::Checkpoint).await?);
             next_id += 1;
         }
     }
-    drop(job);
+    drop((job, store));
     println!("crash after event {}: in-memory state lost", args.crash_after);
 
-    // Recovery: restore the latest complete checkpoint and replay from its offset.
+    // Recovery: reopen the checkpoint store, restore its latest checkpoint
+    // (claiming it) and replay from its offset.
     let started = Instant::now();
-    let latest = storage
-        .latest_checkpoint()
-        .await?
+    let mut store = CheckpointStore::open(Arc::clone(&storage), config).await?;
+    let pointer = store
+        .latest()
+        .map(|c| c.pointer.clone())
         .ok_or_else(|| Error::not_found("no complete checkpoint to recover from"))?;
+    let latest = store.restore(&pointer, RestoreMode::Claim).await?;
     let id = latest.metadata.checkpoint_id;
     let offset = id * args.checkpoint_every;
-    let mut job = Job::restore(args.parallelism, &latest).await?;
+    let mut job = Job::<B>::restore(args.parallelism, &latest, &env).await?;
+    let local = job.subtasks.iter().filter(|s| s.backend.restored_locally()).count();
     println!(
-        "restored checkpoint {id} ({}) in {:.3} ms; replaying from event {offset}",
+        "restored checkpoint {id} ({}) in {:.3} ms, {local} of {} subtasks from local copies; replaying from event {offset}",
         latest.pointer,
-        started.elapsed().as_secs_f64() * 1e3
+        started.elapsed().as_secs_f64() * 1e3,
+        args.parallelism
     );
     next_id = id + 1;
     for (i, e) in stream.iter().enumerate().skip(offset as usize) {
         job.process(e)?;
         let done = i as u64 + 1;
         if done % args.checkpoint_every == 0 {
-            print_report(&job.checkpoint(&storage, next_id).await?);
+            print_report(&job.checkpoint(&mut store, next_id, CheckpointKind::Checkpoint).await?);
             next_id += 1;
         }
+    }
+    if dir.is_some() {
+        let savepoint = job.checkpoint(&mut store, next_id, CheckpointKind::Savepoint).await?;
+        println!("savepoint (canonical, self-contained):");
+        print_report(&savepoint);
+        let gc = store.collect_garbage(&GcOptions::new(Duration::ZERO)).await?;
+        println!(
+            "garbage collection (dry run): {} orphaned files, {} bytes; {} metadata files read",
+            gc.orphans.len(),
+            gc.bytes,
+            gc.metadata_read
+        );
     }
 
     // The check: the recovered job's state equals a failure-free computation.
@@ -289,6 +522,13 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         let entry = want.entry(e.user).or_default();
         entry.0 += 1;
         entry.1 += e.amount;
+    }
+    drop(job);
+    if let Some(dir) = &dir {
+        println!("layout left in {}:", dir.display());
+        for line in layout(dir)? {
+            println!("  {line}");
+        }
     }
     let passed = got == want;
     if passed {
@@ -321,8 +561,48 @@ mod tests {
             crash_after: 10_000,
             parallelism: 3,
             seed: 7,
+            dir: None,
+            storage: StorageKind::Memory,
+            retain: 1,
+            backend: BackendKind::Heap,
+            full: false,
         };
         assert!(run(args).await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_on_filesystem_leaves_flinks_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = DemoArgs {
+            events: 20_000,
+            keys: 2_000,
+            checkpoint_every: 3_000,
+            crash_after: 10_000,
+            parallelism: 2,
+            seed: 7,
+            dir: Some(dir.path().to_path_buf()),
+            storage: StorageKind::Fs,
+            retain: 2,
+            backend: BackendKind::Rocksdb,
+            full: false,
+        };
+        assert!(run(args).await.unwrap());
+        let job = dir.path().join("checkpoints").join(JOB);
+        let mut top: Vec<String> = std::fs::read_dir(&job)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        top.sort();
+        // 6 checkpoints in all; the newest two are retained.
+        assert_eq!(top, ["chk-5", "chk-6", "shared", "taskowned"]);
+        for chk in ["chk-5", "chk-6"] {
+            assert!(job.join(chk).join(METADATA_FILE).is_file());
+        }
+        let savepoints: Vec<_> = std::fs::read_dir(dir.path().join("savepoints")).unwrap().collect();
+        assert_eq!(savepoints.len(), 1);
+        let sp = savepoints.into_iter().next().unwrap().unwrap();
+        assert!(sp.file_name().to_string_lossy().starts_with("savepoint-flowst-7-"));
+        assert!(sp.path().join(METADATA_FILE).is_file());
     }
 
     #[test]

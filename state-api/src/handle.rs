@@ -120,12 +120,44 @@ pub struct KeyGroupsStateHandle {
     pub stream: StreamStateHandle,
 }
 
+/// One file of an incremental snapshot: its name in the backend's local
+/// directory, where its bytes are stored, and their CRC-32C.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandleFile {
+    /// The local file name (one path component, e.g. `000042.sst`).
+    pub name: String,
+    /// Where the bytes are.
+    pub stream: StreamStateHandle,
+    /// CRC-32C of the bytes.
+    pub crc32c: u32,
+}
+
+/// An incremental snapshot of a native backend (RocksDB): immutable files
+/// shared between checkpoints plus files private to this one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncrementalStateHandle {
+    /// The key groups the snapshot covers.
+    pub range: KeyGroupRange,
+    /// The backend instance that wrote it (unique across restarts).
+    pub backend_id: String,
+    /// The checkpoint it belongs to.
+    pub checkpoint_id: u64,
+    /// Files in shared storage, possibly uploaded by earlier checkpoints.
+    pub shared: Vec<HandleFile>,
+    /// Files of this checkpoint only (manifest, options, current).
+    pub private: Vec<HandleFile>,
+    /// The backend's own metadata (registered states).
+    pub meta: StreamStateHandle,
+}
+
 /// The result of snapshotting a keyed backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeyedStateHandle {
     /// A canonical full snapshot.
     KeyGroups(KeyGroupsStateHandle),
+    /// An incremental native snapshot.
+    Incremental(IncrementalStateHandle),
 }
 
 impl KeyedStateHandle {
@@ -133,6 +165,7 @@ impl KeyedStateHandle {
     pub fn key_group_range(&self) -> KeyGroupRange {
         match self {
             KeyedStateHandle::KeyGroups(h) => h.range,
+            KeyedStateHandle::Incremental(h) => h.range,
         }
     }
 
@@ -140,21 +173,32 @@ impl KeyedStateHandle {
     pub fn is_empty(&self) -> bool {
         match self {
             KeyedStateHandle::KeyGroups(h) => h.stream == StreamStateHandle::Empty,
+            KeyedStateHandle::Incremental(_) => false,
         }
     }
 
     /// Full size of the state the handle references, in bytes.
     pub fn state_size(&self) -> u64 {
-        match self {
-            KeyedStateHandle::KeyGroups(h) => h.stream.size(),
-        }
+        self.streams().iter().map(|s| s.size()).sum()
     }
 
     /// Every stream the handle references.
     pub fn streams(&self) -> Vec<&StreamStateHandle> {
         match self {
             KeyedStateHandle::KeyGroups(h) => vec![&h.stream],
+            KeyedStateHandle::Incremental(h) => h
+                .shared
+                .iter()
+                .chain(&h.private)
+                .map(|f| &f.stream)
+                .chain(std::iter::once(&h.meta))
+                .collect(),
         }
+    }
+
+    /// The paths of every file the handle references.
+    pub fn file_paths(&self) -> impl Iterator<Item = &str> {
+        self.streams().into_iter().filter_map(StreamStateHandle::file_path)
     }
 
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
@@ -168,6 +212,22 @@ impl KeyedStateHandle {
                     put_varint(out, *o);
                 }
                 h.stream.encode(out);
+            }
+            KeyedStateHandle::Incremental(h) => {
+                out.push(2);
+                put_varint(out, u64::from(h.range.start()));
+                put_varint(out, u64::from(h.range.end()));
+                put_str(out, &h.backend_id);
+                put_varint(out, h.checkpoint_id);
+                for files in [&h.shared, &h.private] {
+                    put_varint(out, files.len() as u64);
+                    for f in files {
+                        put_str(out, &f.name);
+                        out.extend_from_slice(&f.crc32c.to_le_bytes());
+                        f.stream.encode(out);
+                    }
+                }
+                h.meta.encode(out);
             }
         }
     }
@@ -194,6 +254,38 @@ impl KeyedStateHandle {
                     range,
                     offsets,
                     stream,
+                }))
+            }
+            2 => {
+                let start = r.varint_u32("key-group range start")?;
+                let end = r.varint_u32("key-group range end")?;
+                let range = KeyGroupRange::new(start, end).map_err(|e| Error::corrupted(e.message().to_string()))?;
+                let backend_id = r.str("backend id")?.to_string();
+                let checkpoint_id = r.varint("checkpoint id")?;
+                let mut lists = [Vec::new(), Vec::new()];
+                for list in &mut lists {
+                    let n = r.count(6, "incremental file count")?;
+                    list.reserve(n);
+                    for _ in 0..n {
+                        let name = r.str("incremental file name")?.to_string();
+                        if name.contains('/') {
+                            return Err(Error::corrupted(format!("file name {name:?} has a '/'")));
+                        }
+                        validate_relative_path(&name)?;
+                        let crc32c = r.u32_le("file checksum")?;
+                        let stream = StreamStateHandle::decode(r, source)?;
+                        list.push(HandleFile { name, stream, crc32c });
+                    }
+                }
+                let [shared, private] = lists;
+                let meta = StreamStateHandle::decode(r, source)?;
+                Ok(KeyedStateHandle::Incremental(IncrementalStateHandle {
+                    range,
+                    backend_id,
+                    checkpoint_id,
+                    shared,
+                    private,
+                    meta,
                 }))
             }
             t => Err(Error::corrupted(format!("unknown keyed state handle tag {t}"))),
@@ -241,5 +333,56 @@ mod tests {
         let mut r = Reader::new(&src);
         assert_eq!(KeyedStateHandle::decode(&mut r, &src).unwrap(), h);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn incremental_handles_round_trip_and_hostile_counts_are_refused() {
+        let file = |name: &str, path: &str| HandleFile {
+            name: name.into(),
+            stream: StreamStateHandle::File {
+                path: path.into(),
+                size: 10,
+            },
+            crc32c: 0xdead_beef,
+        };
+        let h = KeyedStateHandle::Incremental(IncrementalStateHandle {
+            range: KeyGroupRange::new(0, 64).unwrap(),
+            backend_id: "b1".into(),
+            checkpoint_id: 9,
+            shared: vec![file("000001.sst", "shared/a"), file("000002.sst", "shared/b")],
+            private: vec![file("MANIFEST-000005", "chk-9/c")],
+            meta: StreamStateHandle::Inline(Bytes::from_static(b"meta")),
+        });
+        let mut b = Vec::new();
+        h.encode(&mut b);
+        let src = Bytes::from(b);
+        let mut r = Reader::new(&src);
+        assert_eq!(KeyedStateHandle::decode(&mut r, &src).unwrap(), h);
+        assert_eq!(h.file_paths().collect::<Vec<_>>(), ["shared/a", "shared/b", "chk-9/c"]);
+        assert_eq!(h.state_size(), 34);
+
+        // 2^62 shared files claimed in a few bytes: refused before allocating.
+        let mut hostile = vec![2];
+        put_varint(&mut hostile, 0);
+        put_varint(&mut hostile, 64);
+        put_str(&mut hostile, "b1");
+        put_varint(&mut hostile, 9);
+        put_varint(&mut hostile, 1 << 62);
+        let src = Bytes::from(hostile);
+        let err = KeyedStateHandle::decode(&mut Reader::new(&src), &src).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Corrupted, "{err}");
+
+        // A file name that is a path is refused.
+        let mut bad = Vec::new();
+        let evil = KeyedStateHandle::Incremental(IncrementalStateHandle {
+            shared: vec![file("../x", "shared/a")],
+            ..match h {
+                KeyedStateHandle::Incremental(h) => h,
+                _ => unreachable!(),
+            }
+        });
+        evil.encode(&mut bad);
+        let src = Bytes::from(bad);
+        assert!(KeyedStateHandle::decode(&mut Reader::new(&src), &src).is_err());
     }
 }

@@ -28,6 +28,7 @@ mod descriptor;
 mod error;
 mod handle;
 mod keygroup;
+mod lifecycle;
 mod memory;
 mod metadata;
 mod serializer;
@@ -45,10 +46,17 @@ pub use descriptor::{
     StateHandle, StateId, StateKind, StateMeta, StateSlot, StorageKind, ValueState, ValueStateDescriptor,
 };
 pub use error::{Error, ErrorKind, Result};
-pub use handle::{validate_relative_path, KeyGroupsStateHandle, KeyedStateHandle, StreamStateHandle};
+pub use handle::{
+    validate_relative_path, HandleFile, IncrementalStateHandle, KeyGroupsStateHandle, KeyedStateHandle,
+    StreamStateHandle,
+};
 pub use keygroup::{
     check_parallelism, default_max_parallelism, key_group_for_key_bytes, murmur3_32, operator_index_for_key_group,
     KeyGroupRange, MAX_PARALLELISM_UPPER_BOUND,
+};
+pub use lifecycle::{
+    CancellationPolicy, CheckpointStore, CheckpointStoreConfig, CompletedCheckpoint, Completion, GcOptions, GcReport,
+    JobStatus, RestoreMode, SharedStateRegistry,
 };
 pub use memory::{MemoryCheckpointStorage, DEFAULT_MAX_STATE_SIZE};
 pub use metadata::{CheckpointKind, CheckpointMetadata, OperatorState, METADATA_MAGIC, METADATA_VERSION};
@@ -58,8 +66,9 @@ pub use serializer::{
 };
 pub use snapshot::{AsyncOutput, PendingSnapshot, SnapshotOptions, SnapshotResult, SnapshotStats};
 pub use storage::{
-    parse_pointer, CheckpointLocation, CheckpointOutputStream, CheckpointStorage, InlineReader, ParsedPointer,
-    ResolvedCheckpoint, StateReader, StateScope, StorageCapabilities, METADATA_FILE,
+    is_own_file_name, metadata_path, metadata_path_id, parse_pointer, unique_file_name, CheckpointLocation,
+    CheckpointOutputStream, CheckpointStorage, InlineReader, ParsedPointer, ResolvedCheckpoint, StateReader,
+    StateScope, StorageCapabilities, StoredFile, METADATA_FILE,
 };
 pub use ttl::{
     Clock, ManualClock, SharedClock, StateTtlConfig, SystemClock, TtlCleanup, TtlStateVisibility, TtlUpdateType,

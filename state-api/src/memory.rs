@@ -17,7 +17,7 @@ use crate::handle::StreamStateHandle;
 use crate::metadata::{CheckpointKind, CheckpointMetadata};
 use crate::storage::{
     parse_pointer, CheckpointLocation, CheckpointOutputStream, CheckpointStorage, InlineReader, ResolvedCheckpoint,
-    StateScope, StorageCapabilities,
+    StateScope, StorageCapabilities, StoredFile, METADATA_FILE,
 };
 
 /// Flink's default maximum state size of the memory storage: 5 MiB.
@@ -149,6 +149,58 @@ impl CheckpointStorage for MemoryCheckpointStorage {
                 .max_by_key(|(id, _, _)| *id)
         };
         latest.map(|(_, k, v)| self.decode(&k, &v)).transpose()
+    }
+
+    fn checkpoint_pointer(&self, checkpoint_id: u64) -> String {
+        format!("{SCHEME}{}/chk-{checkpoint_id}", self.job_id)
+    }
+
+    async fn list_files(&self) -> Result<Vec<StoredFile>> {
+        let prefix = format!("{SCHEME}{}/", self.job_id);
+        let space = self.lock()?;
+        Ok(space
+            .iter()
+            .filter_map(|(k, v)| {
+                let dir = k.strip_prefix(&prefix)?;
+                dir.starts_with("chk-").then(|| StoredFile {
+                    path: format!("{dir}/{METADATA_FILE}"),
+                    size: v.len() as u64,
+                    modified_millis: 0,
+                })
+            })
+            .collect())
+    }
+
+    async fn read_file(&self, path: &str) -> Result<Bytes> {
+        let key = self.metadata_key(path)?;
+        let found = self.lock()?.get(&key).cloned();
+        found.ok_or_else(|| Error::not_found(format!("{key}: no such checkpoint in memory")))
+    }
+
+    async fn delete_files(&self, paths: &[String]) -> Result<()> {
+        let keys = paths.iter().map(|p| self.metadata_key(p)).collect::<Result<Vec<_>>>()?;
+        let mut space = self.lock()?;
+        for key in keys {
+            space.remove(&key);
+        }
+        Ok(())
+    }
+}
+
+impl MemoryCheckpointStorage {
+    /// The space key of a job-relative `chk-<n>/_metadata` path: the only
+    /// files this storage has.
+    fn metadata_key(&self, path: &str) -> Result<String> {
+        let dir = path
+            .strip_suffix(METADATA_FILE)
+            .and_then(|d| d.strip_suffix('/'))
+            .filter(|d| d.starts_with("chk-") && !d.contains('/'))
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "{path:?}: memory checkpoint storage holds only chk-<n>/{METADATA_FILE} files"
+                ))
+            })?;
+        Ok(format!("{SCHEME}{}/{dir}", self.job_id))
     }
 }
 

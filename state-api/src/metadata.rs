@@ -94,6 +94,21 @@ impl CheckpointMetadata {
             .sum()
     }
 
+    /// The paths of every file the checkpoint's handles reference (relative
+    /// to the checkpoint root), without duplicates.
+    pub fn file_paths(&self) -> Vec<String> {
+        let mut paths: Vec<String> = self
+            .operators
+            .iter()
+            .flat_map(|o| o.keyed.iter())
+            .flat_map(KeyedStateHandle::file_paths)
+            .map(str::to_string)
+            .collect();
+        paths.sort_unstable();
+        paths.dedup();
+        paths
+    }
+
     /// Encodes the metadata file.
     pub fn encode(&self) -> Vec<u8> {
         let mut p = Vec::new();

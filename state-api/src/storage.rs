@@ -126,6 +126,17 @@ pub struct ResolvedCheckpoint {
     pub reader: Arc<dyn StateReader>,
 }
 
+/// A file a storage holds for a job, as listed for retention and garbage collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    /// Path relative to the job's root, with `/` separators (`chk-3/_metadata`, `shared/…`).
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification, in milliseconds since the Unix epoch.
+    pub modified_millis: u64,
+}
+
 /// Checkpoint storage for one job.
 #[async_trait]
 pub trait CheckpointStorage: Send + Sync + fmt::Debug {
@@ -143,6 +154,62 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// The newest complete checkpoint of this job, skipping any without a
     /// valid metadata file.
     async fn latest_checkpoint(&self) -> Result<Option<ResolvedCheckpoint>>;
+    /// The pointer checkpoint `checkpoint_id` of this job has (or would have).
+    fn checkpoint_pointer(&self, checkpoint_id: u64) -> String;
+    /// Every file under the job's root (checkpoint directories, `shared/`,
+    /// `taskowned/`), with job-relative paths.
+    async fn list_files(&self) -> Result<Vec<StoredFile>>;
+    /// Reads a file by its job-relative path.
+    async fn read_file(&self, path: &str) -> Result<Bytes>;
+    /// Deletes files by job-relative path. Files already gone are not an
+    /// error; checkpoint directories left empty are removed.
+    async fn delete_files(&self, paths: &[String]) -> Result<()>;
+}
+
+/// The job-relative path of checkpoint `checkpoint_id`'s metadata file.
+pub fn metadata_path(checkpoint_id: u64) -> String {
+    format!("chk-{checkpoint_id}/{METADATA_FILE}")
+}
+
+/// The checkpoint id of a job-relative `chk-<n>/_metadata` path.
+pub fn metadata_path_id(path: &str) -> Option<u64> {
+    let dir = path.strip_suffix(METADATA_FILE)?.strip_suffix('/')?;
+    let n = dir.strip_prefix("chk-")?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// A file name no other writer picks: process id, wall-clock nanoseconds and
+/// a process-wide counter, in hex (`0000a1b2-17f3c…-2a`). Garbage collection
+/// deletes only files named this way (optionally with an extension).
+pub fn unique_file_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::UNIX_EPOCH
+        .elapsed()
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:08x}-{:x}-{:x}", std::process::id(), nanos, n)
+}
+
+/// True for names [`unique_file_name`] makes, with an optional `.ext`
+/// suffix, and for temporary metadata files (`_metadata.inprogress-<name>`).
+pub fn is_own_file_name(name: &str) -> bool {
+    let name = name.strip_prefix("_metadata.inprogress-").unwrap_or(name);
+    let stem = match name.split_once('.') {
+        Some((stem, ext)) if !ext.is_empty() && ext.bytes().all(|b| b.is_ascii_alphanumeric()) => stem,
+        Some(_) => return false,
+        None => name,
+    };
+    let parts: Vec<&str> = stem.split('-').collect();
+    parts.len() == 3
+        && parts[0].len() == 8
+        && parts.iter().all(|p| {
+            !p.is_empty() && p.len() <= 32 && p.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        })
 }
 
 /// The metadata file name inside a checkpoint directory.
@@ -220,6 +287,28 @@ mod tests {
             parse_pointer("s3://b/sp/savepoint-1a2b/").unwrap().dir,
             "savepoint-1a2b"
         );
+    }
+
+    #[test]
+    fn own_file_names_are_recognized() {
+        let n = unique_file_name();
+        assert!(is_own_file_name(&n), "{n}");
+        assert!(is_own_file_name(&format!("{n}.sst")));
+        assert!(is_own_file_name(&format!("_metadata.inprogress-{n}")));
+        for other in [
+            "_metadata",
+            "MANIFEST-000001",
+            "notes.txt",
+            "0000abcd-1-",
+            "0000abcd-1-2.",
+            "0000ABCD-1-2",
+            "x-1-2",
+        ] {
+            assert!(!is_own_file_name(other), "{other}");
+        }
+        assert_eq!(metadata_path_id(&metadata_path(12)), Some(12));
+        assert_eq!(metadata_path_id("chk-x/_metadata"), None);
+        assert_eq!(metadata_path_id("shared/_metadata"), None);
     }
 
     #[test]

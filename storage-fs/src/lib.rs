@@ -32,7 +32,6 @@
 mod stream;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -40,7 +39,7 @@ use bytes::Bytes;
 use flowstate_api::{
     parse_pointer, validate_relative_path, CheckpointKind, CheckpointLocation, CheckpointMetadata,
     CheckpointOutputStream, CheckpointStorage, Error, ErrorKind, InlineReader, ResolvedCheckpoint, Result, StateReader,
-    StateScope, StorageCapabilities, StreamStateHandle, METADATA_FILE,
+    StateScope, StorageCapabilities, StoredFile, StreamStateHandle, METADATA_FILE,
 };
 
 pub use stream::FsOutputStream;
@@ -64,15 +63,8 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + 
         .map_err(|e| Error::internal(format!("file I/O task failed: {e}")))?
 }
 
-/// A name no other writer can pick: process, time, a process-wide counter.
 pub(crate) fn unique_name() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::UNIX_EPOCH
-        .elapsed()
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{:08x}-{:x}-{:x}", std::process::id(), nanos, n)
+    flowstate_api::unique_file_name()
 }
 
 fn check_component(what: &str, name: &str) -> Result<()> {
@@ -297,6 +289,103 @@ impl CheckpointStorage for FsCheckpointStorage {
         }
         Ok(None)
     }
+
+    fn checkpoint_pointer(&self, checkpoint_id: u64) -> String {
+        self.inner
+            .job_dir
+            .join(format!("chk-{checkpoint_id}"))
+            .display()
+            .to_string()
+    }
+
+    async fn list_files(&self) -> Result<Vec<StoredFile>> {
+        let job_dir = self.inner.job_dir.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            list_dir(&job_dir, "", &mut out)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn read_file(&self, path: &str) -> Result<Bytes> {
+        let reader = FsStateReader::new(self.inner.job_dir.clone());
+        let path = path.to_string();
+        blocking(move || {
+            let full = reader.resolve_path(&path)?;
+            std::fs::read(&full)
+                .map(Bytes::from)
+                .map_err(|e| Error::io(full.display(), e))
+        })
+        .await
+    }
+
+    async fn delete_files(&self, paths: &[String]) -> Result<()> {
+        for p in paths {
+            validate_relative_path(p)?;
+        }
+        let job_dir = self.inner.job_dir.clone();
+        let paths = paths.to_vec();
+        blocking(move || {
+            let mut dirs = std::collections::BTreeSet::new();
+            for p in &paths {
+                let full = job_dir.join(p);
+                match std::fs::remove_file(&full) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(full.display(), e)),
+                }
+                if let Some((dir, _)) = p.split_once('/') {
+                    if dir.starts_with("chk-") {
+                        dirs.insert(dir.to_string());
+                    }
+                }
+            }
+            for dir in dirs {
+                // Only an empty directory is removed; one with files left stays.
+                let _ = std::fs::remove_dir(job_dir.join(dir));
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Lists the files under `dir` recursively, as paths relative to the job root.
+fn list_dir(dir: &Path, prefix: &str, out: &mut Vec<StoredFile>) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dir.display(), e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir.display(), e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let meta = entry.metadata().map_err(|e| Error::io(entry.path().display(), e))?;
+        if meta.is_dir() {
+            list_dir(&entry.path(), &path, out)?;
+        } else if meta.is_file() {
+            let modified_millis = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            out.push(StoredFile {
+                path,
+                size: meta.len(),
+                modified_millis,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Where one checkpoint or savepoint is written.

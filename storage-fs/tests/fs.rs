@@ -222,3 +222,53 @@ async fn job_ids_must_be_one_component() {
         assert!(FsCheckpointStorage::open(dir.path(), bad).is_err(), "{bad:?}");
     }
 }
+
+#[tokio::test]
+async fn gc_refuses_when_any_metadata_is_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+    let job = storage.job_dir().to_path_buf();
+    let shared: std::sync::Arc<dyn CheckpointStorage> = std::sync::Arc::new(storage);
+    let mut store = CheckpointStore::open(shared.clone(), CheckpointStoreConfig::default())
+        .await
+        .unwrap();
+    let (mut b, _) = big_backend().await;
+    let location = store.begin_checkpoint(1).await.unwrap();
+    let result = b
+        .snapshot(1, location.clone(), SnapshotOptions::checkpoint())
+        .unwrap()
+        .await
+        .unwrap();
+    let metadata = CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 0).with_operator(OperatorState::new(
+        "op",
+        1,
+        128,
+        vec![result.handle],
+    ));
+    store.complete(&location, metadata).await.unwrap();
+    // An orphan, and a checkpoint whose metadata is garbage.
+    let orphan = job.join("shared").join(unique_file_name());
+    std::fs::write(&orphan, b"orphan").unwrap();
+    std::fs::create_dir(job.join("chk-7")).unwrap();
+    std::fs::write(job.join("chk-7/_metadata"), b"not metadata").unwrap();
+    let options = GcOptions::new(std::time::Duration::ZERO).delete();
+    let err = store.collect_garbage(&options).await.unwrap_err();
+    assert!(err.to_string().contains("chk-7/_metadata"), "{err}");
+    assert!(err.to_string().contains("nothing deleted"), "{err}");
+    assert!(orphan.exists(), "GC deleted despite an unreadable metadata file");
+    // Reopening skips the bad checkpoint for retention; once it is removed, GC runs.
+    let store = CheckpointStore::open(shared, CheckpointStoreConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(store.retained().len(), 1);
+    std::fs::remove_dir_all(job.join("chk-7")).unwrap();
+    let report = store.collect_garbage(&options).await.unwrap();
+    assert_eq!(report.orphans.len(), 1);
+    assert_eq!(report.bytes, 6);
+    assert!(!orphan.exists());
+    // Files not named by us are never touched.
+    let foreign = job.join("shared").join("notes.txt");
+    std::fs::write(&foreign, b"mine").unwrap();
+    assert!(store.collect_garbage(&options).await.unwrap().orphans.is_empty());
+    assert!(foreign.exists());
+}

@@ -9,7 +9,7 @@ use flowstate_api::canonical::SnapshotHeader;
 use flowstate_api::codec::{crc32c, crc32c_append, put_varint};
 use flowstate_api::*;
 
-use crate::{full_config, snapshot_into, BackendFactory, Ctx};
+use crate::{full_config, snapshot_and_complete, BackendFactory, Ctx};
 
 /// A small snapshot with every storage kind, and the bytes of its stream.
 async fn small_snapshot<F: BackendFactory>(ctx: &Ctx<F>) -> (KeyGroupsStateHandle, Bytes) {
@@ -24,11 +24,11 @@ async fn small_snapshot<F: BackendFactory>(ctx: &Ctx<F>) -> (KeyGroupsStateHandl
         b.append_all(&l, [k, k]).unwrap();
         b.map_put(&m, k, k).unwrap();
     }
-    let result = snapshot_into(&mut b, &*storage, 1, SnapshotOptions::checkpoint()).await;
+    // Savepoints are canonical in every backend.
+    let (result, pointer) = snapshot_and_complete(&mut b, &*storage, 1, SnapshotOptions::savepoint()).await;
     let KeyedStateHandle::KeyGroups(handle) = result.handle else {
-        panic!("a checkpoint of this backend is not canonical; run the corruption group on a savepoint-capable backend")
+        panic!("a savepoint must be a canonical snapshot")
     };
-    let pointer = crate::complete(&*storage, 1, CheckpointKind::Checkpoint, 1, vec![]).await;
     let reader = storage.resolve(&pointer).await.unwrap().reader;
     let data = reader.read(&handle.stream).await.unwrap();
     (handle, data)

@@ -15,7 +15,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A test suite: failures are panics.
 
 pub mod corruption;
+pub mod fault;
 pub mod keyed;
+pub mod lifecycle;
 pub mod rescale;
 pub mod snapshot;
 pub mod storage;
@@ -143,7 +145,7 @@ where
 
 /// Generates one `#[test]` per contract of the named groups (`keyed`,
 /// `snapshot`, `rescale`, `ttl`, `ttl_incremental`, `corruption`,
-/// `storage`, `memory_storage`), each calling `$ctx` for a fresh context.
+/// `storage`, `memory_storage`, `lifecycle`, `lifecycle_files`), each calling `$ctx` for a fresh context.
 #[macro_export]
 macro_rules! conformance_suite {
     ($ctx:expr; $($group:ident),+ $(,)?) => {
@@ -219,6 +221,18 @@ macro_rules! __group {
             pointer_forms_resolve_to_the_same_checkpoint, bad_pointers_give_clear_errors,
             duplicate_checkpoint_id_is_refused, two_jobs_do_not_collide, output_stream_handles,
             latest_checkpoint_is_the_newest
+        );
+    };
+    (lifecycle, $ctx:expr) => {
+        $crate::__tests!($ctx; lifecycle => lifecycle:
+            retains_newest_n_and_subsumes_the_rest, savepoints_survive_retention, cancellation_policies,
+            claim_restore_subsumes_the_restored_checkpoint, no_claim_restore_never_deletes_the_restored_checkpoint,
+            fault_sweep_restores_last_completed
+        );
+    };
+    (lifecycle_files, $ctx:expr) => {
+        $crate::__tests!($ctx; lifecycle => lifecycle_files:
+            shared_files_live_while_referenced, registry_is_rebuilt_after_restart, gc_removes_only_old_orphans_of_ours
         );
     };
     (memory_storage, $ctx:expr) => {

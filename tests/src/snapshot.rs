@@ -278,20 +278,20 @@ pub async fn every_state_kind_round_trips<F: BackendFactory>(ctx: Ctx<F>) {
     assert_eq!(check_every_kind(&mut r, 0..300), 300);
 }
 
-/// A zstd-compressed snapshot restores the same state, and is smaller.
+/// A zstd-compressed canonical snapshot restores the same state, and is smaller.
 pub async fn compressed_snapshot_round_trips<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "compressed");
     let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
     fill_every_kind(&mut b, 300);
-    let plain = snapshot_into(&mut b, &*storage, 1, SnapshotOptions::checkpoint()).await;
-    let zstd = snapshot_into(&mut b, &*storage, 2, SnapshotOptions::checkpoint().with_compression(3)).await;
+    let plain = snapshot_into(&mut b, &*storage, 1, SnapshotOptions::savepoint()).await;
+    let (zstd, pointer) =
+        crate::snapshot_and_complete(&mut b, &*storage, 2, SnapshotOptions::savepoint().with_compression(3)).await;
     assert!(
         zstd.stats.full_size < plain.stats.full_size,
         "compressed {} >= plain {}",
         zstd.stats.full_size,
         plain.stats.full_size
     );
-    let pointer = complete(&*storage, 2, CheckpointKind::Checkpoint, 1, vec![zstd.handle]).await;
     let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer)
         .await
         .unwrap();

@@ -257,7 +257,9 @@ pub async fn full_snapshot_cleanup_leaves_expired_out<F: BackendFactory>(ctx: Ct
     b.append(&l, 100).unwrap();
     b.map_put(&m, 100u64, 100u64).unwrap();
     clock.set(1100);
-    let pointer = checkpoint(&mut b, &*storage, 1).await;
+    // A full snapshot: a savepoint (checkpoints of incremental backends upload
+    // native files, as in Flink, where this cleanup does not apply to them).
+    let (_, pointer) = crate::snapshot_and_complete(&mut b, &*storage, 1, SnapshotOptions::savepoint()).await;
     // Turn time back: anything still in the snapshot would be visible again.
     clock.set(1000);
     let mut r = restore_from(&ctx, &*storage, clocked_config::<u64>(clock.clone()), &pointer)

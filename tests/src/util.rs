@@ -58,6 +58,33 @@ pub async fn snapshot_into<B: KeyedStateBackend>(
         .unwrap()
 }
 
+/// Snapshots `backend` and completes the checkpoint or savepoint in the same
+/// location; returns the result and the pointer.
+pub async fn snapshot_and_complete<B: KeyedStateBackend>(
+    backend: &mut B,
+    storage: &dyn CheckpointStorage,
+    checkpoint_id: u64,
+    options: SnapshotOptions,
+) -> (SnapshotResult, String) {
+    let location = match options.kind {
+        CheckpointKind::Checkpoint => storage.init_checkpoint(checkpoint_id).await.unwrap(),
+        CheckpointKind::Savepoint => storage.init_savepoint(checkpoint_id, None).await.unwrap(),
+    };
+    let result = backend
+        .snapshot(checkpoint_id, location.clone(), options)
+        .unwrap()
+        .await
+        .unwrap();
+    let metadata = CheckpointMetadata::new(checkpoint_id, options.kind, 0).with_operator(OperatorState::new(
+        OPERATOR,
+        1,
+        MAX_PARALLELISM,
+        vec![result.handle.clone()],
+    ));
+    let pointer = location.write_metadata(&metadata).await.unwrap();
+    (result, pointer)
+}
+
 /// Writes the metadata of a checkpoint holding `handles` and returns its pointer.
 pub async fn complete(
     storage: &dyn CheckpointStorage,

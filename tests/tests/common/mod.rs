@@ -10,6 +10,7 @@ use flowstate_api::{
 use flowstate_conformance::{BackendFactory, StorageFactory, TestKey};
 use flowstate_fs::FsCheckpointStorage;
 use flowstate_heap::HeapBackend;
+use flowstate_rocksdb::{RocksDbBackend, RocksDbOptions};
 
 /// The heap backend.
 pub struct HeapFactory;
@@ -70,5 +71,62 @@ impl StorageFactory for FsStorageFactory {
 
     fn durable(&self) -> bool {
         true
+    }
+}
+
+/// The RocksDB backend, working under a temporary directory.
+pub struct RocksDbFactory {
+    dir: tempfile::TempDir,
+    incremental: bool,
+}
+
+impl RocksDbFactory {
+    /// Incremental checkpoints (the default).
+    pub fn new() -> Self {
+        RocksDbFactory {
+            dir: tempfile::tempdir().unwrap(),
+            incremental: true,
+        }
+    }
+
+    /// Full canonical checkpoints.
+    pub fn full() -> Self {
+        RocksDbFactory {
+            incremental: false,
+            ..Self::new()
+        }
+    }
+
+    fn options(&self) -> RocksDbOptions {
+        RocksDbOptions::new(self.dir.path())
+            .with_incremental(self.incremental)
+            .with_memory(8 << 20, 8 << 20)
+    }
+}
+
+impl BackendFactory for RocksDbFactory {
+    type Backend<K: TestKey> = RocksDbBackend<K>;
+
+    fn name(&self) -> &str {
+        "rocksdb"
+    }
+
+    fn capabilities(&self) -> BackendCapabilities {
+        RocksDbBackend::<u64>::new(flowstate_conformance::full_config(), self.options())
+            .map(|b| b.capabilities())
+            .unwrap_or_default()
+    }
+
+    fn create<K: TestKey>(&self, config: KeyedBackendConfig<K>) -> Result<RocksDbBackend<K>> {
+        RocksDbBackend::new(config, self.options())
+    }
+
+    async fn restore<K: TestKey>(
+        &self,
+        config: KeyedBackendConfig<K>,
+        handles: &[KeyedStateHandle],
+        reader: Arc<dyn StateReader>,
+    ) -> Result<RocksDbBackend<K>> {
+        RocksDbBackend::restore(config, handles, &*reader, self.options()).await
     }
 }

@@ -1,0 +1,133 @@
+//! Key layout and list encoding.
+//!
+//! Every RocksDB key is `key group (u16 big-endian) | varint(len key) | key |
+//! varint(len namespace) | namespace`, followed by the user key for map
+//! state. A key group is therefore one contiguous key range, and the
+//! entries of one map share the prefix before the user key.
+//!
+//! A list value is its elements, each `varint(len) | bytes`, so appending
+//! is concatenation: the merge operator never decodes anything unless TTL
+//! asks it to drop expired elements.
+
+use flowstate_api::codec::{put_varint, Reader};
+use flowstate_api::{Error, Result};
+
+/// The 2-byte big-endian key-group prefix.
+#[inline]
+pub fn kg_prefix(kg: u32) -> [u8; 2] {
+    (kg as u16).to_be_bytes()
+}
+
+/// Appends `varint(len key) | key` for `kg`.
+#[inline]
+pub fn key_part(out: &mut Vec<u8>, kg: u32, key: &[u8]) {
+    out.clear();
+    out.extend_from_slice(&kg_prefix(kg));
+    put_varint(out, key.len() as u64);
+    out.extend_from_slice(key);
+}
+
+/// Appends `varint(len ns) | ns`.
+#[inline]
+pub fn put_namespace(out: &mut Vec<u8>, namespace: &[u8]) {
+    put_varint(out, namespace.len() as u64);
+    out.extend_from_slice(namespace);
+}
+
+/// A decoded RocksDB key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodedKey<'a> {
+    /// The key group.
+    pub kg: u32,
+    /// The serialized key.
+    pub key: &'a [u8],
+    /// The serialized namespace.
+    pub namespace: &'a [u8],
+    /// The user key (map state), possibly empty.
+    pub user_key: &'a [u8],
+    /// Length of the (key group, key, namespace) prefix.
+    pub prefix_len: usize,
+}
+
+/// Decodes a RocksDB key; `what` names the state in errors.
+pub fn decode_key<'a>(raw: &'a [u8], what: &str) -> Result<DecodedKey<'a>> {
+    let err = |e: Error| e.context(format!("state {what}: malformed key"));
+    let mut r = Reader::new(raw);
+    let kg = u32::from(u16::from_be_bytes(r.array::<2>("key group").map_err(err)?));
+    let key = r.bytes("key").map_err(err)?;
+    let namespace = r.bytes("namespace").map_err(err)?;
+    let prefix_len = r.position();
+    Ok(DecodedKey {
+        kg,
+        key,
+        namespace,
+        user_key: &raw[prefix_len..],
+        prefix_len,
+    })
+}
+
+/// The smallest key greater than every key starting with `prefix`, if any.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Appends one list element.
+#[inline]
+pub fn pack(out: &mut Vec<u8>, element: &[u8]) {
+    put_varint(out, element.len() as u64);
+    out.extend_from_slice(element);
+}
+
+/// The elements of a packed list; `what` names the state in errors.
+pub fn elements<'a>(packed: &'a [u8], what: &str) -> Result<Vec<&'a [u8]>> {
+    let mut r = Reader::new(packed);
+    let mut out = Vec::new();
+    while !r.is_empty() {
+        out.push(
+            r.bytes("list element")
+                .map_err(|e| e.context(format!("state {what}: malformed list")))?,
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_sort_by_key_group() {
+        let mut a = Vec::new();
+        key_part(&mut a, 3, b"user-1");
+        put_namespace(&mut a, b"ns");
+        a.extend_from_slice(b"uk");
+        let d = decode_key(&a, "s").unwrap();
+        assert_eq!(
+            (d.kg, d.key, d.namespace, d.user_key),
+            (3, &b"user-1"[..], &b"ns"[..], &b"uk"[..])
+        );
+        let mut b = Vec::new();
+        key_part(&mut b, 300, b"");
+        assert!(a < b, "key group 3 sorts before 300");
+        assert!(decode_key(&[0, 1, 9], "s").is_err());
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn lists_pack_and_unpack() {
+        let mut l = Vec::new();
+        pack(&mut l, b"a");
+        pack(&mut l, b"");
+        pack(&mut l, b"ccc");
+        assert_eq!(elements(&l, "s").unwrap(), [&b"a"[..], b"", b"ccc"]);
+        assert!(elements(&[5, 1], "s").is_err());
+    }
+}

@@ -1,0 +1,414 @@
+//! Snapshots. The sync phase is a RocksDB checkpoint: memtables are flushed
+//! and the live files hard-linked into a private directory. The async phase
+//! then either uploads the SST files the last completed checkpoint does not
+//! already hold (incremental), or reads the checkpoint key group by key
+//! group into the canonical format (full snapshots and savepoints).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use flowstate_api::canonical::{write_canonical_snapshot, KeyGroupSource, KeyGroupWriter, SnapshotHeader, TtlFilter};
+use flowstate_api::codec::crc32c;
+use flowstate_api::{
+    AsyncOutput, CheckpointKind, CheckpointLocation, Error, ErrorKind, HandleFile, IncrementalStateHandle,
+    KeyedStateHandle, PendingSnapshot, Result, SnapshotOptions, StateScope, StorageKind, StreamStateHandle,
+};
+use futures::{StreamExt, TryStreamExt};
+use rocksdb::checkpoint::Checkpoint;
+use rocksdb::{ColumnFamilyDescriptor, DB};
+
+use crate::keys::{decode_key, elements, kg_prefix};
+use crate::options::{Resources, TtlSlot};
+use crate::{cf_name, db_err, RocksDbBackend, Uploads};
+
+/// Bytes written to a stream at a time.
+const CHUNK: usize = 4 << 20;
+
+/// Deletes a directory when dropped (a snapshot's private checkpoint).
+pub(crate) struct DirGuard(pub(crate) PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("file I/O task failed: {e}")))?
+}
+
+fn closed(id: u64) -> Error {
+    Error::new(
+        ErrorKind::Closed,
+        format!("checkpoint {id}: the RocksDB backend was closed"),
+    )
+}
+
+/// The sync phase, and the async phase it returns.
+pub(crate) fn snapshot<K>(
+    b: &mut RocksDbBackend<K>,
+    id: u64,
+    location: Arc<dyn CheckpointLocation>,
+    options: SnapshotOptions,
+) -> Result<PendingSnapshot> {
+    let started = Instant::now();
+    let _span = tracing::info_span!("snapshot_sync", checkpoint_id = id, backend = "rocksdb").entered();
+    let config = b.config();
+    let header = SnapshotHeader {
+        range: config.key_group_range,
+        key_serializer: config.key_serializer.id(),
+        states: b.states.iter().map(|s| s.meta.clone()).collect(),
+        compressed: options.compression.is_some(),
+    };
+    // The checkpoint directory is a sibling of the working directory: on the
+    // same device (hard links) but not removed with the backend.
+    let dir = b
+        .options()
+        .working_dir
+        .join(format!("snapshot-{id}-{}", flowstate_api::unique_file_name()));
+    Checkpoint::new(&b.db)
+        .and_then(|c| c.create_checkpoint(&dir))
+        .map_err(db_err(format!(
+            "checkpoint {id}: creating the local checkpoint {}",
+            dir.display()
+        )))?;
+    let guard = DirGuard(dir);
+    let closed_flag = Arc::clone(&b.closed);
+    let incremental =
+        options.kind == CheckpointKind::Checkpoint && b.options().incremental && !header.states.is_empty();
+    if !incremental {
+        let filter = TtlFilter {
+            ttl_millis: b
+                .states
+                .iter()
+                .map(|s| s.ttl.filter(|t| t.cleanup().full_snapshot).map(|t| t.ttl_millis()))
+                .collect(),
+            now: config.clock.now_millis(),
+        };
+        let resources = Arc::clone(b.resources());
+        let phase = async move {
+            if closed_flag.load(Ordering::Acquire) {
+                return Err(closed(id));
+            }
+            let stream = location.create_output_stream(StateScope::Exclusive).await?;
+            let mut source = FullSource::open(&guard.0, &header, &resources, closed_flag, id)?;
+            let written = write_canonical_snapshot(&header, &mut source, filter, stream, options.compression)
+                .await
+                .map_err(|e| e.context(format!("checkpoint {id}")))?;
+            drop(source);
+            drop(guard);
+            Ok(AsyncOutput {
+                bytes_written: written.handle.stream.size(),
+                records: written.records,
+                handle: KeyedStateHandle::KeyGroups(written.handle),
+            })
+        };
+        return Ok(PendingSnapshot::new(id, started, phase));
+    }
+    let reuse = b
+        .uploads
+        .lock()
+        .map_err(|_| Error::internal("upload registry lock poisoned"))?
+        .last_completed
+        .clone();
+    let upload = Upload {
+        id,
+        backend_id: b
+            .instance_dir()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        header,
+        concurrency: b.options().upload_concurrency.max(1),
+        local: b.options().local_recovery.as_ref().map(|l| local_dir(l, id)),
+        uploads: Arc::clone(&b.uploads),
+        closed: closed_flag,
+    };
+    let phase = async move { upload.run(guard, location, reuse).await };
+    Ok(PendingSnapshot::new(id, started, phase))
+}
+
+/// Where the local copy of checkpoint `id` goes.
+pub(crate) fn local_dir(l: &crate::LocalRecovery, id: u64) -> PathBuf {
+    local_scope_dir(l).join(format!("chk-{id}"))
+}
+
+/// This backend's directory under the local recovery dirs.
+pub(crate) fn local_scope_dir(l: &crate::LocalRecovery) -> PathBuf {
+    let i = if l.dirs.is_empty() {
+        0
+    } else {
+        (crc32c(l.scope.as_bytes()) as usize) % l.dirs.len()
+    };
+    l.dirs.get(i).cloned().unwrap_or_default().join(&l.scope)
+}
+
+/// The async phase of an incremental checkpoint.
+struct Upload {
+    id: u64,
+    backend_id: String,
+    header: SnapshotHeader,
+    concurrency: usize,
+    local: Option<PathBuf>,
+    uploads: Arc<std::sync::Mutex<Uploads>>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Upload {
+    async fn run(
+        self,
+        guard: DirGuard,
+        location: Arc<dyn CheckpointLocation>,
+        reuse: HashMap<String, HandleFile>,
+    ) -> Result<AsyncOutput> {
+        let id = self.id;
+        let dir = guard.0.clone();
+        let files = blocking(move || list_files(&dir)).await?;
+        let mut written = 0u64;
+        let results: Vec<(bool, HandleFile, u64)> = futures::stream::iter(files.into_iter().map(|(name, size)| {
+            let location = Arc::clone(&location);
+            let reused = reuse.get(&name).filter(|f| f.stream.size() == size).cloned();
+            let path = guard.0.join(&name);
+            let closed_flag = Arc::clone(&self.closed);
+            async move {
+                if closed_flag.load(Ordering::Acquire) {
+                    return Err(closed(id));
+                }
+                let shared = name.ends_with(".sst");
+                if let (true, Some(f)) = (shared, reused) {
+                    return Ok((true, f, 0));
+                }
+                let scope = if shared {
+                    StateScope::Shared
+                } else {
+                    StateScope::Exclusive
+                };
+                let (stream, crc) = upload_file(&*location, scope, &path).await?;
+                let n = stream.size();
+                Ok((
+                    shared,
+                    HandleFile {
+                        name,
+                        stream,
+                        crc32c: crc,
+                    },
+                    n,
+                ))
+            }
+        }))
+        .buffer_unordered(self.concurrency)
+        .try_collect()
+        .await
+        .map_err(|e: Error| e.context(format!("checkpoint {id}")))?;
+        let (mut shared, mut private) = (Vec::new(), Vec::new());
+        for (is_shared, f, n) in results {
+            written += n;
+            if is_shared {
+                shared.push(f);
+            } else {
+                private.push(f);
+            }
+        }
+        shared.sort_by(|a, b| a.name.cmp(&b.name));
+        private.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut meta = location.create_output_stream(StateScope::Exclusive).await?;
+        meta.write(&self.header.encode()).await?;
+        let meta = meta.close().await?;
+        written += meta.size();
+        if let Some(local) = &self.local {
+            let (src, dst) = (guard.0.clone(), local.clone());
+            blocking(move || link_or_copy_dir(&src, &dst)).await?;
+        }
+        {
+            let mut u = self
+                .uploads
+                .lock()
+                .map_err(|_| Error::internal("upload registry lock poisoned"))?;
+            u.pending
+                .insert(id, shared.iter().map(|f| (f.name.clone(), f.clone())).collect());
+            if let Some(local) = self.local {
+                u.local_copies.push((id, local));
+            }
+        }
+        drop(guard);
+        Ok(AsyncOutput {
+            handle: KeyedStateHandle::Incremental(IncrementalStateHandle {
+                range: self.header.range,
+                backend_id: self.backend_id,
+                checkpoint_id: id,
+                shared,
+                private,
+                meta,
+            }),
+            bytes_written: written,
+            records: 0,
+        })
+    }
+}
+
+/// The files of a directory, with sizes.
+pub(crate) fn list_files(dir: &Path) -> Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir.display(), e))? {
+        let entry = entry.map_err(|e| Error::io(dir.display(), e))?;
+        let meta = entry.metadata().map_err(|e| Error::io(entry.path().display(), e))?;
+        if meta.is_file() {
+            let name = entry
+                .file_name()
+                .into_string()
+                .map_err(|n| Error::invalid(format!("file name {n:?} is not UTF-8")))?;
+            out.push((name, meta.len()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Uploads one file; returns its handle and CRC-32C.
+async fn upload_file(
+    location: &dyn CheckpointLocation,
+    scope: StateScope,
+    path: &Path,
+) -> Result<(StreamStateHandle, u32)> {
+    let p = path.to_path_buf();
+    let data = blocking(move || std::fs::read(&p).map_err(|e| Error::io(p.display(), e))).await?;
+    let crc = crc32c(&data);
+    let mut stream = location.create_output_stream(scope).await?;
+    for chunk in data.chunks(CHUNK) {
+        if let Err(e) = stream.write(chunk).await {
+            stream.abort().await;
+            return Err(e.context(format!("uploading {}", path.display())));
+        }
+    }
+    Ok((stream.close().await?, crc))
+}
+
+/// Hard-links every file of `src` into `dst` (created), copying where a
+/// link is impossible (another device).
+pub(crate) fn link_or_copy_dir(src: &Path, dst: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(dst);
+    std::fs::create_dir_all(dst).map_err(|e| Error::io(dst.display(), e))?;
+    for (name, _) in list_files(src)? {
+        let (from, to) = (src.join(&name), dst.join(&name));
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).map_err(|e| Error::io(to.display(), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens a checkpoint directory read-only with the column families of `states`.
+pub(crate) fn open_read_only(dir: &Path, states: &[flowstate_api::StateMeta], resources: &Resources) -> Result<DB> {
+    let cfs = states.iter().map(|m| {
+        ColumnFamilyDescriptor::new(
+            cf_name(&m.name),
+            resources.cf_options(m.kind.storage(), Arc::new(TtlSlot::default())),
+        )
+    });
+    DB::open_cf_descriptors_read_only(&resources.db_options(), dir, cfs, false)
+        .map_err(db_err(format!("opening {}", dir.display())))
+}
+
+/// Reads a checkpoint directory key group by key group.
+struct FullSource {
+    db: DB,
+    states: Vec<(String, StorageKind, String)>,
+    closed: Arc<AtomicBool>,
+    id: u64,
+}
+
+impl FullSource {
+    fn open(
+        dir: &Path,
+        header: &SnapshotHeader,
+        resources: &Resources,
+        closed: Arc<AtomicBool>,
+        id: u64,
+    ) -> Result<Self> {
+        Ok(FullSource {
+            db: open_read_only(dir, &header.states, resources)?,
+            states: header
+                .states
+                .iter()
+                .map(|m| (cf_name(&m.name), m.kind.storage(), m.name.clone()))
+                .collect(),
+            closed,
+            id,
+        })
+    }
+}
+
+impl KeyGroupSource for FullSource {
+    fn write_key_group(&mut self, kg: u32, out: &mut KeyGroupWriter) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(closed(self.id));
+        }
+        let prefix = kg_prefix(kg);
+        for (index, (cf, kind, name)) in self.states.iter().enumerate() {
+            let state = index as u32;
+            let cf = self
+                .db
+                .cf_handle(cf)
+                .ok_or_else(|| Error::internal(format!("state {name:?} has no column family")))?;
+            let mut it = self.db.raw_iterator_cf(cf);
+            it.seek(prefix);
+            while it.valid() {
+                let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                    break;
+                };
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let d = decode_key(k, name)?;
+                match kind {
+                    StorageKind::Value => out.value(state, d.key, d.namespace, v),
+                    StorageKind::List => out.list(state, d.key, d.namespace, elements(v, name)?),
+                    StorageKind::Map => out.map_entry(state, d.key, d.namespace, d.user_key, v),
+                }
+                it.next();
+            }
+            it.status().map_err(db_err(format!("reading state {name:?}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// A checkpoint completed: its shared files become the ones to reuse, and
+/// older local copies are deleted.
+pub(crate) fn checkpoint_complete<K>(b: &mut RocksDbBackend<K>, id: u64) -> Result<()> {
+    let mut u = b
+        .uploads
+        .lock()
+        .map_err(|_| Error::internal("upload registry lock poisoned"))?;
+    if let Some(files) = u.pending.remove(&id) {
+        u.last_completed = files;
+    }
+    u.pending.retain(|&k, _| k > id);
+    // The completed checkpoint's copy and newer ones stay; older ones go.
+    let (keep, old): (Vec<_>, Vec<_>) = u.local_copies.drain(..).partition(|(k, _)| *k >= id);
+    u.local_copies = keep;
+    for (_, dir) in old {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(())
+}
+
+/// A checkpoint was aborted: nothing of it is reused, its local copy goes.
+pub(crate) fn checkpoint_aborted<K>(b: &mut RocksDbBackend<K>, id: u64) -> Result<()> {
+    let mut u = b
+        .uploads
+        .lock()
+        .map_err(|_| Error::internal("upload registry lock poisoned"))?;
+    u.pending.remove(&id);
+    let (gone, keep): (Vec<_>, Vec<_>) = u.local_copies.drain(..).partition(|(k, _)| *k == id);
+    u.local_copies = keep;
+    for (_, dir) in gone {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(())
+}

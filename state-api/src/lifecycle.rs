@@ -1,0 +1,625 @@
+//! The checkpoint lifecycle, on any [`CheckpointStorage`]: completing and
+//! aborting checkpoints, retaining the newest N, the shared-state registry,
+//! restore modes, savepoints, retention on job termination, and garbage
+//! collection of orphaned files.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use flowstate_api::*;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<()> {
+//! let storage = Arc::new(MemoryCheckpointStorage::new("job"));
+//! let mut store = CheckpointStore::open(storage, CheckpointStoreConfig::default()).await?;
+//! for id in 1..=3 {
+//!     let location = store.begin_checkpoint(id).await?;
+//!     // ... backends snapshot into `location` ...
+//!     store.complete(&location, CheckpointMetadata::new(id, CheckpointKind::Checkpoint, 0)).await?;
+//! }
+//! // The default keeps one checkpoint: 1 and 2 were subsumed.
+//! assert_eq!(store.retained().iter().map(|c| c.checkpoint_id).collect::<Vec<_>>(), [3]);
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::handle::KeyedStateHandle;
+use crate::metadata::{CheckpointKind, CheckpointMetadata};
+use crate::storage::{
+    is_own_file_name, metadata_path, metadata_path_id, CheckpointLocation, CheckpointStorage, ResolvedCheckpoint,
+    StoredFile,
+};
+use crate::ttl::{SharedClock, SystemClock};
+
+/// What happens to retained checkpoints when the job is cancelled
+/// (Flink's externalized-checkpoint retention).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CancellationPolicy {
+    /// Keep them, so the job can be resumed later. The default: nothing is
+    /// lost unless asked for.
+    #[default]
+    RetainOnCancellation,
+    /// Delete them when the job is cancelled; keep them only if it failed.
+    DeleteOnCancellation,
+}
+
+/// How a job ended, for [`CheckpointStore::shutdown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    /// Finished: its checkpoints are no longer needed and are deleted.
+    Finished,
+    /// Cancelled by the user: the [`CancellationPolicy`] decides.
+    Cancelled,
+    /// Failed: checkpoints are kept for recovery.
+    Failed,
+    /// Suspended (e.g. leadership lost): checkpoints are kept.
+    Suspended,
+}
+
+/// Who owns a checkpoint after restoring from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreMode {
+    /// The restored checkpoint becomes this job's: it is retained and later
+    /// subsumed (and deleted) like any checkpoint the job took. Only for
+    /// checkpoints of this job's own storage. Backends may share its files.
+    Claim,
+    /// The restored snapshot (a savepoint or another job's checkpoint) stays
+    /// the user's: none of its files is ever deleted by this store, and no
+    /// new checkpoint may reference them, so backends start afresh.
+    NoClaim,
+}
+
+/// Configuration of a [`CheckpointStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointStoreConfig {
+    /// How many completed checkpoints to keep (at least 1; default 1).
+    pub max_retained: usize,
+    /// What cancellation does to them.
+    pub cancellation: CancellationPolicy,
+}
+
+impl Default for CheckpointStoreConfig {
+    fn default() -> Self {
+        CheckpointStoreConfig {
+            max_retained: 1,
+            cancellation: CancellationPolicy::RetainOnCancellation,
+        }
+    }
+}
+
+impl CheckpointStoreConfig {
+    /// Keeps the newest `n` checkpoints.
+    pub fn with_max_retained(mut self, n: usize) -> Self {
+        self.max_retained = n;
+        self
+    }
+
+    /// Sets the cancellation policy.
+    pub fn with_cancellation(mut self, policy: CancellationPolicy) -> Self {
+        self.cancellation = policy;
+        self
+    }
+}
+
+/// Counts, per file, the retained checkpoints that reference it. A file is
+/// deleted only when its last reference is released, and never if it is
+/// protected (it belongs to a checkpoint restored in no-claim mode).
+#[derive(Debug, Default, Clone)]
+pub struct SharedStateRegistry {
+    refs: HashMap<String, BTreeSet<u64>>,
+    protected: HashSet<String>,
+}
+
+impl SharedStateRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that checkpoint `checkpoint_id` references `paths`.
+    pub fn register(&mut self, checkpoint_id: u64, paths: &[String]) {
+        for p in paths {
+            self.refs.entry(p.clone()).or_default().insert(checkpoint_id);
+        }
+    }
+
+    /// Releases checkpoint `checkpoint_id`'s references to `paths`; returns
+    /// those no checkpoint references any more and that are not protected:
+    /// the files to delete.
+    pub fn release(&mut self, checkpoint_id: u64, paths: &[String]) -> Vec<String> {
+        let mut free = Vec::new();
+        for p in paths {
+            if let Some(ids) = self.refs.get_mut(p) {
+                ids.remove(&checkpoint_id);
+                if ids.is_empty() {
+                    self.refs.remove(p);
+                    if !self.protected.contains(p) {
+                        free.push(p.clone());
+                    }
+                }
+            }
+        }
+        free
+    }
+
+    /// How many retained checkpoints reference `path`.
+    pub fn references(&self, path: &str) -> usize {
+        self.refs.get(path).map_or(0, BTreeSet::len)
+    }
+
+    /// Marks `paths` as never to be deleted.
+    pub fn protect(&mut self, paths: impl IntoIterator<Item = String>) {
+        self.protected.extend(paths);
+    }
+
+    /// True if `path` may never be deleted.
+    pub fn is_protected(&self, path: &str) -> bool {
+        self.protected.contains(path)
+    }
+
+    /// True if `path` is referenced or protected.
+    pub fn is_live(&self, path: &str) -> bool {
+        self.refs.contains_key(path) || self.protected.contains(path)
+    }
+
+    /// Number of referenced files.
+    pub fn len(&self) -> usize {
+        self.refs.len()
+    }
+
+    /// True when no file is referenced.
+    pub fn is_empty(&self) -> bool {
+        self.refs.is_empty()
+    }
+}
+
+/// A completed, retained checkpoint.
+#[derive(Debug, Clone)]
+pub struct CompletedCheckpoint {
+    /// The checkpoint id.
+    pub checkpoint_id: u64,
+    /// Its pointer.
+    pub pointer: String,
+    /// Its metadata.
+    pub metadata: Arc<CheckpointMetadata>,
+    /// Every file it references, its metadata file last.
+    files: Vec<String>,
+}
+
+impl CompletedCheckpoint {
+    fn new(pointer: String, metadata: CheckpointMetadata) -> Self {
+        let mut files = metadata.file_paths();
+        files.push(metadata_path(metadata.checkpoint_id));
+        CompletedCheckpoint {
+            checkpoint_id: metadata.checkpoint_id,
+            pointer,
+            metadata: Arc::new(metadata),
+            files,
+        }
+    }
+
+    /// Every file the checkpoint references (job-relative), its metadata file last.
+    pub fn files(&self) -> &[String] {
+        &self.files
+    }
+}
+
+/// What completing a checkpoint did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Completion {
+    /// The new checkpoint's pointer.
+    pub pointer: String,
+    /// Checkpoints subsumed and discarded.
+    pub subsumed: Vec<u64>,
+    /// Files deleted.
+    pub deleted_files: usize,
+    /// Files that could not be deleted; garbage collection finds them later.
+    pub failed_deletes: usize,
+}
+
+/// Options of [`CheckpointStore::collect_garbage`]. Dry run by default.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Files younger than this are left alone: they may belong to a
+    /// checkpoint still being written. Longer than the longest checkpoint.
+    pub min_age: Duration,
+    /// Only report what would be deleted (the default).
+    pub dry_run: bool,
+    /// The clock file ages are measured against.
+    pub clock: SharedClock,
+}
+
+impl GcOptions {
+    /// A dry run that reports orphans older than `min_age`.
+    pub fn new(min_age: Duration) -> Self {
+        GcOptions {
+            min_age,
+            dry_run: true,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Deletes the orphans instead of only reporting them.
+    pub fn delete(mut self) -> Self {
+        self.dry_run = false;
+        self
+    }
+
+    /// Measures ages against `clock`.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+/// What garbage collection found (and deleted, unless a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Orphaned files: ours, unreferenced, old enough.
+    pub orphans: Vec<StoredFile>,
+    /// Their total size.
+    pub bytes: u64,
+    /// True if they were deleted.
+    pub deleted: bool,
+    /// Metadata files read to find what is referenced.
+    pub metadata_read: usize,
+}
+
+/// The completed checkpoints of one job: retention, subsumption, the
+/// shared-state registry, restore modes and garbage collection.
+///
+/// A checkpoint's files are deleted only when no retained checkpoint
+/// references them. A checkpoint is discarded metadata first, so a crash
+/// midway leaves orphans (for [`collect_garbage`](Self::collect_garbage)),
+/// never a checkpoint with missing files. Savepoints are written through the
+/// store but never retained or discarded by it.
+#[derive(Debug)]
+pub struct CheckpointStore {
+    storage: Arc<dyn CheckpointStorage>,
+    config: CheckpointStoreConfig,
+    retained: VecDeque<CompletedCheckpoint>,
+    registry: SharedStateRegistry,
+    pending: BTreeSet<u64>,
+}
+
+impl CheckpointStore {
+    /// Opens the store of `storage`'s job, recovering the completed
+    /// checkpoints found there and rebuilding the registry from their
+    /// metadata. Checkpoints whose metadata cannot be read are skipped (and
+    /// make garbage collection refuse to run).
+    pub async fn open(storage: Arc<dyn CheckpointStorage>, config: CheckpointStoreConfig) -> Result<Self> {
+        if config.max_retained == 0 {
+            return Err(Error::invalid("max_retained must be at least 1"));
+        }
+        let mut ids: Vec<u64> = storage
+            .list_files()
+            .await?
+            .iter()
+            .filter_map(|f| metadata_path_id(&f.path))
+            .collect();
+        ids.sort_unstable();
+        let mut store = CheckpointStore {
+            storage,
+            config,
+            retained: VecDeque::new(),
+            registry: SharedStateRegistry::new(),
+            pending: BTreeSet::new(),
+        };
+        for id in ids {
+            match store.read_metadata(id).await {
+                Ok(m) if m.kind == CheckpointKind::Checkpoint && m.checkpoint_id == id => {
+                    store.retain(CompletedCheckpoint::new(store.storage.checkpoint_pointer(id), m));
+                }
+                Ok(m) => tracing::warn!(
+                    checkpoint_id = id,
+                    found = m.checkpoint_id,
+                    "skipping checkpoint whose metadata names another checkpoint or a savepoint"
+                ),
+                Err(e) => tracing::warn!(checkpoint_id = id, error = %e, "skipping unreadable checkpoint"),
+            }
+        }
+        Ok(store)
+    }
+
+    async fn read_metadata(&self, checkpoint_id: u64) -> Result<CheckpointMetadata> {
+        let path = metadata_path(checkpoint_id);
+        let data = self.storage.read_file(&path).await?;
+        CheckpointMetadata::decode(&data, &self.storage.checkpoint_pointer(checkpoint_id))
+    }
+
+    fn retain(&mut self, checkpoint: CompletedCheckpoint) {
+        self.registry.register(checkpoint.checkpoint_id, &checkpoint.files);
+        let at = self
+            .retained
+            .iter()
+            .position(|c| c.checkpoint_id > checkpoint.checkpoint_id)
+            .unwrap_or(self.retained.len());
+        self.retained.insert(at, checkpoint);
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &Arc<dyn CheckpointStorage> {
+        &self.storage
+    }
+
+    /// The retained checkpoints, oldest first.
+    pub fn retained(&self) -> Vec<&CompletedCheckpoint> {
+        self.retained.iter().collect()
+    }
+
+    /// The newest retained checkpoint.
+    pub fn latest(&self) -> Option<&CompletedCheckpoint> {
+        self.retained.back()
+    }
+
+    /// The shared-state registry.
+    pub fn registry(&self) -> &SharedStateRegistry {
+        &self.registry
+    }
+
+    fn newest_id(&self) -> Option<u64> {
+        self.retained.back().map(|c| c.checkpoint_id)
+    }
+
+    /// Starts checkpoint `checkpoint_id`; ids must grow.
+    pub async fn begin_checkpoint(&mut self, checkpoint_id: u64) -> Result<Arc<dyn CheckpointLocation>> {
+        if let Some(newest) = self.newest_id().filter(|n| checkpoint_id <= *n) {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("checkpoint {checkpoint_id} is not newer than completed checkpoint {newest}"),
+            ));
+        }
+        let location = self.storage.init_checkpoint(checkpoint_id).await?;
+        self.pending.insert(checkpoint_id);
+        Ok(location)
+    }
+
+    /// Starts a savepoint, in `target` or the storage's savepoint directory.
+    pub async fn begin_savepoint(
+        &mut self,
+        checkpoint_id: u64,
+        target: Option<&str>,
+    ) -> Result<Arc<dyn CheckpointLocation>> {
+        self.storage.init_savepoint(checkpoint_id, target).await
+    }
+
+    /// Completes a checkpoint or savepoint: writes its metadata, last. A
+    /// checkpoint is then retained and registers its files, and the oldest
+    /// checkpoints beyond the retention count are subsumed: their metadata
+    /// is deleted, then every file no retained checkpoint references.
+    pub async fn complete(
+        &mut self,
+        location: &Arc<dyn CheckpointLocation>,
+        metadata: CheckpointMetadata,
+    ) -> Result<Completion> {
+        let id = location.checkpoint_id();
+        let name = location.pointer().to_string();
+        if metadata.checkpoint_id != id || metadata.kind != location.kind() {
+            return Err(Error::invalid(format!(
+                "{name}: metadata of {:?} {} given for {:?} {id}",
+                metadata.kind,
+                metadata.checkpoint_id,
+                location.kind()
+            )));
+        }
+        if let Some(p) = metadata
+            .file_paths()
+            .into_iter()
+            .find(|p| self.registry.is_protected(p))
+        {
+            return Err(Error::invalid(format!(
+                "{name} references {p}, a file of a checkpoint restored in no-claim mode; \
+                 the first checkpoint after such a restore must not share its files"
+            )));
+        }
+        if location.kind() == CheckpointKind::Savepoint {
+            let pointer = location.write_metadata(&metadata).await?;
+            return Ok(Completion {
+                pointer,
+                ..Completion::default()
+            });
+        }
+        if let Some(newest) = self.newest_id().filter(|n| id <= *n) {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("{name}: checkpoint {id} is subsumed by completed checkpoint {newest}; abort it"),
+            ));
+        }
+        let pointer = location.write_metadata(&metadata).await?;
+        self.pending.remove(&id);
+        self.retain(CompletedCheckpoint::new(pointer.clone(), metadata));
+        let mut completion = Completion {
+            pointer,
+            ..Completion::default()
+        };
+        while self.retained.len() > self.config.max_retained {
+            match self.discard_oldest().await {
+                Ok((id, deleted, failed)) => {
+                    completion.subsumed.push(id);
+                    completion.deleted_files += deleted;
+                    completion.failed_deletes += failed;
+                }
+                Err(e) => {
+                    // Its metadata still exists: it stays retained, with its files.
+                    tracing::warn!(error = %e, "could not discard a subsumed checkpoint; retrying at the next one");
+                    completion.failed_deletes += 1;
+                    break;
+                }
+            }
+        }
+        Ok(completion)
+    }
+
+    /// Discards the oldest retained checkpoint: metadata first, then the
+    /// files it alone referenced. Returns its id, files deleted and files
+    /// that could not be deleted.
+    async fn discard_oldest(&mut self) -> Result<(u64, usize, usize)> {
+        let Some(oldest) = self.retained.front() else {
+            return Err(Error::internal("no checkpoint to discard"));
+        };
+        let id = oldest.checkpoint_id;
+        let meta = metadata_path(id);
+        self.storage
+            .delete_files(std::slice::from_ref(&meta))
+            .await
+            .map_err(|e| e.context(format!("discarding checkpoint {}", oldest.pointer)))?;
+        let Some(oldest) = self.retained.pop_front() else {
+            return Err(Error::internal("no checkpoint to discard"));
+        };
+        let free: Vec<String> = self
+            .registry
+            .release(id, &oldest.files)
+            .into_iter()
+            .filter(|p| *p != meta)
+            .collect();
+        match self.storage.delete_files(&free).await {
+            Ok(()) => Ok((id, free.len() + 1, 0)),
+            Err(e) => {
+                tracing::warn!(checkpoint_id = id, error = %e, "files of a discarded checkpoint were left for garbage collection");
+                Ok((id, 0, free.len()))
+            }
+        }
+    }
+
+    /// Aborts a checkpoint that will not complete: deletes its exclusive
+    /// directory and the files of `reported` handles that no retained
+    /// checkpoint references (new shared files of the failed attempt).
+    pub async fn abort(&mut self, location: &Arc<dyn CheckpointLocation>, reported: &[KeyedStateHandle]) -> Result<()> {
+        self.pending.remove(&location.checkpoint_id());
+        let mut orphans: Vec<String> = reported
+            .iter()
+            .flat_map(KeyedStateHandle::file_paths)
+            .filter(|p| !self.registry.is_live(p))
+            .map(str::to_string)
+            .collect();
+        orphans.sort_unstable();
+        orphans.dedup();
+        if location.kind() == CheckpointKind::Checkpoint && !orphans.is_empty() {
+            self.storage.delete_files(&orphans).await?;
+        }
+        location.dispose().await
+    }
+
+    /// Resolves `pointer` for a restore, taking ownership of it or not.
+    ///
+    /// `Claim` retains a checkpoint of this job's own storage (it is then
+    /// subsumed normally). Savepoints and other jobs' checkpoints are
+    /// restored with `NoClaim`: nothing of theirs is ever deleted, and a new
+    /// checkpoint that references one of their files is refused. A job's own
+    /// checkpoints are always managed by its retention, so they are claimed;
+    /// restore one without claim under a new job id.
+    pub async fn restore(&mut self, pointer: &str, mode: RestoreMode) -> Result<ResolvedCheckpoint> {
+        let resolved = self.storage.resolve(pointer).await?;
+        let id = resolved.metadata.checkpoint_id;
+        let own = resolved.metadata.kind == CheckpointKind::Checkpoint
+            && resolved.pointer == self.storage.checkpoint_pointer(id);
+        match mode {
+            RestoreMode::Claim => {
+                if !own {
+                    return Err(Error::unsupported(format!(
+                        "{}: claim mode takes ownership only of this job's own checkpoints; restore savepoints \
+                         and other jobs' checkpoints with no-claim mode",
+                        resolved.pointer
+                    )));
+                }
+                if !self.retained.iter().any(|c| c.checkpoint_id == id) {
+                    self.retain(CompletedCheckpoint::new(
+                        resolved.pointer.clone(),
+                        resolved.metadata.clone(),
+                    ));
+                }
+            }
+            RestoreMode::NoClaim => {
+                if own {
+                    return Err(Error::invalid(format!(
+                        "{}: this checkpoint belongs to this job, whose retention manages it; restore it with claim \
+                         mode, or restore it without claim under a new job id",
+                        resolved.pointer
+                    )));
+                }
+                self.registry.protect(resolved.metadata.file_paths());
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// Ends the job's use of the store: deletes every retained checkpoint
+    /// if the job finished, or was cancelled under
+    /// [`CancellationPolicy::DeleteOnCancellation`]; keeps them otherwise.
+    /// Returns the ids deleted.
+    pub async fn shutdown(mut self, status: JobStatus) -> Result<Vec<u64>> {
+        let discard = match status {
+            JobStatus::Finished => true,
+            JobStatus::Cancelled => self.config.cancellation == CancellationPolicy::DeleteOnCancellation,
+            JobStatus::Failed | JobStatus::Suspended => false,
+        };
+        let mut discarded = Vec::new();
+        if discard {
+            while !self.retained.is_empty() {
+                let (id, _, _) = self.discard_oldest().await?;
+                discarded.push(id);
+            }
+        }
+        Ok(discarded)
+    }
+
+    /// Finds files of ours under the job's root that no checkpoint
+    /// references, by reachability from every `_metadata` present (retained
+    /// or not) and from this store's registry. Only files in `chk-<n>/`,
+    /// `shared/` and `taskowned/` with names this project makes, older than
+    /// `min_age`, and outside checkpoints in progress are candidates. If any
+    /// `_metadata` cannot be read, nothing is deleted and the error names it.
+    pub async fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport> {
+        let files = self.storage.list_files().await?;
+        let mut reachable: HashSet<String> = HashSet::new();
+        let mut metadata_read = 0;
+        for f in &files {
+            let Some(id) = metadata_path_id(&f.path) else {
+                continue;
+            };
+            let m = self
+                .read_metadata(id)
+                .await
+                .map_err(|e| e.context(format!("garbage collection refused, nothing deleted: {}", f.path)))?;
+            metadata_read += 1;
+            reachable.extend(m.file_paths());
+            reachable.insert(f.path.clone());
+        }
+        let now = options.clock.now_millis();
+        let min_age = options.min_age.as_millis() as u64;
+        let orphans: Vec<StoredFile> = files
+            .into_iter()
+            .filter(|f| !reachable.contains(&f.path) && !self.registry.is_live(&f.path))
+            .filter(|f| self.is_own_collectable(&f.path))
+            .filter(|f| now.saturating_sub(f.modified_millis) >= min_age)
+            .collect();
+        let bytes = orphans.iter().map(|f| f.size).sum();
+        if !options.dry_run && !orphans.is_empty() {
+            let paths: Vec<String> = orphans.iter().map(|f| f.path.clone()).collect();
+            self.storage.delete_files(&paths).await?;
+        }
+        Ok(GcReport {
+            orphans,
+            bytes,
+            deleted: !options.dry_run,
+            metadata_read,
+        })
+    }
+
+    fn is_own_collectable(&self, path: &str) -> bool {
+        let Some((dir, name)) = path.split_once('/') else {
+            return false;
+        };
+        if name.contains('/') || !is_own_file_name(name) {
+            return false;
+        }
+        match dir.strip_prefix("chk-").map(str::parse::<u64>) {
+            Some(Ok(id)) => !self.pending.contains(&id),
+            Some(Err(_)) => false,
+            None => dir == "shared" || dir == "taskowned",
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! Property test of the checkpoint lifecycle on filesystem storage: random
+//! sequences of snapshot / complete / abort / restart / restore (claim and
+//! no-claim) / savepoint / garbage collection, with incremental handles that
+//! share files between checkpoints. After every step, no file referenced by
+//! a retained checkpoint, a savepoint or a no-claim-restored checkpoint is
+//! gone; after garbage collection no unreferenced file of ours remains.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowstate_api::*;
+use flowstate_fs::FsCheckpointStorage;
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Start a checkpoint writing `new` shared files, reusing the last
+    /// completed checkpoint's shared files if `reuse`.
+    Snapshot { new: u8, reuse: bool },
+    /// Complete the pending checkpoint.
+    Complete,
+    /// Abort the pending checkpoint.
+    Abort,
+    /// Crash and restart: a new store over the same storage, restoring in
+    /// claim mode the `pick`-th checkpoint found, or in no-claim mode another
+    /// job's checkpoint or a savepoint.
+    Restart { pick: u8, claim: bool, savepoint: bool },
+    /// Take a savepoint.
+    Savepoint,
+    /// Garbage collection: with a minimum age no file reaches (nothing may
+    /// go), or with none when no checkpoint is in progress.
+    Gc,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..3, any::<bool>()).prop_map(|(new, reuse)| Op::Snapshot { new, reuse }),
+        4 => Just(Op::Complete),
+        1 => Just(Op::Abort),
+        1 => (any::<u8>(), any::<bool>(), prop::bool::weighted(0.2))
+            .prop_map(|(pick, claim, savepoint)| Op::Restart { pick, claim, savepoint }),
+        1 => Just(Op::Savepoint),
+        1 => Just(Op::Gc),
+    ]
+}
+
+struct Pending {
+    location: Arc<dyn CheckpointLocation>,
+    handle: KeyedStateHandle,
+}
+
+struct World {
+    storage: Arc<dyn CheckpointStorage>,
+    store: CheckpointStore,
+    retain: usize,
+    next_id: u64,
+    pending: Option<Pending>,
+    /// Shared files of the newest completed checkpoint, reusable unless restored without claim.
+    reusable: Vec<StreamStateHandle>,
+    /// Snapshots that are not ours and must never lose a file: another
+    /// job's checkpoints and our savepoints.
+    foreign: Vec<String>,
+    savepoints: Vec<String>,
+}
+
+async fn stream(location: &Arc<dyn CheckpointLocation>, scope: StateScope, fill: u8) -> StreamStateHandle {
+    let mut s = location.create_output_stream(scope).await.unwrap();
+    s.write(&[fill; 40]).await.unwrap();
+    s.close().await.unwrap()
+}
+
+fn file(i: usize, stream: StreamStateHandle) -> HandleFile {
+    HandleFile {
+        name: format!("{i:06}.sst"),
+        stream,
+        crc32c: 0,
+    }
+}
+
+fn metadata(id: u64, kind: CheckpointKind, handle: KeyedStateHandle) -> CheckpointMetadata {
+    CheckpointMetadata::new(id, kind, 0).with_operator(OperatorState::new("op", 1, 128, vec![handle]))
+}
+
+impl World {
+    async fn step(&mut self, op: &Op) {
+        match *op {
+            Op::Snapshot { new, reuse } => {
+                if self.pending.is_some() {
+                    return;
+                }
+                let id = self.next_id;
+                self.next_id += 1;
+                let location = self.store.begin_checkpoint(id).await.unwrap();
+                let mut shared = if reuse { self.reusable.clone() } else { Vec::new() };
+                for n in 0..new {
+                    shared.push(stream(&location, StateScope::Shared, n).await);
+                }
+                let private = stream(&location, StateScope::Exclusive, 9).await;
+                let handle = KeyedStateHandle::Incremental(IncrementalStateHandle {
+                    range: KeyGroupRange::all(128).unwrap(),
+                    backend_id: "prop".into(),
+                    checkpoint_id: id,
+                    shared: shared.into_iter().enumerate().map(|(i, s)| file(i, s)).collect(),
+                    private: vec![file(99, private)],
+                    meta: StreamStateHandle::Empty,
+                });
+                self.pending = Some(Pending { location, handle });
+            }
+            Op::Complete => {
+                let Some(p) = self.pending.take() else { return };
+                let id = p.location.checkpoint_id();
+                let before: Vec<u64> = self.store.retained().iter().map(|c| c.checkpoint_id).collect();
+                self.store
+                    .complete(&p.location, metadata(id, CheckpointKind::Checkpoint, p.handle.clone()))
+                    .await
+                    .unwrap();
+                let mut want: Vec<u64> = before.into_iter().chain([id]).collect();
+                let cut = want.len().saturating_sub(self.retain);
+                want.drain(..cut);
+                let got: Vec<u64> = self.store.retained().iter().map(|c| c.checkpoint_id).collect();
+                assert_eq!(got, want, "retention after completing {id}");
+                if let KeyedStateHandle::Incremental(h) = &p.handle {
+                    self.reusable = h.shared.iter().map(|f| f.stream.clone()).collect();
+                }
+            }
+            Op::Abort => {
+                let Some(p) = self.pending.take() else { return };
+                self.store.abort(&p.location, &[p.handle]).await.unwrap();
+            }
+            Op::Savepoint => {
+                let id = self.next_id;
+                self.next_id += 1;
+                let location = self.store.begin_savepoint(id, None).await.unwrap();
+                let s = stream(&location, StateScope::Exclusive, 7).await;
+                let handle = KeyedStateHandle::KeyGroups(KeyGroupsStateHandle {
+                    range: KeyGroupRange::all(128).unwrap(),
+                    offsets: Vec::new(),
+                    stream: s,
+                });
+                let c = self
+                    .store
+                    .complete(&location, metadata(id, CheckpointKind::Savepoint, handle))
+                    .await
+                    .unwrap();
+                self.savepoints.push(c.pointer);
+            }
+            Op::Restart { pick, claim, savepoint } => {
+                // A crash: the pending checkpoint is abandoned, its files left behind.
+                self.pending = None;
+                let config = CheckpointStoreConfig::default().with_max_retained(self.retain);
+                self.store = CheckpointStore::open(Arc::clone(&self.storage), config).await.unwrap();
+                self.reusable.clear();
+                let ids: Vec<u64> = self.store.retained().iter().map(|c| c.checkpoint_id).collect();
+                let (pointer, ok) = match (claim, savepoint) {
+                    (true, false) if !ids.is_empty() => {
+                        (self.storage.checkpoint_pointer(ids[pick as usize % ids.len()]), true)
+                    }
+                    (true, false) => return,
+                    (_, true) if !self.savepoints.is_empty() => {
+                        (self.savepoints[pick as usize % self.savepoints.len()].clone(), !claim)
+                    }
+                    _ => (self.foreign[pick as usize % self.foreign.len()].clone(), !claim),
+                };
+                let mode = if claim {
+                    RestoreMode::Claim
+                } else {
+                    RestoreMode::NoClaim
+                };
+                let resolved = match self.store.restore(&pointer, mode).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        assert!(!ok, "restore of {pointer} in {mode:?} failed: {e}");
+                        return;
+                    }
+                };
+                assert!(ok, "{pointer} restored in {mode:?}");
+                if claim {
+                    // Our checkpoints go on from the restored one, sharing its files.
+                    if let Some(KeyedStateHandle::Incremental(h)) = resolved.metadata.operators[0].keyed.first() {
+                        self.reusable = h.shared.iter().map(|f| f.stream.clone()).collect();
+                    }
+                }
+                let newest = self.store.retained().last().map_or(0, |c| c.checkpoint_id);
+                self.next_id = self.next_id.max(newest + 1).max(resolved.metadata.checkpoint_id + 1);
+            }
+            Op::Gc => {
+                // Everything is younger than an hour: nothing may go.
+                let young = self
+                    .store
+                    .collect_garbage(&GcOptions::new(Duration::from_secs(3600)).delete())
+                    .await
+                    .unwrap();
+                assert!(young.orphans.is_empty(), "GC deleted young files: {young:?}");
+                if self.pending.is_none() {
+                    self.store
+                        .collect_garbage(&GcOptions::new(Duration::ZERO).delete())
+                        .await
+                        .unwrap();
+                    self.check_no_orphans().await;
+                }
+            }
+        }
+    }
+
+    /// No file of a retained checkpoint, savepoint or no-claim restore is gone,
+    /// and every checkpoint in storage is whole.
+    async fn check(&self, after: &Op) {
+        let exists = |p: String| async move {
+            let r = self.storage.read_file(&p).await;
+            assert!(r.is_ok(), "after {after:?}: {p} is gone");
+        };
+        for c in self.store.retained() {
+            for f in c.files() {
+                exists(f.clone()).await;
+            }
+        }
+        for f in self.storage.list_files().await.unwrap() {
+            if metadata_path_id(&f.path).is_some() {
+                let m = CheckpointMetadata::decode(&self.storage.read_file(&f.path).await.unwrap(), &f.path).unwrap();
+                for p in m.file_paths() {
+                    exists(p).await;
+                }
+            }
+        }
+        for sp in self.savepoints.iter().chain(&self.foreign) {
+            let resolved = self.storage.resolve(sp).await.unwrap();
+            for h in &resolved.metadata.operators[0].keyed {
+                for s in h.streams() {
+                    resolved.reader.read(s).await.unwrap();
+                }
+            }
+        }
+    }
+
+    /// After a full GC, every file of ours is referenced by some metadata.
+    async fn check_no_orphans(&self) {
+        let files = self.storage.list_files().await.unwrap();
+        let mut reachable = BTreeSet::new();
+        for f in &files {
+            if metadata_path_id(&f.path).is_some() {
+                let m = CheckpointMetadata::decode(&self.storage.read_file(&f.path).await.unwrap(), &f.path).unwrap();
+                reachable.extend(m.file_paths());
+                reachable.insert(f.path.clone());
+            }
+        }
+        for f in files {
+            let name = f.path.rsplit('/').next().unwrap_or_default();
+            assert!(
+                reachable.contains(&f.path) || !is_own_file_name(name),
+                "orphan {} survived GC",
+                f.path
+            );
+        }
+    }
+}
+
+fn fs(base: &std::path::Path, job: &str) -> Arc<dyn CheckpointStorage> {
+    Arc::new(
+        FsCheckpointStorage::open(base.join("checkpoints"), job)
+            .unwrap()
+            .with_inline_threshold(16)
+            .unwrap()
+            .with_savepoint_dir(base.join("savepoints")),
+    )
+}
+
+/// Another job's two retained checkpoints, sharing a file.
+async fn old_job(base: &std::path::Path) -> Vec<String> {
+    let storage = fs(base, "old-job");
+    let mut store = CheckpointStore::open(storage, CheckpointStoreConfig::default().with_max_retained(2))
+        .await
+        .unwrap();
+    let mut shared = Vec::new();
+    let mut pointers = Vec::new();
+    for id in [10, 11] {
+        let location = store.begin_checkpoint(id).await.unwrap();
+        shared.push(stream(&location, StateScope::Shared, id as u8).await);
+        let handle = KeyedStateHandle::Incremental(IncrementalStateHandle {
+            range: KeyGroupRange::all(128).unwrap(),
+            backend_id: "old".into(),
+            checkpoint_id: id,
+            shared: shared.iter().cloned().enumerate().map(|(i, s)| file(i, s)).collect(),
+            private: Vec::new(),
+            meta: StreamStateHandle::Empty,
+        });
+        let c = store
+            .complete(&location, metadata(id, CheckpointKind::Checkpoint, handle))
+            .await
+            .unwrap();
+        pointers.push(c.pointer);
+    }
+    pointers
+}
+
+fn scratch() -> tempfile::TempDir {
+    // tmpfs keeps ten thousand sequences of synced files fast; any directory works.
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
+/// One directory for every case, each case its own job in it, beside the other job.
+struct Shared {
+    dir: tempfile::TempDir,
+    foreign: Vec<String>,
+    cases: std::sync::atomic::AtomicU64,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let dir = scratch();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let foreign = rt.block_on(old_job(dir.path()));
+        Shared {
+            dir,
+            foreign,
+            cases: Default::default(),
+        }
+    })
+}
+
+const CASES: u32 = 10_000;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: CASES, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn lifecycle_never_loses_a_referenced_file(retain in 1usize..4, ops in prop::collection::vec(op(), 1..24)) {
+        let shared = shared();
+        let case = shared.cases.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let storage = fs(shared.dir.path(), &format!("job-{case}"));
+            let foreign = shared.foreign.clone();
+            let config = CheckpointStoreConfig::default().with_max_retained(retain);
+            let store = CheckpointStore::open(Arc::clone(&storage), config).await.unwrap();
+            let mut world = World {
+                storage,
+                store,
+                retain,
+                next_id: 1,
+                pending: None,
+                reusable: Vec::new(),
+                foreign,
+                savepoints: Vec::new(),
+            };
+            for op in &ops {
+                world.step(op).await;
+                if !matches!(op, Op::Snapshot { .. } | Op::Savepoint) {
+                    world.check(op).await;
+                }
+            }
+            // Restart (abandoning any checkpoint in progress), then collect everything unreferenced.
+            world.pending = None;
+            let config = CheckpointStoreConfig::default().with_max_retained(retain);
+            world.store = CheckpointStore::open(Arc::clone(&world.storage), config).await.unwrap();
+            world.store.collect_garbage(&GcOptions::new(Duration::ZERO).delete()).await.unwrap();
+            world.check(&Op::Gc).await;
+            world.check_no_orphans().await;
+        });
+    }
+}
