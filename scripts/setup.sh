@@ -8,6 +8,20 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
+# RocksDB is compiled from source; its Rust bindings are generated with libclang.
+if ! dpkg -s libclang-dev >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        sudo_cmd=""
+        if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+        export DEBIAN_FRONTEND=noninteractive
+        $sudo_cmd apt-get update -q >/dev/null || true
+        $sudo_cmd apt-get install -y -q libclang-dev >/dev/null
+    else
+        echo "setup: install libclang (libclang-dev) for the RocksDB bindings" >&2
+        exit 1
+    fi
+fi
+
 for component in rustfmt clippy; do
     if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
         rustup component add "$component"

@@ -46,7 +46,7 @@ use flowstate_api::canonical::{
 };
 use flowstate_api::codec::put_varint;
 use flowstate_api::{
-    key_group_for_key_bytes, next_backend_id, AsyncOutput, BackendCapabilities, CheckpointLocation, Error,
+    key_group_for_key_bytes, next_backend_id, AsyncOutput, BackendCapabilities, CheckpointLocation, CurrentKey, Error,
     KeyGroupRange, KeyVisitor, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, MapVisit, MapVisitor,
     PendingSnapshot, Result, SharedClock, SharedSerializer, SnapshotOptions, StateId, StateMeta, StateReader,
     StateScope, StateTtlConfig, StorageKind,
@@ -63,7 +63,7 @@ pub struct HeapBackend<K> {
     states: Vec<HeapState>,
     by_name: HashMap<String, StateId>,
     /// The serialized current key.
-    key: Vec<u8>,
+    current: CurrentKey,
     /// `varint(len(key)) | key`, the prefix of every composite key.
     key_prefix: Vec<u8>,
     /// Index of the current key's key group within the range.
@@ -99,7 +99,7 @@ impl<K> HeapBackend<K> {
             config,
             states: Vec::new(),
             by_name: HashMap::new(),
-            key: Vec::new(),
+            current: CurrentKey::default(),
             key_prefix: Vec::new(),
             kg: None,
             composite: Vec::new(),
@@ -222,19 +222,20 @@ impl<K> HeapBackend<K> {
         Ok((state, kg, &self.composite))
     }
 
-    fn set_key_group(&mut self) -> Result<()> {
-        let range = self.config.key_group_range;
-        let kg = key_group_for_key_bytes(&self.key, self.config.max_parallelism);
-        if !range.contains(kg) {
-            self.kg = None;
-            return Err(Error::invalid(format!(
-                "key of key group {kg} is outside this backend's key groups {range}"
-            )));
-        }
-        self.kg = Some((kg - range.start()) as usize);
+    /// After the current key changed: its key-group index and prefix.
+    fn set_key_group(&mut self, kg: Result<u32>) -> Result<()> {
+        let kg = match kg {
+            Ok(kg) => kg,
+            Err(e) => {
+                self.kg = None;
+                return Err(e);
+            }
+        };
+        self.kg = Some((kg - self.config.key_group_range.start()) as usize);
+        let key = self.current.bytes().unwrap_or_default();
         self.key_prefix.clear();
-        put_varint(&mut self.key_prefix, self.key.len() as u64);
-        self.key_prefix.extend_from_slice(&self.key);
+        put_varint(&mut self.key_prefix, key.len() as u64);
+        self.key_prefix.extend_from_slice(key);
         if !self.per_record_cleanup.is_empty() {
             let now = self.config.clock.now_millis();
             for &id in &self.per_record_cleanup {
@@ -323,22 +324,21 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
 
     #[inline]
     fn set_current_key(&mut self, key: &K) -> Result<()> {
-        self.key.clear();
-        if let Err(e) = self.config.key_serializer.serialize(key, &mut self.key) {
-            self.kg = None;
-            return Err(e.context("serializing the current key"));
-        }
-        self.set_key_group()
+        let c = &self.config;
+        let kg = self
+            .current
+            .set(&c.key_serializer, key, c.key_group_range, c.max_parallelism);
+        self.set_key_group(kg)
     }
 
     fn set_current_key_bytes(&mut self, key: &[u8]) -> Result<()> {
-        self.key.clear();
-        self.key.extend_from_slice(key);
-        self.set_key_group()
+        let c = &self.config;
+        let kg = self.current.set_bytes(key, c.key_group_range, c.max_parallelism);
+        self.set_key_group(kg)
     }
 
     fn current_key_bytes(&self) -> Option<&[u8]> {
-        self.kg.map(|_| &self.key[..])
+        self.current.bytes()
     }
 
     fn set_namespace_bytes(&mut self, state: StateId, namespace: &[u8]) -> Result<()> {

@@ -43,9 +43,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use flowstate_api::{
-    key_group_for_key_bytes, next_backend_id, BackendCapabilities, CheckpointLocation, Error, HandleFile,
-    KeyGroupRange, KeyVisitor, KeyedBackendConfig, KeyedStateBackend, MapVisit, MapVisitor, PendingSnapshot, Result,
-    SharedClock, SharedSerializer, SnapshotOptions, StateId, StateMeta, StateTtlConfig, StorageKind,
+    next_backend_id, BackendCapabilities, CheckpointLocation, CurrentKey, Error, HandleFile, KeyGroupRange, KeyVisitor,
+    KeyedBackendConfig, KeyedStateBackend, MapVisit, MapVisitor, PendingSnapshot, Result, SharedClock,
+    SharedSerializer, SnapshotOptions, StateId, StateMeta, StateTtlConfig, StorageKind,
 };
 use rocksdb::{ColumnFamilyDescriptor, WriteBatch, WriteOptions, DB};
 
@@ -74,6 +74,14 @@ pub(crate) struct RState {
 /// The column family name of a state.
 pub(crate) fn cf_name(state: &str) -> String {
     format!("s:{state}")
+}
+
+/// The key of a map entry: the (key, namespace) prefix and the user key.
+fn map_key(prefix: &[u8], user_key: &[u8]) -> Vec<u8> {
+    let mut full = Vec::with_capacity(prefix.len() + user_key.len());
+    full.extend_from_slice(prefix);
+    full.extend_from_slice(user_key);
+    full
 }
 
 /// Removes the working directory once the database is closed.
@@ -110,7 +118,7 @@ pub struct RocksDbBackend<K> {
     pub(crate) states: Vec<RState>,
     by_name: HashMap<String, StateId>,
     write: WriteOptions,
-    key: Vec<u8>,
+    current: CurrentKey,
     /// `kg | varint(len key) | key`.
     key_part: Vec<u8>,
     kg: Option<u32>,
@@ -205,7 +213,7 @@ impl<K> RocksDbBackend<K> {
             states,
             by_name,
             write,
-            key: Vec::new(),
+            current: CurrentKey::default(),
             key_part: Vec::new(),
             kg: None,
             composite: Vec::new(),
@@ -300,17 +308,17 @@ impl<K> RocksDbBackend<K> {
         Ok((s, self.cf(s)?, &self.composite))
     }
 
-    fn set_key_group(&mut self) -> Result<()> {
-        let range = self.config.key_group_range;
-        let kg = key_group_for_key_bytes(&self.key, self.config.max_parallelism);
-        if !range.contains(kg) {
-            self.kg = None;
-            return Err(Error::invalid(format!(
-                "key of key group {kg} is outside this backend's key groups {range}"
-            )));
-        }
+    /// After the current key changed: its key prefix.
+    fn set_key_group(&mut self, kg: Result<u32>) -> Result<()> {
+        let kg = match kg {
+            Ok(kg) => kg,
+            Err(e) => {
+                self.kg = None;
+                return Err(e);
+            }
+        };
         self.kg = Some(kg);
-        key_part(&mut self.key_part, kg, &self.key);
+        key_part(&mut self.key_part, kg, self.current.bytes().unwrap_or_default());
         Ok(())
     }
 
@@ -417,22 +425,21 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
 
     #[inline]
     fn set_current_key(&mut self, key: &K) -> Result<()> {
-        self.key.clear();
-        if let Err(e) = self.config.key_serializer.serialize(key, &mut self.key) {
-            self.kg = None;
-            return Err(e.context("serializing the current key"));
-        }
-        self.set_key_group()
+        let c = &self.config;
+        let kg = self
+            .current
+            .set(&c.key_serializer, key, c.key_group_range, c.max_parallelism);
+        self.set_key_group(kg)
     }
 
     fn set_current_key_bytes(&mut self, key: &[u8]) -> Result<()> {
-        self.key.clear();
-        self.key.extend_from_slice(key);
-        self.set_key_group()
+        let c = &self.config;
+        let kg = self.current.set_bytes(key, c.key_group_range, c.max_parallelism);
+        self.set_key_group(kg)
     }
 
     fn current_key_bytes(&self) -> Option<&[u8]> {
-        self.kg.map(|_| &self.key[..])
+        self.current.bytes()
     }
 
     fn set_namespace_bytes(&mut self, state: StateId, namespace: &[u8]) -> Result<()> {
@@ -544,9 +551,7 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
         self.build(state)?;
         let (s, cf, k) = self.view(state)?;
         Self::check_kind(s, StorageKind::Map)?;
-        let mut full = Vec::with_capacity(k.len() + user_key.len());
-        full.extend_from_slice(k);
-        full.extend_from_slice(user_key);
+        let full = map_key(k, user_key);
         let v = self
             .db
             .get_pinned_cf(cf, &full)
@@ -558,9 +563,7 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
         self.build(state)?;
         let (s, cf, k) = self.view(state)?;
         Self::check_kind(s, StorageKind::Map)?;
-        let mut full = Vec::with_capacity(k.len() + user_key.len());
-        full.extend_from_slice(k);
-        full.extend_from_slice(&user_key);
+        let full = map_key(k, &user_key);
         self.db
             .put_cf_opt(cf, full, &value, &self.write)
             .map_err(db_err("writing a map entry"))
@@ -570,9 +573,7 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
         self.build(state)?;
         let (s, cf, k) = self.view(state)?;
         Self::check_kind(s, StorageKind::Map)?;
-        let mut full = Vec::with_capacity(k.len() + user_key.len());
-        full.extend_from_slice(k);
-        full.extend_from_slice(user_key);
+        let full = map_key(k, user_key);
         self.db
             .delete_cf_opt(cf, full, &self.write)
             .map_err(db_err("removing a map entry"))

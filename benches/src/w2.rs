@@ -19,6 +19,40 @@ fn value(rng: &mut XorShift) -> Vec<u8> {
     v
 }
 
+/// Loads `keys` keys with generated values, returning them.
+fn load<B: KeyedStateBackend<Key = u64>>(
+    b: &mut B,
+    s: &ValueState<Vec<u8>>,
+    keys: u64,
+    rng: &mut XorShift,
+) -> Result<Vec<Vec<u8>>> {
+    let mut expected = Vec::with_capacity(keys as usize);
+    for k in 0..keys {
+        let v = value(rng);
+        b.set_current_key(&k)?;
+        b.update(s, &v)?;
+        expected.push(v);
+    }
+    Ok(expected)
+}
+
+/// Checks 10,000 random keys of a restored backend.
+fn check_restored<B: KeyedStateBackend<Key = u64>>(
+    r: &mut B,
+    s: &ValueState<Vec<u8>>,
+    expected: &[Vec<u8>],
+) -> Result<()> {
+    let mut check = XorShift::new(7);
+    for _ in 0..10_000 {
+        let k = check.next_u64() % expected.len() as u64;
+        r.set_current_key(&k)?;
+        if r.value(s)?.as_ref() != Some(&expected[k as usize]) {
+            return Err(Error::internal(format!("restored key {k} differs")));
+        }
+    }
+    Ok(())
+}
+
 fn config() -> Result<KeyedBackendConfig<u64>> {
     Ok(KeyedBackendConfig::new(KeyGroupRange::all(128)?, 128))
 }
@@ -33,16 +67,10 @@ async fn heap_full(scale: usize) -> Result<u64> {
     let dir = tempfile::tempdir().map_err(|e| Error::io("temporary directory", e))?;
     let storage = flowstate_fs::FsCheckpointStorage::open(dir.path(), "w2")?;
     let mut rng = XorShift::new(42);
-    let mut expected: Vec<Vec<u8>> = Vec::with_capacity(keys as usize);
     let mut b = HeapBackend::new(config()?)?;
     let s = b.register(descriptor())?;
     let started = Instant::now();
-    for k in 0..keys {
-        let v = value(&mut rng);
-        b.set_current_key(&k)?;
-        b.update(&s, &v)?;
-        expected.push(v);
-    }
+    let mut expected = load(&mut b, &s, keys, &mut rng)?;
     emit("W2", "heap-full", "load", started.elapsed().as_secs_f64() * 1e3, "ms");
 
     let mut last_key = 0;
@@ -121,15 +149,155 @@ async fn heap_full(scale: usize) -> Result<u64> {
         elapsed.as_secs_f64() * 1e3,
         "ms",
     );
-    let mut check = XorShift::new(7);
-    for _ in 0..10_000 {
-        let k = check.next_u64() % keys;
-        r.set_current_key(&k)?;
-        if r.value(&s)?.as_ref() != Some(&expected[k as usize]) {
-            return Err(Error::internal(format!("restored key {k} differs")));
+    check_restored(&mut r, &s, &expected)?;
+    Ok(full_bytes)
+}
+
+/// Which RocksDB checkpoints W2 takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RocksMode {
+    /// Canonical full checkpoints, key group by key group.
+    Full,
+    /// Incremental checkpoints through shared SST files, with local recovery.
+    Incremental,
+}
+
+/// 512 MiB, as Flink's managed memory for one slot: block cache and memtables.
+fn rocks_options(dir: &std::path::Path, mode: RocksMode, local: bool) -> flowstate_rocksdb::RocksDbOptions {
+    let o = flowstate_rocksdb::RocksDbOptions::new(dir.join("work"))
+        .with_incremental(mode == RocksMode::Incremental)
+        .with_memory(384 << 20, 128 << 20);
+    if local {
+        o.with_local_recovery(vec![dir.join("local")], "w2/op-0")
+    } else {
+        o
+    }
+}
+
+fn emit_stats(backend: &str, id: u64, st: &SnapshotStats) {
+    emit(
+        "W2",
+        backend,
+        &format!("ckpt.{id}.sync_ms"),
+        st.sync_duration.as_secs_f64() * 1e3,
+        "ms",
+    );
+    emit(
+        "W2",
+        backend,
+        &format!("ckpt.{id}.async_ms"),
+        st.async_duration.as_secs_f64() * 1e3,
+        "ms",
+    );
+    emit(
+        "W2",
+        backend,
+        &format!("ckpt.{id}.bytes"),
+        st.bytes_written as f64,
+        "bytes",
+    );
+    emit(
+        "W2",
+        backend,
+        &format!("ckpt.{id}.full_bytes"),
+        st.full_size as f64,
+        "bytes",
+    );
+}
+
+async fn rocksdb(scale: usize, mode: RocksMode) -> Result<()> {
+    use flowstate_rocksdb::RocksDbBackend;
+    let name = match mode {
+        RocksMode::Full => "rocksdb-full",
+        RocksMode::Incremental => "rocksdb-incremental",
+    };
+    let keys = 2_000_000 / scale as u64;
+    let updates = 20_000 / scale;
+    let dir = tempfile::tempdir().map_err(|e| Error::io("temporary directory", e))?;
+    let storage: Arc<dyn CheckpointStorage> = Arc::new(
+        flowstate_fs::FsCheckpointStorage::open(dir.path().join("checkpoints"), "w2")?
+            .with_savepoint_dir(dir.path().join("savepoints")),
+    );
+    let mut store = CheckpointStore::open(Arc::clone(&storage), CheckpointStoreConfig::default()).await?;
+    let mut rng = XorShift::new(42);
+    let mut b = RocksDbBackend::new(config()?, rocks_options(dir.path(), mode, true))?;
+    let s = b.register(descriptor())?;
+    let started = Instant::now();
+    let mut expected = load(&mut b, &s, keys, &mut rng)?;
+    emit("W2", name, "load", started.elapsed().as_secs_f64() * 1e3, "ms");
+    let mut last_key = 0;
+    for id in 1..=7u64 {
+        if (2..=6).contains(&id) {
+            for _ in 0..updates {
+                let k = rng.next_u64() % keys;
+                let v = value(&mut rng);
+                b.set_current_key(&k)?;
+                b.update(&s, &v)?;
+                expected[k as usize] = v;
+                last_key = k;
+            }
+        }
+        let (location, options) = if id == 7 {
+            (store.begin_savepoint(id, None).await?, SnapshotOptions::savepoint())
+        } else {
+            (store.begin_checkpoint(id).await?, SnapshotOptions::checkpoint())
+        };
+        let result = b.snapshot(id, Arc::clone(&location), options)?.await?;
+        let metadata = CheckpointMetadata::new(id, options.kind, 0).with_operator(OperatorState::new(
+            "w2",
+            1,
+            128,
+            vec![result.handle.clone()],
+        ));
+        store.complete(&location, metadata).await?;
+        if id == 7 {
+            // The savepoint is measured once, on the incremental run's backend.
+            if mode == RocksMode::Incremental {
+                emit_stats("rocksdb-canonical-savepoint", id, &result.stats);
+            }
+        } else {
+            b.notify_checkpoint_complete(id)?;
+            emit_stats(name, id, &result.stats);
         }
     }
-    Ok(full_bytes)
+    drop(b);
+
+    let pointer = store
+        .latest()
+        .map(|c| c.pointer.clone())
+        .ok_or_else(|| Error::not_found("checkpoint 6"))?;
+    let kinds: &[(&str, bool)] = match mode {
+        RocksMode::Full => &[("restore.remote_ms", false)],
+        RocksMode::Incremental => &[("restore.remote_ms", false), ("restore.local_ms", true)],
+    };
+    for &(metric, local) in kinds {
+        let started = Instant::now();
+        let latest = storage.resolve(&pointer).await?;
+        let handles = latest.metadata.operators[0].keyed.clone();
+        let mut r = RocksDbBackend::restore(
+            config()?,
+            &handles,
+            &*latest.reader,
+            rocks_options(dir.path(), mode, local),
+        )
+        .await?;
+        let s = r.register(descriptor())?;
+        r.set_current_key(&last_key)?;
+        let got = r.value(&s)?;
+        let elapsed = started.elapsed();
+        if got.as_ref() != Some(&expected[last_key as usize]) {
+            return Err(Error::internal("restore returned a wrong value"));
+        }
+        if r.restore_stats().from_local_copy != local {
+            return Err(Error::internal(format!(
+                "{metric}: local copy used: {:?}",
+                r.restore_stats()
+            )));
+        }
+        emit("W2", name, metric, elapsed.as_secs_f64() * 1e3, "ms");
+        check_restored(&mut r, &s, &expected)?;
+    }
+    Ok(())
 }
 
 /// Sequential write + fsync and read bandwidth of a file of `bytes` bytes.
@@ -171,5 +339,7 @@ pub fn run(scale: usize) -> Result<()> {
         .build()
         .map_err(|e| Error::internal(format!("runtime: {e}")))?;
     let full = rt.block_on(heap_full(scale))?;
+    rt.block_on(rocksdb(scale, RocksMode::Full))?;
+    rt.block_on(rocksdb(scale, RocksMode::Incremental))?;
     disk(full)
 }

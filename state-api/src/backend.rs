@@ -86,6 +86,64 @@ pub type MapVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<MapVisit> + 'a;
 /// The callback of [`KeyedStateBackend::raw_for_each_key`]: sees each (key, namespace).
 pub type KeyVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
 
+/// The serialized current key and its key group: what every backend keeps
+/// between `set_current_key` and the state accesses that follow.
+#[derive(Debug, Default, Clone)]
+pub struct CurrentKey {
+    bytes: Vec<u8>,
+    key_group: Option<u32>,
+}
+
+impl CurrentKey {
+    /// Serializes `key` and finds its key group, which must be in `range`.
+    /// On error no key is current.
+    pub fn set<K>(
+        &mut self,
+        serializer: &SharedSerializer<K>,
+        key: &K,
+        range: KeyGroupRange,
+        max_parallelism: u32,
+    ) -> Result<u32> {
+        self.bytes.clear();
+        self.key_group = None;
+        serializer
+            .serialize(key, &mut self.bytes)
+            .map_err(|e| e.context("serializing the current key"))?;
+        self.locate(range, max_parallelism)
+    }
+
+    /// Makes the serialized `key` current.
+    pub fn set_bytes(&mut self, key: &[u8], range: KeyGroupRange, max_parallelism: u32) -> Result<u32> {
+        self.bytes.clear();
+        self.bytes.extend_from_slice(key);
+        self.locate(range, max_parallelism)
+    }
+
+    fn locate(&mut self, range: KeyGroupRange, max_parallelism: u32) -> Result<u32> {
+        let kg = crate::keygroup::key_group_for_key_bytes(&self.bytes, max_parallelism);
+        if !range.contains(kg) {
+            self.key_group = None;
+            return Err(Error::invalid(format!(
+                "key of key group {kg} is outside this backend's key groups {range}"
+            )));
+        }
+        self.key_group = Some(kg);
+        Ok(kg)
+    }
+
+    /// The serialized current key, if one is set.
+    #[inline]
+    pub fn bytes(&self) -> Option<&[u8]> {
+        self.key_group.map(|_| &self.bytes[..])
+    }
+
+    /// The current key's key group, if one is set.
+    #[inline]
+    pub fn key_group(&self) -> Option<u32> {
+        self.key_group
+    }
+}
+
 /// What every backend is built from: its key groups, key serializer and clock.
 pub struct KeyedBackendConfig<K> {
     /// The key groups this backend owns.

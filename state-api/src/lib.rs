@@ -38,7 +38,8 @@ pub mod ttl;
 
 pub use access::{KeyedStateBackendExt, MergeableState};
 pub use backend::{
-    next_backend_id, BackendCapabilities, KeyVisitor, KeyedBackendConfig, KeyedStateBackend, MapVisit, MapVisitor,
+    next_backend_id, BackendCapabilities, CurrentKey, KeyVisitor, KeyedBackendConfig, KeyedStateBackend, MapVisit,
+    MapVisitor,
 };
 pub use descriptor::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState, ListStateDescriptor, MapState,

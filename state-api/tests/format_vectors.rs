@@ -125,3 +125,50 @@ async fn metadata_vector() {
     assert_eq!(hex(&bytes), hex(&unhex(METADATA)));
     assert_eq!(CheckpointMetadata::decode(&Bytes::from(bytes), "vector").unwrap(), m);
 }
+
+/// Checkpoint 2 with one incremental handle (see docs/format.md).
+const INCREMENTAL_METADATA: &str = concat!(
+    "46534d44 0100 0000 4f000000 1741954d ",
+    "02 00 00 01 02 6f70 01 8001 01 ",
+    "02 00 8001 01 62 02 ",
+    "01 0a 3030303030392e737374 04030201 02 09 7368617265642f7331 ac02 ",
+    "01 07 43555252454e54 ddccbbaa 01 10 4d414e49464553542d3030303030350a ",
+    "00",
+);
+
+#[test]
+fn incremental_metadata_vector() {
+    let file = |name: &str, stream: StreamStateHandle, crc32c: u32| HandleFile {
+        name: name.into(),
+        stream,
+        crc32c,
+    };
+    let h = IncrementalStateHandle {
+        range: KeyGroupRange::new(0, 128).unwrap(),
+        backend_id: "b".into(),
+        checkpoint_id: 2,
+        shared: vec![file(
+            "000009.sst",
+            StreamStateHandle::File {
+                path: "shared/s1".into(),
+                size: 300,
+            },
+            0x0102_0304,
+        )],
+        private: vec![file(
+            "CURRENT",
+            StreamStateHandle::Inline(Bytes::from_static(b"MANIFEST-000005\n")),
+            0xaabb_ccdd,
+        )],
+        meta: StreamStateHandle::Empty,
+    };
+    let m = CheckpointMetadata::new(2, CheckpointKind::Checkpoint, 0).with_operator(OperatorState::new(
+        "op",
+        1,
+        128,
+        vec![KeyedStateHandle::Incremental(h)],
+    ));
+    let bytes = m.encode();
+    assert_eq!(hex(&bytes), hex(&unhex(INCREMENTAL_METADATA)));
+    assert_eq!(CheckpointMetadata::decode(&Bytes::from(bytes), "vector").unwrap(), m);
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use flowstate_api::*;
 
 use crate::fault::{FaultMode, FaultyStorage};
-use crate::{full_config, operator_config, BackendFactory, Ctx, TestKey, MAX_PARALLELISM, OPERATOR};
+use crate::{full_config, operator_config, restore_resolved, BackendFactory, Ctx, MAX_PARALLELISM, OPERATOR};
 
 const KEYS: u64 = 300;
 
@@ -109,22 +109,6 @@ async fn take<B: KeyedStateBackend>(
     completion
 }
 
-/// Restores a backend with `config` from a resolved checkpoint.
-async fn restore<F: BackendFactory, K: TestKey>(
-    ctx: &Ctx<F>,
-    resolved: &ResolvedCheckpoint,
-    config: KeyedBackendConfig<K>,
-) -> Result<F::Backend<K>> {
-    let handles = resolved
-        .metadata
-        .operator(OPERATOR)
-        .map(|o| o.keyed.clone())
-        .unwrap_or_default();
-    ctx.backend
-        .restore(config, &handles, Arc::clone(&resolved.reader))
-        .await
-}
-
 /// Every file of every retained checkpoint is still readable.
 async fn assert_retained_files_present(store: &CheckpointStore, why: &str) {
     for c in store.retained() {
@@ -156,7 +140,7 @@ async fn assert_every_checkpoint_whole(storage: &dyn CheckpointStorage, why: &st
 
 async fn restored_dump<F: BackendFactory>(ctx: &Ctx<F>, storage: &dyn CheckpointStorage, pointer: &str) -> Dump {
     let resolved = storage.resolve(pointer).await.unwrap();
-    let mut r = restore(ctx, &resolved, full_config::<u64>()).await.unwrap();
+    let mut r = restore_resolved(ctx, &resolved, full_config::<u64>()).await.unwrap();
     let s = register(&mut r);
     dump(&mut r, &s)
 }
@@ -223,7 +207,7 @@ pub async fn savepoints_survive_retention<F: BackendFactory>(ctx: Ctx<F>) {
     assert_eq!(resolved.metadata.kind, CheckpointKind::Savepoint);
     let mut merged = Dump::new();
     for index in 0..3 {
-        let mut r = restore(&ctx, &resolved, operator_config::<u64>(3, index))
+        let mut r = restore_resolved(&ctx, &resolved, operator_config::<u64>(3, index))
             .await
             .unwrap();
         let s = register(&mut r);
@@ -309,7 +293,7 @@ pub async fn claim_restore_subsumes_the_restored_checkpoint<F: BackendFactory>(c
     let mut store = open(Arc::clone(&storage), 1).await;
     let resolved = store.restore(&pointer, RestoreMode::Claim).await.unwrap();
     assert_eq!(store.latest().map(|c| c.checkpoint_id), Some(5));
-    let mut r = restore(&ctx, &resolved, full_config::<u64>()).await.unwrap();
+    let mut r = restore_resolved(&ctx, &resolved, full_config::<u64>()).await.unwrap();
     let s = register(&mut r);
     assert_eq!(dump(&mut r, &s), expected);
     write(&mut r, &s, 2);
@@ -346,7 +330,7 @@ pub async fn no_claim_restore_never_deletes_the_restored_checkpoint<F: BackendFa
         "a no-claim restore must not take ownership"
     );
     let restored_files = resolved.metadata.file_paths();
-    let mut r = restore(&ctx, &resolved, full_config::<u64>()).await.unwrap();
+    let mut r = restore_resolved(&ctx, &resolved, full_config::<u64>()).await.unwrap();
     let s = register(&mut r);
     assert_eq!(dump(&mut r, &s), expected);
     for id in 6..=8 {

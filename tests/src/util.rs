@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use flowstate_api::{
     key_group_for_key_bytes, CheckpointKind, CheckpointMetadata, CheckpointStorage, KeyGroupRange, KeyedBackendConfig,
-    KeyedStateBackend, KeyedStateHandle, OperatorState, SharedClock, SnapshotOptions, SnapshotResult,
+    KeyedStateBackend, KeyedStateHandle, OperatorState, ResolvedCheckpoint, SharedClock, SnapshotOptions,
+    SnapshotResult,
 };
 
 use crate::{BackendFactory, Ctx, TestKey};
@@ -122,6 +123,15 @@ pub async fn restore_from<F: BackendFactory, K: TestKey>(
     pointer: &str,
 ) -> flowstate_api::Result<F::Backend<K>> {
     let resolved = storage.resolve(pointer).await?;
+    restore_resolved(ctx, &resolved, config).await
+}
+
+/// Restores a backend with `config` from a resolved checkpoint.
+pub async fn restore_resolved<F: BackendFactory, K: TestKey>(
+    ctx: &Ctx<F>,
+    resolved: &ResolvedCheckpoint,
+    config: KeyedBackendConfig<K>,
+) -> flowstate_api::Result<F::Backend<K>> {
     let handles = resolved
         .metadata
         .operator(OPERATOR)
