@@ -36,6 +36,26 @@ fn load<B: KeyedStateBackend<Key = u64>>(
     Ok(expected)
 }
 
+/// Updates `updates` random keys with new values; returns the last key.
+fn update_round<B: KeyedStateBackend<Key = u64>>(
+    b: &mut B,
+    s: &ValueState<Vec<u8>>,
+    updates: usize,
+    rng: &mut XorShift,
+    expected: &mut [Vec<u8>],
+) -> Result<u64> {
+    let mut last_key = 0;
+    for _ in 0..updates {
+        let k = rng.next_u64() % expected.len() as u64;
+        let v = value(rng);
+        b.set_current_key(&k)?;
+        b.update(s, &v)?;
+        expected[k as usize] = v;
+        last_key = k;
+    }
+    Ok(last_key)
+}
+
 /// Checks 10,000 random keys of a restored backend.
 fn check_restored<B: KeyedStateBackend<Key = u64>>(
     r: &mut B,
@@ -77,14 +97,7 @@ async fn heap_full(scale: usize) -> Result<u64> {
     let mut full_bytes = 0;
     for id in 1..=6u64 {
         if id > 1 {
-            for _ in 0..updates {
-                let k = rng.next_u64() % keys;
-                let v = value(&mut rng);
-                b.set_current_key(&k)?;
-                b.update(&s, &v)?;
-                expected[k as usize] = v;
-                last_key = k;
-            }
+            last_key = update_round(&mut b, &s, updates, &mut rng, &mut expected)?;
         }
         let location = storage.init_checkpoint(id).await?;
         let pending = b.snapshot(id, location.clone(), SnapshotOptions::checkpoint())?;
@@ -96,34 +109,7 @@ async fn heap_full(scale: usize) -> Result<u64> {
         location.write_metadata(&metadata).await?;
         b.notify_checkpoint_complete(id)?;
         let st = result.stats;
-        emit(
-            "W2",
-            "heap-full",
-            &format!("ckpt.{id}.sync_ms"),
-            st.sync_duration.as_secs_f64() * 1e3,
-            "ms",
-        );
-        emit(
-            "W2",
-            "heap-full",
-            &format!("ckpt.{id}.async_ms"),
-            st.async_duration.as_secs_f64() * 1e3,
-            "ms",
-        );
-        emit(
-            "W2",
-            "heap-full",
-            &format!("ckpt.{id}.bytes"),
-            st.bytes_written as f64,
-            "bytes",
-        );
-        emit(
-            "W2",
-            "heap-full",
-            &format!("ckpt.{id}.full_bytes"),
-            st.full_size as f64,
-            "bytes",
-        );
+        emit_stats("heap-full", id, &st);
         full_bytes = st.full_size;
     }
     drop(b);
@@ -228,14 +214,7 @@ async fn rocksdb(scale: usize, mode: RocksMode) -> Result<()> {
     let mut last_key = 0;
     for id in 1..=7u64 {
         if (2..=6).contains(&id) {
-            for _ in 0..updates {
-                let k = rng.next_u64() % keys;
-                let v = value(&mut rng);
-                b.set_current_key(&k)?;
-                b.update(&s, &v)?;
-                expected[k as usize] = v;
-                last_key = k;
-            }
+            last_key = update_round(&mut b, &s, updates, &mut rng, &mut expected)?;
         }
         let (location, options) = if id == 7 {
             (store.begin_savepoint(id, None).await?, SnapshotOptions::savepoint())
