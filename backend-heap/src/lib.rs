@@ -46,10 +46,10 @@ use flowstate_api::canonical::{
 };
 use flowstate_api::codec::put_varint;
 use flowstate_api::{
-    key_group_for_key_bytes, next_backend_id, AsyncOutput, BackendCapabilities, CheckpointLocation, CurrentKey, Error,
-    KeyGroupRange, KeyVisitor, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, MapVisit, MapVisitor,
-    PendingSnapshot, Result, SharedClock, SharedSerializer, SnapshotOptions, StateId, StateMeta, StateReader,
-    StateScope, StateTtlConfig, StorageKind,
+    next_backend_id, AsyncOutput, BackendCapabilities, CheckpointLocation, CurrentKey, Error, KeyGroupRange,
+    KeyVisitor, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, MapVisit, MapVisitor, PendingSnapshot, Result,
+    SharedClock, SharedSerializer, SnapshotOptions, StateId, StateMeta, StateReader, StateScope, StateTtlConfig,
+    StorageKind,
 };
 
 use table::{
@@ -149,18 +149,8 @@ impl<K> HeapBackend<K> {
         for kg in overlap.iter() {
             let records = snapshot.key_group(kg)?;
             let i = (kg - range.start()) as usize;
-            records.for_each(|record| {
-                let (state, key) = match &record {
-                    flowstate_api::canonical::Record::Value { state, key, .. }
-                    | flowstate_api::canonical::Record::List { state, key, .. }
-                    | flowstate_api::canonical::Record::MapEntry { state, key, .. } => (*state, *key),
-                };
-                if key_group_for_key_bytes(key, max) != kg {
-                    return Err(Error::corrupted(format!(
-                        "snapshot {name}: a key of key group {} is stored in key group {kg}",
-                        key_group_for_key_bytes(key, max)
-                    )));
-                }
+            records.for_each_verified(max, |record| {
+                let state = record.state();
                 let id = ids[state as usize] as usize;
                 insert_record(&mut self.states[id].table, i, &record, &mut scratch)
                     .map_err(|e| e.context(format!("snapshot {name}, key group {kg}")))

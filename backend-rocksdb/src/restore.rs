@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use flowstate_api::canonical::{check_key_serializer, CanonicalSnapshot, Record, SnapshotHeader};
 use flowstate_api::codec::crc32c;
 use flowstate_api::{
-    key_group_for_key_bytes, Error, HandleFile, IncrementalStateHandle, KeyGroupRange, KeyGroupsStateHandle,
-    KeyedBackendConfig, KeyedStateHandle, RestoreMode, Result, StateMeta, StateReader, StorageKind,
+    Error, HandleFile, IncrementalStateHandle, KeyGroupRange, KeyGroupsStateHandle, KeyedBackendConfig,
+    KeyedStateHandle, RestoreMode, Result, StateMeta, StateReader, StorageKind,
 };
 use futures::{StreamExt, TryStreamExt};
 use rocksdb::WriteBatch;
@@ -248,24 +248,8 @@ impl<K> RocksDbBackend<K> {
         for kg in h.range.intersect(&range).iter() {
             let records = snapshot.key_group(kg)?;
             records
-                .for_each(|record| {
-                    let (state, key, namespace) = match &record {
-                        Record::Value {
-                            state, key, namespace, ..
-                        }
-                        | Record::List {
-                            state, key, namespace, ..
-                        }
-                        | Record::MapEntry {
-                            state, key, namespace, ..
-                        } => (*state, *key, *namespace),
-                    };
-                    let found = key_group_for_key_bytes(key, max);
-                    if found != kg {
-                        return Err(Error::corrupted(format!(
-                            "snapshot {name}: a key of key group {found} is stored in key group {kg}"
-                        )));
-                    }
+                .for_each_verified(max, |record| {
+                    let (state, key, namespace) = (record.state(), record.key(), record.namespace());
                     let s = ids
                         .get(state as usize)
                         .and_then(|id| self.states.get(*id as usize))

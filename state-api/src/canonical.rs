@@ -386,6 +386,31 @@ pub enum Record<'a> {
     },
 }
 
+impl<'a> Record<'a> {
+    /// The state index into the header.
+    pub fn state(&self) -> u32 {
+        match self {
+            Record::Value { state, .. } | Record::List { state, .. } | Record::MapEntry { state, .. } => *state,
+        }
+    }
+
+    /// The serialized key.
+    pub fn key(&self) -> &'a [u8] {
+        match self {
+            Record::Value { key, .. } | Record::List { key, .. } | Record::MapEntry { key, .. } => key,
+        }
+    }
+
+    /// The serialized namespace.
+    pub fn namespace(&self) -> &'a [u8] {
+        match self {
+            Record::Value { namespace, .. } | Record::List { namespace, .. } | Record::MapEntry { namespace, .. } => {
+                namespace
+            }
+        }
+    }
+}
+
 /// A canonical snapshot opened for reading: header parsed, key groups
 /// verified one at a time as they are read.
 #[derive(Debug, Clone)]
@@ -527,6 +552,22 @@ impl KeyGroupRecords<'_> {
             f(record)?;
         }
         Ok(())
+    }
+
+    /// Like [`for_each`](Self::for_each), refusing any record whose key does
+    /// not hash to this key group at `max_parallelism`.
+    pub fn for_each_verified(&self, max_parallelism: u32, mut f: impl FnMut(Record<'_>) -> Result<()>) -> Result<()> {
+        let kg = self.kg;
+        self.for_each(|record| {
+            let found = crate::keygroup::key_group_for_key_bytes(record.key(), max_parallelism);
+            if found != kg {
+                return Err(Error::corrupted(format!(
+                    "snapshot {}: a key of key group {found} is stored in key group {kg}",
+                    self.name
+                )));
+            }
+            f(record)
+        })
     }
 
     fn next_record<'a>(&self, r: &mut Reader<'a>) -> Result<Record<'a>> {
