@@ -42,7 +42,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use flowstate_api::canonical::{
-    check_key_serializer, write_canonical_snapshot, CanonicalSnapshot, SnapshotHeader, TtlFilter,
+    check_compatible, write_canonical_snapshot, CanonicalSnapshot, SnapshotHeader, TtlFilter,
 };
 use flowstate_api::codec::put_varint;
 use flowstate_api::{
@@ -116,6 +116,7 @@ impl<K> HeapBackend<K> {
         handles: &[KeyedStateHandle],
         reader: &dyn StateReader,
     ) -> Result<Self> {
+        flowstate_api::check_restore_handles(handles, config.max_parallelism)?;
         let mut backend = Self::new(config)?;
         for handle in handles {
             backend.restore_handle(handle, reader).await?;
@@ -137,7 +138,12 @@ impl<K> HeapBackend<K> {
         let name = h.stream.describe();
         let data = reader.read(&h.stream).await?;
         let snapshot = CanonicalSnapshot::open(data, h, &name)?;
-        check_key_serializer(snapshot.header(), &self.config.key_serializer.id(), &name)?;
+        check_compatible(
+            snapshot.header(),
+            &self.config.key_serializer.id(),
+            self.config.max_parallelism,
+            &name,
+        )?;
         let ids = snapshot
             .header()
             .states
@@ -276,6 +282,7 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
     }
 
     fn register_state(&mut self, meta: StateMeta, ttl: Option<StateTtlConfig>) -> Result<StateId> {
+        flowstate_api::validate_state_name(&meta.name)?;
         let id = match self.by_name.get(&meta.name) {
             Some(&id) => {
                 let state = &mut self.states[id as usize];
@@ -542,6 +549,7 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
         let range = self.config.key_group_range;
         let header = SnapshotHeader {
             range,
+            max_parallelism: self.config.max_parallelism,
             key_serializer: self.config.key_serializer.id(),
             states: self.states.iter().map(|s| s.meta.clone()).collect(),
             compressed: options.compression.is_some(),

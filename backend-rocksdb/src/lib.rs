@@ -31,12 +31,14 @@
 //! # Ok(()) }
 //! ```
 
+mod error;
+mod instance;
 mod keys;
 mod options;
 mod restore;
 mod snapshot;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -49,6 +51,7 @@ use flowstate_api::{
 };
 use rocksdb::{ColumnFamilyDescriptor, WriteBatch, WriteOptions, DB};
 
+use instance::InstanceDir;
 use keys::{decode_key, elements, key_part, pack, prefix_end, put_namespace};
 pub use options::{
     LocalRecovery, RocksDbOptions, DEFAULT_BLOCK_CACHE, DEFAULT_UPLOAD_CONCURRENCY, DEFAULT_WRITE_BUFFER,
@@ -56,9 +59,12 @@ pub use options::{
 use options::{Resources, TtlSlot};
 pub use restore::RestoreStats;
 
-/// Converts a RocksDB error, naming what was being done.
+/// Converts a RocksDB error, naming what was being done (the message is
+/// built only on failure: pass `format_args!` on hot paths). The kind
+/// follows the RocksDB status (see [`error::classify`]) and the RocksDB
+/// error is kept as the source.
 pub(crate) fn db_err(what: impl std::fmt::Display) -> impl FnOnce(rocksdb::Error) -> Error {
-    move |e| Error::new(flowstate_api::ErrorKind::Unavailable, format!("RocksDB: {what}: {e}"))
+    move |e| error::from_rocksdb(what, e)
 }
 
 /// A state: its column family and current namespace.
@@ -84,22 +90,23 @@ fn map_key(prefix: &[u8], user_key: &[u8]) -> Vec<u8> {
     full
 }
 
-/// Removes the working directory once the database is closed.
-struct InstanceDir(PathBuf);
-
-impl Drop for InstanceDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Shared SST files by local name, per checkpoint whose async phase
-/// finished, and those of the last completed checkpoint (the only ones a
-/// new checkpoint may reuse).
+/// What incremental checkpoints may reuse. A new checkpoint reuses a shared
+/// file only from the newest checkpoint this backend was notified complete
+/// of (its base), and only if no later checkpoint that may still complete
+/// uploaded that file afresh: once such a checkpoint completes it subsumes
+/// the base and the base's copy is deleted, so reusing it would reference a
+/// deleted file.
 #[derive(Default)]
 pub(crate) struct Uploads {
+    /// Shared files by local name, per checkpoint whose async phase finished.
     pub(crate) pending: HashMap<u64, HashMap<String, HandleFile>>,
+    /// The shared files of the base.
     pub(crate) last_completed: HashMap<String, HandleFile>,
+    /// The base's checkpoint id; notifications at or below it are ignored.
+    pub(crate) last_completed_id: Option<u64>,
+    /// The SST files each checkpoint newer than the base uploads afresh,
+    /// recorded in its sync phase; forgotten when it is aborted.
+    pub(crate) fresh: BTreeMap<u64, HashSet<String>>,
     pub(crate) local_copies: Vec<(u64, PathBuf)>,
 }
 
@@ -133,7 +140,7 @@ impl<K> std::fmt::Debug for RocksDbBackend<K> {
         f.debug_struct("RocksDbBackend")
             .field("id", &self.id)
             .field("key_group_range", &self.config.key_group_range)
-            .field("dir", &self.instance.0)
+            .field("dir", &self.instance.path())
             .field("states", &self.states.iter().map(|s| &s.meta.name).collect::<Vec<_>>())
             .finish()
     }
@@ -149,16 +156,18 @@ impl<K> RocksDbBackend<K> {
     /// An empty backend with its working directory under `options.working_dir`.
     /// Local copies left in its local-recovery scope by earlier runs are deleted.
     pub fn new(config: KeyedBackendConfig<K>, options: RocksDbOptions) -> Result<Self> {
-        let mut backend = Self::open(config, options, None, &[])?;
+        let mut backend = Self::open(config, options, None, None, &[])?;
         backend.adopt_local_copies(None)?;
         Ok(backend)
     }
 
-    /// Opens the database in a new instance directory; `existing` is a
-    /// database directory (restored files) to move in, with its states.
+    /// Opens the database in `instance` (a new instance directory if none);
+    /// `existing` is a database directory (restored files) to move in, with
+    /// its states.
     pub(crate) fn open(
         config: KeyedBackendConfig<K>,
         options: RocksDbOptions,
+        instance: Option<InstanceDir>,
         existing: Option<&Path>,
         metas: &[StateMeta],
     ) -> Result<Self> {
@@ -168,12 +177,11 @@ impl<K> RocksDbBackend<K> {
                 "the RocksDB backend supports max parallelism up to 32768",
             ));
         }
-        let instance = options
-            .working_dir
-            .join(format!("db-{}", flowstate_api::unique_file_name()));
-        std::fs::create_dir_all(&instance).map_err(|e| Error::io(instance.display(), e))?;
-        let instance = InstanceDir(instance);
-        let db_dir = instance.0.join("db");
+        let instance = match instance {
+            Some(instance) => instance,
+            None => InstanceDir::create(&options.working_dir)?,
+        };
+        let db_dir = instance.path().join("db");
         if let Some(src) = existing {
             std::fs::rename(src, &db_dir).map_err(|e| Error::io(db_dir.display(), e))?;
         }
@@ -225,7 +233,12 @@ impl<K> RocksDbBackend<K> {
 
     /// The backend's working directory.
     pub fn instance_dir(&self) -> &Path {
-        &self.instance.0
+        self.instance.path()
+    }
+
+    /// A new path for a temporary directory inside the working directory.
+    pub(crate) fn temp_path(&self, what: &str) -> PathBuf {
+        self.instance.temp_path(what)
     }
 
     /// The options it was created with.
@@ -338,10 +351,11 @@ impl<K> RocksDbBackend<K> {
         }
     }
 
-    /// Visits every entry of `cf` whose key starts with `prefix`.
+    /// Visits every entry of `cf` (state `name`) whose key starts with `prefix`.
     fn scan(
         db: &DB,
         cf: &rocksdb::ColumnFamily,
+        name: &str,
         prefix: &[u8],
         mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
     ) -> Result<()> {
@@ -356,7 +370,8 @@ impl<K> RocksDbBackend<K> {
             }
             it.next();
         }
-        it.status().map_err(db_err("iterating"))
+        it.status()
+            .map_err(db_err(format_args!("iterating over state {name:?}")))
     }
 }
 
@@ -398,6 +413,7 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
     }
 
     fn register_state(&mut self, meta: StateMeta, ttl: Option<StateTtlConfig>) -> Result<StateId> {
+        flowstate_api::validate_state_name(&meta.name)?;
         if let Some(&id) = self.by_name.get(&meta.name) {
             let state = &self.states[id as usize];
             if let Some(why) = meta.incompatibility(&state.meta) {
@@ -456,7 +472,10 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
         self.build(state)?;
         let (s, cf, k) = self.view(state)?;
         Self::check_kind(s, StorageKind::Value)?;
-        let v = self.db.get_pinned_cf(cf, k).map_err(db_err("reading a value"))?;
+        let v = self
+            .db
+            .get_pinned_cf(cf, k)
+            .map_err(db_err(format_args!("reading state {:?}", s.meta.name)))?;
         Ok(v.map(|v| Bytes::copy_from_slice(&v)))
     }
 
@@ -466,7 +485,7 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
         Self::check_kind(s, StorageKind::Value)?;
         self.db
             .put_cf_opt(cf, k, &value, &self.write)
-            .map_err(db_err("writing a value"))
+            .map_err(db_err(format_args!("writing state {:?}", s.meta.name)))
     }
 
     fn raw_clear(&mut self, state: StateId) -> Result<()> {
@@ -476,14 +495,16 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
             StorageKind::Value | StorageKind::List => self
                 .db
                 .delete_cf_opt(cf, k, &self.write)
-                .map_err(db_err("clearing state")),
+                .map_err(db_err(format_args!("clearing state {:?}", s.meta.name))),
             StorageKind::Map => {
                 let mut batch = WriteBatch::default();
                 match prefix_end(k) {
                     Some(end) => batch.delete_range_cf(cf, k, &end[..]),
                     None => return Err(Error::internal("map prefix has no upper bound")),
                 }
-                self.db.write_opt(batch, &self.write).map_err(db_err("clearing a map"))
+                self.db
+                    .write_opt(batch, &self.write)
+                    .map_err(db_err(format_args!("clearing map state {:?}", s.meta.name)))
             }
         }
     }
@@ -493,7 +514,11 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
         let (s, cf, k) = self.view(state)?;
         Self::check_kind(s, StorageKind::List)?;
         let name = s.meta.name.clone();
-        if let Some(v) = self.db.get_pinned_cf(cf, k).map_err(db_err("reading a list"))? {
+        if let Some(v) = self
+            .db
+            .get_pinned_cf(cf, k)
+            .map_err(db_err(format_args!("reading list state {name:?}")))?
+        {
             for e in elements(&v, &name)? {
                 f(e)?;
             }
@@ -509,7 +534,7 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
         pack(&mut op, &element);
         self.db
             .merge_cf_opt(cf, k, op, &self.write)
-            .map_err(db_err("appending to a list"))
+            .map_err(db_err(format_args!("appending to list state {:?}", s.meta.name)))
     }
 
     fn raw_list_append_all(&mut self, state: StateId, elements: Vec<Bytes>) -> Result<()> {
@@ -525,7 +550,7 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
         }
         self.db
             .merge_cf_opt(cf, k, op, &self.write)
-            .map_err(db_err("appending to a list"))
+            .map_err(db_err(format_args!("appending to list state {:?}", s.meta.name)))
     }
 
     fn raw_list_replace(&mut self, state: StateId, elements: Vec<Bytes>) -> Result<()> {
@@ -536,7 +561,7 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
             return self
                 .db
                 .delete_cf_opt(cf, k, &self.write)
-                .map_err(db_err("clearing a list"));
+                .map_err(db_err(format_args!("clearing list state {:?}", s.meta.name)));
         }
         let mut v = Vec::new();
         for e in &elements {
@@ -544,7 +569,7 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
         }
         self.db
             .put_cf_opt(cf, k, v, &self.write)
-            .map_err(db_err("writing a list"))
+            .map_err(db_err(format_args!("writing list state {:?}", s.meta.name)))
     }
 
     fn raw_map_get(&mut self, state: StateId, user_key: &[u8]) -> Result<Option<Bytes>> {
@@ -555,7 +580,7 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
         let v = self
             .db
             .get_pinned_cf(cf, &full)
-            .map_err(db_err("reading a map entry"))?;
+            .map_err(db_err(format_args!("reading an entry of map state {:?}", s.meta.name)))?;
         Ok(v.map(|v| Bytes::copy_from_slice(&v)))
     }
 
@@ -566,7 +591,7 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
         let full = map_key(k, &user_key);
         self.db
             .put_cf_opt(cf, full, &value, &self.write)
-            .map_err(db_err("writing a map entry"))
+            .map_err(db_err(format_args!("writing an entry of map state {:?}", s.meta.name)))
     }
 
     fn raw_map_remove(&mut self, state: StateId, user_key: &[u8]) -> Result<()> {
@@ -576,7 +601,7 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
         let full = map_key(k, user_key);
         self.db
             .delete_cf_opt(cf, full, &self.write)
-            .map_err(db_err("removing a map entry"))
+            .map_err(db_err(format_args!("removing an entry of map state {:?}", s.meta.name)))
     }
 
     fn raw_map_is_empty(&mut self, state: StateId) -> Result<bool> {
@@ -584,7 +609,7 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
         let (s, cf, k) = self.view(state)?;
         Self::check_kind(s, StorageKind::Map)?;
         let mut empty = true;
-        Self::scan(&self.db, cf, k, |_, _| {
+        Self::scan(&self.db, cf, &s.meta.name, k, |_, _| {
             empty = false;
             Ok(false)
         })?;
@@ -597,13 +622,15 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
         Self::check_kind(s, StorageKind::Map)?;
         let prefix_len = k.len();
         let mut removed = Vec::new();
-        Self::scan(&self.db, cf, k, |key, value| match f(&key[prefix_len..], value)? {
-            MapVisit::Keep => Ok(true),
-            MapVisit::Remove => {
-                removed.push(key.to_vec());
-                Ok(true)
+        Self::scan(&self.db, cf, &s.meta.name, k, |key, value| {
+            match f(&key[prefix_len..], value)? {
+                MapVisit::Keep => Ok(true),
+                MapVisit::Remove => {
+                    removed.push(key.to_vec());
+                    Ok(true)
+                }
+                MapVisit::Stop => Ok(false),
             }
-            MapVisit::Stop => Ok(false),
         })?;
         if !removed.is_empty() {
             let mut batch = WriteBatch::default();
@@ -612,7 +639,7 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
             }
             self.db
                 .write_opt(batch, &self.write)
-                .map_err(db_err("removing map entries"))?;
+                .map_err(db_err(format_args!("removing entries of map state {:?}", s.meta.name)))?;
         }
         Ok(())
     }
@@ -625,7 +652,7 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
         // Collected first: the visitor may modify the state.
         let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut last: Vec<u8> = Vec::new();
-        Self::scan(&self.db, cf, &[], |key, value| {
+        Self::scan(&self.db, cf, &name, &[], |key, value| {
             if list && value.is_empty() {
                 return Ok(true);
             }
@@ -651,7 +678,7 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
         let list = s.meta.kind.storage() == StorageKind::List;
         let mut n = 0;
         let mut last: Vec<u8> = Vec::new();
-        Self::scan(&self.db, cf, &[], |key, value| {
+        Self::scan(&self.db, cf, &name, &[], |key, value| {
             let d = decode_key(key, &name)?;
             // Lists whose elements all expired in a merge are empty values.
             if list && value.is_empty() {

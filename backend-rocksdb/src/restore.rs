@@ -1,32 +1,54 @@
 //! Restore: from incremental handles (a local copy when it verifies, else
 //! a download), with rescaling by `delete_range` and key-group copies, and
 //! from canonical snapshots of any backend.
+//!
+//! Downloaded files are checked twice: each whole file against the size and
+//! CRC-32C in its handle, then every block of every SST file against its
+//! RocksDB block checksum, by a full scan of the downloaded checkpoint. The
+//! handle's CRC-32C alone cannot catch a file damaged before (or forged
+//! together with) its handle; the block checksums do, at restore rather
+//! than on the first read that reaches the damaged block. Local copies are
+//! not scanned: one is used only if each of its files matches the handle's
+//! CRC-32C, which was computed from these same local bytes when the
+//! checkpoint was taken, so a damaged or forged file in storage (or a
+//! forged checksum) makes the local copy mismatch and the restore download
+//! and scan instead. Only someone who can write this machine's disks, and
+//! so the live database too, could make a local copy match a forged handle.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use flowstate_api::canonical::{check_key_serializer, CanonicalSnapshot, Record, SnapshotHeader};
+use flowstate_api::canonical::{check_compatible, CanonicalSnapshot, Record, SnapshotHeader};
 use flowstate_api::codec::crc32c;
 use flowstate_api::{
-    Error, HandleFile, IncrementalStateHandle, KeyGroupRange, KeyGroupsStateHandle, KeyedBackendConfig,
-    KeyedStateHandle, RestoreMode, Result, StateMeta, StateReader, StorageKind,
+    Error, ErrorKind, HandleFile, IncrementalStateHandle, KeyGroupRange, KeyGroupsStateHandle, KeyedBackendConfig,
+    KeyedStateHandle, RestoreMode, Result, SharedClock, StateMeta, StateReader, StorageKind,
 };
 use futures::{StreamExt, TryStreamExt};
-use rocksdb::WriteBatch;
+use rocksdb::{ReadOptions, WriteBatch};
 
 use crate::keys::{decode_key, key_part, kg_prefix, pack, put_namespace};
+use crate::options::Resources;
 use crate::snapshot::{blocking, link_or_copy_dir, list_files, local_dir, open_read_only, DirGuard};
-use crate::{db_err, RocksDbBackend, RocksDbOptions};
+use crate::{cf_name, db_err, RocksDbBackend, RocksDbOptions};
 
-/// How a restore went.
+/// How a restore went. Only the handles that hold key groups of the
+/// restored range are read, and counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RestoreStats {
-    /// Bytes downloaded from checkpoint storage.
+    /// Incremental handles whose files all came from a verified local copy
+    /// (nothing downloaded), whether the base of the restore or a handle
+    /// whose key groups were copied in.
+    pub handles_from_local_copy: usize,
+    /// Handles read from checkpoint storage: incremental handles whose files
+    /// were downloaded (no local copy, or one that did not verify), and
+    /// canonical key-group snapshots.
+    pub handles_from_storage: usize,
+    /// Bytes of state files downloaded from checkpoint storage (the
+    /// metadata of incremental handles, a few bytes each, is not counted).
     pub downloaded_bytes: u64,
-    /// Bytes taken from a verified local copy instead.
+    /// Bytes of state files taken from verified local copies instead.
     pub local_bytes: u64,
-    /// Whether the base checkpoint came from a local copy.
-    pub from_local_copy: bool,
     /// Wall time of the restore.
     pub duration: Duration,
 }
@@ -45,6 +67,7 @@ impl<K> RocksDbBackend<K> {
         options: RocksDbOptions,
     ) -> Result<Self> {
         let started = Instant::now();
+        flowstate_api::check_restore_handles(handles, config.max_parallelism)?;
         let range = config.key_group_range;
         let overlapping: Vec<&KeyedStateHandle> = handles
             .iter()
@@ -67,13 +90,17 @@ impl<K> RocksDbBackend<K> {
         let mut backend = match base {
             Some(base) => {
                 let header = read_header(base, reader).await?;
-                check_key_serializer(&header, &config.key_serializer.id(), &describe(base))?;
-                let dir = options
-                    .working_dir
-                    .join(format!("restore-{}", flowstate_api::unique_file_name()));
+                check_compatible(
+                    &header,
+                    &config.key_serializer.id(),
+                    config.max_parallelism,
+                    &describe(base),
+                )?;
+                let instance = crate::instance::InstanceDir::create(&options.working_dir)?;
+                let dir = instance.temp_path("restore");
                 let guard = DirGuard(dir.clone());
-                materialize(base, reader, &options, &dir, &mut stats).await?;
-                let backend = Self::open(config, options, Some(&dir), &header.states)?;
+                materialize(base, &header.states, &config.clock, reader, &options, &dir, &mut stats).await?;
+                let backend = Self::open(config, options, Some(instance), Some(&dir), &header.states)?;
                 drop(guard);
                 if base.range != range {
                     backend.delete_outside(range)?;
@@ -84,6 +111,7 @@ impl<K> RocksDbBackend<K> {
                         .lock()
                         .map_err(|_| Error::internal("upload registry lock poisoned"))?;
                     u.last_completed = base.shared.iter().map(|f| (f.name.clone(), f.clone())).collect();
+                    u.last_completed_id = Some(base.checkpoint_id);
                 }
                 backend
             }
@@ -165,13 +193,16 @@ impl<K> RocksDbBackend<K> {
     ) -> Result<()> {
         let name = describe(h);
         let header = read_header(h, reader).await?;
-        check_key_serializer(&header, &self.config().key_serializer.id(), &name)?;
-        let dir = self
-            .options()
-            .working_dir
-            .join(format!("restore-{}", flowstate_api::unique_file_name()));
+        check_compatible(
+            &header,
+            &self.config().key_serializer.id(),
+            self.config().max_parallelism,
+            &name,
+        )?;
+        let dir = self.temp_path("restore");
         let _guard = DirGuard(dir.clone());
-        materialize(h, reader, self.options(), &dir, stats).await?;
+        let clock = self.config().clock.clone();
+        materialize(h, &header.states, &clock, reader, self.options(), &dir, stats).await?;
         let ids = header
             .states
             .iter()
@@ -232,9 +263,15 @@ impl<K> RocksDbBackend<K> {
         let range = self.config().key_group_range;
         let name = h.stream.describe();
         let data = reader.read(&h.stream).await?;
+        stats.handles_from_storage += 1;
         stats.downloaded_bytes += data.len() as u64;
         let snapshot = CanonicalSnapshot::open(data, h, &name)?;
-        check_key_serializer(snapshot.header(), &self.config().key_serializer.id(), &name)?;
+        check_compatible(
+            snapshot.header(),
+            &self.config().key_serializer.id(),
+            self.config().max_parallelism,
+            &name,
+        )?;
         let ids = snapshot
             .header()
             .states
@@ -311,10 +348,14 @@ async fn read_header(h: &IncrementalStateHandle, reader: &dyn StateReader) -> Re
     Ok(header)
 }
 
-/// Puts the files of `h` into `dir`: from the local copy if it verifies
-/// (names, sizes, CRC-32C), else downloaded and checked against the handle.
+/// Puts the files of `h` (a checkpoint of `states`) into `dir`: from the
+/// local copy if it verifies (names, sizes, CRC-32C), else downloaded,
+/// checked against the handle and then block by block (see the module
+/// documentation).
 async fn materialize(
     h: &IncrementalStateHandle,
+    states: &[StateMeta],
+    clock: &SharedClock,
     reader: &dyn StateReader,
     options: &RocksDbOptions,
     dir: &Path,
@@ -333,7 +374,7 @@ async fn materialize(
         })
         .await?;
         if verified {
-            stats.from_local_copy = true;
+            stats.handles_from_local_copy += 1;
             stats.local_bytes += total;
             return Ok(());
         }
@@ -341,7 +382,7 @@ async fn materialize(
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
     let name = describe(h);
-    futures::stream::iter(files.into_iter().map(|f| {
+    futures::stream::iter(files.iter().cloned().map(|f| {
         let target = dir.join(&f.name);
         let name = &name;
         async move {
@@ -359,8 +400,66 @@ async fn materialize(
     .buffer_unordered(options.upload_concurrency.max(1))
     .try_collect::<Vec<()>>()
     .await?;
+    stats.handles_from_storage += 1;
     stats.downloaded_bytes += total;
+    let (dir, states, options, clock) = (dir.to_path_buf(), states.to_vec(), options.clone(), clock.clone());
+    blocking(move || verify_blocks(&dir, &states, &options, clock))
+        .await
+        .map_err(|e| name_damaged_file(e, &name, &files))
+}
+
+/// Bytes read ahead while scanning a restored checkpoint.
+const VERIFY_READAHEAD: usize = 4 << 20;
+
+/// Reads every entry of every state of the checkpoint in `dir`, verifying
+/// the checksum of each block read: every data block and index block of
+/// every SST file; opening the files checks their footers, properties and
+/// meta-index blocks. Range deletions are ignored so that no block is
+/// skipped because a newer tombstone covers its keys. Bloom filter blocks
+/// are not read by a scan: a damaged one fails, as corrupted, the first
+/// lookup that reads it.
+fn verify_blocks(dir: &Path, states: &[StateMeta], options: &RocksDbOptions, clock: SharedClock) -> Result<()> {
+    let started = Instant::now();
+    let resources = Resources::new(options, clock);
+    let db = open_read_only(dir, states, &resources)?;
+    for meta in states {
+        let cf = db
+            .cf_handle(&cf_name(&meta.name))
+            .ok_or_else(|| Error::corrupted(format!("state {:?} has no column family", meta.name)))?;
+        let mut read = ReadOptions::default();
+        read.set_verify_checksums(true);
+        read.fill_cache(false);
+        read.set_readahead_size(VERIFY_READAHEAD);
+        #[allow(deprecated)] // Deprecated for speed only; still honoured.
+        read.set_ignore_range_deletions(true);
+        let mut it = db.raw_iterator_cf_opt(cf, read);
+        it.seek_to_first();
+        while it.valid() {
+            it.next();
+        }
+        it.status().map_err(db_err(format_args!(
+            "verifying the block checksums of state {:?}",
+            meta.name
+        )))?;
+    }
+    tracing::debug!(dir = %dir.display(), elapsed = ?started.elapsed(), "verified block checksums");
     Ok(())
+}
+
+/// Adds the checkpoint `name`, and for corruption the damaged file and where
+/// it was downloaded from, to an error of [`verify_blocks`].
+fn name_damaged_file(e: Error, name: &str, files: &[HandleFile]) -> Error {
+    let mentions = |f: &&HandleFile| {
+        let path_end = format!("/{}", f.name);
+        e.message()
+            .split(|c: char| c.is_whitespace() || c == ':' || c == ',')
+            .any(|word| word.ends_with(&path_end))
+    };
+    let file = files.iter().filter(|_| e.kind() == ErrorKind::Corrupted).find(mentions);
+    match file {
+        Some(f) => e.context(format!("{name}: file {} ({})", f.name, f.stream.describe())),
+        None => e.context(name),
+    }
 }
 
 /// True if `dir` holds exactly the files of `wanted`, by size and CRC-32C.

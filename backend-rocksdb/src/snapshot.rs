@@ -4,7 +4,7 @@
 //! already hold (incremental), or reads the checkpoint key group by key
 //! group into the canonical format (full snapshots and savepoints).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,9 +37,7 @@ impl Drop for DirGuard {
 }
 
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::internal(format!("file I/O task failed: {e}")))?
+    flowstate_api::run_blocking(f).await
 }
 
 fn closed(id: u64) -> Error {
@@ -61,16 +59,14 @@ pub(crate) fn snapshot<K>(
     let config = b.config();
     let header = SnapshotHeader {
         range: config.key_group_range,
+        max_parallelism: config.max_parallelism,
         key_serializer: config.key_serializer.id(),
         states: b.states.iter().map(|s| s.meta.clone()).collect(),
         compressed: options.compression.is_some(),
     };
-    // The checkpoint directory is a sibling of the working directory: on the
-    // same device (hard links) but not removed with the backend.
-    let dir = b
-        .options()
-        .working_dir
-        .join(format!("snapshot-{id}-{}", flowstate_api::unique_file_name()));
+    // Inside the instance directory: on the same device (hard links), and
+    // removed with it if the process is killed.
+    let dir = b.temp_path(&format!("snapshot-{id}"));
     Checkpoint::new(&b.db)
         .and_then(|c| c.create_checkpoint(&dir))
         .map_err(db_err(format!(
@@ -110,12 +106,14 @@ pub(crate) fn snapshot<K>(
         };
         return Ok(PendingSnapshot::new(id, started, phase));
     }
-    let reuse = b
-        .uploads
-        .lock()
-        .map_err(|_| Error::internal("upload registry lock poisoned"))?
-        .last_completed
-        .clone();
+    let files = list_files(&guard.0)?;
+    let reuse = {
+        let mut u = b
+            .uploads
+            .lock()
+            .map_err(|_| Error::internal("upload registry lock poisoned"))?;
+        plan_reuse(&mut u, id, &files)
+    };
     let upload = Upload {
         id,
         backend_id: b
@@ -129,8 +127,34 @@ pub(crate) fn snapshot<K>(
         uploads: Arc::clone(&b.uploads),
         closed: closed_flag,
     };
-    let phase = async move { upload.run(guard, location, reuse).await };
+    let phase = async move { upload.run(guard, location, files, reuse).await };
     Ok(PendingSnapshot::new(id, started, phase))
+}
+
+/// Decides, in the sync phase of checkpoint `id`, which of its SST files
+/// reuse the base's copies, and records the others as uploaded afresh by
+/// `id`. A base file that a newer checkpoint still in flight uploads afresh
+/// is not reused: that checkpoint may complete and subsume the base first.
+fn plan_reuse(u: &mut Uploads, id: u64, files: &[(String, u64)]) -> HashMap<String, HandleFile> {
+    let superseded: HashSet<&String> = u.fresh.values().flatten().collect();
+    let mut reuse = HashMap::new();
+    let mut fresh = HashSet::new();
+    for (name, size) in files.iter().filter(|(name, _)| name.ends_with(".sst")) {
+        match u
+            .last_completed
+            .get(name)
+            .filter(|f| f.stream.size() == *size && !superseded.contains(name))
+        {
+            Some(f) => {
+                reuse.insert(name.clone(), f.clone());
+            }
+            None => {
+                fresh.insert(name.clone());
+            }
+        }
+    }
+    u.fresh.insert(id, fresh);
+    reuse
 }
 
 /// Where the local copy of checkpoint `id` goes.
@@ -160,18 +184,40 @@ struct Upload {
 }
 
 impl Upload {
+    /// Uploads, and on failure deletes whatever this attempt uploaded.
     async fn run(
         self,
         guard: DirGuard,
         location: Arc<dyn CheckpointLocation>,
+        files: Vec<(String, u64)>,
         reuse: HashMap<String, HandleFile>,
     ) -> Result<AsyncOutput> {
+        let uploaded = std::sync::Mutex::new(Vec::new());
         let id = self.id;
-        let dir = guard.0.clone();
-        let files = blocking(move || list_files(&dir)).await?;
+        match self.upload(guard, &location, files, reuse, &uploaded).await {
+            Ok(out) => Ok(out),
+            Err(e) => {
+                let written = std::mem::take(&mut *uploaded.lock().unwrap_or_else(|p| p.into_inner()));
+                if let Err(d) = location.discard(&written).await {
+                    tracing::warn!(checkpoint_id = id, error = %d, "files of a failed checkpoint were left for garbage collection");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn upload(
+        self,
+        guard: DirGuard,
+        location: &Arc<dyn CheckpointLocation>,
+        files: Vec<(String, u64)>,
+        reuse: HashMap<String, HandleFile>,
+        uploaded: &std::sync::Mutex<Vec<StreamStateHandle>>,
+    ) -> Result<AsyncOutput> {
+        let id = self.id;
         let mut written = 0u64;
         let results: Vec<(bool, HandleFile, u64)> = futures::stream::iter(files.into_iter().map(|(name, size)| {
-            let location = Arc::clone(&location);
+            let location = Arc::clone(location);
             let reused = reuse.get(&name).filter(|f| f.stream.size() == size).cloned();
             let path = guard.0.join(&name);
             let closed_flag = Arc::clone(&self.closed);
@@ -189,6 +235,10 @@ impl Upload {
                     StateScope::Exclusive
                 };
                 let (stream, crc) = upload_file(&*location, scope, &path).await?;
+                uploaded
+                    .lock()
+                    .map_err(|_| Error::internal("upload list lock poisoned"))?
+                    .push(stream.clone());
                 let n = stream.size();
                 Ok((
                     shared,
@@ -219,6 +269,10 @@ impl Upload {
         let mut meta = location.create_output_stream(StateScope::Exclusive).await?;
         meta.write(&self.header.encode()).await?;
         let meta = meta.close().await?;
+        uploaded
+            .lock()
+            .map_err(|_| Error::internal("upload list lock poisoned"))?
+            .push(meta.clone());
         written += meta.size();
         if let Some(local) = &self.local {
             let (src, dst) = (guard.0.clone(), local.clone());
@@ -385,10 +439,19 @@ pub(crate) fn checkpoint_complete<K>(b: &mut RocksDbBackend<K>, id: u64) -> Resu
         .uploads
         .lock()
         .map_err(|_| Error::internal("upload registry lock poisoned"))?;
+    // Late, repeated or reordered notifications change nothing.
+    if u.last_completed_id.is_some_and(|last| id <= last) {
+        return Ok(());
+    }
+    // Only a checkpoint this backend uploaded becomes the base (not a
+    // savepoint or a full snapshot).
     if let Some(files) = u.pending.remove(&id) {
         u.last_completed = files;
+        u.last_completed_id = Some(id);
     }
     u.pending.retain(|&k, _| k > id);
+    // Checkpoints at or below `id` can no longer complete.
+    u.fresh.retain(|&k, _| k > id);
     // The completed checkpoint's copy and newer ones stay; older ones go.
     let (keep, old): (Vec<_>, Vec<_>) = u.local_copies.drain(..).partition(|(k, _)| *k >= id);
     u.local_copies = keep;
@@ -405,6 +468,7 @@ pub(crate) fn checkpoint_aborted<K>(b: &mut RocksDbBackend<K>, id: u64) -> Resul
         .lock()
         .map_err(|_| Error::internal("upload registry lock poisoned"))?;
     u.pending.remove(&id);
+    u.fresh.remove(&id);
     let (gone, keep): (Vec<_>, Vec<_>) = u.local_copies.drain(..).partition(|(k, _)| *k == id);
     u.local_copies = keep;
     for (_, dir) in gone {

@@ -226,7 +226,11 @@ async fn local_recovery_uses_a_verified_copy_and_falls_back_to_download() {
         r.restore_stats()
     };
     let stats = restore().await;
-    assert!(stats.from_local_copy, "{stats:?}");
+    assert_eq!(
+        (stats.handles_from_local_copy, stats.handles_from_storage),
+        (1, 0),
+        "{stats:?}"
+    );
     assert_eq!(stats.downloaded_bytes, 0);
 
     // A damaged local copy is not used.
@@ -240,7 +244,11 @@ async fn local_recovery_uses_a_verified_copy_and_falls_back_to_download() {
     std::fs::remove_file(&sst).unwrap();
     std::fs::write(&sst, data).unwrap();
     let stats = restore().await;
-    assert!(!stats.from_local_copy, "{stats:?}");
+    assert_eq!(
+        (stats.handles_from_local_copy, stats.handles_from_storage),
+        (0, 1),
+        "{stats:?}"
+    );
     assert!(stats.downloaded_bytes > 0);
 }
 
@@ -270,7 +278,7 @@ async fn local_copies_on_another_device_are_copied() {
     let mut r = RocksDbBackend::restore(config(), &handles, &*resolved.reader, options)
         .await
         .unwrap();
-    assert!(r.restore_stats().from_local_copy);
+    assert_eq!(r.restore_stats().handles_from_local_copy, 1);
     let v = r.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
     r.set_current_key(&999).unwrap();
     assert_eq!(r.value(&v).unwrap(), Some(vec![7; 100]));
@@ -317,4 +325,193 @@ async fn compaction_filter_drops_expired_entries() {
     for count in [b.entry_count(&v), b.entry_count(&l), b.entry_count(&m)] {
         assert_eq!(count.unwrap(), 0);
     }
+}
+
+/// A value that does not compress away, so SST files span many data blocks.
+fn varied(k: u64) -> Vec<u8> {
+    let mut x = k.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..100)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes `varied(k)` for the keys of `keys` in the backend's key groups.
+fn fill_varied(b: &mut RocksDbBackend<u64>, v: &ValueState<Vec<u8>>, keys: std::ops::Range<u64>) -> u64 {
+    let mut n = 0;
+    for k in keys {
+        if b.set_current_key(&k).is_ok() {
+            b.update(v, varied(k)).unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Flips a byte in the middle of the data blocks of the largest shared SST
+/// file of checkpoint 1 and writes its CRC-32C into the `_metadata`, so the
+/// file matches its handle. Returns the file's storage path.
+fn damage_with_forged_checksum(s: &Setup, handle: &KeyedStateHandle) -> String {
+    let target = shared_files(handle)
+        .into_iter()
+        .max_by_key(|f| f.stream.size())
+        .unwrap();
+    let root = s._dir.path().join("checkpoints/job");
+    let stored = target
+        .stream
+        .file_path()
+        .expect("the SST file is not inline")
+        .to_string();
+    let path = root.join(&stored);
+    let mut data = std::fs::read(&path).unwrap();
+    assert!(data.len() > 1 << 20, "{} bytes: too few for data blocks", data.len());
+    // Data blocks come first; index, filter and properties are a small tail.
+    let at = data.len() / 3;
+    data[at] ^= 0x55;
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, &data).unwrap();
+
+    let meta_path = root.join("chk-1").join(METADATA_FILE);
+    let encoded = bytes::Bytes::from(std::fs::read(&meta_path).unwrap());
+    let mut meta = CheckpointMetadata::decode(&encoded, "_metadata").unwrap();
+    let KeyedStateHandle::Incremental(h) = &mut meta.operators[0].keyed[0] else {
+        panic!("not incremental");
+    };
+    let file = h.shared.iter_mut().find(|f| f.name == target.name).unwrap();
+    file.crc32c = codec::crc32c(&data);
+    std::fs::remove_file(&meta_path).unwrap();
+    std::fs::write(&meta_path, meta.encode()).unwrap();
+    stored
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_sst_block_with_forged_checksum_fails_the_restore() {
+    // With local recovery too: the forged checksum makes the intact local
+    // copy mismatch, so the damaged file is downloaded and must be caught.
+    for local_recovery in [false, true] {
+        let s = setup(local_recovery);
+        let mut store = CheckpointStore::open(Arc::clone(&s.storage), CheckpointStoreConfig::default())
+            .await
+            .unwrap();
+        let mut b = RocksDbBackend::new(config(), s.options.clone()).unwrap();
+        let v = b.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
+        fill_varied(&mut b, &v, 0..KEYS);
+        let (result, _) = checkpoint(&mut b, &mut store, 1).await;
+        drop(b);
+        let stored = damage_with_forged_checksum(&s, &result.handle);
+
+        let resolved = s.storage.latest_checkpoint().await.unwrap().unwrap();
+        let handles = resolved.metadata.operators[0].keyed.clone();
+        let restored = RocksDbBackend::restore(config(), &handles, &*resolved.reader, s.options.clone()).await;
+        let e = match restored {
+            Ok(_) => panic!("local recovery {local_recovery}: a damaged data block was restored"),
+            Err(e) => e,
+        };
+        assert_eq!(e.kind(), ErrorKind::Corrupted, "local recovery {local_recovery}: {e}");
+        let message = e.to_string();
+        assert!(message.contains("incremental checkpoint 1"), "{message}");
+        assert!(message.contains(&stored), "names the stored file: {message}");
+        assert!(message.contains("checksum mismatch"), "{message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_stats_count_handles_by_where_their_files_came_from() {
+    // Checkpoint 1 of two backends, key groups 0..64 (local copies under
+    // job/op-0) and 64..128 (job/op-1).
+    let s = setup(true);
+    let local = s._dir.path().join("local");
+    let mut store = CheckpointStore::open(Arc::clone(&s.storage), CheckpointStoreConfig::default())
+        .await
+        .unwrap();
+    let config_of = |start, end| KeyedBackendConfig::<u64>::new(KeyGroupRange::new(start, end).unwrap(), 128);
+    let mut a = RocksDbBackend::new(config_of(0, 64), s.options.clone()).unwrap();
+    let mut b = RocksDbBackend::new(
+        config_of(64, 128),
+        s.options.clone().with_local_recovery(vec![local.clone()], "job/op-1"),
+    )
+    .unwrap();
+    let va = a.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
+    let vb = b.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
+    assert!(fill_varied(&mut a, &va, 0..KEYS) > 0);
+    assert!(fill_varied(&mut b, &vb, 0..KEYS) > 0);
+    let location = store.begin_checkpoint(1).await.unwrap();
+    let mut handles = Vec::new();
+    for backend in [&mut a, &mut b] {
+        let pending = backend
+            .snapshot(1, Arc::clone(&location), SnapshotOptions::checkpoint())
+            .unwrap();
+        handles.push(pending.await.unwrap().handle);
+    }
+    let meta = CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 0).with_operator(OperatorState::new(
+        "op",
+        2,
+        128,
+        handles.clone(),
+    ));
+    store.complete(&location, meta).await.unwrap();
+    a.notify_checkpoint_complete(1).unwrap();
+    b.notify_checkpoint_complete(1).unwrap();
+    drop((a, b));
+    let file_bytes = |h: &KeyedStateHandle| match h {
+        KeyedStateHandle::Incremental(h) => h.shared.iter().chain(&h.private).map(|f| f.stream.size()).sum::<u64>(),
+        other => panic!("not incremental: {other:?}"),
+    };
+    let (a_bytes, b_bytes) = (file_bytes(&handles[0]), file_bytes(&handles[1]));
+
+    let resolved = s.storage.latest_checkpoint().await.unwrap().unwrap();
+    let handles = resolved.metadata.operators[0].keyed.clone();
+    let as_subtask = |scope: &str| s.options.clone().with_local_recovery(vec![local.clone()], scope);
+
+    // Rescaled to 0..96 as subtask op-1: the base (0..64) is downloaded, as
+    // op-1's local copy of checkpoint 1 holds the other handle's files, and
+    // key groups 64..96 are copied from that handle, taken from the local
+    // copy. (Restoring several handles deletes op-1's copies afterwards.)
+    let r = RocksDbBackend::restore(config_of(0, 96), &handles, &*resolved.reader, as_subtask("job/op-1"))
+        .await
+        .unwrap();
+    let stats = r.restore_stats();
+    assert_eq!(stats.handles_from_local_copy, 1, "{stats:?}");
+    assert_eq!(stats.handles_from_storage, 1, "{stats:?}");
+    assert_eq!(stats.local_bytes, b_bytes, "{stats:?}");
+    assert_eq!(stats.downloaded_bytes, a_bytes, "{stats:?}");
+    drop(r);
+
+    // The same as subtask op-0: the base comes from op-0's local copy and
+    // key groups 64..96 from storage.
+    let mut r = RocksDbBackend::restore(config_of(0, 96), &handles, &*resolved.reader, as_subtask("job/op-0"))
+        .await
+        .unwrap();
+    let stats = r.restore_stats();
+    assert_eq!(stats.handles_from_local_copy, 1, "{stats:?}");
+    assert_eq!(stats.handles_from_storage, 1, "{stats:?}");
+    assert_eq!(stats.local_bytes, a_bytes, "{stats:?}");
+    assert_eq!(stats.downloaded_bytes, b_bytes, "{stats:?}");
+    let v = r.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
+    let mut seen = [0; 2];
+    for k in 0..KEYS {
+        if r.set_current_key(&k).is_ok() {
+            assert_eq!(r.value(&v).unwrap(), Some(varied(k)), "key {k}");
+            let kg = key_group_for_key_bytes(r.current_key_bytes().unwrap(), 128);
+            seen[usize::from(kg >= 64)] += 1;
+        }
+    }
+    assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
+}
+
+#[test]
+fn an_invalid_state_name_is_not_a_retryable_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = RocksDbBackend::new(config(), RocksDbOptions::new(dir.path())).unwrap();
+    let e = b.register(ValueStateDescriptor::<u64>::new("a\0b")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    // The backend stays usable.
+    let v = b.register(ValueStateDescriptor::<u64>::new("ok")).unwrap();
+    b.set_current_key(&1).unwrap();
+    b.update(&v, 5).unwrap();
+    assert_eq!(b.value(&v).unwrap(), Some(5));
 }

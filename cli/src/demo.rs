@@ -121,7 +121,7 @@ impl DemoBackend for RocksDbBackend<u64> {
         RocksDbBackend::restore(config, handles, reader, rocksdb_options(env, subtask)).await
     }
     fn restored_locally(&self) -> bool {
-        self.restore_stats().from_local_copy
+        self.restore_stats().handles_from_local_copy > 0
     }
 }
 
@@ -466,7 +466,7 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
     for (i, e) in stream.iter().enumerate().take(args.crash_after as usize) {
         job.process(e)?;
         let done = i as u64 + 1;
-        if done % args.checkpoint_every == 0 {
+        if done.is_multiple_of(args.checkpoint_every) {
             print_report(&job.checkpoint(&mut store, next_id, CheckpointKind::Checkpoint).await?);
             next_id += 1;
         }
@@ -497,7 +497,7 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
     for (i, e) in stream.iter().enumerate().skip(offset as usize) {
         job.process(e)?;
         let done = i as u64 + 1;
-        if done % args.checkpoint_every == 0 {
+        if done.is_multiple_of(args.checkpoint_every) {
             print_report(&job.checkpoint(&mut store, next_id, CheckpointKind::Checkpoint).await?);
             next_id += 1;
         }

@@ -19,7 +19,7 @@ use crate::ttl::{is_expired, split_ttl_value};
 /// First four bytes of every canonical snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"FSKG";
 /// The format version written.
-pub const SNAPSHOT_VERSION: u16 = 1;
+pub const SNAPSHOT_VERSION: u16 = 2;
 /// Flag bit: key-group payloads are zstd-compressed.
 pub const FLAG_ZSTD: u16 = 1;
 
@@ -29,6 +29,10 @@ pub const FLAG_ZSTD: u16 = 1;
 pub struct SnapshotHeader {
     /// The key groups written.
     pub range: KeyGroupRange,
+    /// The job's max parallelism (number of key groups) when it was written:
+    /// a key's key group depends on it, so a restore at another max
+    /// parallelism is refused.
+    pub max_parallelism: u32,
     /// The key serializer's identity.
     pub key_serializer: SerializerId,
     /// The states; a record's state index points into this list.
@@ -87,6 +91,7 @@ pub(crate) fn put_state_meta(out: &mut Vec<u8>, s: &StateMeta) {
 
 pub(crate) fn read_state_meta(r: &mut Reader<'_>) -> Result<StateMeta> {
     let name = r.str("state name")?.to_string();
+    crate::descriptor::validate_state_name(&name).map_err(|e| Error::corrupted(e.message().to_string()))?;
     let kind = kind_from_tag(r.u8("state kind")?)?;
     let namespace_serializer = read_serializer(r, "namespace serializer")?;
     let value_serializer = read_serializer(r, "value serializer")?;
@@ -121,6 +126,7 @@ impl SnapshotHeader {
         let mut payload = Vec::new();
         put_varint(&mut payload, u64::from(self.range.start()));
         put_varint(&mut payload, u64::from(self.range.end()));
+        put_varint(&mut payload, u64::from(self.max_parallelism));
         put_serializer(&mut payload, &self.key_serializer);
         put_varint(&mut payload, self.states.len() as u64);
         for s in &self.states {
@@ -148,6 +154,12 @@ impl SnapshotHeader {
         let start = p.varint_u32("key-group range start")?;
         let end = p.varint_u32("key-group range end")?;
         let range = KeyGroupRange::new(start, end).map_err(|e| Error::corrupted(e.message().to_string()))?;
+        let max_parallelism = p.varint_u32("max parallelism")?;
+        if max_parallelism == 0 || range.end() > max_parallelism {
+            return Err(Error::corrupted(format!(
+                "key-group range {range} does not fit max parallelism {max_parallelism}"
+            )));
+        }
         let key_serializer = read_serializer(&mut p, "key serializer")?;
         let n = p.count(8, "state count")?;
         let mut states = Vec::with_capacity(n);
@@ -157,6 +169,7 @@ impl SnapshotHeader {
         p.finish("snapshot header")?;
         let header = SnapshotHeader {
             range,
+            max_parallelism,
             key_serializer,
             states,
             compressed: flags & FLAG_ZSTD != 0,
@@ -609,8 +622,20 @@ impl KeyGroupRecords<'_> {
     }
 }
 
-/// Checks that a restored header's key serializer is the one in use.
-pub fn check_key_serializer(header: &SnapshotHeader, ours: &SerializerId, name: &str) -> Result<()> {
+/// Checks that a restored snapshot can be read by this backend: it was
+/// written at the same max parallelism (else `Incompatible`, naming both
+/// values) and with the key serializer in use (else `Incompatible`).
+pub fn check_compatible(header: &SnapshotHeader, ours: &SerializerId, max_parallelism: u32, name: &str) -> Result<()> {
+    if header.max_parallelism != max_parallelism {
+        return Err(Error::new(
+            ErrorKind::Incompatible,
+            format!(
+                "snapshot {name} was taken at max parallelism {} but this backend runs at max parallelism \
+                 {max_parallelism}; key groups cannot be remapped: restore with max parallelism {}",
+                header.max_parallelism, header.max_parallelism
+            ),
+        ));
+    }
     if &header.key_serializer != ours {
         return Err(Error::new(
             ErrorKind::Incompatible,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
 use crate::serializer::{default_serializer, SerializerId, SharedSerializer, VoidNamespace, VoidNamespaceSerializer};
 use crate::ttl::StateTtlConfig;
 
@@ -62,6 +63,28 @@ pub enum StorageKind {
     List,
     /// A map of byte strings per (key, namespace).
     Map,
+}
+
+/// The longest state name, in bytes.
+pub const MAX_STATE_NAME_LEN: usize = 255;
+
+/// Checks a state name, the same way for every backend and every restore:
+/// 1 to [`MAX_STATE_NAME_LEN`] bytes of UTF-8 without control characters
+/// (NUL included). Backends refuse other names at registration, and
+/// restores refuse them in snapshot headers, so a state registered in one
+/// backend always restores into another.
+pub fn validate_state_name(name: &str) -> Result<()> {
+    let why = if name.is_empty() {
+        "it is empty"
+    } else if name.len() > MAX_STATE_NAME_LEN {
+        "it is longer than 255 bytes"
+    } else if name.chars().any(char::is_control) {
+        "it contains a control character (NUL, newline, ...)"
+    } else {
+        return Ok(());
+    };
+    let shown: String = name.chars().take(64).collect();
+    Err(Error::invalid(format!("state name {shown:?} refused: {why}")))
 }
 
 /// What a backend records about a state, and what snapshots carry so a

@@ -108,6 +108,37 @@ pub fn validate_relative_path(path: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks the handles given to a restore before any state is built: each
+/// must lie within `max_parallelism` key groups (else `Incompatible`, naming
+/// both values), and no two may cover the same key group (else `Corrupted`:
+/// the metadata lists a snapshot twice or mixes snapshots).
+pub fn check_restore_handles(handles: &[KeyedStateHandle], max_parallelism: u32) -> Result<()> {
+    let mut ranges: Vec<(KeyGroupRange, usize)> = Vec::with_capacity(handles.len());
+    for (i, h) in handles.iter().enumerate() {
+        let range = h.key_group_range();
+        if range.end() > max_parallelism {
+            return Err(Error::incompatible(format!(
+                "state handle {i} covers key groups {range}, so it was taken at max parallelism {} or more; this \
+                 backend runs at max parallelism {max_parallelism}: restore at the max parallelism of the snapshot",
+                range.end()
+            )));
+        }
+        if !range.is_empty() {
+            ranges.push((range, i));
+        }
+    }
+    ranges.sort_by_key(|(r, _)| (r.start(), r.end()));
+    for pair in ranges.windows(2) {
+        let [(a, i), (b, j)] = pair else { continue };
+        if !a.intersect(b).is_empty() {
+            return Err(Error::corrupted(format!(
+                "state handles {i} ({a}) and {j} ({b}) overlap: each key group must come from exactly one handle"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A full snapshot of a key-group range in the canonical format: one stream,
 /// with the offset of each key group's frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,6 +346,29 @@ mod tests {
         for p in ["chk-1/abc", "shared/x.sst", "f"] {
             validate_relative_path(p).unwrap();
         }
+    }
+
+    #[test]
+    fn restore_handles_must_fit_and_not_overlap() {
+        let h = |start, end| {
+            KeyedStateHandle::KeyGroups(KeyGroupsStateHandle {
+                range: KeyGroupRange::new(start, end).unwrap(),
+                offsets: Vec::new(),
+                stream: StreamStateHandle::Empty,
+            })
+        };
+        check_restore_handles(&[h(0, 64), h(64, 128)], 128).unwrap();
+        check_restore_handles(&[], 128).unwrap();
+        let e = check_restore_handles(&[h(0, 64), h(0, 64)], 128).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Corrupted, "{e}");
+        let e = check_restore_handles(&[h(64, 128), h(0, 100), h(100, 101)], 128).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Corrupted, "{e}");
+        // A wide handle overlapping one that is not its neighbour in start order.
+        let e = check_restore_handles(&[h(0, 100), h(10, 20), h(50, 60)], 128).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Corrupted, "{e}");
+        let e = check_restore_handles(&[h(0, 256)], 128).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Incompatible, "{e}");
+        assert!(e.message().contains("128") && e.message().contains("[0..=255]"), "{e}");
     }
 
     #[test]

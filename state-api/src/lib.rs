@@ -22,6 +22,7 @@
 
 mod access;
 mod backend;
+mod blocking;
 pub mod canonical;
 pub mod codec;
 mod descriptor;
@@ -41,15 +42,17 @@ pub use backend::{
     next_backend_id, BackendCapabilities, CurrentKey, KeyVisitor, KeyedBackendConfig, KeyedStateBackend, MapVisit,
     MapVisitor,
 };
+pub use blocking::run_blocking;
 pub use descriptor::{
-    AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState, ListStateDescriptor, MapState,
-    MapStateDescriptor, ReduceFn, ReducingState, ReducingStateDescriptor, SharedAggregate, StateDescriptor,
-    StateHandle, StateId, StateKind, StateMeta, StateSlot, StorageKind, ValueState, ValueStateDescriptor,
+    validate_state_name, AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState,
+    ListStateDescriptor, MapState, MapStateDescriptor, ReduceFn, ReducingState, ReducingStateDescriptor,
+    SharedAggregate, StateDescriptor, StateHandle, StateId, StateKind, StateMeta, StateSlot, StorageKind, ValueState,
+    ValueStateDescriptor, MAX_STATE_NAME_LEN,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use handle::{
-    validate_relative_path, HandleFile, IncrementalStateHandle, KeyGroupsStateHandle, KeyedStateHandle,
-    StreamStateHandle,
+    check_restore_handles, validate_relative_path, HandleFile, IncrementalStateHandle, KeyGroupsStateHandle,
+    KeyedStateHandle, StreamStateHandle,
 };
 pub use keygroup::{
     check_parallelism, default_max_parallelism, key_group_for_key_bytes, murmur3_32, operator_index_for_key_group,

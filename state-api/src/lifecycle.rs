@@ -25,6 +25,8 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
+
 use crate::error::{Error, ErrorKind, Result};
 use crate::handle::KeyedStateHandle;
 use crate::metadata::{CheckpointKind, CheckpointMetadata};
@@ -218,6 +220,18 @@ pub struct Completion {
     pub deleted_files: usize,
     /// Files that could not be deleted; garbage collection finds them later.
     pub failed_deletes: usize,
+    /// Files released but not deleted yet: checkpoints still in flight may
+    /// reference them. They are deleted once those complete or abort, unless
+    /// a retained checkpoint references them by then.
+    pub deferred_files: usize,
+}
+
+/// Files released while checkpoints were in flight.
+#[derive(Debug)]
+struct DeferredDelete {
+    files: Vec<String>,
+    /// The checkpoints in flight at release time that may still complete.
+    waiting: BTreeSet<u64>,
 }
 
 /// Options of [`CheckpointStore::collect_garbage`]. Dry run by default.
@@ -272,9 +286,13 @@ pub struct GcReport {
 /// shared-state registry, restore modes and garbage collection.
 ///
 /// A checkpoint's files are deleted only when no retained checkpoint
-/// references them. A checkpoint is discarded metadata first, so a crash
-/// midway leaves orphans (for [`collect_garbage`](Self::collect_garbage)),
-/// never a checkpoint with missing files. Savepoints are written through the
+/// references them and no checkpoint still in flight can: files released
+/// while checkpoints are in flight (begun, not yet completed or aborted)
+/// wait until those have completed or aborted, and are then deleted only if
+/// still unreferenced. Completing a checkpoint that references a missing
+/// file fails. A checkpoint is discarded metadata first, so a crash midway
+/// leaves orphans (for [`collect_garbage`](Self::collect_garbage)), never a
+/// checkpoint with missing files. Savepoints are written through the
 /// store but never retained or discarded by it.
 #[derive(Debug)]
 pub struct CheckpointStore {
@@ -283,6 +301,7 @@ pub struct CheckpointStore {
     retained: VecDeque<CompletedCheckpoint>,
     registry: SharedStateRegistry,
     pending: BTreeSet<u64>,
+    deferred: Vec<DeferredDelete>,
 }
 
 impl CheckpointStore {
@@ -307,6 +326,7 @@ impl CheckpointStore {
             retained: VecDeque::new(),
             registry: SharedStateRegistry::new(),
             pending: BTreeSet::new(),
+            deferred: Vec::new(),
         };
         for id in ids {
             match store.read_metadata(id).await {
@@ -428,6 +448,7 @@ impl CheckpointStore {
                 format!("{name}: checkpoint {id} is subsumed by completed checkpoint {newest}; abort it"),
             ));
         }
+        self.check_files_exist(&name, &metadata).await?;
         let pointer = location.write_metadata(&metadata).await?;
         self.pending.remove(&id);
         self.retain(CompletedCheckpoint::new(pointer.clone(), metadata));
@@ -450,7 +471,111 @@ impl CheckpointStore {
                 }
             }
         }
+        let (deleted, failed) = self.settle_deferred().await;
+        completion.deleted_files += deleted;
+        completion.failed_deletes += failed;
+        completion.deferred_files = self.deferred.iter().map(|d| d.files.len()).sum();
         Ok(completion)
+    }
+
+    /// Refuses to complete a checkpoint that references a file that is not
+    /// there (deleted, never written, or of another size): the checkpoint
+    /// would exist but could not be restored. Files retained checkpoints
+    /// reference are known to exist; the others are looked up.
+    async fn check_files_exist(&self, name: &str, metadata: &CheckpointMetadata) -> Result<()> {
+        let mut wanted: Vec<(&str, u64)> = metadata
+            .operators
+            .iter()
+            .flat_map(|o| o.keyed.iter())
+            .flat_map(KeyedStateHandle::streams)
+            .filter_map(|s| s.file_path().map(|p| (p, s.size())))
+            .filter(|(p, _)| !self.registry.refs.contains_key(*p))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let storage = &self.storage;
+        let found: Vec<(&str, u64, Option<StoredFile>)> = futures::stream::iter(wanted)
+            .map(|(path, size)| async move { storage.stat_file(path).await.map(|f| (path, size, f)) })
+            .buffer_unordered(16)
+            .try_collect()
+            .await
+            .map_err(|e| e.context(format!("{name}: checking its files before completing it")))?;
+        for (path, size, file) in found {
+            match file {
+                Some(f) if f.size == size => {}
+                Some(f) => {
+                    return Err(Error::corrupted(format!(
+                        "{name} references {path} of {size} bytes, but the file has {} bytes; the checkpoint \
+                         cannot complete: abort it",
+                        f.size
+                    )))
+                }
+                None => {
+                    return Err(Error::not_found(format!(
+                        "{name} references {path}, which does not exist (never written, or deleted as the file of \
+                         a subsumed checkpoint); the checkpoint cannot complete: abort it"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checkpoints begun and not completed or aborted that can still
+    /// complete (newer than the newest completed one).
+    fn in_flight(&self) -> BTreeSet<u64> {
+        let newest = self.newest_id();
+        self.pending
+            .iter()
+            .copied()
+            .filter(|id| newest.is_none_or(|n| *id > n))
+            .collect()
+    }
+
+    /// Deletes released files that nothing retained references, or defers
+    /// them while checkpoints are in flight. Returns (deleted, failed).
+    async fn delete_released(&mut self, files: Vec<String>) -> (usize, usize) {
+        let files: Vec<String> = files.into_iter().filter(|p| !self.registry.is_live(p)).collect();
+        if files.is_empty() {
+            return (0, 0);
+        }
+        let waiting = self.in_flight();
+        if !waiting.is_empty() {
+            self.deferred.push(DeferredDelete { files, waiting });
+            return (0, 0);
+        }
+        match self.storage.delete_files(&files).await {
+            Ok(()) => (files.len(), 0),
+            Err(e) => {
+                tracing::warn!(error = %e, files = files.len(), "released files were left for garbage collection");
+                (0, files.len())
+            }
+        }
+    }
+
+    /// Deletes the deferred files whose checkpoints in flight have all
+    /// completed or aborted, unless a retained checkpoint now references them.
+    async fn settle_deferred(&mut self) -> (usize, usize) {
+        let live = self.in_flight();
+        let mut ready = Vec::new();
+        self.deferred.retain_mut(|d| {
+            d.waiting.retain(|id| live.contains(id));
+            if d.waiting.is_empty() {
+                ready.append(&mut d.files);
+                false
+            } else {
+                true
+            }
+        });
+        ready.sort_unstable();
+        ready.dedup();
+        ready.retain(|p| !self.is_deferred(p));
+        self.delete_released(ready).await
+    }
+
+    /// True if `path` waits in a deferred delete.
+    fn is_deferred(&self, path: &str) -> bool {
+        self.deferred.iter().any(|d| d.files.iter().any(|f| f == path))
     }
 
     /// Discards the oldest retained checkpoint: metadata first, then the
@@ -475,18 +600,16 @@ impl CheckpointStore {
             .into_iter()
             .filter(|p| *p != meta)
             .collect();
-        match self.storage.delete_files(&free).await {
-            Ok(()) => Ok((id, free.len() + 1, 0)),
-            Err(e) => {
-                tracing::warn!(checkpoint_id = id, error = %e, "files of a discarded checkpoint were left for garbage collection");
-                Ok((id, 0, free.len()))
-            }
-        }
+        let (deleted, failed) = self.delete_released(free).await;
+        Ok((id, deleted + 1, failed))
     }
 
-    /// Aborts a checkpoint that will not complete: deletes its exclusive
-    /// directory and the files of `reported` handles that no retained
-    /// checkpoint references (new shared files of the failed attempt).
+    /// Aborts a checkpoint that will not complete: deletes everything its
+    /// location wrote (exclusive directory and uploaded shared files) and
+    /// the files of `reported` handles that no retained checkpoint
+    /// references (new shared files of the failed attempt written through
+    /// another process's location). Files that checkpoints still in flight
+    /// may reference wait until those complete or abort.
     pub async fn abort(&mut self, location: &Arc<dyn CheckpointLocation>, reported: &[KeyedStateHandle]) -> Result<()> {
         self.pending.remove(&location.checkpoint_id());
         let mut orphans: Vec<String> = reported
@@ -497,10 +620,19 @@ impl CheckpointStore {
             .collect();
         orphans.sort_unstable();
         orphans.dedup();
-        if location.kind() == CheckpointKind::Checkpoint && !orphans.is_empty() {
-            self.storage.delete_files(&orphans).await?;
+        let disposed = location.dispose().await;
+        if location.kind() == CheckpointKind::Checkpoint {
+            let (_, failed) = self.delete_released(orphans).await;
+            if failed > 0 {
+                tracing::warn!(
+                    checkpoint_id = location.checkpoint_id(),
+                    failed,
+                    "files of an aborted checkpoint were left for garbage collection"
+                );
+            }
         }
-        location.dispose().await
+        self.settle_deferred().await;
+        disposed
     }
 
     /// Resolves `pointer` for a restore, taking ownership of it or not.
@@ -558,10 +690,13 @@ impl CheckpointStore {
         };
         let mut discarded = Vec::new();
         if discard {
+            // The job has ended: no checkpoint in flight will complete.
+            self.pending.clear();
             while !self.retained.is_empty() {
                 let (id, _, _) = self.discard_oldest().await?;
                 discarded.push(id);
             }
+            self.settle_deferred().await;
         }
         Ok(discarded)
     }
@@ -592,7 +727,7 @@ impl CheckpointStore {
         let min_age = options.min_age.as_millis() as u64;
         let orphans: Vec<StoredFile> = files
             .into_iter()
-            .filter(|f| !reachable.contains(&f.path) && !self.registry.is_live(&f.path))
+            .filter(|f| !reachable.contains(&f.path) && !self.registry.is_live(&f.path) && !self.is_deferred(&f.path))
             .filter(|f| self.is_own_collectable(&f.path))
             .filter(|f| now.saturating_sub(f.modified_millis) >= min_age)
             .collect();

@@ -173,6 +173,8 @@ impl CheckpointMetadata {
             for _ in 0..k {
                 keyed.push(KeyedStateHandle::decode(&mut r, &payload)?);
             }
+            crate::handle::check_restore_handles(&keyed, max_parallelism)
+                .map_err(|e| Error::corrupted(format!("operator {operator_id:?}: {}", e.message())))?;
             operators.push(OperatorState {
                 operator_id,
                 parallelism,

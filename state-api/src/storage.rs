@@ -110,9 +110,16 @@ pub trait CheckpointLocation: Send + Sync + fmt::Debug {
     /// then exists. Returns its pointer. Fails with `Conflict` if the
     /// checkpoint already exists.
     async fn write_metadata(&self, metadata: &CheckpointMetadata) -> Result<String>;
-    /// Deletes what this location wrote (an aborted checkpoint). Shared
-    /// files are left to the shared-state registry.
+    /// Deletes what this location wrote (an aborted checkpoint): its
+    /// exclusive directory and every file its streams wrote in any scope,
+    /// shared files included (an aborted attempt's uploads are never
+    /// referenced by another checkpoint).
     async fn dispose(&self) -> Result<()>;
+    /// Deletes the files of `handles` that this location's streams wrote:
+    /// what a backend calls when its async phase fails after some streams
+    /// were closed, so a failed attempt leaves nothing behind. Handles this
+    /// location did not write are left alone.
+    async fn discard(&self, handles: &[StreamStateHandle]) -> Result<()>;
 }
 
 /// A completed checkpoint found by its pointer.
@@ -164,6 +171,11 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// Deletes files by job-relative path. Files already gone are not an
     /// error; checkpoint directories left empty are removed.
     async fn delete_files(&self, paths: &[String]) -> Result<()>;
+    /// The file at a job-relative path, if it exists as a regular file.
+    /// The default lists every file; storages override it with one lookup.
+    async fn stat_file(&self, path: &str) -> Result<Option<StoredFile>> {
+        Ok(self.list_files().await?.into_iter().find(|f| f.path == path))
+    }
 }
 
 /// The job-relative path of checkpoint `checkpoint_id`'s metadata file.

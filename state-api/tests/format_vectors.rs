@@ -24,18 +24,18 @@ const KEY_42_KEY_GROUP: u32 = 28;
 /// A canonical snapshot of key group `KEY_42_KEY_GROUP` only, holding one
 /// value state "count" (u64, void namespace) with key 42 -> 7.
 const SNAPSHOT: &str = concat!(
-    "46534b4701000000380000001a6f49b11c1d0c62696e636f6465323a75363401",
-    "0105636f756e74000e766f69642d6e616d657370616365010c62696e636f6465",
-    "323a75363401000006000000227fa06a00012a000107"
+    "46534b47020000003a00000074b40b0e1c1d80010c62696e636f6465323a7536",
+    "34010105636f756e74000e766f69642d6e616d657370616365010c62696e636f",
+    "6465323a75363401000006000000227fa06a00012a000107"
 );
 
 /// `_metadata` of checkpoint 1 with operator "op" (parallelism 1, max 128)
 /// whose one keyed handle inlines `SNAPSHOT`.
 const METADATA: &str = concat!(
-    "46534d440100000068000000cff71e0101000001026f7001800101011c1d0148",
-    "015646534b4701000000380000001a6f49b11c1d0c62696e636f6465323a7536",
-    "34010105636f756e74000e766f69642d6e616d657370616365010c62696e636f",
-    "6465323a75363401000006000000227fa06a00012a000107"
+    "46534d44010000006a000000ec2ece4901000001026f7001800101011c1d014a",
+    "015846534b47020000003a00000074b40b0e1c1d80010c62696e636f6465323a",
+    "753634010105636f756e74000e766f69642d6e616d657370616365010c62696e",
+    "636f6465323a75363401000006000000227fa06a00012a000107"
 );
 
 async fn snapshot_bytes() -> (KeyGroupsStateHandle, Vec<u8>) {
@@ -49,6 +49,7 @@ async fn snapshot_bytes() -> (KeyGroupsStateHandle, Vec<u8>) {
     }
     let header = SnapshotHeader {
         range: KeyGroupRange::new(KEY_42_KEY_GROUP, KEY_42_KEY_GROUP + 1).unwrap(),
+        max_parallelism: 128,
         key_serializer: Bincode::<u64>::new().id(),
         states: vec![StateMeta {
             name: "count".into(),
@@ -86,7 +87,7 @@ fn key_group_of_key_42() {
 #[tokio::test]
 async fn snapshot_vector() {
     let (handle, bytes) = snapshot_bytes().await;
-    assert_eq!(handle.offsets, [72]);
+    assert_eq!(handle.offsets, [74]);
     assert_eq!(hex(&bytes), hex(&unhex(SNAPSHOT)));
     let snap = CanonicalSnapshot::open(Bytes::from(bytes), &handle, "vector").unwrap();
     let mut records = Vec::new();

@@ -11,8 +11,14 @@
 //! most 1 MiB) are kept in the metadata; larger ones become files, written
 //! through a buffer and synced on close. A stream dropped or aborted before
 //! it is closed deletes its file. `_metadata` is written last, synced with
-//! its directory, and only if absent. Blocking file I/O runs on Tokio's
-//! blocking threads.
+//! its directory, and only if absent. Blocking file I/O runs on blocking
+//! threads, off the async executor.
+//!
+//! Every path is confined to its root by one check, for reads, writes and
+//! deletes alike: a symlink never leads a read or a delete out of the job
+//! (or savepoint) directory. Only regular files are read, opened without
+//! blocking and checked on the opened handle (a FIFO or a device named as a
+//! state file is refused, not read), and never more bytes than expected.
 //!
 //! ```
 //! use flowstate_api::*;
@@ -29,6 +35,7 @@
 //! # Ok(()) }
 //! ```
 
+mod guard;
 mod stream;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +49,7 @@ use flowstate_api::{
     StateScope, StorageCapabilities, StoredFile, StreamStateHandle, METADATA_FILE,
 };
 
+use guard::{confine, read_capped, read_sized, real_dir, Last};
 pub use stream::FsOutputStream;
 
 /// Flink's default inline threshold: 20 KiB.
@@ -51,6 +59,14 @@ pub const MAX_INLINE_THRESHOLD: usize = 1 << 20;
 /// The default write buffer of state file streams.
 pub const DEFAULT_WRITE_BUFFER: usize = 64 << 10;
 
+/// The largest file [`resolve`](CheckpointStorage::resolve),
+/// [`latest_checkpoint`](CheckpointStorage::latest_checkpoint) and
+/// [`read_file`](CheckpointStorage::read_file) read: 256 MiB. Metadata
+/// files hold handles and offsets, far less than this; a larger file is
+/// refused with [`ErrorKind::LimitExceeded`] instead of being read into
+/// memory.
+pub const MAX_METADATA_FILE_SIZE: u64 = 256 << 20;
+
 /// Name of the shared-state directory.
 pub const SHARED_DIR: &str = "shared";
 /// Name of the task-owned state directory.
@@ -58,9 +74,7 @@ pub const TASK_OWNED_DIR: &str = "taskowned";
 
 /// Runs blocking file I/O off the async executor's threads.
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::internal(format!("file I/O task failed: {e}")))?
+    flowstate_api::run_blocking(f).await
 }
 
 pub(crate) fn unique_name() -> String {
@@ -151,39 +165,52 @@ impl FsCheckpointStorage {
         &self.inner.job_dir
     }
 
-    fn location(&self, checkpoint_id: u64, kind: CheckpointKind, dir: PathBuf, root: PathBuf) -> FsLocation {
+    fn location(
+        &self,
+        checkpoint_id: u64,
+        kind: CheckpointKind,
+        dir: PathBuf,
+        root: PathBuf,
+        relative_dir: String,
+    ) -> FsLocation {
         FsLocation {
             checkpoint_id,
             kind,
             pointer: dir.display().to_string(),
             dir,
             root,
+            relative_dir,
             inline_threshold: self.inner.inline_threshold,
             write_buffer: self.inner.write_buffer,
+            written: Arc::default(),
         }
     }
 
+    /// Reads a checkpoint's metadata. It is confined to the same root as the
+    /// checkpoint's state files: the job directory for `chk-<n>`, the
+    /// savepoint's own directory for a savepoint.
     async fn read_checkpoint(pointer: &str) -> Result<ResolvedCheckpoint> {
         let parsed = parse_pointer(pointer)?;
         let normalized = parsed.normalized();
         let dir = PathBuf::from(&normalized);
-        let root = if parsed.checkpoint_id.is_some() {
-            dir.parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from("."))
+        let (root, relative) = if parsed.checkpoint_id.is_some() {
+            let parent = dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            (parent, format!("{}/{METADATA_FILE}", parsed.dir))
         } else {
-            dir.clone()
+            (dir.clone(), METADATA_FILE.to_string())
         };
-        let file = dir.join(METADATA_FILE);
-        let name = file.display().to_string();
+        let name = dir.join(METADATA_FILE).display().to_string();
         let data = blocking({
-            let file = file.clone();
-            move || match std::fs::read(&file) {
-                Ok(data) => Ok(data),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::not_found(format!(
+            let root = root.clone();
+            move || match confine(&root, &relative, Last::Follow).and_then(|f| read_capped(&f, MAX_METADATA_FILE_SIZE))
+            {
+                Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::not_found(format!(
                     "checkpoint {normalized} has no {METADATA_FILE}: it does not exist or never completed"
                 ))),
-                Err(e) => Err(Error::io(file.display(), e)),
+                other => other,
             }
         })
         .await?;
@@ -207,27 +234,36 @@ impl CheckpointStorage for FsCheckpointStorage {
     }
 
     async fn init_checkpoint(&self, checkpoint_id: u64) -> Result<Arc<dyn CheckpointLocation>> {
-        let dir = self.inner.job_dir.join(format!("chk-{checkpoint_id}"));
-        let metadata = dir.join(METADATA_FILE);
+        let name = format!("chk-{checkpoint_id}");
+        let root = self.inner.job_dir.clone();
+        let dir = root.join(&name);
         blocking({
-            let dir = dir.clone();
+            let (root, name, dir) = (root.clone(), name.clone(), dir.clone());
             move || {
-                if metadata.exists() {
+                std::fs::create_dir_all(&root).map_err(|e| Error::io(root.display(), e))?;
+                match std::fs::create_dir(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Error::io(dir.display(), e)),
+                }
+                // A real directory inside the job directory, not a symlink out of it.
+                let real = real_dir(&root, &name)?;
+                if std::fs::symlink_metadata(real.join(METADATA_FILE)).is_ok() {
                     return Err(Error::new(
                         ErrorKind::Conflict,
                         format!("checkpoint {} already exists", dir.display()),
                     ));
                 }
-                std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))
+                Ok(())
             }
         })
         .await?;
-        let root = self.inner.job_dir.clone();
         Ok(Arc::new(self.location(
             checkpoint_id,
             CheckpointKind::Checkpoint,
             dir,
             root,
+            name,
         )))
     }
 
@@ -253,6 +289,7 @@ impl CheckpointStorage for FsCheckpointStorage {
             CheckpointKind::Savepoint,
             dir.clone(),
             dir,
+            String::new(),
         )))
     }
 
@@ -308,50 +345,90 @@ impl CheckpointStorage for FsCheckpointStorage {
         .await
     }
 
+    /// Reads a regular file of at most [`MAX_METADATA_FILE_SIZE`] bytes,
+    /// confined to the job directory.
     async fn read_file(&self, path: &str) -> Result<Bytes> {
-        let reader = FsStateReader::new(self.inner.job_dir.clone());
+        let job_dir = self.inner.job_dir.clone();
         let path = path.to_string();
         blocking(move || {
-            let full = reader.resolve_path(&path)?;
-            std::fs::read(&full)
-                .map(Bytes::from)
-                .map_err(|e| Error::io(full.display(), e))
+            let full = confine(&job_dir, &path, Last::Follow)?;
+            read_capped(&full, MAX_METADATA_FILE_SIZE).map(Bytes::from)
         })
         .await
     }
 
+    /// Every path is confined to the job directory first (its parent
+    /// directory is resolved; a symlink itself is unlinked, not its
+    /// target). If any path leaves it, nothing is deleted.
     async fn delete_files(&self, paths: &[String]) -> Result<()> {
-        for p in paths {
-            validate_relative_path(p)?;
-        }
         let job_dir = self.inner.job_dir.clone();
         let paths = paths.to_vec();
+        blocking(move || delete_confined(&job_dir, &paths)).await
+    }
+
+    async fn stat_file(&self, path: &str) -> Result<Option<StoredFile>> {
+        let job_dir = self.inner.job_dir.clone();
+        let path = path.to_string();
         blocking(move || {
-            let mut dirs = std::collections::BTreeSet::new();
-            for p in &paths {
-                let full = job_dir.join(p);
-                match std::fs::remove_file(&full) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io(full.display(), e)),
-                }
-                if let Some((dir, _)) = p.split_once('/') {
-                    if dir.starts_with("chk-") {
-                        dirs.insert(dir.to_string());
-                    }
-                }
+            let target = match confine(&job_dir, &path, Last::Keep) {
+                Ok(target) => target,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            match std::fs::symlink_metadata(&target) {
+                Ok(meta) if meta.is_file() => Ok(Some(StoredFile {
+                    path,
+                    size: meta.len(),
+                    modified_millis: modified_millis(&meta),
+                })),
+                Ok(_) => Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::io(target.display(), e)),
             }
-            for dir in dirs {
-                // Only an empty directory is removed; one with files left stays.
-                let _ = std::fs::remove_dir(job_dir.join(dir));
-            }
-            Ok(())
         })
         .await
     }
 }
 
-/// Lists the files under `dir` recursively, as paths relative to the job root.
+/// Deletes root-relative `paths`, each confined to `root` first (a path
+/// whose directory leaves the root refuses the whole call, deleting
+/// nothing). Files already gone are not an error; `chk-<n>` directories
+/// left empty are removed.
+fn delete_confined(root: &Path, paths: &[String]) -> Result<()> {
+    let mut targets = Vec::with_capacity(paths.len());
+    for p in paths {
+        match confine(root, p, Last::Keep) {
+            Ok(target) => targets.push(target),
+            // Its directory is gone, and the file with it.
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e.context("refusing to delete, nothing deleted")),
+        }
+    }
+    for target in &targets {
+        match std::fs::remove_file(target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(target.display(), e)),
+        }
+    }
+    let dirs: std::collections::BTreeSet<&str> = paths
+        .iter()
+        .filter_map(|p| p.split_once('/'))
+        .map(|(dir, _)| dir)
+        .filter(|dir| dir.starts_with("chk-"))
+        .collect();
+    for dir in dirs {
+        // Only an empty directory is removed; one with files left stays.
+        if let Ok(real) = confine(root, dir, Last::Keep) {
+            let _ = std::fs::remove_dir(real);
+        }
+    }
+    Ok(())
+}
+
+/// Lists the regular files under `dir` recursively, as paths relative to
+/// the job root. Symlinks, FIFOs, sockets and devices are not listed, and
+/// symlinked directories are not entered.
 fn list_dir(dir: &Path, prefix: &str, out: &mut Vec<StoredFile>) -> Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -368,24 +445,29 @@ fn list_dir(dir: &Path, prefix: &str, out: &mut Vec<StoredFile>) -> Result<()> {
         } else {
             format!("{prefix}/{name}")
         };
-        let meta = entry.metadata().map_err(|e| Error::io(entry.path().display(), e))?;
-        if meta.is_dir() {
+        // The entry's own type: a symlink is neither followed nor listed.
+        let file_type = entry.file_type().map_err(|e| Error::io(entry.path().display(), e))?;
+        if file_type.is_dir() {
             list_dir(&entry.path(), &path, out)?;
-        } else if meta.is_file() {
-            let modified_millis = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+        } else if file_type.is_file() {
+            let meta = entry.metadata().map_err(|e| Error::io(entry.path().display(), e))?;
             out.push(StoredFile {
                 path,
                 size: meta.len(),
-                modified_millis,
+                modified_millis: modified_millis(&meta),
             });
         }
     }
     Ok(())
+}
+
+/// A file's modification time in milliseconds since the Unix epoch (0 if unknown).
+fn modified_millis(meta: &std::fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Where one checkpoint or savepoint is written.
@@ -398,8 +480,35 @@ struct FsLocation {
     dir: PathBuf,
     /// What handle paths are relative to.
     root: PathBuf,
+    /// `dir` relative to `root`: `chk-<n>`, or empty for a savepoint.
+    relative_dir: String,
     inline_threshold: usize,
     write_buffer: usize,
+    /// Every file its streams created, relative to `root`.
+    written: stream::Written,
+}
+
+impl FsLocation {
+    /// The files this location's streams created: all of them, or those
+    /// among `only`.
+    fn written(&self, only: Option<&[&str]>) -> Vec<String> {
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        match only {
+            Some(paths) => paths
+                .iter()
+                .filter(|p| written.contains(**p))
+                .map(|p| p.to_string())
+                .collect(),
+            None => written.iter().cloned().collect(),
+        }
+    }
+
+    fn forget(&self, paths: &[String]) {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        for p in paths {
+            written.remove(p);
+        }
+    }
 }
 
 #[async_trait]
@@ -418,43 +527,84 @@ impl CheckpointLocation for FsLocation {
 
     async fn create_output_stream(&self, scope: StateScope) -> Result<Box<dyn CheckpointOutputStream>> {
         // Savepoints are self-contained: every stream goes into their directory.
-        let dir = match (self.kind, scope) {
-            (CheckpointKind::Savepoint, _) | (_, StateScope::Exclusive) => self.dir.clone(),
-            (_, StateScope::Shared) => self.root.join(SHARED_DIR),
-            (_, StateScope::TaskOwned) => self.root.join(TASK_OWNED_DIR),
+        let relative_dir = match (self.kind, scope) {
+            (CheckpointKind::Savepoint, _) | (_, StateScope::Exclusive) => self.relative_dir.clone(),
+            (_, StateScope::Shared) => SHARED_DIR.to_string(),
+            (_, StateScope::TaskOwned) => TASK_OWNED_DIR.to_string(),
         };
-        let relative_dir = dir
-            .strip_prefix(&self.root)
-            .map(Path::to_path_buf)
-            .map_err(|_| Error::internal("stream directory outside the checkpoint root"))?;
         Ok(Box::new(FsOutputStream::new(
-            dir,
+            self.root.clone(),
             relative_dir,
             self.inline_threshold,
             self.write_buffer,
+            Arc::clone(&self.written),
         )))
     }
 
     async fn write_metadata(&self, metadata: &CheckpointMetadata) -> Result<String> {
         let bytes = metadata.encode();
-        let dir = self.dir.clone();
-        blocking(move || write_metadata_file(&dir, &bytes)).await?;
+        let (root, relative_dir) = (self.root.clone(), self.relative_dir.clone());
+        blocking(move || write_metadata_file(&real_dir(&root, &relative_dir)?, &bytes)).await?;
         Ok(self.pointer.clone())
     }
 
+    async fn discard(&self, handles: &[StreamStateHandle]) -> Result<()> {
+        let wanted: Vec<&str> = handles.iter().filter_map(StreamStateHandle::file_path).collect();
+        let paths = self.written(Some(&wanted));
+        let root = self.root.clone();
+        let gone = paths.clone();
+        blocking(move || delete_confined(&root, &paths)).await?;
+        self.forget(&gone);
+        Ok(())
+    }
+
+    /// Deletes every file this location's streams wrote outside its
+    /// directory (shared and task-owned files of the aborted attempt), then
+    /// the checkpoint (or savepoint) directory, which must be a real
+    /// directory inside its parent, not a symlink to one elsewhere.
     async fn dispose(&self) -> Result<()> {
+        let own = format!("{}/", self.relative_dir);
+        let outside: Vec<String> = self
+            .written(None)
+            .into_iter()
+            .filter(|p| self.relative_dir.is_empty() || !p.starts_with(&own))
+            .collect();
+        if !outside.is_empty() && self.kind == CheckpointKind::Checkpoint {
+            let (root, paths, dir) = (self.root.clone(), outside.clone(), self.dir.clone());
+            blocking(move || {
+                if std::fs::symlink_metadata(dir.join(METADATA_FILE)).is_ok() {
+                    return Err(Error::invalid(format!(
+                        "{} is a completed checkpoint; discard it through the checkpoint store",
+                        dir.display()
+                    )));
+                }
+                delete_confined(&root, &paths)
+            })
+            .await?;
+            self.forget(&outside);
+        }
         let dir = self.dir.clone();
         blocking(move || {
-            if dir.join(METADATA_FILE).exists() {
+            let (parent, name) = match (dir.parent(), dir.file_name().and_then(|n| n.to_str())) {
+                (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => (parent.to_path_buf(), name),
+                (_, Some(name)) => (PathBuf::from("."), name),
+                _ => return Err(Error::internal(format!("{} has no directory name", dir.display()))),
+            };
+            let real = match real_dir(&parent, name) {
+                Ok(real) => real,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e.context("refusing to dispose, nothing deleted")),
+            };
+            if std::fs::symlink_metadata(real.join(METADATA_FILE)).is_ok() {
                 return Err(Error::invalid(format!(
                     "{} is a completed checkpoint; discard it through the checkpoint store",
                     dir.display()
                 )));
             }
-            match std::fs::remove_dir_all(&dir) {
+            match std::fs::remove_dir_all(&real) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(Error::io(dir.display(), e)),
+                Err(e) => Err(Error::io(real.display(), e)),
             }
         })
         .await
@@ -463,7 +613,9 @@ impl CheckpointLocation for FsLocation {
 
 /// Writes `_metadata` into `dir` durably and only if absent: the bytes go to
 /// a temporary file that is synced and then hard-linked to `_metadata`
-/// (which fails if it exists), and the directory is synced.
+/// (which fails if it exists), and the directory is synced. Neither step
+/// follows a symlink planted under either name: `create_new` refuses one
+/// (`O_EXCL`), and a link never replaces or follows an existing entry.
 fn write_metadata_file(dir: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let target = dir.join(METADATA_FILE);
@@ -493,7 +645,9 @@ fn write_metadata_file(dir: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Reads state files relative to a checkpoint root, refusing any path that
-/// leaves it (`..`, absolute paths, symlinks out).
+/// leaves it (`..`, absolute paths, symlinks out), anything but a regular
+/// file (FIFOs, devices, directories), and files of another size than
+/// their handle says (reading at most one byte more).
 #[derive(Debug, Clone)]
 pub struct FsStateReader {
     root: PathBuf,
@@ -505,23 +659,10 @@ impl FsStateReader {
         FsStateReader { root: root.into() }
     }
 
-    /// Resolves a handle's relative path, refusing escapes.
+    /// Resolves a handle's relative path to its canonical path, refusing
+    /// escapes from the root.
     pub fn resolve_path(&self, path: &str) -> Result<PathBuf> {
-        validate_relative_path(path)?;
-        let full = self.root.join(path);
-        let root = self
-            .root
-            .canonicalize()
-            .map_err(|e| Error::io(self.root.display(), e))?;
-        let real = full.canonicalize().map_err(|e| Error::io(full.display(), e))?;
-        if !real.starts_with(&root) {
-            return Err(Error::invalid(format!(
-                "state file {path:?} resolves to {} outside the checkpoint root {}",
-                real.display(),
-                root.display()
-            )));
-        }
-        Ok(real)
+        confine(&self.root, path, Last::Follow)
     }
 }
 
@@ -534,15 +675,7 @@ impl StateReader for FsStateReader {
                 let (path, size) = (path.clone(), *size);
                 blocking(move || {
                     let full = reader.resolve_path(&path)?;
-                    let data = std::fs::read(&full).map_err(|e| Error::io(full.display(), e))?;
-                    if data.len() as u64 != size {
-                        return Err(Error::corrupted(format!(
-                            "state file {} has {} bytes but its handle says {size}",
-                            full.display(),
-                            data.len()
-                        )));
-                    }
-                    Ok(Bytes::from(data))
+                    read_sized(&full, size).map(Bytes::from)
                 })
                 .await
             }

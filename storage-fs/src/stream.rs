@@ -2,12 +2,13 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use flowstate_api::{CheckpointOutputStream, Error, Result, StreamStateHandle};
 
+use crate::guard::real_dir;
 use crate::{blocking, unique_name};
 
 /// A state file being written.
@@ -20,41 +21,58 @@ struct Open {
 /// An output stream of the filesystem storage. Bytes are buffered; at most
 /// the inline threshold stays in memory and is inlined on close, more goes
 /// to a new file in the stream's directory. Dropping the stream before
-/// [`close`](CheckpointOutputStream::close) deletes that file.
+/// [`close`](CheckpointOutputStream::close) deletes that file. The
+/// directory must be a real directory inside the root, and the file is
+/// created new (`O_EXCL`), so a planted symlink is never written through.
 pub struct FsOutputStream {
-    dir: PathBuf,
-    relative_dir: PathBuf,
+    /// What handle paths are relative to.
+    root: PathBuf,
+    /// The stream's directory relative to `root` (empty for the root itself).
+    relative_dir: String,
     inline_threshold: usize,
     write_buffer: usize,
     buf: Vec<u8>,
     pos: u64,
     open: Option<Open>,
+    /// Where the location records the files its streams create.
+    written: Written,
 }
 
+/// The root-relative paths of the files a location's streams created.
+pub(crate) type Written = std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
+
 impl FsOutputStream {
-    pub(crate) fn new(dir: PathBuf, relative_dir: PathBuf, inline_threshold: usize, write_buffer: usize) -> Self {
+    pub(crate) fn new(
+        root: PathBuf,
+        relative_dir: String,
+        inline_threshold: usize,
+        write_buffer: usize,
+        written: Written,
+    ) -> Self {
         FsOutputStream {
-            dir,
+            root,
             relative_dir,
             inline_threshold,
             write_buffer,
             buf: Vec::new(),
             pos: 0,
             open: None,
+            written,
         }
     }
 
-    fn create(dir: &Path, relative_dir: &Path) -> Result<Open> {
+    fn create(root: &std::path::Path, relative_dir: &str) -> Result<Open> {
+        let dir = real_dir(root, relative_dir)?;
         loop {
             let name = unique_name();
             let path = dir.join(&name);
             match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(file) => {
-                    let relative = relative_dir.join(&name);
-                    let relative = relative
-                        .to_str()
-                        .ok_or_else(|| Error::invalid(format!("{} is not UTF-8", relative.display())))?
-                        .to_string();
+                    let relative = if relative_dir.is_empty() {
+                        name
+                    } else {
+                        format!("{relative_dir}/{name}")
+                    };
                     return Ok(Open { file, path, relative });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -66,12 +84,20 @@ impl FsOutputStream {
     /// Moves the buffer into the file, creating the file if needed.
     async fn spill(&mut self) -> Result<()> {
         let open = self.open.take();
-        let (dir, relative_dir) = (self.dir.clone(), self.relative_dir.clone());
+        let (root, relative_dir) = (self.root.clone(), self.relative_dir.clone());
+        let written = std::sync::Arc::clone(&self.written);
         let mut buf = std::mem::take(&mut self.buf);
         let (open, mut buf) = blocking(move || {
             let mut open = match open {
                 Some(o) => o,
-                None => Self::create(&dir, &relative_dir)?,
+                None => {
+                    let o = Self::create(&root, &relative_dir)?;
+                    written
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(o.relative.clone());
+                    o
+                }
             };
             if let Err(e) = open.file.write_all(&buf) {
                 let _ = std::fs::remove_file(&open.path);

@@ -272,3 +272,418 @@ async fn gc_refuses_when_any_metadata_is_unreadable() {
     assert!(store.collect_garbage(&options).await.unwrap().orphans.is_empty());
     assert!(foreign.exists());
 }
+
+// ---- Hostile files: FIFOs, devices, sockets and symlinks in the job directory ----
+
+/// Runs `body` on its own thread and runtime and fails if it does not finish
+/// within 10 s, so that a read blocking on a FIFO fails the test instead of
+/// hanging it (the stuck thread is left behind).
+fn within<T: Send + 'static>(what: &str, body: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let _ = tx.send(rt.block_on(body));
+        // Do not wait for blocking threads stuck in a regression.
+        rt.shutdown_background();
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("{what} did not finish within 10 s"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match thread.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => panic!("{what} ended without a result"),
+        },
+    }
+}
+
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+fn file_handle(path: &str, size: u64) -> StreamStateHandle {
+    StreamStateHandle::File {
+        path: path.into(),
+        size,
+    }
+}
+
+/// A handle of one key-group snapshot stored in the file `path`.
+fn keyed_file_handle(path: &str, size: u64) -> KeyedStateHandle {
+    KeyedStateHandle::KeyGroups(KeyGroupsStateHandle {
+        range: KeyGroupRange::all(128).unwrap(),
+        offsets: vec![0; 128],
+        stream: file_handle(path, size),
+    })
+}
+
+#[test]
+fn fifo_state_file_is_refused_without_blocking() {
+    within("restoring from a FIFO", async {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+        let (mut b, _) = big_backend().await;
+        let (pointer, handle) = checkpoint(&mut b, &storage, 1).await;
+        // Replace the state file by a FIFO nobody writes to.
+        let file = handle.streams()[0].file_path().unwrap().to_string();
+        let path = dir.path().join("job").join(&file);
+        std::fs::remove_file(&path).unwrap();
+        mkfifo(&path);
+        let resolved = storage.resolve(&pointer).await.unwrap();
+        let err = HeapBackend::<u64>::restore(
+            KeyedBackendConfig::new(KeyGroupRange::all(128).unwrap(), 128),
+            &resolved.metadata.operators[0].keyed,
+            &*resolved.reader,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+        assert!(err.to_string().contains("is a FIFO, not a regular file"), "{err}");
+        assert!(err.to_string().contains(&file), "the error must name the file: {err}");
+    });
+}
+
+#[test]
+fn fifo_metadata_is_refused_by_resolve_and_skipped_by_latest_checkpoint() {
+    within("reading a FIFO as _metadata", async {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+        let (mut b, _) = big_backend().await;
+        checkpoint(&mut b, &storage, 1).await;
+        let chk = dir.path().join("job/chk-2");
+        std::fs::create_dir(&chk).unwrap();
+        mkfifo(&chk.join("_metadata"));
+        for pointer in [chk.display().to_string(), format!("{}/_metadata", chk.display())] {
+            let err = storage.resolve(&pointer).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+            assert!(err.to_string().contains("is a FIFO"), "{err}");
+            assert!(err.to_string().contains("chk-2/_metadata"), "{err}");
+        }
+        let latest = storage.latest_checkpoint().await.unwrap().unwrap();
+        assert_eq!(latest.metadata.checkpoint_id, 1);
+    });
+}
+
+#[test]
+fn fifo_is_refused_by_read_file_and_not_listed() {
+    within("read_file of a FIFO", async {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+        let chk = dir.path().join("job/chk-3");
+        std::fs::create_dir(&chk).unwrap();
+        mkfifo(&chk.join("_metadata"));
+        let err = storage.read_file("chk-3/_metadata").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+        assert!(err.to_string().contains("chk-3/_metadata is a FIFO"), "{err}");
+        assert!(storage.list_files().await.unwrap().is_empty());
+        // The checkpoint store opens (and sees no checkpoint).
+        let shared: std::sync::Arc<dyn CheckpointStorage> = std::sync::Arc::new(storage);
+        let store = CheckpointStore::open(shared, CheckpointStoreConfig::default())
+            .await
+            .unwrap();
+        assert!(store.retained().is_empty());
+    });
+}
+
+#[test]
+fn fifo_fed_with_more_than_declared_is_not_read() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("job");
+    std::fs::create_dir_all(root.join("chk-1")).unwrap();
+    let fifo = root.join("chk-1/state");
+    mkfifo(&fifo);
+    // A writer offering 64 MiB to whoever opens the FIFO for reading.
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    std::thread::spawn({
+        let (fifo, written) = (fifo.clone(), written.clone());
+        move || {
+            let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&fifo) else {
+                return;
+            };
+            let chunk = vec![0u8; 64 << 10];
+            for _ in 0..1024 {
+                if f.write_all(&chunk).is_err() {
+                    return;
+                }
+                written.fetch_add(chunk.len(), std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let err = within("reading a fed FIFO", async move {
+        FsStateReader::new(&root)
+            .read(&file_handle("chk-1/state", 10))
+            .await
+            .unwrap_err()
+    });
+    let read = written.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        read <= 4 << 20,
+        "{read} bytes were read from a FIFO declared as 10 bytes ({err})"
+    );
+    assert!(err.to_string().contains("is a FIFO"), "{err}");
+}
+
+#[test]
+fn devices_named_as_state_files_are_refused_quickly() {
+    within("reading a device", async {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("job");
+        std::fs::create_dir_all(root.join("chk-1")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", root.join("chk-1/zero")).unwrap();
+        let err = FsStateReader::new(&root)
+            .read(&file_handle("chk-1/zero", 10))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+        // A device inside the root: /dev/zero never ends, and must not be read.
+        let err = FsStateReader::new("/dev")
+            .read(&file_handle("zero", 10))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+        assert!(err.to_string().contains("/dev/zero is a character device"), "{err}");
+    });
+}
+
+#[tokio::test]
+async fn state_files_longer_or_shorter_than_declared_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("job");
+    std::fs::create_dir_all(root.join("chk-1")).unwrap();
+    std::fs::write(root.join("chk-1/state"), b"0123456789").unwrap();
+    let reader = FsStateReader::new(&root);
+    assert_eq!(
+        reader.read(&file_handle("chk-1/state", 10)).await.unwrap(),
+        &b"0123456789"[..]
+    );
+    for declared in [0, 5, 9, 11, 20, u64::MAX] {
+        let err = reader.read(&file_handle("chk-1/state", declared)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupted, "{declared}: {err}");
+        assert!(err.to_string().contains("chk-1/state has 10 bytes"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn directories_and_sockets_named_as_state_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("job");
+    std::fs::create_dir_all(root.join("chk-1/dir")).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(root.join("chk-1/socket")).unwrap();
+    let reader = FsStateReader::new(&root);
+    for (name, what) in [("dir", "a directory"), ("socket", "a socket")] {
+        let err = reader
+            .read(&file_handle(&format!("chk-1/{name}"), 0))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{name}: {err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("chk-1/{name} is {what}, not a regular file")),
+            "{err}"
+        );
+    }
+    let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+    let err = storage.read_file("chk-1/dir").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+}
+
+/// A job directory whose `shared/dirlink` leads to `outside/`, which holds `victim`.
+fn job_with_dirlink(dir: &Path) -> (FsCheckpointStorage, std::path::PathBuf) {
+    let storage = FsCheckpointStorage::open(dir, "job").unwrap();
+    let outside = dir.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"victim").unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("job/shared/dirlink")).unwrap();
+    (storage, outside.join("victim"))
+}
+
+#[tokio::test]
+async fn deletes_through_a_symlinked_directory_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, victim) = job_with_dirlink(dir.path());
+    let own = dir.path().join("job/shared/own");
+    std::fs::write(&own, b"own").unwrap();
+    let err = storage
+        .delete_files(&["shared/own".into(), "shared/dirlink/victim".into()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert!(err.to_string().contains("shared/dirlink/victim"), "{err}");
+    assert!(victim.exists(), "a file outside the job directory was deleted");
+    assert!(own.exists(), "nothing is deleted when a path is refused");
+    // Reads are refused the same way, and the listing does not enter the link.
+    let err = storage.read_file("shared/dirlink/victim").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    let listed: Vec<String> = storage
+        .list_files()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    assert_eq!(listed, ["shared/own"]);
+    // Missing files are still not an error, even under a missing directory.
+    storage
+        .delete_files(&["shared/gone".into(), "chk-9/gone".into()])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn deleting_a_symlink_removes_only_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, victim) = job_with_dirlink(dir.path());
+    let link = dir.path().join("job/shared/filelink");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    storage
+        .delete_files(&["shared/filelink".into(), "shared/dirlink".into()])
+        .await
+        .unwrap();
+    assert!(std::fs::symlink_metadata(&link).is_err(), "the link is gone");
+    assert!(std::fs::symlink_metadata(dir.path().join("job/shared/dirlink")).is_err());
+    assert!(victim.exists(), "the link's target survives");
+}
+
+#[tokio::test]
+async fn dispose_of_a_symlinked_checkpoint_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+    let location = storage.init_checkpoint(1).await.unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"victim").unwrap();
+    let chk = dir.path().join("job/chk-1");
+    std::fs::remove_dir(&chk).unwrap();
+    std::os::unix::fs::symlink(&outside, &chk).unwrap();
+    let err = location.dispose().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert!(err.to_string().contains("chk-1 is a symbolic link"), "{err}");
+    assert!(outside.join("victim").exists());
+    assert!(std::fs::symlink_metadata(&chk).unwrap().file_type().is_symlink());
+    // A real directory is disposed of, and a missing one is not an error.
+    std::fs::remove_file(&chk).unwrap();
+    let location = storage.init_checkpoint(1).await.unwrap();
+    let mut s = location.create_output_stream(StateScope::Exclusive).await.unwrap();
+    s.write(&vec![1u8; 200 << 10]).await.unwrap();
+    s.close().await.unwrap();
+    location.dispose().await.unwrap();
+    assert!(!chk.exists());
+    location.dispose().await.unwrap();
+}
+
+#[tokio::test]
+async fn init_checkpoint_through_a_symlink_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.path().join("job/chk-5")).unwrap();
+    let err = storage.init_checkpoint(5).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert!(err.to_string().contains("chk-5 is a symbolic link"), "{err}");
+    // A dangling link is refused as well.
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), dir.path().join("job/chk-6")).unwrap();
+    assert!(storage.init_checkpoint(6).await.is_err());
+    assert!(!dir.path().join("nowhere").exists());
+    assert!(files(&outside).is_empty());
+}
+
+#[tokio::test]
+async fn metadata_and_streams_do_not_follow_planted_symlinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+    let location = storage.init_checkpoint(1).await.unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"victim").unwrap();
+    // `_metadata` planted as a symlink to a file outside, and to a missing one.
+    let metadata = dir.path().join("job/chk-1/_metadata");
+    for target in [outside.join("victim"), outside.join("new")] {
+        std::os::unix::fs::symlink(&target, &metadata).unwrap();
+        let err = location
+            .write_metadata(&CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 0))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+        std::fs::remove_file(&metadata).unwrap();
+    }
+    assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"victim");
+    assert_eq!(files(&outside), ["victim"]);
+    // shared/ replaced by a symlink out of the job directory: no file is written there.
+    let shared = dir.path().join("job/shared");
+    std::fs::remove_dir(&shared).unwrap();
+    std::os::unix::fs::symlink(&outside, &shared).unwrap();
+    let mut s = location.create_output_stream(StateScope::Shared).await.unwrap();
+    let err = s.write(&vec![1u8; 200 << 10]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    drop(s);
+    assert_eq!(files(&outside), ["victim"]);
+    // The checkpoint directory itself replaced by a symlink: no metadata is written.
+    let chk = dir.path().join("job/chk-1");
+    std::fs::remove_dir_all(&chk).unwrap();
+    std::os::unix::fs::symlink(&outside, &chk).unwrap();
+    let err = location
+        .write_metadata(&CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert_eq!(files(&outside), ["victim"]);
+}
+
+#[tokio::test]
+async fn checkpoint_store_never_deletes_through_a_symlinked_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, victim) = job_with_dirlink(dir.path());
+    // Checkpoint 1 references the victim through the link (written directly:
+    // the store would not complete it, as the listing does not show the file).
+    let location = storage.init_checkpoint(1).await.unwrap();
+    let metadata = CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 0).with_operator(OperatorState::new(
+        "op",
+        1,
+        128,
+        vec![keyed_file_handle("shared/dirlink/victim", 6)],
+    ));
+    location.write_metadata(&metadata).await.unwrap();
+    let shared: std::sync::Arc<dyn CheckpointStorage> = std::sync::Arc::new(storage);
+    let mut store = CheckpointStore::open(shared, CheckpointStoreConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.retained()[0].files(),
+        ["shared/dirlink/victim", "chk-1/_metadata"]
+    );
+    // Checkpoint 2 subsumes checkpoint 1, whose only state file is the victim.
+    let location = store.begin_checkpoint(2).await.unwrap();
+    let completion = store
+        .complete(&location, CheckpointMetadata::new(2, CheckpointKind::Checkpoint, 0))
+        .await
+        .unwrap();
+    assert!(
+        victim.exists(),
+        "subsuming a checkpoint deleted a file outside the job directory"
+    );
+    assert_eq!(completion.subsumed, [1]);
+    assert_eq!(completion.failed_deletes, 1);
+    assert!(!dir.path().join("job/chk-1").exists());
+}
+
+#[tokio::test]
+async fn metadata_files_over_the_cap_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+    let chk = dir.path().join("job/chk-4");
+    std::fs::create_dir(&chk).unwrap();
+    // Sparse: takes no space, and must not be read.
+    let f = std::fs::File::create(chk.join("_metadata")).unwrap();
+    f.set_len(flowstate_fs::MAX_METADATA_FILE_SIZE + 1).unwrap();
+    let err = storage.read_file("chk-4/_metadata").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::LimitExceeded, "{err}");
+    assert!(err.to_string().contains("chk-4/_metadata"), "{err}");
+    let err = storage.resolve(&chk.display().to_string()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::LimitExceeded, "{err}");
+}

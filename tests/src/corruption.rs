@@ -105,17 +105,21 @@ pub async fn every_byte_flip_of_metadata_is_refused<F: BackendFactory>(ctx: Ctx<
         "op",
         1,
         128,
-        vec![
-            KeyedStateHandle::KeyGroups(handle),
-            KeyedStateHandle::KeyGroups(KeyGroupsStateHandle {
-                range: KeyGroupRange::new(0, 2).unwrap(),
-                offsets: vec![16, 40],
-                stream: StreamStateHandle::File {
-                    path: "chk-9/abc".into(),
-                    size: 99,
-                },
-            }),
-        ],
+        vec![KeyedStateHandle::KeyGroups(handle)],
+    ));
+    // A second operator: the handles of one operator may not overlap.
+    metadata.operators.push(OperatorState::new(
+        "op2",
+        1,
+        128,
+        vec![KeyedStateHandle::KeyGroups(KeyGroupsStateHandle {
+            range: KeyGroupRange::new(0, 2).unwrap(),
+            offsets: vec![16, 40],
+            stream: StreamStateHandle::File {
+                path: "chk-9/abc".into(),
+                size: 99,
+            },
+        })],
     ));
     let bytes = metadata.encode();
     assert_eq!(
@@ -150,6 +154,7 @@ fn frame(kg: u32, stored: &[u8]) -> Vec<u8> {
 fn crafted(states: Vec<StateMeta>, payload: &[u8], compressed: bool) -> (KeyGroupsStateHandle, Bytes) {
     let header = SnapshotHeader {
         range: KeyGroupRange::all(128).unwrap(),
+        max_parallelism: 128,
         key_serializer: Bincode::<u64>::new().id(),
         states,
         compressed,

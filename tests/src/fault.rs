@@ -156,6 +156,9 @@ impl CheckpointStorage for FaultyStorage {
         self.plan.check(FaultOp::Delete, &format!("{paths:?}"))?;
         self.inner.delete_files(paths).await
     }
+    async fn stat_file(&self, path: &str) -> Result<Option<StoredFile>> {
+        self.inner.stat_file(path).await
+    }
 }
 
 #[derive(Debug)]
@@ -189,6 +192,10 @@ impl CheckpointLocation for FaultyLocation {
     async fn dispose(&self) -> Result<()> {
         self.plan.check(FaultOp::Delete, self.inner.pointer())?;
         self.inner.dispose().await
+    }
+    async fn discard(&self, handles: &[StreamStateHandle]) -> Result<()> {
+        self.plan.check(FaultOp::Delete, self.inner.pointer())?;
+        self.inner.discard(handles).await
     }
 }
 

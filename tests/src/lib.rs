@@ -14,6 +14,8 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A test suite: failures are panics.
 
+pub mod compat;
+pub mod concurrent;
 pub mod corruption;
 pub mod fault;
 pub mod keyed;
@@ -233,6 +235,19 @@ macro_rules! __group {
     (lifecycle_files, $ctx:expr) => {
         $crate::__tests!($ctx; lifecycle => lifecycle_files:
             shared_files_live_while_referenced, registry_is_rebuilt_after_restart, gc_removes_only_old_orphans_of_ours
+        );
+    };
+    (concurrent, $ctx:expr) => {
+        $crate::__tests!($ctx; concurrent => concurrent:
+            overlapping_checkpoints_keep_reused_files, interleaved_checkpoints_restore_exactly,
+            failed_upload_leaves_nothing_behind
+        );
+    };
+    (compat, $ctx:expr) => {
+        $crate::__tests!($ctx; compat => compat:
+            restore_at_other_max_parallelism_is_refused, duplicate_handle_is_refused,
+            invalid_state_names_are_refused_at_registration, hostile_state_name_in_snapshot_is_refused,
+            async_phase_and_restore_run_on_any_executor
         );
     };
     (memory_storage, $ctx:expr) => {

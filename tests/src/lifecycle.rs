@@ -34,7 +34,7 @@ fn write<B: KeyedStateBackend<Key = u64>>(b: &mut B, s: &States, gen: u64) {
     let range = b.key_group_range();
     for k in (0..KEYS).filter(|k| range.contains(key_group(k))) {
         b.set_current_key(&k).unwrap();
-        if (k + gen) % 5 == 0 {
+        if (k + gen).is_multiple_of(5) {
             b.clear(&s.v).unwrap();
         } else {
             b.update(&s.v, format!("{k:>4}-{gen:>4}-{}", "x".repeat(90))).unwrap();

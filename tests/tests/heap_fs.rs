@@ -7,5 +7,5 @@ use flowstate_conformance::{conformance_suite, Ctx};
 
 conformance_suite!(
     Ctx::new(HeapFactory, FsStorageFactory::new());
-    keyed, snapshot, rescale, ttl, ttl_incremental, corruption, storage, lifecycle, lifecycle_files
+    keyed, snapshot, rescale, ttl, ttl_incremental, corruption, storage, lifecycle, lifecycle_files, compat, concurrent
 );

@@ -7,5 +7,5 @@ use flowstate_conformance::{conformance_suite, Ctx, MemoryStorageFactory};
 
 conformance_suite!(
     Ctx::new(HeapFactory, MemoryStorageFactory::new());
-    keyed, snapshot, rescale, ttl, ttl_incremental, corruption, storage, memory_storage, lifecycle
+    keyed, snapshot, rescale, ttl, ttl_incremental, corruption, storage, memory_storage, lifecycle, compat, concurrent
 );

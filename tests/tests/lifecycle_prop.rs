@@ -1,9 +1,16 @@
 //! Property test of the checkpoint lifecycle on filesystem storage: random
-//! sequences of snapshot / complete / abort / restart / restore (claim and
-//! no-claim) / savepoint / garbage collection, with incremental handles that
-//! share files between checkpoints. After every step, no file referenced by
-//! a retained checkpoint, a savepoint or a no-claim-restored checkpoint is
-//! gone; after garbage collection no unreferenced file of ours remains.
+//! sequences of snapshot / complete / abort / notify / restart / restore
+//! (claim and no-claim) / savepoint / garbage collection, with up to three
+//! checkpoints in flight at once, completed in any order, and incremental
+//! handles that reuse the shared files of the checkpoint the backend was
+//! last notified of (notifications may be late, reordered or lost, so that
+//! checkpoint may already be subsumed). After every step, no file
+//! referenced by a retained checkpoint, a savepoint, a no-claim-restored
+//! checkpoint, or a checkpoint in flight that can still complete (of the
+//! files retained checkpoints referenced when it began) is
+//! gone; a completion succeeds exactly when every file it references exists
+//! and it is newer than the newest completed checkpoint; after garbage
+//! collection no unreferenced file of ours remains.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -16,13 +23,16 @@ use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// Start a checkpoint writing `new` shared files, reusing the last
-    /// completed checkpoint's shared files if `reuse`.
+    /// Start a checkpoint writing `new` shared files, reusing the shared
+    /// files of the checkpoint the backend was last notified of if `reuse`.
     Snapshot { new: u8, reuse: bool },
-    /// Complete the pending checkpoint.
-    Complete,
-    /// Abort the pending checkpoint.
-    Abort,
+    /// Complete the `pick`-th checkpoint in flight.
+    Complete { pick: u8 },
+    /// Abort the `pick`-th checkpoint in flight.
+    Abort { pick: u8 },
+    /// Deliver the `pick`-th undelivered completion notification (the
+    /// others stay late; a restart loses them).
+    Notify { pick: u8 },
     /// Crash and restart: a new store over the same storage, restoring in
     /// claim mode the `pick`-th checkpoint found, or in no-claim mode another
     /// job's checkpoint or a savepoint.
@@ -37,8 +47,9 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0u8..3, any::<bool>()).prop_map(|(new, reuse)| Op::Snapshot { new, reuse }),
-        4 => Just(Op::Complete),
-        1 => Just(Op::Abort),
+        4 => any::<u8>().prop_map(|pick| Op::Complete { pick }),
+        1 => any::<u8>().prop_map(|pick| Op::Abort { pick }),
+        3 => any::<u8>().prop_map(|pick| Op::Notify { pick }),
         1 => (any::<u8>(), any::<bool>(), prop::bool::weighted(0.2))
             .prop_map(|(pick, claim, savepoint)| Op::Restart { pick, claim, savepoint }),
         1 => Just(Op::Savepoint),
@@ -49,16 +60,25 @@ fn op() -> impl Strategy<Value = Op> {
 struct Pending {
     location: Arc<dyn CheckpointLocation>,
     handle: KeyedStateHandle,
+    /// Every file it references existed when it began.
+    whole: bool,
 }
+
+/// At most this many checkpoints in flight at once.
+const MAX_IN_FLIGHT: usize = 3;
 
 struct World {
     storage: Arc<dyn CheckpointStorage>,
     store: CheckpointStore,
     retain: usize,
     next_id: u64,
-    pending: Option<Pending>,
-    /// Shared files of the newest completed checkpoint, reusable unless restored without claim.
+    pending: Vec<Pending>,
+    /// The backend's base: the newest checkpoint it was notified of, and its
+    /// shared files, reused by new checkpoints.
+    base: Option<u64>,
     reusable: Vec<StreamStateHandle>,
+    /// Completed checkpoints whose notification has not reached the backend.
+    undelivered: Vec<(u64, Vec<StreamStateHandle>)>,
     /// Snapshots that are not ours and must never lose a file: another
     /// job's checkpoints and our savepoints.
     foreign: Vec<String>,
@@ -87,13 +107,20 @@ impl World {
     async fn step(&mut self, op: &Op) {
         match *op {
             Op::Snapshot { new, reuse } => {
-                if self.pending.is_some() {
+                if self.pending.len() >= MAX_IN_FLIGHT {
                     return;
                 }
                 let id = self.next_id;
                 self.next_id += 1;
                 let location = self.store.begin_checkpoint(id).await.unwrap();
                 let mut shared = if reuse { self.reusable.clone() } else { Vec::new() };
+                // Reused files a retained checkpoint references when it begins
+                // must survive until it completes or aborts; others (of a
+                // checkpoint already subsumed) may be gone by then.
+                let whole = shared
+                    .iter()
+                    .filter_map(StreamStateHandle::file_path)
+                    .all(|p| self.store.registry().is_live(p));
                 for n in 0..new {
                     shared.push(stream(&location, StateScope::Shared, n).await);
                 }
@@ -106,28 +133,73 @@ impl World {
                     private: vec![file(99, private)],
                     meta: StreamStateHandle::Empty,
                 });
-                self.pending = Some(Pending { location, handle });
+                self.pending.push(Pending {
+                    location,
+                    handle,
+                    whole,
+                });
             }
-            Op::Complete => {
-                let Some(p) = self.pending.take() else { return };
+            Op::Complete { pick } => {
+                if self.pending.is_empty() {
+                    return;
+                }
+                let p = self.pending.remove(pick as usize % self.pending.len());
                 let id = p.location.checkpoint_id();
                 let before: Vec<u64> = self.store.retained().iter().map(|c| c.checkpoint_id).collect();
-                self.store
+                let newest = before.last().copied();
+                let mut all_present = true;
+                for s in p.handle.streams() {
+                    all_present &= self.present(s).await;
+                }
+                assert!(
+                    !p.whole || all_present || newest.is_some_and(|n| id <= n),
+                    "a file of checkpoint {id} in flight was deleted"
+                );
+                let result = self
+                    .store
                     .complete(&p.location, metadata(id, CheckpointKind::Checkpoint, p.handle.clone()))
-                    .await
-                    .unwrap();
+                    .await;
+                if newest.is_some_and(|n| id <= n) {
+                    let e = result.expect_err("a checkpoint older than the newest completed one completed");
+                    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+                    self.store.abort(&p.location, &[p.handle]).await.unwrap();
+                    return;
+                }
+                if !p.whole && !all_present {
+                    // It reuses files of a checkpoint subsumed before it began, since deleted.
+                    let e = result.expect_err("a checkpoint referencing a deleted file completed");
+                    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+                    self.store.abort(&p.location, &[p.handle]).await.unwrap();
+                    return;
+                }
+                result.unwrap_or_else(|e| panic!("completing {id}, whose files all existed when it began: {e}"));
                 let mut want: Vec<u64> = before.into_iter().chain([id]).collect();
                 let cut = want.len().saturating_sub(self.retain);
                 want.drain(..cut);
                 let got: Vec<u64> = self.store.retained().iter().map(|c| c.checkpoint_id).collect();
                 assert_eq!(got, want, "retention after completing {id}");
                 if let KeyedStateHandle::Incremental(h) = &p.handle {
-                    self.reusable = h.shared.iter().map(|f| f.stream.clone()).collect();
+                    self.undelivered
+                        .push((id, h.shared.iter().map(|f| f.stream.clone()).collect()));
                 }
             }
-            Op::Abort => {
-                let Some(p) = self.pending.take() else { return };
+            Op::Abort { pick } => {
+                if self.pending.is_empty() {
+                    return;
+                }
+                let p = self.pending.remove(pick as usize % self.pending.len());
                 self.store.abort(&p.location, &[p.handle]).await.unwrap();
+            }
+            Op::Notify { pick } => {
+                if self.undelivered.is_empty() {
+                    return;
+                }
+                let (id, shared) = self.undelivered.remove(pick as usize % self.undelivered.len());
+                // Applied monotonically: a late notification changes nothing.
+                if self.base.is_none_or(|b| id > b) {
+                    self.base = Some(id);
+                    self.reusable = shared;
+                }
             }
             Op::Savepoint => {
                 let id = self.next_id;
@@ -147,11 +219,14 @@ impl World {
                 self.savepoints.push(c.pointer);
             }
             Op::Restart { pick, claim, savepoint } => {
-                // A crash: the pending checkpoint is abandoned, its files left behind.
-                self.pending = None;
+                // A crash: checkpoints in flight are abandoned, their files
+                // left behind, and undelivered notifications are lost.
+                self.pending.clear();
+                self.undelivered.clear();
                 let config = CheckpointStoreConfig::default().with_max_retained(self.retain);
                 self.store = CheckpointStore::open(Arc::clone(&self.storage), config).await.unwrap();
                 self.reusable.clear();
+                self.base = None;
                 let ids: Vec<u64> = self.store.retained().iter().map(|c| c.checkpoint_id).collect();
                 let (pointer, ok) = match (claim, savepoint) {
                     (true, false) if !ids.is_empty() => {
@@ -180,6 +255,7 @@ impl World {
                     // Our checkpoints go on from the restored one, sharing its files.
                     if let Some(KeyedStateHandle::Incremental(h)) = resolved.metadata.operators[0].keyed.first() {
                         self.reusable = h.shared.iter().map(|f| f.stream.clone()).collect();
+                        self.base = Some(resolved.metadata.checkpoint_id);
                     }
                 }
                 let newest = self.store.retained().last().map_or(0, |c| c.checkpoint_id);
@@ -193,7 +269,7 @@ impl World {
                     .await
                     .unwrap();
                 assert!(young.orphans.is_empty(), "GC deleted young files: {young:?}");
-                if self.pending.is_none() {
+                if self.pending.is_empty() {
                     self.store
                         .collect_garbage(&GcOptions::new(Duration::ZERO).delete())
                         .await
@@ -204,9 +280,31 @@ impl World {
         }
     }
 
-    /// No file of a retained checkpoint, savepoint or no-claim restore is gone,
-    /// and every checkpoint in storage is whole.
+    /// True if the file of `s` exists.
+    async fn present(&self, s: &StreamStateHandle) -> bool {
+        match s.file_path() {
+            Some(p) => self.storage.stat_file(p).await.unwrap().is_some(),
+            None => true,
+        }
+    }
+
+    /// No file of a retained checkpoint, savepoint, no-claim restore or
+    /// (whole) checkpoint in flight is gone, and every checkpoint in storage
+    /// is whole.
     async fn check(&self, after: &Op) {
+        // Checkpoints older than the newest completed one can no longer
+        // complete (they are subsumed, as in Flink): their files may go.
+        let newest = self.store.latest().map(|c| c.checkpoint_id);
+        let alive = |p: &&Pending| newest.is_none_or(|n| p.location.checkpoint_id() > n);
+        for p in self.pending.iter().filter(|p| p.whole).filter(alive) {
+            for s in p.handle.streams() {
+                assert!(
+                    self.present(s).await,
+                    "after {after:?}: {s:?} of checkpoint {} in flight is gone",
+                    p.location.checkpoint_id()
+                );
+            }
+        }
         let exists = |p: String| async move {
             let r = self.storage.read_file(&p).await;
             assert!(r.is_ok(), "after {after:?}: {p} is gone");
@@ -349,8 +447,10 @@ proptest! {
                 store,
                 retain,
                 next_id: 1,
-                pending: None,
+                pending: Vec::new(),
+                base: None,
                 reusable: Vec::new(),
+                undelivered: Vec::new(),
                 foreign,
                 savepoints: Vec::new(),
             };
@@ -361,7 +461,7 @@ proptest! {
                 }
             }
             // Restart (abandoning any checkpoint in progress), then collect everything unreferenced.
-            world.pending = None;
+            world.pending.clear();
             let config = CheckpointStoreConfig::default().with_max_retained(retain);
             world.store = CheckpointStore::open(Arc::clone(&world.storage), config).await.unwrap();
             world.store.collect_garbage(&GcOptions::new(Duration::ZERO).delete()).await.unwrap();

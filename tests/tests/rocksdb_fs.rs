@@ -8,7 +8,7 @@ use flowstate_conformance::{conformance_suite, Ctx};
 
 conformance_suite!(
     Ctx::new(RocksDbFactory::new(), FsStorageFactory::new());
-    keyed, snapshot, rescale, ttl, corruption, storage, lifecycle, lifecycle_files
+    keyed, snapshot, rescale, ttl, corruption, storage, lifecycle, lifecycle_files, compat, concurrent
 );
 
 mod full {
@@ -16,6 +16,6 @@ mod full {
 
     conformance_suite!(
         Ctx::new(RocksDbFactory::full(), FsStorageFactory::new());
-        snapshot, rescale, lifecycle
+        snapshot, rescale, lifecycle, compat, concurrent
     );
 }

@@ -7,5 +7,5 @@ use flowstate_conformance::{conformance_suite, Ctx, MemoryStorageFactory};
 
 conformance_suite!(
     Ctx::new(RocksDbFactory::new(), MemoryStorageFactory::with_max_state_size(64 << 20));
-    keyed, snapshot, rescale, ttl, corruption, storage, lifecycle
+    keyed, snapshot, rescale, ttl, corruption, storage, lifecycle, compat, concurrent
 );

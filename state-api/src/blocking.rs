@@ -1,0 +1,41 @@
+//! Blocking work (file I/O, RocksDB, compression) run off the async
+//! executor, on any executor.
+//!
+//! On a Tokio runtime the work goes to Tokio's blocking pool, so it is
+//! accounted and shut down with the engine's runtime. On any other executor
+//! (`futures::executor::block_on`, smol, async-std, a hand-written poll
+//! loop) it goes to a thread pool this library owns. Either way the calling
+//! future only waits on a channel: no reactor or timer is required.
+
+use crate::error::{Error, Result};
+
+/// Runs `f` on a blocking thread and waits for its result without blocking
+/// the executor.
+pub async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle
+            .spawn_blocking(f)
+            .await
+            .map_err(|e| Error::internal(format!("blocking task failed: {e}")))?,
+        Err(_) => blocking::unblock(f).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_without_a_tokio_runtime() {
+        let v = futures::executor::block_on(run_blocking(|| Ok(std::thread::current().id())));
+        assert_ne!(v.unwrap(), std::thread::current().id());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn runs_on_tokio_blocking_threads() {
+        let v = run_blocking(|| Ok(std::thread::current().id())).await.unwrap();
+        assert_ne!(v, std::thread::current().id());
+        let e = run_blocking::<()>(|| Err(Error::invalid("no"))).await.unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Invalid);
+    }
+}
