@@ -35,21 +35,16 @@
 
 mod table;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use flowstate_api::canonical::{
-    check_compatible, write_canonical_snapshot, CanonicalSnapshot, SnapshotHeader, TtlFilter,
-};
+use flowstate_api::canonical::{check_compatible, write_canonical_snapshot, CanonicalSnapshot};
 use flowstate_api::codec::put_varint;
 use flowstate_api::{
-    next_backend_id, AsyncOutput, BackendCapabilities, CheckpointLocation, CurrentKey, Error, KeyGroupRange,
-    KeyVisitor, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, MapVisit, MapVisitor, PendingSnapshot, Result,
-    SharedClock, SharedSerializer, SnapshotOptions, StateId, StateMeta, StateReader, StateScope, StateTtlConfig,
-    StorageKind,
+    AsyncOutput, BackendBuilder, BackendCapabilities, BackendCore, CheckpointLocation, Error, KeyVisitor,
+    KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, MapVisit, MapVisitor, PendingSnapshot, Result,
+    SnapshotOptions, StateId, StateMeta, StateReader, StateScope, StorageKind,
 };
 
 use table::{
@@ -58,16 +53,11 @@ use table::{
 
 /// The in-memory keyed state backend.
 pub struct HeapBackend<K> {
-    id: u64,
-    config: KeyedBackendConfig<K>,
+    /// Config, current key and state registry.
+    core: BackendCore<K>,
+    /// The tables of each state, indexed by state id.
     states: Vec<HeapState>,
-    by_name: HashMap<String, StateId>,
-    /// The serialized current key.
-    current: CurrentKey,
-    /// `varint(len(key)) | key`, the prefix of every composite key.
-    key_prefix: Vec<u8>,
-    /// Index of the current key's key group within the range.
-    kg: Option<usize>,
+    /// The composite key of the current access.
     composite: Vec<u8>,
     /// States with incremental TTL cleanup that runs once per record.
     per_record_cleanup: Vec<StateId>,
@@ -76,11 +66,7 @@ pub struct HeapBackend<K> {
 
 impl<K> std::fmt::Debug for HeapBackend<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeapBackend")
-            .field("id", &self.id)
-            .field("key_group_range", &self.config.key_group_range)
-            .field("states", &self.states.iter().map(|s| &s.meta.name).collect::<Vec<_>>())
-            .finish()
+        f.debug_struct("HeapBackend").field("core", &self.core).finish()
     }
 }
 
@@ -93,15 +79,9 @@ impl<K> Drop for HeapBackend<K> {
 impl<K> HeapBackend<K> {
     /// An empty backend.
     pub fn new(config: KeyedBackendConfig<K>) -> Result<Self> {
-        config.validate()?;
         Ok(HeapBackend {
-            id: next_backend_id(),
-            config,
+            core: BackendCore::new(config)?,
             states: Vec::new(),
-            by_name: HashMap::new(),
-            current: CurrentKey::default(),
-            key_prefix: Vec::new(),
-            kg: None,
             composite: Vec::new(),
             per_record_cleanup: Vec::new(),
             closed: Arc::new(AtomicBool::new(false)),
@@ -125,7 +105,7 @@ impl<K> HeapBackend<K> {
     }
 
     async fn restore_handle(&mut self, handle: &KeyedStateHandle, reader: &dyn StateReader) -> Result<()> {
-        let range = self.config.key_group_range;
+        let range = self.core.key_group_range();
         let KeyedStateHandle::KeyGroups(h) = handle else {
             return Err(Error::unsupported(
                 "the heap backend restores canonical snapshots only; restore native RocksDB checkpoints into RocksDB or take a savepoint",
@@ -135,13 +115,15 @@ impl<K> HeapBackend<K> {
         if h.stream == flowstate_api::StreamStateHandle::Empty || overlap.is_empty() {
             return Ok(());
         }
-        let name = h.stream.describe();
-        let data = reader.read(&h.stream).await?;
-        let snapshot = CanonicalSnapshot::open(data, h, &name)?;
+        let name = h.describe();
+        // Only the header and the frames of the key groups this backend owns are read.
+        let (snapshot, _) = CanonicalSnapshot::read(reader, h, range, &name)
+            .await
+            .map_err(|e| e.context(format!("restoring key groups {}", h.range)))?;
         check_compatible(
             snapshot.header(),
-            &self.config.key_serializer.id(),
-            self.config.max_parallelism,
+            &self.core.key_serializer().id(),
+            self.core.max_parallelism(),
             &name,
         )?;
         let ids = snapshot
@@ -150,7 +132,7 @@ impl<K> HeapBackend<K> {
             .iter()
             .map(|meta| self.restored_state(meta, &name))
             .collect::<Result<Vec<_>>>()?;
-        let max = self.config.max_parallelism;
+        let max = self.core.max_parallelism();
         let mut scratch = Vec::new();
         for kg in overlap.iter() {
             let records = snapshot.key_group(kg)?;
@@ -167,208 +149,144 @@ impl<K> HeapBackend<K> {
 
     /// The id of the state a restored `meta` goes into, creating it if new.
     fn restored_state(&mut self, meta: &StateMeta, name: &str) -> Result<StateId> {
-        if let Some(&id) = self.by_name.get(&meta.name) {
-            let existing = &self.states[id as usize].meta;
-            if let Some(why) = existing.incompatibility(meta) {
-                return Err(Error::incompatible(format!(
-                    "snapshot {name}: state {:?} differs from the same state in another handle: {why}",
-                    meta.name
-                )));
-            }
-            return Ok(id);
-        }
-        let id = self.states.len() as StateId;
-        let groups = self.config.key_group_range.len() as usize;
-        self.states.push(HeapState::new(meta.clone(), None, false, groups));
-        self.by_name.insert(meta.name.clone(), id);
-        Ok(id)
+        self.restore_state(meta, &format!("snapshot {name}"))
     }
 
     /// Marks the backend closed: snapshots still in their async phase fail
     /// and discard what they wrote.
     pub fn close(self) {}
 
-    fn no_key() -> Error {
-        Error::invalid("no current key: call set_current_key before accessing state")
-    }
-
-    fn state_mut(&mut self, id: StateId) -> Result<&mut HeapState> {
+    /// The tables of state `id`.
+    fn tables(&mut self, id: StateId) -> Result<&mut HeapState> {
+        self.core.state(id)?;
         self.states
             .get_mut(id as usize)
-            .ok_or_else(|| Error::invalid(format!("no state with id {id}")))
+            .ok_or_else(|| Error::internal(format!("state {id} has no tables")))
     }
 
     /// Runs incremental TTL cleanup for `id` if configured, then returns the
-    /// state, the key-group index and the composite key of the current key
-    /// and the state's namespace.
+    /// state's tables and metadata, the key-group index and the composite
+    /// key of the current key and the state's namespace.
     #[inline]
-    fn target(&mut self, id: StateId) -> Result<(&mut HeapState, usize, &[u8])> {
-        let kg = self.kg.ok_or_else(Self::no_key)?;
-        let clock = &self.config.clock;
+    fn target(&mut self, id: StateId) -> Result<(&mut HeapState, &StateMeta, usize, &[u8])> {
+        let access = self.core.access(id)?;
+        let kg = (access.key_group - self.core.key_group_range().start()) as usize;
         let state = self
             .states
             .get_mut(id as usize)
-            .ok_or_else(|| Error::invalid(format!("no state with id {id}")))?;
-        if let Some(inc) = state.ttl.and_then(|t| t.cleanup().incremental) {
-            state.incremental_cleanup(clock.now_millis(), inc.entries_per_access);
+            .ok_or_else(|| Error::internal(format!("state {id} has no tables")))?;
+        if let Some(ttl) = access.state.ttl() {
+            if let Some(inc) = ttl.cleanup().incremental {
+                state.incremental_cleanup(ttl.ttl_millis(), self.core.clock().now_millis(), inc.entries_per_access);
+            }
         }
         self.composite.clear();
-        self.composite.extend_from_slice(&self.key_prefix);
-        self.composite.extend_from_slice(&state.namespace);
-        Ok((state, kg, &self.composite))
-    }
-
-    /// After the current key changed: its key-group index and prefix.
-    fn set_key_group(&mut self, kg: Result<u32>) -> Result<()> {
-        let kg = match kg {
-            Ok(kg) => kg,
-            Err(e) => {
-                self.kg = None;
-                return Err(e);
-            }
-        };
-        self.kg = Some((kg - self.config.key_group_range.start()) as usize);
-        let key = self.current.bytes().unwrap_or_default();
-        self.key_prefix.clear();
-        put_varint(&mut self.key_prefix, key.len() as u64);
-        self.key_prefix.extend_from_slice(key);
-        if !self.per_record_cleanup.is_empty() {
-            let now = self.config.clock.now_millis();
-            for &id in &self.per_record_cleanup {
-                let state = &mut self.states[id as usize];
-                if let Some(inc) = state.ttl.and_then(|t| t.cleanup().incremental) {
-                    state.incremental_cleanup(now, inc.entries_per_access);
-                }
-            }
-        }
-        Ok(())
+        put_varint(&mut self.composite, access.key.len() as u64);
+        self.composite.extend_from_slice(access.key);
+        self.composite.extend_from_slice(access.state.namespace());
+        Ok((state, access.state.meta(), kg, &self.composite))
     }
 }
 
+/// What the heap backend can do.
+fn heap_capabilities() -> BackendCapabilities {
+    BackendCapabilities::none().with_ttl_incremental_cleanup()
+}
+
 macro_rules! maps {
-    ($state:expr, $variant:ident, $storage:ident) => {
+    ($state:expr, $meta:expr, $variant:ident, $storage:ident) => {
         match &mut $state.table {
             Table::$variant(maps) => maps,
-            _ => return Err($state.wrong_kind(StorageKind::$storage)),
+            _ => return Err($meta.wrong_kind(StorageKind::$storage)),
         }
     };
 }
 
-impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
+impl<K> KeyedStateBackend for HeapBackend<K> {
     type Key = K;
 
-    fn backend_id(&self) -> u64 {
-        self.id
-    }
-
-    fn key_group_range(&self) -> KeyGroupRange {
-        self.config.key_group_range
-    }
-
-    fn max_parallelism(&self) -> u32 {
-        self.config.max_parallelism
-    }
-
-    fn key_serializer(&self) -> &SharedSerializer<K> {
-        &self.config.key_serializer
-    }
-
-    fn clock(&self) -> &SharedClock {
-        &self.config.clock
-    }
-
-    fn capabilities(&self) -> BackendCapabilities {
-        BackendCapabilities::none().with_ttl_incremental_cleanup()
-    }
-
-    fn register_state(&mut self, meta: StateMeta, ttl: Option<StateTtlConfig>) -> Result<StateId> {
-        flowstate_api::validate_state_name(&meta.name)?;
-        let id = match self.by_name.get(&meta.name) {
-            Some(&id) => {
-                let state = &mut self.states[id as usize];
-                if let Some(why) = meta.incompatibility(&state.meta) {
-                    let was = if state.registered { "registered" } else { "restored" };
-                    return Err(Error::incompatible(format!(
-                        "state {:?} was {was} differently: {why}",
-                        meta.name
-                    )));
-                }
-                state.registered = true;
-                state.ttl = ttl;
-                id
-            }
-            None => {
-                let id = self.states.len() as StateId;
-                let groups = self.config.key_group_range.len() as usize;
-                self.by_name.insert(meta.name.clone(), id);
-                self.states.push(HeapState::new(meta, ttl, true, groups));
-                id
-            }
-        };
-        let per_record = ttl
-            .and_then(|t| t.cleanup().incremental)
-            .is_some_and(|i| i.run_for_every_record);
-        self.per_record_cleanup.retain(|&s| s != id);
-        if per_record {
-            self.per_record_cleanup.push(id);
-        }
-        Ok(id)
-    }
-
-    fn states(&self) -> Vec<StateMeta> {
-        self.states.iter().map(|s| s.meta.clone()).collect()
+    #[inline]
+    fn core(&self) -> &BackendCore<K> {
+        &self.core
     }
 
     #[inline]
-    fn set_current_key(&mut self, key: &K) -> Result<()> {
-        let c = &self.config;
-        let kg = self
-            .current
-            .set(&c.key_serializer, key, c.key_group_range, c.max_parallelism);
-        self.set_key_group(kg)
+    fn core_mut(&mut self) -> &mut BackendCore<K> {
+        &mut self.core
     }
 
-    fn set_current_key_bytes(&mut self, key: &[u8]) -> Result<()> {
-        let c = &self.config;
-        let kg = self.current.set_bytes(key, c.key_group_range, c.max_parallelism);
-        self.set_key_group(kg)
+    fn capabilities(&self) -> BackendCapabilities {
+        heap_capabilities()
     }
 
-    fn current_key_bytes(&self) -> Option<&[u8]> {
-        self.current.bytes()
+    fn create_state_storage(&mut self, state: StateId, meta: &StateMeta) -> Result<()> {
+        if state as usize != self.states.len() {
+            return Err(Error::internal(format!(
+                "state {:?} would get id {state}, but the heap backend holds {} states",
+                meta.name,
+                self.states.len()
+            )));
+        }
+        let groups = self.core.key_group_range().len() as usize;
+        self.states.push(HeapState::new(meta.kind.storage(), groups));
+        Ok(())
     }
 
-    fn set_namespace_bytes(&mut self, state: StateId, namespace: &[u8]) -> Result<()> {
-        let s = self.state_mut(state)?;
-        s.namespace.clear();
-        s.namespace.extend_from_slice(namespace);
+    fn state_registered(&mut self, state: StateId) -> Result<()> {
+        let per_record = self
+            .core
+            .state(state)?
+            .ttl()
+            .and_then(|t| t.cleanup().incremental)
+            .is_some_and(|i| i.run_for_every_record);
+        self.per_record_cleanup.retain(|&s| s != state);
+        if per_record {
+            self.per_record_cleanup.push(state);
+        }
+        Ok(())
+    }
+
+    /// Runs the incremental TTL cleanup of the states that clean once per record.
+    #[inline]
+    fn current_key_changed(&mut self, _key_group: u32) -> Result<()> {
+        if !self.per_record_cleanup.is_empty() {
+            let now = self.core.clock().now_millis();
+            for &id in &self.per_record_cleanup {
+                let Some(ttl) = self.core.state(id)?.ttl() else {
+                    continue;
+                };
+                if let (Some(inc), Some(state)) = (ttl.cleanup().incremental, self.states.get_mut(id as usize)) {
+                    state.incremental_cleanup(ttl.ttl_millis(), now, inc.entries_per_access);
+                }
+            }
+        }
         Ok(())
     }
 
     #[inline]
-    fn raw_value_get(&mut self, state: StateId) -> Result<Option<Bytes>> {
-        let (s, kg, ck) = self.target(state)?;
-        Ok(maps!(s, Value, Value)[kg].get(ck).map(|v| Bytes::copy_from_slice(v)))
+    fn raw_value_get<R>(&mut self, state: StateId, f: impl FnOnce(Option<&[u8]>) -> Result<R>) -> Result<R> {
+        let (s, meta, kg, ck) = self.target(state)?;
+        f(maps!(s, meta, Value, Value)[kg].get(ck).map(|v| &v[..]))
     }
 
     #[inline]
-    fn raw_value_put(&mut self, state: StateId, value: Bytes) -> Result<()> {
-        let (s, kg, ck) = self.target(state)?;
-        let map = &mut maps!(s, Value, Value)[kg];
+    fn raw_value_put(&mut self, state: StateId, value: &[u8]) -> Result<()> {
+        let (s, meta, kg, ck) = self.target(state)?;
+        let map = &mut maps!(s, meta, Value, Value)[kg];
         match map.get_mut(ck) {
             Some(v) => {
                 v.clear();
-                v.extend_from_slice(&value);
+                v.extend_from_slice(value);
             }
             None => {
-                map.insert(CompositeKey::from_slice(ck), Inline::from_slice(&value));
+                map.insert(CompositeKey::from_slice(ck), Inline::from_slice(value));
             }
         }
         Ok(())
     }
 
     fn raw_clear(&mut self, state: StateId) -> Result<()> {
-        let (s, kg, ck) = self.target(state)?;
+        let (s, _, kg, ck) = self.target(state)?;
         match &mut s.table {
             Table::Value(m) => {
                 m[kg].remove(ck);
@@ -383,9 +301,10 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
         Ok(())
     }
 
-    fn raw_list_get(&mut self, state: StateId, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        let (s, kg, ck) = self.target(state)?;
-        if let Some(list) = maps!(s, List, List)[kg].get(ck) {
+    #[inline]
+    fn raw_list_get(&mut self, state: StateId, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let (s, meta, kg, ck) = self.target(state)?;
+        if let Some(list) = maps!(s, meta, List, List)[kg].get(ck) {
             for e in elements(list) {
                 f(e)?;
             }
@@ -394,75 +313,68 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
     }
 
     #[inline]
-    fn raw_list_append(&mut self, state: StateId, element: Bytes) -> Result<()> {
-        let (s, kg, ck) = self.target(state)?;
-        let map = &mut maps!(s, List, List)[kg];
-        match map.get_mut(ck) {
-            Some(list) => pack(Arc::make_mut(list), &element),
-            None => {
-                map.insert(CompositeKey::from_slice(ck), Arc::new(packed([&element[..]])));
-            }
-        }
-        Ok(())
-    }
-
-    fn raw_list_append_all(&mut self, state: StateId, elements: Vec<Bytes>) -> Result<()> {
+    fn raw_list_append_all<E: AsRef<[u8]>>(&mut self, state: StateId, elements: &[E]) -> Result<()> {
         if elements.is_empty() {
             return Ok(());
         }
-        let (s, kg, ck) = self.target(state)?;
-        let map = &mut maps!(s, List, List)[kg];
+        let (s, meta, kg, ck) = self.target(state)?;
+        let map = &mut maps!(s, meta, List, List)[kg];
         match map.get_mut(ck) {
             Some(list) => {
                 let list = Arc::make_mut(list);
-                for e in &elements {
-                    pack(list, e);
+                for e in elements {
+                    pack(list, e.as_ref());
                 }
             }
             None => {
                 map.insert(
                     CompositeKey::from_slice(ck),
-                    Arc::new(packed(elements.iter().map(|e| &e[..]))),
+                    Arc::new(packed(elements.iter().map(AsRef::as_ref))),
                 );
             }
         }
         Ok(())
     }
 
-    fn raw_list_replace(&mut self, state: StateId, elements: Vec<Bytes>) -> Result<()> {
-        let (s, kg, ck) = self.target(state)?;
-        let map = &mut maps!(s, List, List)[kg];
+    fn raw_list_replace<E: AsRef<[u8]>>(&mut self, state: StateId, elements: &[E]) -> Result<()> {
+        let (s, meta, kg, ck) = self.target(state)?;
+        let map = &mut maps!(s, meta, List, List)[kg];
         if elements.is_empty() {
             map.remove(ck);
         } else {
             map.insert(
                 CompositeKey::from_slice(ck),
-                Arc::new(packed(elements.iter().map(|e| &e[..]))),
+                Arc::new(packed(elements.iter().map(AsRef::as_ref))),
             );
         }
         Ok(())
     }
 
     #[inline]
-    fn raw_map_get(&mut self, state: StateId, user_key: &[u8]) -> Result<Option<Bytes>> {
-        let (s, kg, ck) = self.target(state)?;
-        Ok(maps!(s, Map, Map)[kg]
+    fn raw_map_get<R>(
+        &mut self,
+        state: StateId,
+        user_key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> Result<R>,
+    ) -> Result<R> {
+        let (s, meta, kg, ck) = self.target(state)?;
+        f(maps!(s, meta, Map, Map)[kg]
             .get(ck)
             .and_then(|m| m.get(user_key))
-            .map(|v| Bytes::copy_from_slice(v)))
+            .map(|v| &v[..]))
     }
 
     #[inline]
-    fn raw_map_put(&mut self, state: StateId, user_key: Bytes, value: Bytes) -> Result<()> {
-        let (s, kg, ck) = self.target(state)?;
-        let map = &mut maps!(s, Map, Map)[kg];
+    fn raw_map_put(&mut self, state: StateId, user_key: &[u8], value: &[u8]) -> Result<()> {
+        let (s, meta, kg, ck) = self.target(state)?;
+        let map = &mut maps!(s, meta, Map, Map)[kg];
         match map.get_mut(ck) {
             Some(m) => {
-                Arc::make_mut(m).insert(Inline::from_slice(&user_key), Inline::from_slice(&value));
+                Arc::make_mut(m).insert(Inline::from_slice(user_key), Inline::from_slice(value));
             }
             None => {
                 let mut m = std::collections::BTreeMap::new();
-                m.insert(Inline::from_slice(&user_key), Inline::from_slice(&value));
+                m.insert(Inline::from_slice(user_key), Inline::from_slice(value));
                 map.insert(CompositeKey::from_slice(ck), Arc::new(m));
             }
         }
@@ -470,8 +382,8 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
     }
 
     fn raw_map_remove(&mut self, state: StateId, user_key: &[u8]) -> Result<()> {
-        let (s, kg, ck) = self.target(state)?;
-        let map = &mut maps!(s, Map, Map)[kg];
+        let (s, meta, kg, ck) = self.target(state)?;
+        let map = &mut maps!(s, meta, Map, Map)[kg];
         let now_empty = match map.get_mut(ck) {
             Some(m) if m.contains_key(user_key) => {
                 Arc::make_mut(m).remove(user_key);
@@ -485,14 +397,9 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
         Ok(())
     }
 
-    fn raw_map_is_empty(&mut self, state: StateId) -> Result<bool> {
-        let (s, kg, ck) = self.target(state)?;
-        Ok(maps!(s, Map, Map)[kg].get(ck).is_none_or(|m| m.is_empty()))
-    }
-
     fn raw_map_for_each(&mut self, state: StateId, f: &mut MapVisitor<'_>) -> Result<()> {
-        let (s, kg, ck) = self.target(state)?;
-        let map = &mut maps!(s, Map, Map)[kg];
+        let (s, meta, kg, ck) = self.target(state)?;
+        let map = &mut maps!(s, meta, Map, Map)[kg];
         let Some(user_map) = map.get(ck) else { return Ok(()) };
         // Iterate a frozen view (an Arc clone); removals go to the live map.
         let frozen = Arc::clone(user_map);
@@ -524,8 +431,7 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
     }
 
     fn raw_for_each_key(&mut self, state: StateId, namespace: Option<&[u8]>, f: &mut KeyVisitor<'_>) -> Result<()> {
-        let s = self.state_mut(state)?;
-        s.table.for_each_composite(|ck| {
+        self.tables(state)?.table.for_each_composite(|ck| {
             let (key, ns) = split_composite(ck)?;
             if namespace.is_none_or(|want| want == ns) {
                 f(key, ns)?;
@@ -535,7 +441,7 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
     }
 
     fn raw_entry_count(&mut self, state: StateId) -> Result<u64> {
-        Ok(self.state_mut(state)?.table.len())
+        Ok(self.tables(state)?.table.len())
     }
 
     fn snapshot(
@@ -546,30 +452,17 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
     ) -> Result<PendingSnapshot> {
         let started = Instant::now();
         let _span = tracing::info_span!("snapshot_sync", checkpoint_id, backend = "heap").entered();
-        let range = self.config.key_group_range;
-        let header = SnapshotHeader {
-            range,
-            max_parallelism: self.config.max_parallelism,
-            key_serializer: self.config.key_serializer.id(),
-            states: self.states.iter().map(|s| s.meta.clone()).collect(),
-            compressed: options.compression.is_some(),
-        };
-        let filter = TtlFilter {
-            ttl_millis: self
-                .states
-                .iter()
-                .map(|s| s.ttl.filter(|t| t.cleanup().full_snapshot).map(|t| t.ttl_millis()))
-                .collect(),
-            now: self.config.clock.now_millis(),
-        };
-        let mut source = FrozenTables {
+        let range = self.core.key_group_range();
+        let header = self.core.snapshot_header(options.compression.is_some());
+        let filter = self.core.ttl_filter();
+        let source = FrozenTables {
             tables: self.states.iter().map(|s| s.table.clone()).collect(),
             first_key_group: range.start(),
             closed: Arc::clone(&self.closed),
         };
         let phase = async move {
             let stream = location.create_output_stream(StateScope::Exclusive).await?;
-            let written = write_canonical_snapshot(&header, &mut source, filter, stream, options.compression)
+            let written = write_canonical_snapshot(&header, source, filter, stream, options.compression)
                 .await
                 .map_err(|e| e.context(format!("checkpoint {checkpoint_id}")))?;
             Ok(AsyncOutput {
@@ -579,5 +472,47 @@ impl<K: 'static> KeyedStateBackend for HeapBackend<K> {
             })
         };
         Ok(PendingSnapshot::new(checkpoint_id, started, phase))
+    }
+}
+
+/// Builds and restores [`HeapBackend`]s: the heap backend's [`BackendBuilder`].
+///
+/// ```
+/// use flowstate_api::*;
+/// use flowstate_heap::HeapBackendBuilder;
+///
+/// # fn main() -> Result<()> {
+/// let config = KeyedBackendConfig::<u64>::new(KeyGroupRange::all(128)?, 128);
+/// let mut backend = HeapBackendBuilder.build(config)?;
+/// let count = backend.register(ValueStateDescriptor::<u64>::new("count"))?;
+/// backend.set_current_key(&7)?;
+/// backend.update(&count, 1)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeapBackendBuilder;
+
+impl BackendBuilder for HeapBackendBuilder {
+    type Backend<K: 'static> = HeapBackend<K>;
+
+    fn name(&self) -> &str {
+        "heap"
+    }
+
+    fn capabilities(&self) -> BackendCapabilities {
+        heap_capabilities()
+    }
+
+    fn build<K: 'static>(&self, config: KeyedBackendConfig<K>) -> Result<HeapBackend<K>> {
+        HeapBackend::new(config)
+    }
+
+    async fn restore<K: 'static>(
+        &self,
+        config: KeyedBackendConfig<K>,
+        handles: &[KeyedStateHandle],
+        reader: Arc<dyn StateReader>,
+    ) -> Result<HeapBackend<K>> {
+        HeapBackend::restore(config, handles, &*reader).await
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use flowstate_api::canonical::{KeyGroupSource, KeyGroupWriter, Record};
 use flowstate_api::codec::{put_bytes, put_varint, Reader};
 use flowstate_api::ttl::{is_expired, split_ttl_value};
-use flowstate_api::{Error, ErrorKind, Result, StateMeta, StateTtlConfig, StorageKind};
+use flowstate_api::{Error, ErrorKind, Result, StorageKind};
 
 /// A composite key, stored inline in the map node when it is short (so
 /// comparing keys touches no other memory).
@@ -129,46 +129,24 @@ pub(crate) fn split_composite(composite: &[u8]) -> Result<(&[u8], &[u8])> {
     Ok((key, ns))
 }
 
-/// One registered or restored state.
+/// The tables of one registered or restored state (its metadata, TTL
+/// config and namespace are in the backend's core).
 pub(crate) struct HeapState {
-    pub(crate) meta: StateMeta,
-    pub(crate) ttl: Option<StateTtlConfig>,
-    /// True once registered in this run; false while only restored.
-    pub(crate) registered: bool,
-    pub(crate) namespace: Vec<u8>,
     pub(crate) table: Table,
     pub(crate) cleanup: CleanupCursor,
 }
 
 impl HeapState {
-    pub(crate) fn new(meta: StateMeta, ttl: Option<StateTtlConfig>, registered: bool, key_groups: usize) -> Self {
-        let table = Table::new(meta.kind.storage(), key_groups);
+    pub(crate) fn new(kind: StorageKind, key_groups: usize) -> Self {
         HeapState {
-            meta,
-            ttl,
-            registered,
-            namespace: Vec::new(),
-            table,
+            table: Table::new(kind, key_groups),
             cleanup: CleanupCursor::default(),
         }
     }
 
-    pub(crate) fn wrong_kind(&self, wanted: StorageKind) -> Error {
-        Error::new(
-            ErrorKind::Internal,
-            format!(
-                "state {:?} is a {} state, accessed as {wanted:?} storage",
-                self.meta.name, self.meta.kind
-            ),
-        )
-    }
-
-    /// Removes up to `budget` expired entries, walking the table a key group
-    /// at a time (TTL incremental cleanup).
-    pub(crate) fn incremental_cleanup(&mut self, now: u64, budget: u32) {
-        let Some(ttl) = self.ttl.map(|t| t.ttl_millis()) else {
-            return;
-        };
+    /// Removes up to `budget` entries expired under `ttl` (milliseconds),
+    /// walking the table a key group at a time (TTL incremental cleanup).
+    pub(crate) fn incremental_cleanup(&mut self, ttl: u64, now: u64, budget: u32) {
         let key_groups = match &self.table {
             Table::Value(m) => m.len(),
             Table::List(m) => m.len(),

@@ -85,6 +85,18 @@ pub fn pack(out: &mut Vec<u8>, element: &[u8]) {
     out.extend_from_slice(element);
 }
 
+/// Calls `f` with each element of a packed list, in order (nothing is
+/// collected); `what` names the state in errors.
+#[inline]
+pub fn for_each_element(packed: &[u8], what: &str, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    let mut r = Reader::new(packed);
+    while !r.is_empty() {
+        f(r.bytes("list element")
+            .map_err(|e| e.context(format!("state {what}: malformed list")))?)?;
+    }
+    Ok(())
+}
+
 /// The elements of a packed list; `what` names the state in errors.
 pub fn elements<'a>(packed: &'a [u8], what: &str) -> Result<Vec<&'a [u8]>> {
     let mut r = Reader::new(packed);

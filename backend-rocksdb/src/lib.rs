@@ -43,16 +43,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use flowstate_api::{
-    next_backend_id, BackendCapabilities, CheckpointLocation, CurrentKey, Error, HandleFile, KeyGroupRange, KeyVisitor,
-    KeyedBackendConfig, KeyedStateBackend, MapVisit, MapVisitor, PendingSnapshot, Result, SharedClock,
-    SharedSerializer, SnapshotOptions, StateId, StateMeta, StateTtlConfig, StorageKind,
+    BackendBuilder, BackendCapabilities, BackendCore, CheckpointLocation, Error, HandleFile, KeyVisitor,
+    KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, MapVisit, MapVisitor, PendingSnapshot, Result,
+    SnapshotOptions, StateId, StateMeta, StateReader, StorageKind,
 };
 use rocksdb::{ColumnFamilyDescriptor, WriteBatch, WriteOptions, DB};
 
 use instance::InstanceDir;
-use keys::{decode_key, elements, key_part, pack, prefix_end, put_namespace};
+use keys::{decode_key, for_each_element, key_part, pack, prefix_end, put_namespace};
 pub use options::{
     LocalRecovery, RocksDbOptions, DEFAULT_BLOCK_CACHE, DEFAULT_UPLOAD_CONCURRENCY, DEFAULT_WRITE_BUFFER,
 };
@@ -67,27 +66,16 @@ pub(crate) fn db_err(what: impl std::fmt::Display) -> impl FnOnce(rocksdb::Error
     move |e| error::from_rocksdb(what, e)
 }
 
-/// A state: its column family and current namespace.
+/// A state's storage: its column family (its metadata, TTL config and
+/// namespace are in the backend's core).
 pub(crate) struct RState {
-    pub(crate) meta: StateMeta,
     pub(crate) cf: String,
-    pub(crate) ttl: Option<StateTtlConfig>,
     pub(crate) ttl_slot: Arc<TtlSlot>,
-    pub(crate) registered: bool,
-    namespace: Vec<u8>,
 }
 
 /// The column family name of a state.
 pub(crate) fn cf_name(state: &str) -> String {
     format!("s:{state}")
-}
-
-/// The key of a map entry: the (key, namespace) prefix and the user key.
-fn map_key(prefix: &[u8], user_key: &[u8]) -> Vec<u8> {
-    let mut full = Vec::with_capacity(prefix.len() + user_key.len());
-    full.extend_from_slice(prefix);
-    full.extend_from_slice(user_key);
-    full
 }
 
 /// What incremental checkpoints may reuse. A new checkpoint reuses a shared
@@ -112,8 +100,8 @@ pub(crate) struct Uploads {
 
 /// The RocksDB keyed state backend.
 pub struct RocksDbBackend<K> {
-    id: u64,
-    config: KeyedBackendConfig<K>,
+    /// Config, current key and state registry.
+    pub(crate) core: BackendCore<K>,
     options: RocksDbOptions,
     resources: Arc<Resources>,
     pub(crate) db: DB,
@@ -122,14 +110,13 @@ pub struct RocksDbBackend<K> {
     /// pointers to their compaction filters, so they outlive the database
     /// (fields drop in order, `db` first).
     cf_options: Vec<rocksdb::Options>,
+    /// The column family of each state, indexed by state id.
     pub(crate) states: Vec<RState>,
-    by_name: HashMap<String, StateId>,
     write: WriteOptions,
-    current: CurrentKey,
-    /// `kg | varint(len key) | key`.
-    key_part: Vec<u8>,
-    kg: Option<u32>,
+    /// The RocksDB key of the current access.
     composite: Vec<u8>,
+    /// The merge operand of the current list append.
+    operand: Vec<u8>,
     pub(crate) uploads: Arc<Mutex<Uploads>>,
     pub(crate) closed: Arc<AtomicBool>,
     restore_stats: RestoreStats,
@@ -138,10 +125,8 @@ pub struct RocksDbBackend<K> {
 impl<K> std::fmt::Debug for RocksDbBackend<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RocksDbBackend")
-            .field("id", &self.id)
-            .field("key_group_range", &self.config.key_group_range)
+            .field("core", &self.core)
             .field("dir", &self.instance.path())
-            .field("states", &self.states.iter().map(|s| &s.meta.name).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -171,8 +156,9 @@ impl<K> RocksDbBackend<K> {
         existing: Option<&Path>,
         metas: &[StateMeta],
     ) -> Result<Self> {
-        config.validate()?;
-        if config.max_parallelism > 1 << 15 {
+        let mut core = BackendCore::new(config)?;
+        options.validate()?;
+        if core.max_parallelism() > 1 << 15 {
             return Err(Error::invalid(
                 "the RocksDB backend supports max parallelism up to 32768",
             ));
@@ -185,9 +171,8 @@ impl<K> RocksDbBackend<K> {
         if let Some(src) = existing {
             std::fs::rename(src, &db_dir).map_err(|e| Error::io(db_dir.display(), e))?;
         }
-        let resources = Arc::new(Resources::new(&options, config.clock.clone()));
+        let resources = Arc::new(Resources::new(&options, core.clock().clone()));
         let mut states = Vec::new();
-        let mut by_name = HashMap::new();
         let mut cfs = Vec::new();
         for meta in metas {
             let slot = Arc::new(TtlSlot::default());
@@ -195,14 +180,10 @@ impl<K> RocksDbBackend<K> {
                 cf_name(&meta.name),
                 resources.cf_options(meta.kind.storage(), Arc::clone(&slot)),
             ));
-            by_name.insert(meta.name.clone(), states.len() as StateId);
+            core.add_state(meta.clone());
             states.push(RState {
-                meta: meta.clone(),
                 cf: cf_name(&meta.name),
-                ttl: None,
                 ttl_slot: slot,
-                registered: false,
-                namespace: Vec::new(),
             });
         }
         let db = DB::open_cf_descriptors(&resources.db_options(), &db_dir, cfs)
@@ -211,20 +192,16 @@ impl<K> RocksDbBackend<K> {
         // Checkpoints are the durability: no write-ahead log.
         write.disable_wal(true);
         Ok(RocksDbBackend {
-            id: next_backend_id(),
-            config,
+            core,
             options,
             resources,
             db,
             instance,
             cf_options: Vec::new(),
             states,
-            by_name,
             write,
-            current: CurrentKey::default(),
-            key_part: Vec::new(),
-            kg: None,
             composite: Vec::new(),
+            operand: Vec::new(),
             uploads: Arc::default(),
             closed: Arc::new(AtomicBool::new(false)),
             restore_stats: RestoreStats::default(),
@@ -262,92 +239,47 @@ impl<K> RocksDbBackend<K> {
     pub(crate) fn cf(&self, s: &RState) -> Result<&rocksdb::ColumnFamily> {
         self.db
             .cf_handle(&s.cf)
-            .ok_or_else(|| Error::internal(format!("state {:?} has no column family", s.meta.name)))
+            .ok_or_else(|| Error::internal(format!("column family {:?} is missing", s.cf)))
     }
 
-    /// The id of state `meta`, creating its column family if new.
-    pub(crate) fn ensure_state(&mut self, meta: &StateMeta) -> Result<StateId> {
-        if let Some(&id) = self.by_name.get(&meta.name) {
-            return Ok(id);
-        }
-        let slot = Arc::new(TtlSlot::default());
-        let cf = cf_name(&meta.name);
-        let options = self.resources.cf_options(meta.kind.storage(), Arc::clone(&slot));
-        self.db
-            .create_cf(&cf, &options)
-            .map_err(db_err(format!("creating the column family of state {:?}", meta.name)))?;
-        self.cf_options.push(options);
-        let id = self.states.len() as StateId;
-        self.by_name.insert(meta.name.clone(), id);
-        self.states.push(RState {
-            meta: meta.clone(),
-            cf,
-            ttl: None,
-            ttl_slot: slot,
-            registered: false,
-            namespace: Vec::new(),
-        });
-        Ok(id)
-    }
-
-    fn state(&self, id: StateId) -> Result<&RState> {
-        self.states
-            .get(id as usize)
-            .ok_or_else(|| Error::invalid(format!("no state with id {id}")))
-    }
-
-    /// Builds the RocksDB key of the current key and state `id`'s namespace.
-    #[inline]
-    fn build(&mut self, id: StateId) -> Result<()> {
-        if self.kg.is_none() {
-            return Err(Error::invalid(
-                "no current key: call set_current_key before accessing state",
-            ));
-        }
+    /// State `id`'s storage, column family and metadata.
+    fn state_cf(&self, id: StateId) -> Result<(&RState, &rocksdb::ColumnFamily, &StateMeta)> {
+        let meta = self.core.state(id)?.meta();
         let s = self
             .states
             .get(id as usize)
-            .ok_or_else(|| Error::invalid(format!("no state with id {id}")))?;
-        self.composite.clear();
-        self.composite.extend_from_slice(&self.key_part);
-        put_namespace(&mut self.composite, &s.namespace);
-        Ok(())
+            .ok_or_else(|| Error::internal(format!("state {id} has no column family")))?;
+        Ok((s, self.cf(s)?, meta))
     }
 
-    /// The state, its column family and the key [`build`](Self::build) made.
+    /// Builds the RocksDB key of the current key, state `id`'s namespace
+    /// and `user_key` (empty but for map entries).
     #[inline]
-    fn view(&self, id: StateId) -> Result<(&RState, &rocksdb::ColumnFamily, &[u8])> {
-        let s = self.state(id)?;
-        Ok((s, self.cf(s)?, &self.composite))
-    }
-
-    /// After the current key changed: its key prefix.
-    fn set_key_group(&mut self, kg: Result<u32>) -> Result<()> {
-        let kg = match kg {
-            Ok(kg) => kg,
-            Err(e) => {
-                self.kg = None;
-                return Err(e);
-            }
-        };
-        self.kg = Some(kg);
-        key_part(&mut self.key_part, kg, self.current.bytes().unwrap_or_default());
+    fn build(&mut self, id: StateId, user_key: &[u8]) -> Result<()> {
+        let access = self.core.access(id)?;
+        key_part(&mut self.composite, access.key_group, access.key);
+        put_namespace(&mut self.composite, access.state.namespace());
+        self.composite.extend_from_slice(user_key);
         Ok(())
     }
 
-    fn wrong_kind(s: &RState, want: StorageKind) -> Error {
-        Error::invalid(format!(
-            "state {:?} is {:?} state, not {want:?}",
-            s.meta.name,
-            s.meta.kind.storage()
-        ))
+    /// The state's metadata, its column family and the key
+    /// [`build`](Self::build) made.
+    #[inline]
+    fn view(&self, id: StateId) -> Result<(&StateMeta, &rocksdb::ColumnFamily, &[u8])> {
+        let (_, cf, meta) = self.state_cf(id)?;
+        Ok((meta, cf, &self.composite))
     }
 
-    fn check_kind(s: &RState, want: StorageKind) -> Result<()> {
-        if s.meta.kind.storage() == want {
+    fn wrong_kind(meta: &StateMeta, want: StorageKind) -> Error {
+        meta.wrong_kind(want)
+    }
+
+    fn check_kind(meta: &StateMeta, want: StorageKind) -> Result<()> {
+        if meta.kind.storage() == want {
             Ok(())
         } else {
-            Err(Self::wrong_kind(s, want))
+            Err(Self::wrong_kind(meta, want))
         }
     }
 
@@ -375,127 +307,88 @@ impl<K> RocksDbBackend<K> {
     }
 }
 
-impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
+impl<K> KeyedStateBackend for RocksDbBackend<K> {
     type Key = K;
 
-    fn backend_id(&self) -> u64 {
-        self.id
-    }
-
-    fn key_group_range(&self) -> KeyGroupRange {
-        self.config.key_group_range
-    }
-
-    fn max_parallelism(&self) -> u32 {
-        self.config.max_parallelism
-    }
-
-    fn key_serializer(&self) -> &SharedSerializer<K> {
-        &self.config.key_serializer
-    }
-
-    fn clock(&self) -> &SharedClock {
-        &self.config.clock
-    }
-
-    fn capabilities(&self) -> BackendCapabilities {
-        let c = BackendCapabilities::none().with_ttl_compaction_filter();
-        let c = if self.options.incremental {
-            c.with_incremental_checkpoints()
-        } else {
-            c
-        };
-        if self.options.local_recovery.is_some() {
-            c.with_local_recovery()
-        } else {
-            c
-        }
-    }
-
-    fn register_state(&mut self, meta: StateMeta, ttl: Option<StateTtlConfig>) -> Result<StateId> {
-        flowstate_api::validate_state_name(&meta.name)?;
-        if let Some(&id) = self.by_name.get(&meta.name) {
-            let state = &self.states[id as usize];
-            if let Some(why) = meta.incompatibility(&state.meta) {
-                let was = if state.registered { "registered" } else { "restored" };
-                return Err(Error::incompatible(format!(
-                    "state {:?} was {was} differently: {why}",
-                    meta.name
-                )));
-            }
-        }
-        let id = self.ensure_state(&meta)?;
-        let s = &mut self.states[id as usize];
-        s.registered = true;
-        s.ttl = ttl;
-        let filter_ttl = ttl
-            .filter(|t| t.cleanup().compaction_filter.is_some())
-            .map_or(0, |t| t.ttl_millis().max(1));
-        s.ttl_slot.set(filter_ttl);
-        Ok(id)
-    }
-
-    fn states(&self) -> Vec<StateMeta> {
-        self.states.iter().map(|s| s.meta.clone()).collect()
+    #[inline]
+    fn core(&self) -> &BackendCore<K> {
+        &self.core
     }
 
     #[inline]
-    fn set_current_key(&mut self, key: &K) -> Result<()> {
-        let c = &self.config;
-        let kg = self
-            .current
-            .set(&c.key_serializer, key, c.key_group_range, c.max_parallelism);
-        self.set_key_group(kg)
+    fn core_mut(&mut self) -> &mut BackendCore<K> {
+        &mut self.core
     }
 
-    fn set_current_key_bytes(&mut self, key: &[u8]) -> Result<()> {
-        let c = &self.config;
-        let kg = self.current.set_bytes(key, c.key_group_range, c.max_parallelism);
-        self.set_key_group(kg)
+    fn capabilities(&self) -> BackendCapabilities {
+        capabilities_of(&self.options)
     }
 
-    fn current_key_bytes(&self) -> Option<&[u8]> {
-        self.current.bytes()
-    }
-
-    fn set_namespace_bytes(&mut self, state: StateId, namespace: &[u8]) -> Result<()> {
-        let s = self
-            .states
-            .get_mut(state as usize)
-            .ok_or_else(|| Error::invalid(format!("no state with id {state}")))?;
-        s.namespace.clear();
-        s.namespace.extend_from_slice(namespace);
+    fn create_state_storage(&mut self, state: StateId, meta: &StateMeta) -> Result<()> {
+        if state as usize != self.states.len() {
+            return Err(Error::internal(format!(
+                "state {:?} would get id {state}, but the RocksDB backend holds {} states",
+                meta.name,
+                self.states.len()
+            )));
+        }
+        let slot = Arc::new(TtlSlot::default());
+        let cf = cf_name(&meta.name);
+        let options = self.resources.cf_options(meta.kind.storage(), Arc::clone(&slot));
+        self.db
+            .create_cf(&cf, &options)
+            .map_err(db_err(format!("creating the column family of state {:?}", meta.name)))?;
+        self.cf_options.push(options);
+        self.states.push(RState { cf, ttl_slot: slot });
         Ok(())
     }
 
-    fn raw_value_get(&mut self, state: StateId) -> Result<Option<Bytes>> {
-        self.build(state)?;
-        let (s, cf, k) = self.view(state)?;
-        Self::check_kind(s, StorageKind::Value)?;
+    /// Hands the state's TTL to its compaction filter.
+    fn state_registered(&mut self, state: StateId) -> Result<()> {
+        let filter_ttl = self
+            .core
+            .state(state)?
+            .ttl()
+            .filter(|t| t.cleanup().compaction_filter.is_some())
+            .map_or(0, |t| t.ttl_millis().max(1));
+        self.states
+            .get(state as usize)
+            .ok_or_else(|| Error::internal(format!("state {state} has no column family")))?
+            .ttl_slot
+            .set(filter_ttl);
+        Ok(())
+    }
+
+    #[inline]
+    fn raw_value_get<R>(&mut self, state: StateId, f: impl FnOnce(Option<&[u8]>) -> Result<R>) -> Result<R> {
+        self.build(state, &[])?;
+        let (meta, cf, k) = self.view(state)?;
+        Self::check_kind(meta, StorageKind::Value)?;
         let v = self
             .db
             .get_pinned_cf(cf, k)
-            .map_err(db_err(format_args!("reading state {:?}", s.meta.name)))?;
-        Ok(v.map(|v| Bytes::copy_from_slice(&v)))
+            .map_err(db_err(format_args!("reading state {:?}", meta.name)))?;
+        f(v.as_deref())
     }
 
-    fn raw_value_put(&mut self, state: StateId, value: Bytes) -> Result<()> {
-        self.build(state)?;
-        let (s, cf, k) = self.view(state)?;
-        Self::check_kind(s, StorageKind::Value)?;
+    #[inline]
+    fn raw_value_put(&mut self, state: StateId, value: &[u8]) -> Result<()> {
+        self.build(state, &[])?;
+        let (meta, cf, k) = self.view(state)?;
+        Self::check_kind(meta, StorageKind::Value)?;
         self.db
-            .put_cf_opt(cf, k, &value, &self.write)
-            .map_err(db_err(format_args!("writing state {:?}", s.meta.name)))
+            .put_cf_opt(cf, k, value, &self.write)
+            .map_err(db_err(format_args!("writing state {:?}", meta.name)))
     }
 
     fn raw_clear(&mut self, state: StateId) -> Result<()> {
-        self.build(state)?;
-        let (s, cf, k) = self.view(state)?;
-        match s.meta.kind.storage() {
+        self.build(state, &[])?;
+        let (meta, cf, k) = self.view(state)?;
+        match meta.kind.storage() {
             StorageKind::Value | StorageKind::List => self
                 .db
                 .delete_cf_opt(cf, k, &self.write)
-                .map_err(db_err(format_args!("clearing state {:?}", s.meta.name))),
+                .map_err(db_err(format_args!("clearing state {:?}", meta.name))),
             StorageKind::Map => {
                 let mut batch = WriteBatch::default();
                 match prefix_end(k) {
@@ -504,112 +397,110 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
                 }
                 self.db
                     .write_opt(batch, &self.write)
-                    .map_err(db_err(format_args!("clearing map state {:?}", s.meta.name)))
+                    .map_err(db_err(format_args!("clearing map state {:?}", meta.name)))
             }
         }
     }
 
-    fn raw_list_get(&mut self, state: StateId, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        self.build(state)?;
-        let (s, cf, k) = self.view(state)?;
-        Self::check_kind(s, StorageKind::List)?;
-        let name = s.meta.name.clone();
+    #[inline]
+    fn raw_list_get(&mut self, state: StateId, f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        self.build(state, &[])?;
+        let (meta, cf, k) = self.view(state)?;
+        Self::check_kind(meta, StorageKind::List)?;
         if let Some(v) = self
             .db
             .get_pinned_cf(cf, k)
-            .map_err(db_err(format_args!("reading list state {name:?}")))?
+            .map_err(db_err(format_args!("reading list state {:?}", meta.name)))?
         {
-            for e in elements(&v, &name)? {
-                f(e)?;
-            }
+            for_each_element(&v, &meta.name, f)?;
         }
         Ok(())
     }
 
-    fn raw_list_append(&mut self, state: StateId, element: Bytes) -> Result<()> {
-        self.build(state)?;
-        let (s, cf, k) = self.view(state)?;
-        Self::check_kind(s, StorageKind::List)?;
-        let mut op = Vec::with_capacity(element.len() + 2);
-        pack(&mut op, &element);
-        self.db
-            .merge_cf_opt(cf, k, op, &self.write)
-            .map_err(db_err(format_args!("appending to list state {:?}", s.meta.name)))
-    }
-
-    fn raw_list_append_all(&mut self, state: StateId, elements: Vec<Bytes>) -> Result<()> {
+    /// One merge operand holding every element.
+    #[inline]
+    fn raw_list_append_all<E: AsRef<[u8]>>(&mut self, state: StateId, elements: &[E]) -> Result<()> {
         if elements.is_empty() {
             return Ok(());
         }
-        self.build(state)?;
-        let (s, cf, k) = self.view(state)?;
-        Self::check_kind(s, StorageKind::List)?;
-        let mut op = Vec::new();
-        for e in &elements {
-            pack(&mut op, e);
+        self.build(state, &[])?;
+        let mut op = std::mem::take(&mut self.operand);
+        let (meta, cf, k) = self.view(state)?;
+        Self::check_kind(meta, StorageKind::List)?;
+        op.clear();
+        for e in elements {
+            pack(&mut op, e.as_ref());
         }
-        self.db
-            .merge_cf_opt(cf, k, op, &self.write)
-            .map_err(db_err(format_args!("appending to list state {:?}", s.meta.name)))
+        let result = self
+            .db
+            .merge_cf_opt(cf, k, &op, &self.write)
+            .map_err(db_err(format_args!("appending to list state {:?}", meta.name)));
+        self.operand = op;
+        result
     }
 
-    fn raw_list_replace(&mut self, state: StateId, elements: Vec<Bytes>) -> Result<()> {
-        self.build(state)?;
-        let (s, cf, k) = self.view(state)?;
-        Self::check_kind(s, StorageKind::List)?;
+    fn raw_list_replace<E: AsRef<[u8]>>(&mut self, state: StateId, elements: &[E]) -> Result<()> {
+        self.build(state, &[])?;
+        let (meta, cf, k) = self.view(state)?;
+        Self::check_kind(meta, StorageKind::List)?;
         if elements.is_empty() {
             return self
                 .db
                 .delete_cf_opt(cf, k, &self.write)
-                .map_err(db_err(format_args!("clearing list state {:?}", s.meta.name)));
+                .map_err(db_err(format_args!("clearing list state {:?}", meta.name)));
         }
         let mut v = Vec::new();
-        for e in &elements {
-            pack(&mut v, e);
+        for e in elements {
+            pack(&mut v, e.as_ref());
         }
         self.db
             .put_cf_opt(cf, k, v, &self.write)
-            .map_err(db_err(format_args!("writing list state {:?}", s.meta.name)))
+            .map_err(db_err(format_args!("writing list state {:?}", meta.name)))
     }
 
-    fn raw_map_get(&mut self, state: StateId, user_key: &[u8]) -> Result<Option<Bytes>> {
-        self.build(state)?;
-        let (s, cf, k) = self.view(state)?;
-        Self::check_kind(s, StorageKind::Map)?;
-        let full = map_key(k, user_key);
+    #[inline]
+    fn raw_map_get<R>(
+        &mut self,
+        state: StateId,
+        user_key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> Result<R>,
+    ) -> Result<R> {
+        self.build(state, user_key)?;
+        let (meta, cf, k) = self.view(state)?;
+        Self::check_kind(meta, StorageKind::Map)?;
         let v = self
             .db
-            .get_pinned_cf(cf, &full)
-            .map_err(db_err(format_args!("reading an entry of map state {:?}", s.meta.name)))?;
-        Ok(v.map(|v| Bytes::copy_from_slice(&v)))
+            .get_pinned_cf(cf, k)
+            .map_err(db_err(format_args!("reading an entry of map state {:?}", meta.name)))?;
+        f(v.as_deref())
     }
 
-    fn raw_map_put(&mut self, state: StateId, user_key: Bytes, value: Bytes) -> Result<()> {
-        self.build(state)?;
-        let (s, cf, k) = self.view(state)?;
-        Self::check_kind(s, StorageKind::Map)?;
-        let full = map_key(k, &user_key);
+    #[inline]
+    fn raw_map_put(&mut self, state: StateId, user_key: &[u8], value: &[u8]) -> Result<()> {
+        self.build(state, user_key)?;
+        let (meta, cf, k) = self.view(state)?;
+        Self::check_kind(meta, StorageKind::Map)?;
         self.db
-            .put_cf_opt(cf, full, &value, &self.write)
-            .map_err(db_err(format_args!("writing an entry of map state {:?}", s.meta.name)))
+            .put_cf_opt(cf, k, value, &self.write)
+            .map_err(db_err(format_args!("writing an entry of map state {:?}", meta.name)))
     }
 
     fn raw_map_remove(&mut self, state: StateId, user_key: &[u8]) -> Result<()> {
-        self.build(state)?;
-        let (s, cf, k) = self.view(state)?;
-        Self::check_kind(s, StorageKind::Map)?;
-        let full = map_key(k, user_key);
+        self.build(state, user_key)?;
+        let (meta, cf, k) = self.view(state)?;
+        Self::check_kind(meta, StorageKind::Map)?;
         self.db
-            .delete_cf_opt(cf, full, &self.write)
-            .map_err(db_err(format_args!("removing an entry of map state {:?}", s.meta.name)))
+            .delete_cf_opt(cf, k, &self.write)
+            .map_err(db_err(format_args!("removing an entry of map state {:?}", meta.name)))
     }
 
+    /// A prefix scan that stops at the first entry.
     fn raw_map_is_empty(&mut self, state: StateId) -> Result<bool> {
-        self.build(state)?;
-        let (s, cf, k) = self.view(state)?;
-        Self::check_kind(s, StorageKind::Map)?;
+        self.build(state, &[])?;
+        let (meta, cf, k) = self.view(state)?;
+        Self::check_kind(meta, StorageKind::Map)?;
         let mut empty = true;
-        Self::scan(&self.db, cf, &s.meta.name, k, |_, _| {
+        Self::scan(&self.db, cf, &meta.name, k, |_, _| {
             empty = false;
             Ok(false)
         })?;
@@ -617,12 +508,12 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
     }
 
     fn raw_map_for_each(&mut self, state: StateId, f: &mut MapVisitor<'_>) -> Result<()> {
-        self.build(state)?;
-        let (s, cf, k) = self.view(state)?;
-        Self::check_kind(s, StorageKind::Map)?;
+        self.build(state, &[])?;
+        let (meta, cf, k) = self.view(state)?;
+        Self::check_kind(meta, StorageKind::Map)?;
         let prefix_len = k.len();
         let mut removed = Vec::new();
-        Self::scan(&self.db, cf, &s.meta.name, k, |key, value| {
+        Self::scan(&self.db, cf, &meta.name, k, |key, value| {
             match f(&key[prefix_len..], value)? {
                 MapVisit::Keep => Ok(true),
                 MapVisit::Remove => {
@@ -639,24 +530,23 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
             }
             self.db
                 .write_opt(batch, &self.write)
-                .map_err(db_err(format_args!("removing entries of map state {:?}", s.meta.name)))?;
+                .map_err(db_err(format_args!("removing entries of map state {:?}", meta.name)))?;
         }
         Ok(())
     }
 
     fn raw_for_each_key(&mut self, state: StateId, namespace: Option<&[u8]>, f: &mut KeyVisitor<'_>) -> Result<()> {
-        let s = self.state(state)?;
-        let cf = self.cf(s)?;
-        let name = s.meta.name.clone();
-        let list = s.meta.kind.storage() == StorageKind::List;
+        let (_, cf, meta) = self.state_cf(state)?;
+        let name = &meta.name;
+        let list = meta.kind.storage() == StorageKind::List;
         // Collected first: the visitor may modify the state.
         let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut last: Vec<u8> = Vec::new();
-        Self::scan(&self.db, cf, &name, &[], |key, value| {
+        Self::scan(&self.db, cf, name, &[], |key, value| {
             if list && value.is_empty() {
                 return Ok(true);
             }
-            let d = decode_key(key, &name)?;
+            let d = decode_key(key, name)?;
             if key[..d.prefix_len] != last[..] {
                 last = key[..d.prefix_len].to_vec();
                 if namespace.is_none_or(|want| want == d.namespace) {
@@ -671,15 +561,15 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
         Ok(())
     }
 
+    /// A scan that collects nothing.
     fn raw_entry_count(&mut self, state: StateId) -> Result<u64> {
-        let s = self.state(state)?;
-        let cf = self.cf(s)?;
-        let name = s.meta.name.clone();
-        let list = s.meta.kind.storage() == StorageKind::List;
+        let (_, cf, meta) = self.state_cf(state)?;
+        let name = &meta.name;
+        let list = meta.kind.storage() == StorageKind::List;
         let mut n = 0;
         let mut last: Vec<u8> = Vec::new();
-        Self::scan(&self.db, cf, &name, &[], |key, value| {
-            let d = decode_key(key, &name)?;
+        Self::scan(&self.db, cf, name, &[], |key, value| {
+            let d = decode_key(key, name)?;
             // Lists whose elements all expired in a merge are empty values.
             if list && value.is_empty() {
                 return Ok(true);
@@ -713,10 +603,86 @@ impl<K: 'static> KeyedStateBackend for RocksDbBackend<K> {
 
 impl<K> RocksDbBackend<K> {
     pub(crate) fn config(&self) -> &KeyedBackendConfig<K> {
-        &self.config
+        self.core.config()
     }
 
     pub(crate) fn resources(&self) -> &Arc<Resources> {
         &self.resources
+    }
+}
+
+/// What a RocksDB backend with `options` can do.
+fn capabilities_of(options: &RocksDbOptions) -> BackendCapabilities {
+    let c = BackendCapabilities::none().with_ttl_compaction_filter();
+    let c = if options.incremental {
+        c.with_incremental_checkpoints()
+    } else {
+        c
+    };
+    if options.local_recovery.is_some() {
+        c.with_local_recovery()
+    } else {
+        c
+    }
+}
+
+/// Builds and restores [`RocksDbBackend`]s with one set of options: the
+/// RocksDB backend's [`BackendBuilder`]. Every backend it builds or
+/// restores works in its own instance directory under the options'
+/// working directory.
+///
+/// ```
+/// use flowstate_api::*;
+/// use flowstate_rocksdb::{RocksDbBackendBuilder, RocksDbOptions};
+///
+/// # fn main() -> Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let builder = RocksDbBackendBuilder::new(RocksDbOptions::new(dir.path()));
+/// let config = KeyedBackendConfig::<u64>::new(KeyGroupRange::all(128)?, 128);
+/// let mut backend = builder.build(config)?;
+/// let count = backend.register(ValueStateDescriptor::<u64>::new("count"))?;
+/// backend.set_current_key(&7)?;
+/// backend.update(&count, 1)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RocksDbBackendBuilder {
+    options: RocksDbOptions,
+}
+
+impl RocksDbBackendBuilder {
+    /// Builds backends with `options`.
+    pub fn new(options: RocksDbOptions) -> Self {
+        RocksDbBackendBuilder { options }
+    }
+
+    /// The options every backend gets.
+    pub fn options(&self) -> &RocksDbOptions {
+        &self.options
+    }
+}
+
+impl BackendBuilder for RocksDbBackendBuilder {
+    type Backend<K: 'static> = RocksDbBackend<K>;
+
+    fn name(&self) -> &str {
+        "rocksdb"
+    }
+
+    fn capabilities(&self) -> BackendCapabilities {
+        capabilities_of(&self.options)
+    }
+
+    fn build<K: 'static>(&self, config: KeyedBackendConfig<K>) -> Result<RocksDbBackend<K>> {
+        RocksDbBackend::new(config, self.options.clone())
+    }
+
+    async fn restore<K: 'static>(
+        &self,
+        config: KeyedBackendConfig<K>,
+        handles: &[KeyedStateHandle],
+        reader: Arc<dyn StateReader>,
+    ) -> Result<RocksDbBackend<K>> {
+        RocksDbBackend::restore(config, handles, &*reader, self.options.clone()).await
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use flowstate_api::ttl::{is_expired, split_ttl_value};
-use flowstate_api::{RestoreMode, SharedClock, StorageKind};
+use flowstate_api::{Error, RestoreMode, Result, SharedClock, StorageKind};
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, MergeOperands, Options, WriteBufferManager};
 
@@ -31,6 +31,21 @@ pub struct LocalRecovery {
     /// Identifies this backend's state across restarts, e.g.
     /// `<job>/<operator>-<subtask>`: one path component or several.
     pub scope: String,
+}
+
+impl LocalRecovery {
+    /// Checks that there is somewhere to keep copies: without a directory,
+    /// copies would silently go to the process's working directory.
+    pub fn validate(&self) -> Result<()> {
+        if self.dirs.is_empty() {
+            return Err(Error::invalid(format!(
+                "local recovery of scope {:?} has no directories: give at least one directory to keep local \
+                 copies in, or disable local recovery",
+                self.scope
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Configuration of a [`RocksDbBackend`](crate::RocksDbBackend).
@@ -85,7 +100,16 @@ impl RocksDbOptions {
         self
     }
 
-    /// Enables local recovery.
+    /// Checks the options; backends do before they create anything.
+    pub fn validate(&self) -> Result<()> {
+        match &self.local_recovery {
+            Some(l) => l.validate(),
+            None => Ok(()),
+        }
+    }
+
+    /// Enables local recovery, keeping copies in one of `dirs` (at least
+    /// one: an empty list is refused when a backend is created or restored).
     pub fn with_local_recovery(mut self, dirs: Vec<PathBuf>, scope: impl Into<String>) -> Self {
         self.local_recovery = Some(LocalRecovery {
             dirs,

@@ -19,7 +19,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use flowstate_api::canonical::{check_compatible, CanonicalSnapshot, Record, SnapshotHeader};
-use flowstate_api::codec::crc32c;
 use flowstate_api::{
     Error, ErrorKind, HandleFile, IncrementalStateHandle, KeyGroupRange, KeyGroupsStateHandle, KeyedBackendConfig,
     KeyedStateHandle, RestoreMode, Result, SharedClock, StateMeta, StateReader, StorageKind,
@@ -67,6 +66,7 @@ impl<K> RocksDbBackend<K> {
         options: RocksDbOptions,
     ) -> Result<Self> {
         let started = Instant::now();
+        options.validate()?;
         flowstate_api::check_restore_handles(handles, config.max_parallelism)?;
         let range = config.key_group_range;
         let overlapping: Vec<&KeyedStateHandle> = handles
@@ -140,7 +140,7 @@ impl<K> RocksDbBackend<K> {
         let Some(l) = self.options().local_recovery.clone() else {
             return Ok(());
         };
-        let scope = crate::snapshot::local_scope_dir(&l);
+        let scope = crate::snapshot::local_scope_dir(&l)?;
         let Ok(entries) = std::fs::read_dir(&scope) else {
             return Ok(());
         };
@@ -242,15 +242,7 @@ impl<K> RocksDbBackend<K> {
     /// The state a restored `meta` goes into, checking it agrees with any
     /// state of the same name.
     fn restored_state(&mut self, meta: &StateMeta, name: &str) -> Result<u32> {
-        if let Some(existing) = self.states.iter().find(|s| s.meta.name == meta.name) {
-            if let Some(why) = existing.meta.incompatibility(meta) {
-                return Err(Error::incompatible(format!(
-                    "{name}: state {:?} differs from the same state in another handle: {why}",
-                    meta.name
-                )));
-            }
-        }
-        self.ensure_state(meta)
+        flowstate_api::KeyedStateBackend::restore_state(self, meta, name)
     }
 
     /// Inserts the key groups of `range` from a canonical snapshot.
@@ -261,11 +253,13 @@ impl<K> RocksDbBackend<K> {
         stats: &mut RestoreStats,
     ) -> Result<()> {
         let range = self.config().key_group_range;
-        let name = h.stream.describe();
-        let data = reader.read(&h.stream).await?;
+        let name = h.describe();
+        // Only the header and the frames of the key groups this backend owns are read.
+        let (snapshot, read) = CanonicalSnapshot::read(reader, h, range, &name)
+            .await
+            .map_err(|e| e.context(format!("restoring key groups {}", h.range)))?;
         stats.handles_from_storage += 1;
-        stats.downloaded_bytes += data.len() as u64;
-        let snapshot = CanonicalSnapshot::open(data, h, &name)?;
+        stats.downloaded_bytes += read;
         check_compatible(
             snapshot.header(),
             &self.config().key_serializer.id(),
@@ -287,14 +281,14 @@ impl<K> RocksDbBackend<K> {
             records
                 .for_each_verified(max, |record| {
                     let (state, key, namespace) = (record.state(), record.key(), record.namespace());
-                    let s = ids
+                    let (s, entry) = ids
                         .get(state as usize)
-                        .and_then(|id| self.states.get(*id as usize))
+                        .and_then(|id| self.states.get(*id as usize).zip(self.core.states().get(*id as usize)))
                         .ok_or_else(|| Error::corrupted(format!("snapshot {name}: unknown state {state}")))?;
                     let cf = self.cf(s)?;
                     key_part(&mut k, kg, key);
                     put_namespace(&mut k, namespace);
-                    match (&record, s.meta.kind.storage()) {
+                    match (&record, entry.meta().kind.storage()) {
                         (Record::Value { value, .. }, StorageKind::Value) => batch.put_cf(cf, &k, value),
                         (Record::List { elements, .. }, StorageKind::List) => {
                             v.clear();
@@ -310,7 +304,7 @@ impl<K> RocksDbBackend<K> {
                         _ => {
                             return Err(Error::corrupted(format!(
                                 "snapshot {name}: a record does not match the kind of state {:?}",
-                                s.meta.name
+                                entry.meta().name
                             )))
                         }
                     }
@@ -335,7 +329,7 @@ fn describe(h: &IncrementalStateHandle) -> String {
 }
 
 async fn read_header(h: &IncrementalStateHandle, reader: &dyn StateReader) -> Result<SnapshotHeader> {
-    let data = reader.read(&h.meta).await?;
+    let data = reader.read(&h.meta).await.map_err(|e| e.context(describe(h)))?;
     let (header, _) = SnapshotHeader::decode(&data).map_err(|e| e.context(describe(h)))?;
     if header.range != h.range {
         return Err(Error::corrupted(format!(
@@ -363,7 +357,12 @@ async fn materialize(
 ) -> Result<()> {
     let files: Vec<HandleFile> = h.shared.iter().chain(&h.private).cloned().collect();
     let total: u64 = files.iter().map(|f| f.stream.size()).sum();
-    if let Some(local) = options.local_recovery.as_ref().map(|l| local_dir(l, h.checkpoint_id)) {
+    if let Some(local) = options
+        .local_recovery
+        .as_ref()
+        .map(|l| local_dir(l, h.checkpoint_id))
+        .transpose()?
+    {
         let (check, wanted, to) = (local.clone(), files.clone(), dir.to_path_buf());
         let verified = blocking(move || {
             if !verify_local(&check, &wanted) {
@@ -386,15 +385,9 @@ async fn materialize(
         let target = dir.join(&f.name);
         let name = &name;
         async move {
-            let data = reader.read(&f.stream).await?;
-            if data.len() as u64 != f.stream.size() || crc32c(&data) != f.crc32c {
-                return Err(Error::corrupted(format!(
-                    "{name}: file {} ({}) does not match its checksum",
-                    f.name,
-                    f.stream.describe()
-                )));
-            }
-            blocking(move || std::fs::write(&target, &data).map_err(|e| Error::io(target.display(), e))).await
+            download(reader, &f, target)
+                .await
+                .map_err(|e| e.context(format!("{name}: file {} ({})", f.name, f.stream.describe())))
         }
     }))
     .buffer_unordered(options.upload_concurrency.max(1))
@@ -470,9 +463,83 @@ fn verify_local(dir: &Path, wanted: &[HandleFile]) -> bool {
     }
     wanted.iter().all(|f| {
         let path = dir.join(&f.name);
-        match std::fs::read(&path) {
-            Ok(data) => data.len() as u64 == f.stream.size() && crc32c(&data) == f.crc32c,
-            Err(_) => false,
-        }
+        std::fs::metadata(&path).is_ok_and(|m| m.len() == f.stream.size())
+            && file_crc32c(&path).is_ok_and(|crc| crc == f.crc32c)
     })
+}
+
+/// Bytes fetched from storage at a time when a file is downloaded.
+const DOWNLOAD_CHUNK: u64 = 4 << 20;
+
+/// Puts the bytes of `f` into the new file `target`, checking size and
+/// CRC-32C: hard-linked when the storage is a local filesystem on the same
+/// device, else streamed in chunks with the CRC computed in the same pass.
+async fn download(reader: &dyn StateReader, f: &HandleFile, target: std::path::PathBuf) -> Result<()> {
+    use std::io::Write;
+    let size = f.stream.size();
+    let mismatch = || Error::corrupted("does not match its size and checksum");
+    if let Some(source) = reader.local_path(&f.stream) {
+        let (t, want) = (target.clone(), f.crc32c);
+        let linked = blocking(move || {
+            if std::fs::hard_link(&source, &t).is_err() {
+                return Ok(false);
+            }
+            let ok = std::fs::metadata(&t).is_ok_and(|m| m.len() == size) && file_crc32c(&t)? == want;
+            if !ok {
+                let _ = std::fs::remove_file(&t);
+                return Err(mismatch());
+            }
+            Ok(true)
+        })
+        .await?;
+        if linked {
+            return Ok(());
+        }
+    }
+    let t = target.clone();
+    let mut file = blocking(move || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&t)
+            .map_err(|e| Error::io(t.display(), e))
+    })
+    .await?;
+    let mut crc = 0u32;
+    let mut pos = 0;
+    while pos < size {
+        let end = (pos + DOWNLOAD_CHUNK).min(size);
+        let part = reader
+            .read_ranges(&f.stream, std::slice::from_ref(&(pos..end)))
+            .await?
+            .pop()
+            .ok_or_else(|| Error::internal("a ranged read returned nothing"))?;
+        crc = flowstate_api::codec::crc32c_append(crc, &part);
+        let t = target.clone();
+        file = blocking(move || {
+            file.write_all(&part).map_err(|e| Error::io(t.display(), e))?;
+            Ok(file)
+        })
+        .await?;
+        pos = end;
+    }
+    if crc != f.crc32c {
+        return Err(mismatch());
+    }
+    Ok(())
+}
+
+/// The CRC-32C of a file, read in chunks.
+fn file_crc32c(path: &Path) -> Result<u32> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path.display(), e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut crc = 0u32;
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path.display(), e))?;
+        if n == 0 {
+            return Ok(crc);
+        }
+        crc = flowstate_api::codec::crc32c_append(crc, &buf[..n]);
+    }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use flowstate_api::canonical::{write_canonical_snapshot, KeyGroupSource, KeyGroupWriter, SnapshotHeader, TtlFilter};
+use flowstate_api::canonical::{write_canonical_snapshot, KeyGroupSource, KeyGroupWriter, SnapshotHeader};
 use flowstate_api::codec::crc32c;
 use flowstate_api::{
     AsyncOutput, CheckpointKind, CheckpointLocation, Error, ErrorKind, HandleFile, IncrementalStateHandle,
@@ -56,14 +56,7 @@ pub(crate) fn snapshot<K>(
 ) -> Result<PendingSnapshot> {
     let started = Instant::now();
     let _span = tracing::info_span!("snapshot_sync", checkpoint_id = id, backend = "rocksdb").entered();
-    let config = b.config();
-    let header = SnapshotHeader {
-        range: config.key_group_range,
-        max_parallelism: config.max_parallelism,
-        key_serializer: config.key_serializer.id(),
-        states: b.states.iter().map(|s| s.meta.clone()).collect(),
-        compressed: options.compression.is_some(),
-    };
+    let header = b.core.snapshot_header(options.compression.is_some());
     // Inside the instance directory: on the same device (hard links), and
     // removed with it if the process is killed.
     let dir = b.temp_path(&format!("snapshot-{id}"));
@@ -78,25 +71,19 @@ pub(crate) fn snapshot<K>(
     let incremental =
         options.kind == CheckpointKind::Checkpoint && b.options().incremental && !header.states.is_empty();
     if !incremental {
-        let filter = TtlFilter {
-            ttl_millis: b
-                .states
-                .iter()
-                .map(|s| s.ttl.filter(|t| t.cleanup().full_snapshot).map(|t| t.ttl_millis()))
-                .collect(),
-            now: config.clock.now_millis(),
-        };
+        let filter = b.core.ttl_filter();
         let resources = Arc::clone(b.resources());
         let phase = async move {
             if closed_flag.load(Ordering::Acquire) {
                 return Err(closed(id));
             }
             let stream = location.create_output_stream(StateScope::Exclusive).await?;
-            let mut source = FullSource::open(&guard.0, &header, &resources, closed_flag, id)?;
-            let written = write_canonical_snapshot(&header, &mut source, filter, stream, options.compression)
+            // Opening the checkpoint and reading it run on blocking threads.
+            let (dir, h) = (guard.0.clone(), header.clone());
+            let source = blocking(move || FullSource::open(&dir, &h, &resources, closed_flag, id)).await?;
+            let written = write_canonical_snapshot(&header, source, filter, stream, options.compression)
                 .await
                 .map_err(|e| e.context(format!("checkpoint {id}")))?;
-            drop(source);
             drop(guard);
             Ok(AsyncOutput {
                 bytes_written: written.handle.stream.size(),
@@ -123,7 +110,12 @@ pub(crate) fn snapshot<K>(
             .unwrap_or_default(),
         header,
         concurrency: b.options().upload_concurrency.max(1),
-        local: b.options().local_recovery.as_ref().map(|l| local_dir(l, id)),
+        local: b
+            .options()
+            .local_recovery
+            .as_ref()
+            .map(|l| local_dir(l, id))
+            .transpose()?,
         uploads: Arc::clone(&b.uploads),
         closed: closed_flag,
     };
@@ -158,18 +150,20 @@ fn plan_reuse(u: &mut Uploads, id: u64, files: &[(String, u64)]) -> HashMap<Stri
 }
 
 /// Where the local copy of checkpoint `id` goes.
-pub(crate) fn local_dir(l: &crate::LocalRecovery, id: u64) -> PathBuf {
-    local_scope_dir(l).join(format!("chk-{id}"))
+pub(crate) fn local_dir(l: &crate::LocalRecovery, id: u64) -> Result<PathBuf> {
+    Ok(local_scope_dir(l)?.join(format!("chk-{id}")))
 }
 
-/// This backend's directory under the local recovery dirs.
-pub(crate) fn local_scope_dir(l: &crate::LocalRecovery) -> PathBuf {
-    let i = if l.dirs.is_empty() {
-        0
-    } else {
-        (crc32c(l.scope.as_bytes()) as usize) % l.dirs.len()
-    };
-    l.dirs.get(i).cloned().unwrap_or_default().join(&l.scope)
+/// This backend's directory under the local recovery dirs; `Invalid` if
+/// there are none (never the process's working directory).
+pub(crate) fn local_scope_dir(l: &crate::LocalRecovery) -> Result<PathBuf> {
+    l.validate()?;
+    let i = (crc32c(l.scope.as_bytes()) as usize) % l.dirs.len().max(1);
+    let dir = l
+        .dirs
+        .get(i)
+        .ok_or_else(|| Error::invalid("local recovery has no directories"))?;
+    Ok(dir.join(&l.scope))
 }
 
 /// The async phase of an incremental checkpoint.
@@ -329,12 +323,30 @@ async fn upload_file(
     scope: StateScope,
     path: &Path,
 ) -> Result<(StreamStateHandle, u32)> {
+    use std::io::Read;
+    // Streamed in chunks, the CRC-32C computed in the same pass: at most one
+    // chunk of the file is in memory.
     let p = path.to_path_buf();
-    let data = blocking(move || std::fs::read(&p).map_err(|e| Error::io(p.display(), e))).await?;
-    let crc = crc32c(&data);
+    let mut file = blocking(move || std::fs::File::open(&p).map_err(|e| Error::io(p.display(), e))).await?;
     let mut stream = location.create_output_stream(scope).await?;
-    for chunk in data.chunks(CHUNK) {
-        if let Err(e) = stream.write(chunk).await {
+    let mut crc = 0u32;
+    loop {
+        let p = path.to_path_buf();
+        let (f, chunk) = blocking(move || {
+            let mut chunk = Vec::with_capacity(CHUNK);
+            (&mut file)
+                .take(CHUNK as u64)
+                .read_to_end(&mut chunk)
+                .map_err(|e| Error::io(p.display(), e))?;
+            Ok((file, chunk))
+        })
+        .await?;
+        file = f;
+        if chunk.is_empty() {
+            break;
+        }
+        crc = flowstate_api::codec::crc32c_append(crc, &chunk);
+        if let Err(e) = stream.write(&chunk).await {
             stream.abort().await;
             return Err(e.context(format!("uploading {}", path.display())));
         }

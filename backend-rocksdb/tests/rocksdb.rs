@@ -515,3 +515,38 @@ fn an_invalid_state_name_is_not_a_retryable_error() {
     b.update(&v, 5).unwrap();
     assert_eq!(b.value(&v).unwrap(), Some(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_recovery_without_directories_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = RocksDbOptions::new(dir.path()).with_local_recovery(Vec::new(), "job/op-0");
+    let e = RocksDbBackend::new(config(), options.clone()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    assert!(e.message().contains("local recovery"), "{e}");
+    let e = RocksDbBackend::restore(config(), &[], &InlineReader, options)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing may be created before the options are checked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_inline_state_names_its_key_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let damaged = KeyedStateHandle::KeyGroups(KeyGroupsStateHandle {
+        range: KeyGroupRange::new(64, 128).unwrap(),
+        offsets: vec![0; 64],
+        stream: StreamStateHandle::Inline(bytes::Bytes::from_static(b"not a snapshot")),
+    });
+    let e = RocksDbBackend::restore(config(), &[damaged], &InlineReader, RocksDbOptions::new(dir.path()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+    assert!(
+        e.message().contains("inline state of key groups [64..=127] (14 bytes)"),
+        "{e}"
+    );
+}

@@ -202,7 +202,7 @@ async fn rocksdb(scale: usize, mode: RocksMode) -> Result<()> {
     let dir = tempfile::tempdir().map_err(|e| Error::io("temporary directory", e))?;
     let storage: Arc<dyn CheckpointStorage> = Arc::new(
         flowstate_fs::FsCheckpointStorage::open(dir.path().join("checkpoints"), "w2")?
-            .with_savepoint_dir(dir.path().join("savepoints")),
+            .with_savepoint_dir(dir.path().join("savepoints").display().to_string()),
     );
     let mut store = CheckpointStore::open(Arc::clone(&storage), CheckpointStoreConfig::default()).await?;
     let mut rng = XorShift::new(42);

@@ -281,7 +281,11 @@ impl<B: DemoBackend> Job<B> {
             .unwrap_or_default();
         let mut backends = Vec::new();
         for (config, i) in Self::configs(parallelism)?.into_iter().zip(0..) {
-            backends.push(B::restore(config, &handles, &*checkpoint.reader, env, i).await?);
+            // Handles do not carry their checkpoint: name it here.
+            let backend = B::restore(config, &handles, &*checkpoint.reader, env, i)
+                .await
+                .map_err(|e| e.context(format!("restoring subtask {i} from checkpoint {}", checkpoint.pointer)))?;
+            backends.push(backend);
         }
         Self::from_backends(backends)
     }
@@ -423,8 +427,8 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
     let (storage, dir): (Arc<dyn CheckpointStorage>, Option<PathBuf>) = match args.storage {
         StorageKind::Fs => {
             let dir = root.clone();
-            let fs =
-                FsCheckpointStorage::open(dir.join("checkpoints"), JOB)?.with_savepoint_dir(dir.join("savepoints"));
+            let fs = FsCheckpointStorage::open(dir.join("checkpoints"), JOB)?
+                .with_savepoint_dir(dir.join("savepoints").display().to_string());
             (Arc::new(fs), Some(dir))
         }
         StorageKind::Memory => (

@@ -4,9 +4,7 @@
 //! reducing and aggregating folds and namespace merging all live here, so
 //! every backend behaves identically.
 
-use std::borrow::Borrow;
-
-use bytes::Bytes;
+use std::borrow::{Borrow, Cow};
 
 use crate::backend::{KeyedStateBackend, MapVisit};
 use crate::descriptor::{
@@ -14,9 +12,7 @@ use crate::descriptor::{
 };
 use crate::error::{Error, Result};
 use crate::serializer::SharedSerializer;
-use crate::ttl::{
-    put_ttl_timestamp, split_ttl_value, StateTtlConfig, TtlStateVisibility, TtlUpdateType, TTL_TIMESTAMP_LEN,
-};
+use crate::ttl::{put_ttl_timestamp, split_ttl_value, StateTtlConfig, TtlStateVisibility, TtlUpdateType};
 
 fn state_id<B: KeyedStateBackend + ?Sized>(b: &B, slot: StateSlot, name: &str) -> Result<StateId> {
     if slot.backend == b.backend_id() {
@@ -28,15 +24,70 @@ fn state_id<B: KeyedStateBackend + ?Sized>(b: &B, slot: StateSlot, name: &str) -
     }
 }
 
+/// Runs `f` with the core's reusable buffer, cleared: once it has grown,
+/// encoding a value allocates nothing. (A nested call gets a fresh buffer.)
 #[inline]
-fn encode<T>(ser: &SharedSerializer<T>, value: &T, stamp: Option<u64>, name: &str) -> Result<Bytes> {
-    let mut buf = Vec::with_capacity(16);
+fn with_buffer<B, R>(b: &mut B, f: impl FnOnce(&mut B, &mut Vec<u8>) -> Result<R>) -> Result<R>
+where
+    B: KeyedStateBackend + ?Sized,
+{
+    let mut buf = std::mem::take(&mut b.core_mut().buffer);
+    buf.clear();
+    let result = f(b, &mut buf);
+    b.core_mut().buffer = buf;
+    result
+}
+
+/// Appends the encoding of `value` to `buf`, after a TTL timestamp if `stamp`.
+#[inline]
+fn encode_into<T>(
+    buf: &mut Vec<u8>,
+    ser: &SharedSerializer<T>,
+    value: &T,
+    stamp: Option<u64>,
+    name: &str,
+) -> Result<()> {
     if let Some(now) = stamp {
-        put_ttl_timestamp(&mut buf, now);
+        put_ttl_timestamp(buf, now);
     }
-    ser.serialize(value, &mut buf)
-        .map_err(|e| e.context(format!("state {name:?}")))?;
-    Ok(Bytes::from(buf))
+    ser.serialize(value, buf)
+        .map_err(|e| e.context(format!("state {name:?}")))
+}
+
+/// Encodes `value` into the core's reusable buffer (after a TTL timestamp
+/// if `stamp`) and hands the bytes to `write`.
+#[inline]
+fn write_encoded<B, T>(
+    b: &mut B,
+    ser: &SharedSerializer<T>,
+    value: &T,
+    stamp: Option<u64>,
+    name: &str,
+    write: impl FnOnce(&mut B, &[u8]) -> Result<()>,
+) -> Result<()>
+where
+    B: KeyedStateBackend + ?Sized,
+{
+    with_buffer(b, |b, buf| {
+        encode_into(buf, ser, value, stamp, name)?;
+        write(b, buf)
+    })
+}
+
+/// Encodes each element on its own.
+fn encode_all<T, I>(ser: &SharedSerializer<T>, elements: I, stamp: Option<u64>, name: &str) -> Result<Vec<Vec<u8>>>
+where
+    I: IntoIterator,
+    I::Item: Borrow<T>,
+{
+    elements
+        .into_iter()
+        .map(|e| {
+            let mut buf = Vec::with_capacity(16);
+            encode_into(&mut buf, ser, e.borrow(), stamp, name)?;
+            Ok(buf)
+        })
+        .collect()
 }
 
 #[inline]
@@ -44,11 +95,16 @@ fn decode<T>(ser: &SharedSerializer<T>, bytes: &[u8], name: &str) -> Result<T> {
     ser.deserialize(bytes).map_err(|e| e.context(format!("state {name:?}")))
 }
 
-fn restamp(now: u64, user: &[u8]) -> Bytes {
-    let mut v = Vec::with_capacity(TTL_TIMESTAMP_LEN + user.len());
-    put_ttl_timestamp(&mut v, now);
-    v.extend_from_slice(user);
-    Bytes::from(v)
+fn restamp_into(buf: &mut Vec<u8>, now: u64, user: &[u8]) {
+    buf.clear();
+    put_ttl_timestamp(buf, now);
+    buf.extend_from_slice(user);
+}
+
+fn restamp(now: u64, user: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    restamp_into(&mut v, now, user);
+    v
 }
 
 #[inline]
@@ -57,16 +113,15 @@ fn stamp_time<B: KeyedStateBackend + ?Sized>(b: &B, ttl: Option<&StateTtlConfig>
 }
 
 /// The outcome of a TTL check on one stored entry.
-enum TtlRead {
+enum TtlRead<'a> {
     /// Not expired: user bytes, and whether to restamp them.
-    Live(Bytes, bool),
+    Live(&'a [u8], bool),
     /// Expired: user bytes, and whether they may still be returned.
-    Expired(Bytes, bool),
+    Expired(&'a [u8], bool),
 }
 
-fn check_ttl(ttl: &StateTtlConfig, raw: &Bytes, now: u64, for_read: bool, name: &str) -> Result<TtlRead> {
-    let (ts, _) = split_ttl_value(raw).map_err(|e| e.context(format!("state {name:?}")))?;
-    let user = raw.slice(TTL_TIMESTAMP_LEN..);
+fn check_ttl<'a>(ttl: &StateTtlConfig, raw: &'a [u8], now: u64, for_read: bool, name: &str) -> Result<TtlRead<'a>> {
+    let (ts, user) = split_ttl_value(raw).map_err(|e| e.context(format!("state {name:?}")))?;
     if ttl.is_expired(ts, now) {
         let visible = for_read && ttl.visibility() == TtlStateVisibility::ReturnExpiredIfNotCleanedUp;
         Ok(TtlRead::Expired(user, visible))
@@ -78,79 +133,131 @@ fn check_ttl(ttl: &StateTtlConfig, raw: &Bytes, now: u64, for_read: bool, name: 
     }
 }
 
-/// Reads a single value's user bytes under TTL rules. With `for_read`
+/// What a TTL-checked read of one entry found, decoded.
+enum Checked<T> {
+    Absent,
+    /// Live; `restamped` when the refreshed entry is waiting to be written.
+    Live {
+        value: T,
+        restamped: bool,
+    },
+    /// Expired (to be removed): the value if it may still be returned.
+    Expired(Option<T>),
+}
+
+/// Checks a stored entry under TTL and decodes what may be returned; a live
+/// entry due for a refresh is restamped into `restamped`.
+fn check_entry<T>(
+    ttl: &StateTtlConfig,
+    raw: Option<&[u8]>,
+    now: u64,
+    for_read: bool,
+    name: &str,
+    restamped: &mut Vec<u8>,
+    decode: impl FnOnce(&[u8]) -> Result<T>,
+) -> Result<Checked<T>> {
+    let Some(raw) = raw else { return Ok(Checked::Absent) };
+    match check_ttl(ttl, raw, now, for_read, name)? {
+        TtlRead::Live(user, refresh) => {
+            if refresh {
+                restamp_into(restamped, now, user);
+            }
+            Ok(Checked::Live {
+                value: decode(user)?,
+                restamped: refresh,
+            })
+        }
+        TtlRead::Expired(user, visible) => Ok(Checked::Expired(if visible { Some(decode(user)?) } else { None })),
+    }
+}
+
+/// Reads a single value under TTL rules and decodes its user bytes with
+/// `decode` (straight from the backend's bytes, no copy). With `for_read`
 /// false (a fold is about to overwrite it), expired values read as absent
 /// and nothing is restamped.
-fn read_value<B: KeyedStateBackend + ?Sized>(
+#[inline]
+fn read_value<B, T>(
     b: &mut B,
     id: StateId,
     ttl: Option<&StateTtlConfig>,
     for_read: bool,
     name: &str,
-) -> Result<Option<Bytes>> {
-    let Some(raw) = b.raw_value_get(id)? else {
-        return Ok(None);
+    decode: impl FnOnce(&[u8]) -> Result<T>,
+) -> Result<Option<T>>
+where
+    B: KeyedStateBackend + ?Sized,
+{
+    let Some(ttl) = ttl else {
+        return b.raw_value_get(id, |raw| raw.map(decode).transpose());
     };
-    let Some(ttl) = ttl else { return Ok(Some(raw)) };
     let now = b.clock().now_millis();
-    match check_ttl(ttl, &raw, now, for_read, name)? {
-        TtlRead::Live(user, refresh) => {
-            if refresh {
-                b.raw_value_put(id, restamp(now, &user))?;
+    with_buffer(b, |b, restamped| {
+        match b.raw_value_get(id, |raw| check_entry(ttl, raw, now, for_read, name, restamped, decode))? {
+            Checked::Absent => Ok(None),
+            Checked::Live {
+                value,
+                restamped: refreshed,
+            } => {
+                if refreshed {
+                    b.raw_value_put(id, restamped)?;
+                }
+                Ok(Some(value))
             }
-            Ok(Some(user))
+            Checked::Expired(visible) => {
+                b.raw_clear(id)?;
+                Ok(visible)
+            }
         }
-        TtlRead::Expired(user, visible) => {
-            b.raw_clear(id)?;
-            Ok(visible.then_some(user))
-        }
-    }
+    })
 }
 
-/// Reads a list under TTL rules: expired elements are removed from the
-/// state, and refreshed ones restamped. With `for_read`, returns the user
-/// bytes of the elements to show; otherwise the stored elements, stamps
-/// included, that are still live (for moving them in a merge).
+/// Reads a list under TTL rules, calling `emit` for each element: expired
+/// elements are removed from the state, and refreshed ones restamped. With
+/// `for_read`, emits the user bytes of the elements to show; otherwise the
+/// stored elements, stamps included, that are still live (for moving them
+/// in a merge). Without TTL, emits the stored elements as they are read.
 fn read_list<B: KeyedStateBackend + ?Sized>(
     b: &mut B,
     id: StateId,
     ttl: Option<&StateTtlConfig>,
     for_read: bool,
     name: &str,
-) -> Result<Vec<Bytes>> {
-    let mut raw = Vec::new();
-    b.raw_list_get(id, &mut |e| {
-        raw.push(Bytes::copy_from_slice(e));
+    mut emit: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let Some(ttl) = ttl else {
+        return b.raw_list_get(id, emit);
+    };
+    let mut raw: Vec<Vec<u8>> = Vec::new();
+    b.raw_list_get(id, |e| {
+        raw.push(e.to_vec());
         Ok(())
     })?;
-    let Some(ttl) = ttl else { return Ok(raw) };
     let now = b.clock().now_millis();
-    let mut out = Vec::with_capacity(raw.len());
-    let mut keep = Vec::with_capacity(raw.len());
+    let mut keep: Vec<Cow<'_, [u8]>> = Vec::with_capacity(raw.len());
     let mut changed = false;
     for e in &raw {
         match check_ttl(ttl, e, now, for_read, name)? {
             TtlRead::Live(user, refresh) => {
                 if refresh {
                     changed = true;
-                    keep.push(restamp(now, &user));
+                    keep.push(Cow::Owned(restamp(now, user)));
                 } else {
-                    keep.push(e.clone());
+                    keep.push(Cow::Borrowed(e));
                 }
-                out.push(if for_read { user } else { e.clone() });
+                emit(if for_read { user } else { e })?;
             }
             TtlRead::Expired(user, visible) => {
                 changed = true;
                 if visible {
-                    out.push(user);
+                    emit(user)?;
                 }
             }
         }
     }
     if changed {
-        b.raw_list_replace(id, keep)?;
+        b.raw_list_replace(id, &keep)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A state whose namespaces can be merged (list, reducing, aggregating), as
@@ -164,14 +271,17 @@ pub trait MergeableState: StateHandle {
 impl<V, N> MergeableState for ListState<V, N> {
     fn merge_raw<B: KeyedStateBackend + ?Sized>(&self, b: &mut B, target: &[u8], sources: &[Vec<u8>]) -> Result<()> {
         let id = state_id(b, self.slot(), self.name())?;
-        let mut moved = Vec::new();
+        let mut moved: Vec<Vec<u8>> = Vec::new();
         for src in sources.iter().filter(|s| s.as_slice() != target) {
             b.set_namespace_bytes(id, src)?;
-            moved.extend(read_list(b, id, self.ttl(), false, self.name())?);
+            read_list(b, id, self.ttl(), false, self.name(), |e| {
+                moved.push(e.to_vec());
+                Ok(())
+            })?;
             b.raw_clear(id)?;
         }
         b.set_namespace_bytes(id, target)?;
-        b.raw_list_append_all(id, moved)
+        b.raw_list_append_all(id, &moved)
     }
 }
 
@@ -198,8 +308,7 @@ where
     let mut acc: Option<T> = None;
     for src in sources.iter().filter(|s| s.as_slice() != target) {
         b.set_namespace_bytes(id, src)?;
-        if let Some(bytes) = read_value(b, id, ttl, false, name)? {
-            let v = decode(ser, &bytes, name)?;
+        if let Some(v) = read_value(b, id, ttl, false, name, |bytes| decode(ser, bytes, name))? {
             acc = Some(match acc {
                 Some(a) => fold(a, v),
                 None => v,
@@ -209,12 +318,12 @@ where
     }
     b.set_namespace_bytes(id, target)?;
     if let Some(merged) = acc {
-        let merged = match read_value(b, id, ttl, false, name)? {
-            Some(bytes) => fold(decode(ser, &bytes, name)?, merged),
+        let merged = match read_value(b, id, ttl, false, name, |bytes| decode(ser, bytes, name))? {
+            Some(current) => fold(current, merged),
             None => merged,
         };
         let stamp = stamp_time(b, ttl);
-        b.raw_value_put(id, encode(ser, &merged, stamp, name)?)?;
+        write_encoded(b, ser, &merged, stamp, name, |b, v| b.raw_value_put(id, v))?;
     }
     Ok(())
 }
@@ -307,24 +416,29 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
     // ------------------------------------------------------------ value
 
     /// The value, or the descriptor's default (a fresh clone) when absent.
+    #[inline]
     fn value<V: Clone, N>(&mut self, state: &ValueState<V, N>) -> Result<Option<V>> {
         let i = &state.0;
         let name = &*i.core.common.name;
         let id = state_id(self, i.core.slot, name)?;
-        match read_value(self, id, i.core.common.ttl.as_ref(), true, name)? {
-            Some(bytes) => decode(&i.value, &bytes, name).map(Some),
+        match read_value(self, id, i.core.common.ttl.as_ref(), true, name, |bytes| {
+            decode(&i.value, bytes, name)
+        })? {
+            Some(v) => Ok(Some(v)),
             None => Ok(i.default.clone()),
         }
     }
 
     /// Sets the value.
+    #[inline]
     fn update<V, N>(&mut self, state: &ValueState<V, N>, value: impl Borrow<V>) -> Result<()> {
         let i = &state.0;
         let name = &*i.core.common.name;
         let id = state_id(self, i.core.slot, name)?;
         let stamp = stamp_time(self, i.core.common.ttl.as_ref());
-        let bytes = encode(&i.value, value.borrow(), stamp, name)?;
-        self.raw_value_put(id, bytes)
+        write_encoded(self, &i.value, value.borrow(), stamp, name, |b, v| {
+            b.raw_value_put(id, v)
+        })
     }
 
     // ------------------------------------------------------------ list
@@ -334,29 +448,29 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
         let i = &state.0;
         let name = &*i.core.common.name;
         let id = state_id(self, i.core.slot, name)?;
-        if i.core.common.ttl.is_none() {
-            let mut out = Vec::new();
-            let ser = &i.element;
-            self.raw_list_get(id, &mut |e| {
-                out.push(decode(ser, e, name)?);
-                Ok(())
-            })?;
-            return Ok(out);
+        let mut out = Vec::new();
+        let ser = &i.element;
+        let push = |e: &[u8]| {
+            out.push(decode(ser, e, name)?);
+            Ok(())
+        };
+        match i.core.common.ttl.as_ref() {
+            None => self.raw_list_get(id, push)?,
+            ttl => read_list(self, id, ttl, true, name, push)?,
         }
-        read_list(self, id, i.core.common.ttl.as_ref(), true, name)?
-            .iter()
-            .map(|e| decode(&i.element, e, name))
-            .collect()
+        Ok(out)
     }
 
     /// Appends one element.
+    #[inline]
     fn append<V, N>(&mut self, state: &ListState<V, N>, element: impl Borrow<V>) -> Result<()> {
         let i = &state.0;
         let name = &*i.core.common.name;
         let id = state_id(self, i.core.slot, name)?;
         let stamp = stamp_time(self, i.core.common.ttl.as_ref());
-        let bytes = encode(&i.element, element.borrow(), stamp, name)?;
-        self.raw_list_append(id, bytes)
+        write_encoded(self, &i.element, element.borrow(), stamp, name, |b, e| {
+            b.raw_list_append(id, e)
+        })
     }
 
     /// Appends elements; appending nothing is a no-op.
@@ -368,15 +482,11 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
         let i = &state.0;
         let name = &*i.core.common.name;
         let id = state_id(self, i.core.slot, name)?;
-        let stamp = stamp_time(self, i.core.common.ttl.as_ref());
-        let bytes = elements
-            .into_iter()
-            .map(|e| encode(&i.element, e.borrow(), stamp, name))
-            .collect::<Result<Vec<_>>>()?;
+        let bytes = encode_all(&i.element, elements, stamp_time(self, i.core.common.ttl.as_ref()), name)?;
         if bytes.is_empty() {
             return Ok(());
         }
-        self.raw_list_append_all(id, bytes)
+        self.raw_list_append_all(id, &bytes)
     }
 
     /// Replaces the list; an empty list clears the state.
@@ -388,46 +498,46 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
         let i = &state.0;
         let name = &*i.core.common.name;
         let id = state_id(self, i.core.slot, name)?;
-        let stamp = stamp_time(self, i.core.common.ttl.as_ref());
-        let bytes = elements
-            .into_iter()
-            .map(|e| encode(&i.element, e.borrow(), stamp, name))
-            .collect::<Result<Vec<_>>>()?;
-        self.raw_list_replace(id, bytes)
+        let bytes = encode_all(&i.element, elements, stamp_time(self, i.core.common.ttl.as_ref()), name)?;
+        self.raw_list_replace(id, &bytes)
     }
 
     // ------------------------------------------------------------ map
 
     /// The value under `user_key`.
+    #[inline]
     fn map_get<UK, UV, N>(&mut self, state: &MapState<UK, UV, N>, user_key: &UK) -> Result<Option<UV>> {
         let i = &state.0;
         let name = &*i.core.common.name;
         let id = state_id(self, i.core.slot, name)?;
-        let mut uk = Vec::new();
-        i.user_key.serialize(user_key, &mut uk)?;
-        let Some(raw) = self.raw_map_get(id, &uk)? else {
-            return Ok(None);
-        };
-        let Some(ttl) = i.core.common.ttl.as_ref() else {
-            return decode(&i.value, &raw, name).map(Some);
-        };
-        let now = self.clock().now_millis();
-        match check_ttl(ttl, &raw, now, true, name)? {
-            TtlRead::Live(user, refresh) => {
-                if refresh {
-                    self.raw_map_put(id, Bytes::from(uk), restamp(now, &user))?;
+        let ttl = i.core.common.ttl.as_ref();
+        let now = stamp_time(self, ttl).unwrap_or(0);
+        let value = |bytes: &[u8]| decode(&i.value, bytes, name);
+        with_buffer(self, |b, uk| {
+            i.user_key.serialize(user_key, uk)?;
+            let Some(ttl) = ttl else {
+                return b.raw_map_get(id, uk, |raw| raw.map(value).transpose());
+            };
+            let mut restamped = Vec::new();
+            match b.raw_map_get(id, uk, |raw| {
+                check_entry(ttl, raw, now, true, name, &mut restamped, value)
+            })? {
+                Checked::Absent => Ok(None),
+                Checked::Live {
+                    value,
+                    restamped: refreshed,
+                } => {
+                    if refreshed {
+                        b.raw_map_put(id, uk, &restamped)?;
+                    }
+                    Ok(Some(value))
                 }
-                decode(&i.value, &user, name).map(Some)
-            }
-            TtlRead::Expired(user, visible) => {
-                self.raw_map_remove(id, &uk)?;
-                if visible {
-                    decode(&i.value, &user, name).map(Some)
-                } else {
-                    Ok(None)
+                Checked::Expired(visible) => {
+                    b.raw_map_remove(id, uk)?;
+                    Ok(visible)
                 }
             }
-        }
+        })
     }
 
     /// True when `user_key` has a (live) value.
@@ -436,6 +546,7 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
     }
 
     /// Puts an entry.
+    #[inline]
     fn map_put<UK, UV, N>(
         &mut self,
         state: &MapState<UK, UV, N>,
@@ -445,10 +556,15 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
         let i = &state.0;
         let name = &*i.core.common.name;
         let id = state_id(self, i.core.slot, name)?;
-        let uk = encode(&i.user_key, user_key.borrow(), None, name)?;
         let stamp = stamp_time(self, i.core.common.ttl.as_ref());
-        let v = encode(&i.value, value.borrow(), stamp, name)?;
-        KeyedStateBackend::raw_map_put(self, id, uk, v)
+        with_buffer(self, |b, buf| {
+            // The user key, then the value, in one buffer.
+            encode_into(buf, &i.user_key, user_key.borrow(), None, name)?;
+            let split = buf.len();
+            encode_into(buf, &i.value, value.borrow(), stamp, name)?;
+            let (uk, v) = buf.split_at(split);
+            KeyedStateBackend::raw_map_put(b, id, uk, v)
+        })
     }
 
     /// Puts every entry.
@@ -469,9 +585,10 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
         let i = &state.0;
         let name = &*i.core.common.name;
         let id = state_id(self, i.core.slot, name)?;
-        let mut uk = Vec::new();
-        i.user_key.serialize(user_key, &mut uk)?;
-        KeyedStateBackend::raw_map_remove(self, id, &uk)
+        with_buffer(self, |b, uk| {
+            i.user_key.serialize(user_key, uk)?;
+            KeyedStateBackend::raw_map_remove(b, id, uk)
+        })
     }
 
     /// True when the map has no live entry.
@@ -502,7 +619,7 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
         let id = state_id(self, i.core.slot, name)?;
         let ttl = i.core.common.ttl;
         let now = stamp_time(self, ttl.as_ref()).unwrap_or(0);
-        let mut refreshed = Vec::new();
+        let mut refreshed: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         self.raw_map_for_each(id, &mut |uk, raw| {
             let user = match &ttl {
                 None => raw,
@@ -523,12 +640,12 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
                 return Ok(MapVisit::Remove);
             }
             if ttl.is_some_and(|t| t.update_type() == TtlUpdateType::OnReadAndWrite) {
-                refreshed.push((Bytes::copy_from_slice(uk), restamp(now, user)));
+                refreshed.push((uk.to_vec(), restamp(now, user)));
             }
             Ok(MapVisit::Keep)
         })?;
         for (uk, v) in refreshed {
-            KeyedStateBackend::raw_map_put(self, id, uk, v)?;
+            KeyedStateBackend::raw_map_put(self, id, &uk, &v)?;
         }
         Ok(())
     }
@@ -575,14 +692,17 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
         let name = &*i.core.common.name;
         let id = state_id(self, i.core.slot, name)?;
         let ttl = i.core.common.ttl.as_ref();
-        let bytes = match read_value(self, id, ttl, false, name)? {
+        let current = read_value(self, id, ttl, false, name, |bytes| decode(&i.value, bytes, name))?;
+        let reduced;
+        let new = match &current {
             Some(cur) => {
-                let cur = decode(&i.value, &cur, name)?;
-                encode(&i.value, &(i.reduce)(&cur, value.borrow()), stamp_time(self, ttl), name)?
+                reduced = (i.reduce)(cur, value.borrow());
+                &reduced
             }
-            None => encode(&i.value, value.borrow(), stamp_time(self, ttl), name)?,
+            None => value.borrow(),
         };
-        self.raw_value_put(id, bytes)
+        let stamp = stamp_time(self, ttl);
+        write_encoded(self, &i.value, new, stamp, name, |b, v| b.raw_value_put(id, v))
     }
 
     /// The reduced value; `None` when nothing was added.
@@ -590,9 +710,9 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
         let i = &state.0;
         let name = &*i.core.common.name;
         let id = state_id(self, i.core.slot, name)?;
-        read_value(self, id, i.core.common.ttl.as_ref(), true, name)?
-            .map(|b| decode(&i.value, &b, name))
-            .transpose()
+        read_value(self, id, i.core.common.ttl.as_ref(), true, name, |bytes| {
+            decode(&i.value, bytes, name)
+        })
     }
 
     /// Adds `input` into the aggregating state's accumulator.
@@ -601,13 +721,13 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
         let name = &*i.core.common.name;
         let id = state_id(self, i.core.slot, name)?;
         let ttl = i.core.common.ttl.as_ref();
-        let mut acc = match read_value(self, id, ttl, false, name)? {
-            Some(b) => decode(&i.accumulator, &b, name)?,
+        let mut acc = match read_value(self, id, ttl, false, name, |bytes| decode(&i.accumulator, bytes, name))? {
+            Some(acc) => acc,
             None => i.function.create_accumulator(),
         };
         i.function.add(input, &mut acc);
-        let bytes = encode(&i.accumulator, &acc, stamp_time(self, ttl), name)?;
-        self.raw_value_put(id, bytes)
+        let stamp = stamp_time(self, ttl);
+        write_encoded(self, &i.accumulator, &acc, stamp, name, |b, v| b.raw_value_put(id, v))
     }
 
     /// The aggregate's result; `None` when nothing was added.
@@ -615,10 +735,9 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
         let i = &state.0;
         let name = &*i.core.common.name;
         let id = state_id(self, i.core.slot, name)?;
-        match read_value(self, id, i.core.common.ttl.as_ref(), true, name)? {
-            Some(b) => Ok(Some(i.function.get_result(&decode(&i.accumulator, &b, name)?))),
-            None => Ok(None),
-        }
+        read_value(self, id, i.core.common.ttl.as_ref(), true, name, |bytes| {
+            Ok(i.function.get_result(&decode(&i.accumulator, bytes, name)?))
+        })
     }
 
     // ------------------------------------------------------------ namespaces and keys

@@ -1,27 +1,31 @@
 //! The keyed state backend contract.
 //!
 //! [`KeyedStateBackend`] is the small, byte-level core a backend implements:
-//! the current key, raw value/list/map operations on the current key and
-//! the state's current namespace, key listing, and the two-phase snapshot.
+//! raw value/list/map operations on the current key and the state's
+//! current namespace, key listing, and the two-phase snapshot. The
+//! bookkeeping every backend needs (config, current key, state registry)
+//! is the shared [`BackendCore`].
 //! Everything typed (serializers, TTL, reducing and aggregating, namespace
 //! merging) is written once on top of it in
 //! [`KeyedStateBackendExt`](crate::KeyedStateBackendExt), so every backend
 //! behaves the same.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::backend_core::BackendCore;
 use crate::descriptor::{StateId, StateMeta};
 use crate::error::{Error, Result};
+use crate::handle::KeyedStateHandle;
 use crate::keygroup::{check_parallelism, KeyGroupRange};
 use crate::serializer::{default_serializer, SharedSerializer};
 use crate::snapshot::{PendingSnapshot, SnapshotOptions};
-use crate::storage::CheckpointLocation;
 use crate::ttl::{SharedClock, StateTtlConfig, SystemClock};
+use crate::{CheckpointLocation, StateReader};
 
 /// What a backend can do; the conformance suite reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -235,72 +239,76 @@ pub fn next_backend_id() -> u64 {
 /// [`set_namespace_bytes`](KeyedStateBackend::set_namespace_bytes); empty,
 /// the void namespace, until set). Use the typed methods of
 /// [`KeyedStateBackendExt`](crate::KeyedStateBackendExt) rather than these.
+///
+/// # Implementing a backend
+///
+/// A backend stores bytes; the bookkeeping (config, backend id, current
+/// key, the state registry with its compatibility checks, namespaces, TTL
+/// config) lives in a [`BackendCore`] it owns and hands out through
+/// [`core`](Self::core) and [`core_mut`](Self::core_mut). The required
+/// methods are those two, [`capabilities`](Self::capabilities), the hook
+/// that creates storage for a new state
+/// ([`create_state_storage`](Self::create_state_storage)), the byte-level
+/// value, list and map operations, key listing and the snapshot. Every
+/// other method has a default derived from these; a backend may override
+/// [`raw_list_append_all`](Self::raw_list_append_all),
+/// [`raw_map_is_empty`](Self::raw_map_is_empty) and
+/// [`raw_entry_count`](Self::raw_entry_count) for speed, and the hooks
+/// [`current_key_changed`](Self::current_key_changed) and
+/// [`state_registered`](Self::state_registered) to keep its own caches.
+///
+/// A state operation finds the current key, its key group and the state's
+/// namespace with [`BackendCore::access`], which also refuses an access
+/// without a current key or to an unknown state.
 pub trait KeyedStateBackend: Send {
     /// The key type.
     type Key;
 
-    /// This backend's process-unique id.
-    fn backend_id(&self) -> u64;
-    /// The key groups it owns.
-    fn key_group_range(&self) -> KeyGroupRange;
-    /// The job's max parallelism.
-    fn max_parallelism(&self) -> u32;
-    /// The key serializer.
-    fn key_serializer(&self) -> &SharedSerializer<Self::Key>;
-    /// The TTL clock.
-    fn clock(&self) -> &SharedClock;
+    // ------------------------------------------------------------ required
+
+    /// The shared bookkeeping: config, id, current key, state registry.
+    fn core(&self) -> &BackendCore<Self::Key>;
+    /// The shared bookkeeping, mutably.
+    fn core_mut(&mut self) -> &mut BackendCore<Self::Key>;
     /// What it can do.
     fn capabilities(&self) -> BackendCapabilities;
 
-    /// Registers a state, or returns the id of a compatible state of the
-    /// same name (registered before or restored). Fails with
-    /// `Incompatible` when a restored state of that name differs in kind,
-    /// serializers or TTL.
-    fn register_state(&mut self, meta: StateMeta, ttl: Option<StateTtlConfig>) -> Result<StateId>;
-    /// Every state the backend holds, registered or restored.
-    fn states(&self) -> Vec<StateMeta>;
+    /// Creates the storage of a new state `meta` (registered, or found in
+    /// a snapshot being restored), which gets id `state`: the next id of the
+    /// core, which records the state once this succeeds.
+    fn create_state_storage(&mut self, state: StateId, meta: &StateMeta) -> Result<()>;
 
-    /// Sets the current key: serialized once, its key group computed once.
-    fn set_current_key(&mut self, key: &Self::Key) -> Result<()>;
-    /// Sets the current key from its serialized bytes.
-    fn set_current_key_bytes(&mut self, key: &[u8]) -> Result<()>;
-    /// The serialized current key, if one is set.
-    fn current_key_bytes(&self) -> Option<&[u8]>;
-    /// Sets the current namespace of `state`.
-    fn set_namespace_bytes(&mut self, state: StateId, namespace: &[u8]) -> Result<()>;
-
-    /// The value (or accumulator) of `state`.
-    fn raw_value_get(&mut self, state: StateId) -> Result<Option<Bytes>>;
+    /// Calls `f` with the value (or accumulator) of `state`, borrowed from
+    /// the backend (no copy), or `None`; returns what `f` returns.
+    fn raw_value_get<R>(&mut self, state: StateId, f: impl FnOnce(Option<&[u8]>) -> Result<R>) -> Result<R>;
     /// Replaces the value of `state`.
-    fn raw_value_put(&mut self, state: StateId, value: Bytes) -> Result<()>;
+    fn raw_value_put(&mut self, state: StateId, value: &[u8]) -> Result<()>;
     /// Removes whatever `state` holds for the current key and namespace.
     fn raw_clear(&mut self, state: StateId) -> Result<()>;
 
     /// Calls `f` with each element of the list, in order.
-    fn raw_list_get(&mut self, state: StateId, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>;
-    /// Appends one element.
-    fn raw_list_append(&mut self, state: StateId, element: Bytes) -> Result<()>;
-    /// Appends elements; nothing to append is a no-op.
-    fn raw_list_append_all(&mut self, state: StateId, elements: Vec<Bytes>) -> Result<()>;
+    fn raw_list_get(&mut self, state: StateId, f: impl FnMut(&[u8]) -> Result<()>) -> Result<()>;
     /// Replaces the list; an empty list clears it.
-    fn raw_list_replace(&mut self, state: StateId, elements: Vec<Bytes>) -> Result<()>;
+    fn raw_list_replace<E: AsRef<[u8]>>(&mut self, state: StateId, elements: &[E]) -> Result<()>;
 
-    /// The value under `user_key`.
-    fn raw_map_get(&mut self, state: StateId, user_key: &[u8]) -> Result<Option<Bytes>>;
+    /// Calls `f` with the value under `user_key`, borrowed from the backend
+    /// (no copy), or `None`; returns what `f` returns.
+    fn raw_map_get<R>(
+        &mut self,
+        state: StateId,
+        user_key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> Result<R>,
+    ) -> Result<R>;
     /// Puts a map entry.
-    fn raw_map_put(&mut self, state: StateId, user_key: Bytes, value: Bytes) -> Result<()>;
+    fn raw_map_put(&mut self, state: StateId, user_key: &[u8], value: &[u8]) -> Result<()>;
     /// Removes a map entry.
     fn raw_map_remove(&mut self, state: StateId, user_key: &[u8]) -> Result<()>;
-    /// True when the map has no entry.
-    fn raw_map_is_empty(&mut self, state: StateId) -> Result<bool>;
     /// Visits each entry; `f` decides whether to keep, remove or stop.
     fn raw_map_for_each(&mut self, state: StateId, f: &mut MapVisitor<'_>) -> Result<()>;
 
     /// Calls `f(key, namespace)` for each key and namespace that holds
     /// `state`, only in `namespace` if given.
     fn raw_for_each_key(&mut self, state: StateId, namespace: Option<&[u8]>, f: &mut KeyVisitor<'_>) -> Result<()>;
-    /// The exact number of (key, namespace) pairs holding `state`.
-    fn raw_entry_count(&mut self, state: StateId) -> Result<u64>;
 
     /// The synchronous phase of a snapshot: captures an immutable view of
     /// all state and returns the asynchronous phase, which writes it to
@@ -311,6 +319,118 @@ pub trait KeyedStateBackend: Send {
         location: Arc<dyn CheckpointLocation>,
         options: SnapshotOptions,
     ) -> Result<PendingSnapshot>;
+
+    // ------------------------------------------------------------ derived from the core
+
+    /// This backend's process-unique id.
+    #[inline]
+    fn backend_id(&self) -> u64 {
+        self.core().id()
+    }
+    /// The key groups it owns.
+    fn key_group_range(&self) -> KeyGroupRange {
+        self.core().key_group_range()
+    }
+    /// The job's max parallelism.
+    fn max_parallelism(&self) -> u32 {
+        self.core().max_parallelism()
+    }
+    /// The key serializer.
+    fn key_serializer(&self) -> &SharedSerializer<Self::Key> {
+        self.core().key_serializer()
+    }
+    /// The TTL clock.
+    #[inline]
+    fn clock(&self) -> &SharedClock {
+        self.core().clock()
+    }
+
+    /// Registers a state, or returns the id of a compatible state of the
+    /// same name (registered before or restored). Fails with
+    /// `Incompatible` when a restored state of that name differs in kind,
+    /// serializers or TTL.
+    fn register_state(&mut self, meta: StateMeta, ttl: Option<StateTtlConfig>) -> Result<StateId> {
+        let id = match self.core().check_registration(&meta)? {
+            Some(id) => id,
+            None => {
+                let id = self.core().next_state_id();
+                self.create_state_storage(id, &meta)?;
+                self.core_mut().add_state(meta)
+            }
+        };
+        self.core_mut().mark_registered(id, ttl)?;
+        self.state_registered(id)?;
+        Ok(id)
+    }
+    /// Every state the backend holds, registered or restored.
+    fn states(&self) -> Vec<StateMeta> {
+        self.core().metas()
+    }
+
+    /// Sets the current key: serialized once, its key group computed once.
+    #[inline]
+    fn set_current_key(&mut self, key: &Self::Key) -> Result<()> {
+        let key_group = self.core_mut().set_current_key(key)?;
+        self.current_key_changed(key_group)
+    }
+    /// Sets the current key from its serialized bytes.
+    fn set_current_key_bytes(&mut self, key: &[u8]) -> Result<()> {
+        let key_group = self.core_mut().set_current_key_bytes(key)?;
+        self.current_key_changed(key_group)
+    }
+    /// The serialized current key, if one is set.
+    fn current_key_bytes(&self) -> Option<&[u8]> {
+        self.core().current_key().bytes()
+    }
+    /// Sets the current namespace of `state`.
+    #[inline]
+    fn set_namespace_bytes(&mut self, state: StateId, namespace: &[u8]) -> Result<()> {
+        self.core_mut().set_namespace(state, namespace)
+    }
+
+    // ------------------------------------------------------------ derived from the required operations
+
+    /// Appends one element. By default
+    /// [`raw_list_append_all`](Self::raw_list_append_all) of one element.
+    #[inline]
+    fn raw_list_append(&mut self, state: StateId, element: &[u8]) -> Result<()> {
+        self.raw_list_append_all(state, std::slice::from_ref(&element))
+    }
+    /// Appends elements; nothing to append is a no-op. By default reads the
+    /// list and replaces it (a backend should override this with a real
+    /// append).
+    fn raw_list_append_all<E: AsRef<[u8]>>(&mut self, state: StateId, elements: &[E]) -> Result<()> {
+        if elements.is_empty() {
+            return Ok(());
+        }
+        let mut all: Vec<Vec<u8>> = Vec::new();
+        self.raw_list_get(state, |e| {
+            all.push(e.to_vec());
+            Ok(())
+        })?;
+        all.extend(elements.iter().map(|e| e.as_ref().to_vec()));
+        self.raw_list_replace(state, &all)
+    }
+    /// True when the map has no entry. By default visits the first entry.
+    fn raw_map_is_empty(&mut self, state: StateId) -> Result<bool> {
+        let mut empty = true;
+        self.raw_map_for_each(state, &mut |_, _| {
+            empty = false;
+            Ok(MapVisit::Stop)
+        })?;
+        Ok(empty)
+    }
+    /// The exact number of (key, namespace) pairs holding `state`. By
+    /// default counts the visits of
+    /// [`raw_for_each_key`](Self::raw_for_each_key).
+    fn raw_entry_count(&mut self, state: StateId) -> Result<u64> {
+        let mut n = 0;
+        self.raw_for_each_key(state, None, &mut |_, _| {
+            n += 1;
+            Ok(())
+        })?;
+        Ok(n)
+    }
 
     /// Checkpoint `checkpoint_id` is complete (its metadata is written).
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
@@ -323,4 +443,65 @@ pub trait KeyedStateBackend: Send {
         let _ = checkpoint_id;
         Ok(())
     }
+
+    // ------------------------------------------------------------ for implementations
+
+    /// Hook: the current key changed to one of `key_group` (it is in
+    /// [`BackendCore::current_key`]). Runs once per record: keep it cheap.
+    #[inline]
+    fn current_key_changed(&mut self, key_group: u32) -> Result<()> {
+        let _ = key_group;
+        Ok(())
+    }
+
+    /// Hook: `state` was registered (new, restored or registered again);
+    /// its TTL config in the core may have changed.
+    fn state_registered(&mut self, state: StateId) -> Result<()> {
+        let _ = state;
+        Ok(())
+    }
+
+    /// For implementations restoring a snapshot named `source`: the id of
+    /// the state `meta` of the snapshot goes into, creating its storage if
+    /// the backend does not hold it yet. Fails with `Incompatible` when a
+    /// state of that name differs from `meta`.
+    fn restore_state(&mut self, meta: &StateMeta, source: &str) -> Result<StateId> {
+        if let Some(id) = self.core().check_restored(meta, source)? {
+            return Ok(id);
+        }
+        let id = self.core().next_state_id();
+        self.create_state_storage(id, meta)?;
+        Ok(self.core_mut().add_state(meta.clone()))
+    }
+}
+
+/// Creates and restores backends of one kind, so an engine (and the
+/// conformance suite) builds and restores any backend the same way.
+///
+/// ```
+/// use flowstate_api::*;
+///
+/// fn open<B: BackendBuilder>(builder: &B) -> Result<B::Backend<u64>> {
+///     let config = KeyedBackendConfig::<u64>::new(KeyGroupRange::all(128)?, 128);
+///     builder.build(config)
+/// }
+/// ```
+pub trait BackendBuilder: Send + Sync + 'static {
+    /// The backend for keys of type `K`.
+    type Backend<K: 'static>: KeyedStateBackend<Key = K> + std::fmt::Debug;
+    /// A short name, e.g. `heap`.
+    fn name(&self) -> &str;
+    /// What the backends it builds can do.
+    fn capabilities(&self) -> BackendCapabilities;
+    /// An empty backend.
+    fn build<K: 'static>(&self, config: KeyedBackendConfig<K>) -> Result<Self::Backend<K>>;
+    /// A backend restored from `handles` (any number, from any parallelism:
+    /// only the key groups of `config` are kept); `reader` reads their
+    /// streams.
+    fn restore<K: 'static>(
+        &self,
+        config: KeyedBackendConfig<K>,
+        handles: &[KeyedStateHandle],
+        reader: Arc<dyn StateReader>,
+    ) -> impl Future<Output = Result<Self::Backend<K>>> + Send;
 }

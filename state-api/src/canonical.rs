@@ -13,7 +13,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::handle::{KeyGroupsStateHandle, StreamStateHandle};
 use crate::keygroup::KeyGroupRange;
 use crate::serializer::SerializerId;
-use crate::storage::CheckpointOutputStream;
+use crate::storage::{CheckpointOutputStream, StateReader};
 use crate::ttl::{is_expired, split_ttl_value};
 
 /// First four bytes of every canonical snapshot file.
@@ -305,16 +305,26 @@ pub struct CanonicalWriteResult {
     pub records: u64,
 }
 
+/// Frames in flight between the thread that builds them and the stream.
+const FRAMES_IN_FLIGHT: usize = 4;
+
 /// Writes a canonical snapshot of `header.range` from `source` to `stream`.
 /// With no states, writes nothing and returns an empty handle.
 /// `compression_level` turns zstd on.
-pub async fn write_canonical_snapshot(
+///
+/// The source is read, and frames compressed, on a blocking thread
+/// ([`run_blocking`](crate::run_blocking)); frames reach the async stream
+/// through a bounded channel, so the engine's executor is never blocked and
+/// at most a few frames are in memory. If the stream fails (or this future
+/// is dropped), the producer stops at its next frame.
+pub async fn write_canonical_snapshot<S: KeyGroupSource + 'static>(
     header: &SnapshotHeader,
-    source: &mut dyn KeyGroupSource,
+    mut source: S,
     filter: TtlFilter,
     mut stream: Box<dyn CheckpointOutputStream>,
     compression_level: Option<i32>,
 ) -> Result<CanonicalWriteResult> {
+    use futures::{SinkExt, StreamExt};
     if header.states.is_empty() {
         stream.abort().await;
         return Ok(CanonicalWriteResult {
@@ -331,23 +341,48 @@ pub async fn write_canonical_snapshot(
     } else {
         None
     };
-    let mut writer = KeyGroupWriter::new(filter);
-    let mut offsets = Vec::with_capacity(header.range.len() as usize);
-    let written: Result<()> = async {
-        stream.write(&header.encode()).await?;
-        for kg in header.range.iter() {
-            offsets.push(stream.position());
+    let range = header.range;
+    let (mut tx, mut rx) = futures::channel::mpsc::channel::<Vec<u8>>(FRAMES_IN_FLIGHT);
+    let producer = crate::run_blocking(move || {
+        let mut writer = KeyGroupWriter::new(filter);
+        for kg in range.iter() {
             source.write_key_group(kg, &mut writer)?;
             let frame = writer.finish_frame(kg, level)?;
-            stream.write(&frame).await?;
+            if futures::executor::block_on(tx.send(frame)).is_err() {
+                // The writer stopped (failed or was dropped).
+                return Err(Error::new(ErrorKind::Closed, "the snapshot stream was closed"));
+            }
         }
-        Ok(())
-    }
-    .await;
-    if let Err(e) = written {
-        stream.abort().await;
-        return Err(e);
-    }
+        Ok(writer.records)
+    });
+    let mut offsets = Vec::with_capacity(range.len() as usize);
+    let consumer = async {
+        let r = async {
+            stream.write(&header.encode()).await?;
+            while let Some(frame) = rx.next().await {
+                offsets.push(stream.position());
+                stream.write(&frame).await?;
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        // Unblocks a producer waiting to send after a failure.
+        rx.close();
+        r
+    };
+    let (records, written) = futures::join!(producer, consumer);
+    let records = match (records, written) {
+        (Ok(records), Ok(())) if offsets.len() == range.len() as usize => records,
+        (Ok(_), Ok(())) => {
+            stream.abort().await;
+            return Err(Error::internal("the snapshot producer stopped early"));
+        }
+        // The stream's error is the cause when both failed.
+        (_, Err(e)) | (Err(e), Ok(())) => {
+            stream.abort().await;
+            return Err(e);
+        }
+    };
     let handle = stream.close().await?;
     Ok(CanonicalWriteResult {
         handle: KeyGroupsStateHandle {
@@ -355,7 +390,7 @@ pub async fn write_canonical_snapshot(
             offsets,
             stream: handle,
         },
-        records: writer.records,
+        records,
     })
 }
 
@@ -428,7 +463,9 @@ impl<'a> Record<'a> {
 /// verified one at a time as they are read.
 #[derive(Debug, Clone)]
 pub struct CanonicalSnapshot {
+    /// Bytes `base..base + data.len()` of the stream.
     data: Bytes,
+    base: u64,
     header: SnapshotHeader,
     kinds: Vec<StorageKind>,
     offsets: Vec<u64>,
@@ -473,11 +510,84 @@ impl CanonicalSnapshot {
         let kinds = header.states.iter().map(|s| s.kind.storage()).collect();
         Ok(CanonicalSnapshot {
             data,
+            base: 0,
             header,
             kinds,
             offsets: handle.offsets.clone(),
             name: name.to_string(),
         })
+    }
+
+    /// Reads only what a backend owning key groups `want` needs: the header
+    /// and the frames of the key groups in both `want` and the handle's
+    /// range, with two ranged reads. Returns the snapshot and the bytes read.
+    pub async fn read(
+        reader: &dyn StateReader,
+        handle: &KeyGroupsStateHandle,
+        want: KeyGroupRange,
+        name: &str,
+    ) -> Result<(Self, u64)> {
+        let ctx = |e: Error| e.context(format!("snapshot {name}"));
+        let size = handle.stream.size();
+        let overlap = handle.range.intersect(&want);
+        let offsets = &handle.offsets;
+        // Inline streams are in memory already; a snapshot read whole anyway
+        // gains nothing from ranges.
+        if !matches!(handle.stream, StreamStateHandle::File { .. }) || overlap == handle.range || offsets.is_empty() {
+            let data = reader.read(&handle.stream).await?;
+            let n = data.len() as u64;
+            return Ok((Self::open(data, handle, name)?, n));
+        }
+        if offsets.len() != handle.range.len() as usize || offsets.windows(2).any(|w| w[0] > w[1]) {
+            return Err(ctx(Error::corrupted(format!(
+                "handle lists {} key-group offsets, not in order, for {} key groups",
+                offsets.len(),
+                handle.range.len()
+            ))));
+        }
+        let header_end = offsets[0];
+        let frames = if overlap.is_empty() {
+            header_end..header_end
+        } else {
+            let first = (overlap.start() - handle.range.start()) as usize;
+            let last = (overlap.end() - handle.range.start()) as usize;
+            offsets[first]..offsets.get(last).copied().unwrap_or(size)
+        };
+        if header_end > size || frames.end > size {
+            return Err(ctx(Error::corrupted(format!(
+                "key-group offsets reach past the end of the stream ({size} bytes)"
+            ))));
+        }
+        let parts = reader
+            .read_ranges(&handle.stream, &[0..header_end, frames.clone()])
+            .await?;
+        let [head, data] = <[Bytes; 2]>::try_from(parts)
+            .map_err(|_| Error::internal("a ranged read returned the wrong number of parts"))?;
+        let (header, header_len) = SnapshotHeader::decode(&head).map_err(ctx)?;
+        if header_len as u64 != header_end {
+            return Err(ctx(Error::corrupted(format!(
+                "the first key-group frame starts at {header_end}, not after the {header_len}-byte header"
+            ))));
+        }
+        if header.range != handle.range {
+            return Err(ctx(Error::corrupted(format!(
+                "covers key groups {} but its handle says {}",
+                header.range, handle.range
+            ))));
+        }
+        let read = head.len() as u64 + data.len() as u64;
+        let kinds = header.states.iter().map(|s| s.kind.storage()).collect();
+        Ok((
+            CanonicalSnapshot {
+                data,
+                base: frames.start,
+                header,
+                kinds,
+                offsets: offsets.clone(),
+                name: name.to_string(),
+            },
+            read,
+        ))
     }
 
     /// The header.
@@ -494,7 +604,14 @@ impl CanonicalSnapshot {
                 self.header.range
             ))));
         }
-        let offset = self.offsets[(kg - self.header.range.start()) as usize] as usize;
+        let at = self.offsets[(kg - self.header.range.start()) as usize];
+        let end = self.base + self.data.len() as u64;
+        if at < self.base || at >= end {
+            return Err(ctx(Error::invalid(
+                "its bytes were not read (outside the key groups asked for)",
+            )));
+        }
+        let offset = (at - self.base) as usize;
         let mut r = Reader::new(&self.data[offset..]);
         let stored = (|| {
             let len = r.u32_le("frame length")? as usize;

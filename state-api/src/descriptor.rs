@@ -144,6 +144,23 @@ impl StateMeta {
             Some(why.join("; "))
         }
     }
+
+    /// The error for using this state as `wanted` storage (e.g. a value
+    /// operation on a list state): the caller's misuse, so
+    /// [`Invalid`](crate::ErrorKind::Invalid), with the same message in every
+    /// backend.
+    pub fn wrong_kind(&self, wanted: StorageKind) -> Error {
+        let wanted = match wanted {
+            StorageKind::Value => "value",
+            StorageKind::List => "list",
+            StorageKind::Map => "map",
+        };
+        let article = if self.kind == StateKind::Aggregating { "an" } else { "a" };
+        Error::invalid(format!(
+            "state {:?} is {article} {} state and cannot be used as {wanted} state",
+            self.name, self.kind
+        ))
+    }
 }
 
 /// The index of a registered state within its backend.

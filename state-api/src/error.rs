@@ -124,14 +124,34 @@ impl Error {
     }
 
     /// An I/O error on `what` (a path or name), classified by its kind.
+    ///
+    /// Only failures that may go away by themselves are
+    /// [`Unavailable`](ErrorKind::Unavailable) (interrupted, timed out,
+    /// would block, a reset connection, unknown errors). A full disk, an
+    /// exceeded quota, a file too large or too many open files is
+    /// [`LimitExceeded`](ErrorKind::LimitExceeded); a refused permission, a
+    /// read-only filesystem or a bad path (not a directory, a directory, an
+    /// invalid file name) is [`Invalid`](ErrorKind::Invalid): the configured
+    /// location is unusable until someone changes it.
     pub fn io(what: impl fmt::Display, err: std::io::Error) -> Self {
         use std::io::ErrorKind as Io;
+        // EMFILE and ENFILE have no stable `io::ErrorKind`.
+        const TOO_MANY_OPEN_FILES: [i32; 2] = [24, 23];
         let kind = match err.kind() {
             Io::NotFound => ErrorKind::NotFound,
             Io::AlreadyExists => ErrorKind::Conflict,
             Io::InvalidInput => ErrorKind::Invalid,
             Io::UnexpectedEof | Io::InvalidData => ErrorKind::Corrupted,
             Io::Unsupported => ErrorKind::Unsupported,
+            Io::StorageFull | Io::QuotaExceeded | Io::FileTooLarge => ErrorKind::LimitExceeded,
+            Io::PermissionDenied
+            | Io::ReadOnlyFilesystem
+            | Io::NotADirectory
+            | Io::IsADirectory
+            | Io::InvalidFilename => ErrorKind::Invalid,
+            _ if cfg!(unix) && err.raw_os_error().is_some_and(|c| TOO_MANY_OPEN_FILES.contains(&c)) => {
+                ErrorKind::LimitExceeded
+            }
             _ => ErrorKind::Unavailable,
         };
         Error::new(kind, format!("{what}: {err}")).with_source(err)
@@ -176,6 +196,60 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::NotFound);
         let e = Error::io("f", std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
         assert_eq!(e.kind(), ErrorKind::Corrupted);
+    }
+
+    #[test]
+    fn only_transient_io_errors_are_retryable() {
+        use std::io::ErrorKind as Io;
+        let cases = [
+            (Io::StorageFull, ErrorKind::LimitExceeded),
+            (Io::QuotaExceeded, ErrorKind::LimitExceeded),
+            (Io::FileTooLarge, ErrorKind::LimitExceeded),
+            (Io::PermissionDenied, ErrorKind::Invalid),
+            (Io::ReadOnlyFilesystem, ErrorKind::Invalid),
+            (Io::NotADirectory, ErrorKind::Invalid),
+            (Io::IsADirectory, ErrorKind::Invalid),
+            (Io::InvalidFilename, ErrorKind::Invalid),
+            (Io::Interrupted, ErrorKind::Unavailable),
+            (Io::TimedOut, ErrorKind::Unavailable),
+            (Io::WouldBlock, ErrorKind::Unavailable),
+            (Io::ConnectionReset, ErrorKind::Unavailable),
+            (Io::Other, ErrorKind::Unavailable),
+        ];
+        for (io, want) in cases {
+            let e = Error::io("chk-3/state", std::io::Error::from(io));
+            assert_eq!(e.kind(), want, "{io:?}: {e}");
+            let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>());
+            assert_eq!(
+                source.map(std::io::Error::kind),
+                Some(io),
+                "the io error stays the source"
+            );
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn os_errors_of_full_or_read_only_disks_are_not_retryable() {
+        // ENOSPC, EDQUOT, EFBIG, EROFS, EACCES, EPERM, ENOTDIR, EISDIR, ENAMETOOLONG, EMFILE, ENFILE.
+        let cases = [
+            (28, ErrorKind::LimitExceeded),
+            (122, ErrorKind::LimitExceeded),
+            (27, ErrorKind::LimitExceeded),
+            (30, ErrorKind::Invalid),
+            (13, ErrorKind::Invalid),
+            (1, ErrorKind::Invalid),
+            (20, ErrorKind::Invalid),
+            (21, ErrorKind::Invalid),
+            (36, ErrorKind::Invalid),
+            (24, ErrorKind::LimitExceeded),
+            (23, ErrorKind::LimitExceeded),
+            (5, ErrorKind::Unavailable),
+        ];
+        for (code, want) in cases {
+            let e = Error::io("/ckpt/job/chk-3", std::io::Error::from_raw_os_error(code));
+            assert_eq!(e.kind(), want, "os error {code}: {e}");
+        }
     }
 
     #[test]

@@ -151,6 +151,19 @@ pub struct KeyGroupsStateHandle {
     pub stream: StreamStateHandle,
 }
 
+impl KeyGroupsStateHandle {
+    /// A name for error messages that an operator can find: the key groups
+    /// and, for a file, its path (inline state has no path of its own: it
+    /// lives in the checkpoint's metadata).
+    pub fn describe(&self) -> String {
+        match &self.stream {
+            StreamStateHandle::Empty => format!("empty state of key groups {}", self.range),
+            StreamStateHandle::Inline(b) => format!("inline state of key groups {} ({} bytes)", self.range, b.len()),
+            StreamStateHandle::File { path, .. } => format!("state file {path} (key groups {})", self.range),
+        }
+    }
+}
+
 /// One file of an incremental snapshot: its name in the backend's local
 /// directory, where its bytes are stored, and their CRC-32C.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,6 +22,8 @@
 
 mod access;
 mod backend;
+mod backend_core;
+mod blob;
 mod blocking;
 pub mod canonical;
 pub mod codec;
@@ -29,6 +31,7 @@ mod descriptor;
 mod error;
 mod handle;
 mod keygroup;
+mod layout;
 mod lifecycle;
 mod memory;
 mod metadata;
@@ -39,9 +42,11 @@ pub mod ttl;
 
 pub use access::{KeyedStateBackendExt, MergeableState};
 pub use backend::{
-    next_backend_id, BackendCapabilities, CurrentKey, KeyVisitor, KeyedBackendConfig, KeyedStateBackend, MapVisit,
-    MapVisitor,
+    next_backend_id, BackendBuilder, BackendCapabilities, CurrentKey, KeyVisitor, KeyedBackendConfig,
+    KeyedStateBackend, MapVisit, MapVisitor,
 };
+pub use backend_core::{BackendCore, StateAccess, StateEntry};
+pub use blob::{BlobMeta, BlobPath, BlobStore, BlobWriter, MemoryBlobStore};
 pub use blocking::run_blocking;
 pub use descriptor::{
     validate_state_name, AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState,
@@ -57,6 +62,10 @@ pub use handle::{
 pub use keygroup::{
     check_parallelism, default_max_parallelism, key_group_for_key_bytes, murmur3_32, operator_index_for_key_group,
     KeyGroupRange, MAX_PARALLELISM_UPPER_BOUND,
+};
+pub use layout::{
+    BlobCheckpointStorage, BlobStateReader, DEFAULT_INLINE_THRESHOLD, DEFAULT_WRITE_CHUNK, MAX_INLINE_THRESHOLD,
+    MAX_METADATA_SIZE, SHARED_DIR, TASK_OWNED_DIR,
 };
 pub use lifecycle::{
     CancellationPolicy, CheckpointStore, CheckpointStoreConfig, CompletedCheckpoint, Completion, GcOptions, GcReport,

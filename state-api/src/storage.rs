@@ -76,6 +76,24 @@ pub trait CheckpointOutputStream: Send {
 pub trait StateReader: Send + Sync + fmt::Debug {
     /// All bytes of `handle`. Files whose paths leave the checkpoint root are refused.
     async fn read(&self, handle: &StreamStateHandle) -> Result<Bytes>;
+    /// The given byte ranges of `handle`, in order: what a restore that
+    /// owns only some key groups reads. Ranges must lie within the handle's
+    /// size. The default reads the whole stream; storages read only the ranges.
+    async fn read_ranges(&self, handle: &StreamStateHandle, ranges: &[std::ops::Range<u64>]) -> Result<Vec<Bytes>> {
+        crate::layout::check_ranges(handle, ranges)?;
+        let all = self.read(handle).await?;
+        Ok(ranges
+            .iter()
+            .map(|r| all.slice(r.start as usize..r.end as usize))
+            .collect())
+    }
+    /// The local file holding `handle`'s bytes, if the storage is a local
+    /// filesystem: a restore on the same device may hard-link it instead of
+    /// copying (and still verifies it).
+    fn local_path(&self, handle: &StreamStateHandle) -> Option<std::path::PathBuf> {
+        let _ = handle;
+        None
+    }
 }
 
 /// Reads inline handles only: what is needed when every stream was inlined.
@@ -200,6 +218,9 @@ pub fn unique_file_name() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // Wall time, not the job's injected clock: names must not repeat across
+    // processes and restarts, which a manual or replayed clock would allow.
+    #[allow(clippy::disallowed_methods)]
     let nanos = std::time::SystemTime::UNIX_EPOCH
         .elapsed()
         .map(|d| d.as_nanos())

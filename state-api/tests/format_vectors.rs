@@ -64,10 +64,9 @@ async fn snapshot_bytes() -> (KeyGroupsStateHandle, Vec<u8>) {
     let storage = MemoryCheckpointStorage::new("vectors");
     let location = storage.init_checkpoint(1).await.unwrap();
     let stream = location.create_output_stream(StateScope::Exclusive).await.unwrap();
-    let written =
-        flowstate_api::canonical::write_canonical_snapshot(&header, &mut One, Default::default(), stream, None)
-            .await
-            .unwrap();
+    let written = flowstate_api::canonical::write_canonical_snapshot(&header, One, Default::default(), stream, None)
+        .await
+        .unwrap();
     let StreamStateHandle::Inline(b) = &written.handle.stream else {
         panic!()
     };

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use flowstate_api::{validate_relative_path, Error, ErrorKind, Result};
+use flowstate_api::{validate_relative_path, Error, Result};
 
 /// What [`confine`] does with the last component of a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,54 +124,21 @@ pub(crate) fn open_regular(path: &Path) -> Result<(File, u64)> {
     Ok((file, meta.len()))
 }
 
-/// Reads at most `limit + 1` bytes of `file`, enough to tell that it holds
-/// more than `limit`.
-fn read_bounded(file: File, path: &Path, len: u64, limit: u64) -> Result<Vec<u8>> {
-    let capacity = usize::try_from(len.min(limit)).map_or(0, |n| n.saturating_add(1));
+/// Reads the bytes of `range` of the regular file at `path`: fewer if the
+/// file ends first, never more than the range.
+pub(crate) fn read_range(path: &Path, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let (mut file, len) = open_regular(path)?;
+    let want = range.end.saturating_sub(range.start);
+    let capacity = usize::try_from(want.min(len.saturating_sub(range.start))).unwrap_or(0);
     let mut data = Vec::with_capacity(capacity);
-    file.take(limit.saturating_add(1))
+    if want == 0 {
+        return Ok(data);
+    }
+    file.seek(SeekFrom::Start(range.start))
+        .map_err(|e| Error::io(path.display(), e))?;
+    file.take(want)
         .read_to_end(&mut data)
         .map_err(|e| Error::io(path.display(), e))?;
-    Ok(data)
-}
-
-/// Reads a state file that must hold exactly `size` bytes; never reads more
-/// than `size + 1`.
-pub(crate) fn read_sized(path: &Path, size: u64) -> Result<Vec<u8>> {
-    let wrong = |actual: u64| {
-        Error::corrupted(format!(
-            "state file {} has {actual} bytes but its handle says {size}",
-            path.display()
-        ))
-    };
-    let (file, len) = open_regular(path)?;
-    if len != size {
-        return Err(wrong(len));
-    }
-    let data = read_bounded(file, path, len, size)?;
-    if data.len() as u64 != size {
-        // It changed since it was opened; more than `size + 1` was never read.
-        return Err(wrong(data.len() as u64));
-    }
-    Ok(data)
-}
-
-/// Reads a whole file of at most `cap` bytes; a larger one is refused with
-/// [`ErrorKind::LimitExceeded`] without reading more than `cap + 1` bytes.
-pub(crate) fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
-    let too_large = || {
-        Error::new(
-            ErrorKind::LimitExceeded,
-            format!("{} is larger than the limit of {cap} bytes", path.display()),
-        )
-    };
-    let (file, len) = open_regular(path)?;
-    if len > cap {
-        return Err(too_large());
-    }
-    let data = read_bounded(file, path, len, cap)?;
-    if data.len() as u64 > cap {
-        return Err(too_large());
-    }
     Ok(data)
 }

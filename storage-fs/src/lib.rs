@@ -1,4 +1,6 @@
-//! Filesystem checkpoint storage for flowstate, with Flink's layout:
+//! Filesystem checkpoint storage for flowstate: the checkpoint layout of
+//! [`BlobCheckpointStorage`] over [`FsBlobStore`], a durable adapter of the
+//! [`BlobStore`] contract.
 //!
 //! ```text
 //! <base>/<job-id>/chk-<n>/_metadata   + the checkpoint's exclusive state files
@@ -7,18 +9,13 @@
 //! <savepoint-dir>/savepoint-<...>/    self-contained, relocatable savepoints
 //! ```
 //!
-//! State streams at or below the inline threshold (20 KiB by default, at
-//! most 1 MiB) are kept in the metadata; larger ones become files, written
-//! through a buffer and synced on close. A stream dropped or aborted before
-//! it is closed deletes its file. `_metadata` is written last, synced with
-//! its directory, and only if absent. Blocking file I/O runs on blocking
-//! threads, off the async executor.
-//!
-//! Every path is confined to its root by one check, for reads, writes and
-//! deletes alike: a symlink never leads a read or a delete out of the job
-//! (or savepoint) directory. Only regular files are read, opened without
-//! blocking and checked on the opened handle (a FIFO or a device named as a
-//! state file is refused, not read), and never more bytes than expected.
+//! What the adapter adds to the contract: files are synced when finished;
+//! `put_if_absent` writes a synced temporary file and hard-links it into
+//! place (which fails if the target exists) and syncs the directory; every
+//! path is confined to the store's root, symlinks included, on read and on
+//! delete alike; anything but a regular file is refused without blocking;
+//! reads never go past the range asked for; and all blocking I/O runs off
+//! the async executor ([`run_blocking`]).
 //!
 //! ```
 //! use flowstate_api::*;
@@ -36,347 +33,229 @@
 //! ```
 
 mod guard;
-mod stream;
 
+use std::fs::File;
+use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use flowstate_api::{
-    parse_pointer, validate_relative_path, CheckpointKind, CheckpointLocation, CheckpointMetadata,
-    CheckpointOutputStream, CheckpointStorage, Error, ErrorKind, InlineReader, ResolvedCheckpoint, Result, StateReader,
-    StateScope, StorageCapabilities, StoredFile, StreamStateHandle, METADATA_FILE,
+    run_blocking, unique_file_name, BlobCheckpointStorage, BlobMeta, BlobPath, BlobStateReader, BlobStore, BlobWriter,
+    Error, ErrorKind, Result,
 };
 
-use guard::{confine, read_capped, read_sized, real_dir, Last};
-pub use stream::FsOutputStream;
+use guard::{confine, read_range, real_dir, Last};
 
-/// Flink's default inline threshold: 20 KiB.
-pub const DEFAULT_INLINE_THRESHOLD: usize = 20 << 10;
-/// The largest inline threshold allowed: 1 MiB.
-pub const MAX_INLINE_THRESHOLD: usize = 1 << 20;
-/// The default write buffer of state file streams.
-pub const DEFAULT_WRITE_BUFFER: usize = 64 << 10;
+pub use flowstate_api::{DEFAULT_INLINE_THRESHOLD, MAX_INLINE_THRESHOLD, SHARED_DIR, TASK_OWNED_DIR};
 
-/// The largest file [`resolve`](CheckpointStorage::resolve),
-/// [`latest_checkpoint`](CheckpointStorage::latest_checkpoint) and
-/// [`read_file`](CheckpointStorage::read_file) read: 256 MiB. Metadata
-/// files hold handles and offsets, far less than this; a larger file is
-/// refused with [`ErrorKind::LimitExceeded`] instead of being read into
-/// memory.
-pub const MAX_METADATA_FILE_SIZE: u64 = 256 << 20;
-
-/// Name of the shared-state directory.
-pub const SHARED_DIR: &str = "shared";
-/// Name of the task-owned state directory.
-pub const TASK_OWNED_DIR: &str = "taskowned";
-
-/// Runs blocking file I/O off the async executor's threads.
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    flowstate_api::run_blocking(f).await
-}
-
-pub(crate) fn unique_name() -> String {
-    flowstate_api::unique_file_name()
-}
-
-fn check_component(what: &str, name: &str) -> Result<()> {
-    validate_relative_path(name)?;
-    if name.contains('/') {
-        return Err(Error::invalid(format!(
-            "{what} {name:?} must be a single path component"
-        )));
-    }
-    Ok(())
-}
-
-#[derive(Debug)]
-struct Inner {
-    job_id: String,
-    job_dir: PathBuf,
-    savepoint_dir: Option<PathBuf>,
-    inline_threshold: usize,
-    write_buffer: usize,
-}
-
-/// Checkpoint storage on a filesystem.
-#[derive(Debug, Clone)]
-pub struct FsCheckpointStorage {
-    inner: Arc<Inner>,
-}
+/// Filesystem checkpoint storage: [`open`](FsCheckpointStorage::open) gives
+/// the checkpoint layout over an [`FsBlobStore`] at `<base>/<job-id>`.
+#[derive(Debug, Clone, Copy)]
+pub struct FsCheckpointStorage;
 
 impl FsCheckpointStorage {
-    /// Storage for `job_id` under `base`; creates `<base>/<job_id>/shared`
-    /// and `taskowned`.
-    pub fn open(base: impl AsRef<Path>, job_id: &str) -> Result<Self> {
-        check_component("job id", job_id)?;
-        let job_dir = base.as_ref().join(job_id);
-        for dir in [SHARED_DIR, TASK_OWNED_DIR] {
-            let path = job_dir.join(dir);
+    /// Storage for `job_id` under the directory `base` (created if needed).
+    #[allow(clippy::new_ret_no_self)]
+    pub fn open(base: impl AsRef<Path>, job_id: &str) -> Result<BlobCheckpointStorage> {
+        let dir = base.as_ref().join(job_id);
+        let store = FsBlobStore::new(&dir).keeping(&[SHARED_DIR, TASK_OWNED_DIR]);
+        // The job id is checked (one path component) before a directory is made.
+        let storage = BlobCheckpointStorage::new(Arc::new(store), job_id)?;
+        for d in [SHARED_DIR, TASK_OWNED_DIR] {
+            let path = dir.join(d);
             std::fs::create_dir_all(&path).map_err(|e| Error::io(path.display(), e))?;
         }
-        Ok(FsCheckpointStorage {
-            inner: Arc::new(Inner {
-                job_id: job_id.to_string(),
-                job_dir,
-                savepoint_dir: None,
-                inline_threshold: DEFAULT_INLINE_THRESHOLD,
-                write_buffer: DEFAULT_WRITE_BUFFER,
-            }),
-        })
+        Ok(storage)
     }
+}
 
-    fn with(self, f: impl FnOnce(&mut Inner)) -> Self {
-        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
-            job_id: shared.job_id.clone(),
-            job_dir: shared.job_dir.clone(),
-            savepoint_dir: shared.savepoint_dir.clone(),
-            inline_threshold: shared.inline_threshold,
-            write_buffer: shared.write_buffer,
-        });
-        f(&mut inner);
-        FsCheckpointStorage { inner: Arc::new(inner) }
-    }
+/// A reader of state files under `root` (what a restore of a checkpoint
+/// whose handles are relative to `root` uses).
+pub fn state_reader(root: impl AsRef<Path>) -> BlobStateReader {
+    BlobStateReader::new(Arc::new(FsBlobStore::new(root.as_ref())))
+}
 
-    /// Streams of at most `bytes` are inlined into the metadata (at most 1 MiB).
-    pub fn with_inline_threshold(self, bytes: usize) -> Result<Self> {
-        if bytes > MAX_INLINE_THRESHOLD {
-            return Err(Error::invalid(format!(
-                "inline threshold {bytes} exceeds the maximum of {MAX_INLINE_THRESHOLD} bytes"
-            )));
-        }
-        Ok(self.with(|i| i.inline_threshold = bytes))
-    }
+/// A directory as a [`BlobStore`]: object paths are file paths under it.
+#[derive(Debug, Clone)]
+pub struct FsBlobStore {
+    root: PathBuf,
+    /// `root` as pointers write it.
+    name: String,
+    /// Directories (relative to the root) kept when a delete empties them.
+    keep: Vec<String>,
+}
 
-    /// Sets the write buffer of state file streams.
-    pub fn with_write_buffer(self, bytes: usize) -> Self {
-        self.with(|i| i.write_buffer = bytes.max(4096))
-    }
-
-    /// Where savepoints go when no target is given.
-    pub fn with_savepoint_dir(self, dir: impl Into<PathBuf>) -> Self {
-        let dir = dir.into();
-        self.with(|i| i.savepoint_dir = Some(dir))
-    }
-
-    /// The job directory, `<base>/<job-id>`.
-    pub fn job_dir(&self) -> &Path {
-        &self.inner.job_dir
-    }
-
-    fn location(
-        &self,
-        checkpoint_id: u64,
-        kind: CheckpointKind,
-        dir: PathBuf,
-        root: PathBuf,
-        relative_dir: String,
-    ) -> FsLocation {
-        FsLocation {
-            checkpoint_id,
-            kind,
-            pointer: dir.display().to_string(),
-            dir,
-            root,
-            relative_dir,
-            inline_threshold: self.inner.inline_threshold,
-            write_buffer: self.inner.write_buffer,
-            written: Arc::default(),
-        }
-    }
-
-    /// Reads a checkpoint's metadata. It is confined to the same root as the
-    /// checkpoint's state files: the job directory for `chk-<n>`, the
-    /// savepoint's own directory for a savepoint.
-    async fn read_checkpoint(pointer: &str) -> Result<ResolvedCheckpoint> {
-        let parsed = parse_pointer(pointer)?;
-        let normalized = parsed.normalized();
-        let dir = PathBuf::from(&normalized);
-        let (root, relative) = if parsed.checkpoint_id.is_some() {
-            let parent = dir
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-            (parent, format!("{}/{METADATA_FILE}", parsed.dir))
+impl FsBlobStore {
+    /// A store rooted at the directory `root` (which need not exist yet).
+    pub fn new(root: &Path) -> Self {
+        let root = if root.as_os_str().is_empty() {
+            PathBuf::from(".")
         } else {
-            (dir.clone(), METADATA_FILE.to_string())
+            root.to_path_buf()
         };
-        let name = dir.join(METADATA_FILE).display().to_string();
-        let data = blocking({
-            let root = root.clone();
-            move || match confine(&root, &relative, Last::Follow).and_then(|f| read_capped(&f, MAX_METADATA_FILE_SIZE))
-            {
-                Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::not_found(format!(
-                    "checkpoint {normalized} has no {METADATA_FILE}: it does not exist or never completed"
-                ))),
-                other => other,
+        let name = root.display().to_string();
+        let name = if name.len() > 1 {
+            name.trim_end_matches('/').to_string()
+        } else {
+            name
+        };
+        FsBlobStore {
+            root: PathBuf::from(&name),
+            name,
+            keep: Vec::new(),
+        }
+    }
+
+    /// Keeps the directories `dirs` (relative to the root) when deletes
+    /// leave them empty; other emptied directories are removed.
+    pub fn keeping(mut self, dirs: &[&str]) -> Self {
+        self.keep = dirs.iter().map(|d| d.to_string()).collect();
+        self
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates the parent directory of `path` (inside the root, never
+    /// through a symlink) and returns it.
+    fn parent_dir(root: &Path, path: &BlobPath) -> Result<PathBuf> {
+        std::fs::create_dir_all(root).map_err(|e| Error::io(root.display(), e))?;
+        match path.as_str().rsplit_once('/') {
+            Some((parent, _)) => {
+                let dir = root.join(parent);
+                std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
+                real_dir(root, parent)
             }
-        })
-        .await?;
-        let metadata = CheckpointMetadata::decode(&Bytes::from(data), &name)?;
-        Ok(ResolvedCheckpoint {
-            pointer: dir.display().to_string(),
-            metadata,
-            reader: Arc::new(FsStateReader::new(root)),
-        })
+            None => real_dir(root, ""),
+        }
+    }
+}
+
+/// A file being written; deleted if dropped before it is finished.
+struct FsWriter {
+    file: Option<File>,
+    path: PathBuf,
+}
+
+impl Drop for FsWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
 #[async_trait]
-impl CheckpointStorage for FsCheckpointStorage {
-    fn job_id(&self) -> &str {
-        &self.inner.job_id
-    }
-
-    fn capabilities(&self) -> StorageCapabilities {
-        StorageCapabilities::new(self.inner.inline_threshold, None, true, true)
-    }
-
-    async fn init_checkpoint(&self, checkpoint_id: u64) -> Result<Arc<dyn CheckpointLocation>> {
-        let name = format!("chk-{checkpoint_id}");
-        let root = self.inner.job_dir.clone();
-        let dir = root.join(&name);
-        blocking({
-            let (root, name, dir) = (root.clone(), name.clone(), dir.clone());
-            move || {
-                std::fs::create_dir_all(&root).map_err(|e| Error::io(root.display(), e))?;
-                match std::fs::create_dir(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(Error::io(dir.display(), e)),
-                }
-                // A real directory inside the job directory, not a symlink out of it.
-                let real = real_dir(&root, &name)?;
-                if std::fs::symlink_metadata(real.join(METADATA_FILE)).is_ok() {
-                    return Err(Error::new(
-                        ErrorKind::Conflict,
-                        format!("checkpoint {} already exists", dir.display()),
-                    ));
-                }
-                Ok(())
-            }
-        })
-        .await?;
-        Ok(Arc::new(self.location(
-            checkpoint_id,
-            CheckpointKind::Checkpoint,
-            dir,
-            root,
-            name,
-        )))
-    }
-
-    async fn init_savepoint(&self, checkpoint_id: u64, target: Option<&str>) -> Result<Arc<dyn CheckpointLocation>> {
-        let parent = match (target, &self.inner.savepoint_dir) {
-            (Some(t), _) => PathBuf::from(t),
-            (None, Some(d)) => d.clone(),
-            (None, None) => {
-                return Err(Error::invalid(
-                    "no savepoint directory: give a target or configure one with with_savepoint_dir",
-                ))
-            }
+impl BlobWriter for FsWriter {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        let Some(mut file) = self.file.take() else {
+            return Err(Error::internal(format!("{} was already finished", self.path.display())));
         };
-        let prefix: String = self.inner.job_id.chars().take(6).collect();
-        let dir = parent.join(format!("savepoint-{prefix}-{checkpoint_id}-{}", unique_name()));
-        blocking({
-            let dir = dir.clone();
-            move || std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))
+        let path = self.path.clone();
+        let (file, result) = run_blocking(move || {
+            let r = file.write_all(&data).map_err(|e| Error::io(path.display(), e));
+            Ok((file, r))
         })
         .await?;
-        Ok(Arc::new(self.location(
-            checkpoint_id,
-            CheckpointKind::Savepoint,
-            dir.clone(),
-            dir,
-            String::new(),
-        )))
+        self.file = Some(file);
+        result
     }
 
-    async fn resolve(&self, pointer: &str) -> Result<ResolvedCheckpoint> {
-        Self::read_checkpoint(pointer).await
+    async fn finish(mut self: Box<Self>) -> Result<()> {
+        let Some(file) = self.file.take() else {
+            return Err(Error::internal(format!("{} was already finished", self.path.display())));
+        };
+        let path = self.path.clone();
+        run_blocking(move || match file.sync_all() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(Error::io(path.display(), e))
+            }
+        })
+        .await
     }
 
-    async fn latest_checkpoint(&self) -> Result<Option<ResolvedCheckpoint>> {
-        let job_dir = self.inner.job_dir.clone();
-        let mut ids = blocking(move || {
-            let entries = std::fs::read_dir(&job_dir).map_err(|e| Error::io(job_dir.display(), e))?;
-            let mut ids = Vec::new();
-            for entry in entries {
-                let entry = entry.map_err(|e| Error::io(job_dir.display(), e))?;
-                if let Some(id) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_prefix("chk-"))
-                    .and_then(|n| n.parse::<u64>().ok())
-                {
-                    ids.push(id);
+    async fn abort(self: Box<Self>) {
+        // Drop deletes the file.
+    }
+}
+
+#[async_trait]
+impl BlobStore for FsBlobStore {
+    fn root(&self) -> &str {
+        &self.name
+    }
+
+    async fn create(&self, path: &BlobPath) -> Result<Box<dyn BlobWriter>> {
+        let (root, path) = (self.root.clone(), path.clone());
+        run_blocking(move || {
+            // A delete may remove the emptied directory between its creation
+            // and the file's: then it is created again.
+            let mut attempts = 0;
+            loop {
+                let dir = Self::parent_dir(&root, &path)?;
+                let target = dir.join(path.file_name());
+                match std::fs::OpenOptions::new().write(true).create_new(true).open(&target) {
+                    Ok(file) => {
+                        return Ok(Box::new(FsWriter {
+                            file: Some(file),
+                            path: target,
+                        }) as Box<dyn BlobWriter>)
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+                    Err(e) => return Err(Error::io(target.display(), e)),
                 }
             }
-            Ok(ids)
-        })
-        .await?;
-        ids.sort_unstable_by(|a, b| b.cmp(a));
-        for id in ids {
-            let pointer = self.inner.job_dir.join(format!("chk-{id}")).display().to_string();
-            match Self::read_checkpoint(&pointer).await {
-                Ok(resolved) => return Ok(Some(resolved)),
-                Err(e) => tracing::warn!(%pointer, error = %e, "skipping checkpoint without a valid metadata file"),
-            }
-        }
-        Ok(None)
-    }
-
-    fn checkpoint_pointer(&self, checkpoint_id: u64) -> String {
-        self.inner
-            .job_dir
-            .join(format!("chk-{checkpoint_id}"))
-            .display()
-            .to_string()
-    }
-
-    async fn list_files(&self) -> Result<Vec<StoredFile>> {
-        let job_dir = self.inner.job_dir.clone();
-        blocking(move || {
-            let mut out = Vec::new();
-            list_dir(&job_dir, "", &mut out)?;
-            Ok(out)
         })
         .await
     }
 
-    /// Reads a regular file of at most [`MAX_METADATA_FILE_SIZE`] bytes,
-    /// confined to the job directory.
-    async fn read_file(&self, path: &str) -> Result<Bytes> {
-        let job_dir = self.inner.job_dir.clone();
-        let path = path.to_string();
-        blocking(move || {
-            let full = confine(&job_dir, &path, Last::Follow)?;
-            read_capped(&full, MAX_METADATA_FILE_SIZE).map(Bytes::from)
+    async fn put_if_absent(&self, path: &BlobPath, data: Bytes) -> Result<()> {
+        let (root, path) = (self.root.clone(), path.clone());
+        run_blocking(move || {
+            let dir = Self::parent_dir(&root, &path)?;
+            write_if_absent(&dir, path.file_name(), &data)
         })
         .await
     }
 
-    /// Every path is confined to the job directory first (its parent
-    /// directory is resolved; a symlink itself is unlinked, not its
-    /// target). If any path leaves it, nothing is deleted.
-    async fn delete_files(&self, paths: &[String]) -> Result<()> {
-        let job_dir = self.inner.job_dir.clone();
-        let paths = paths.to_vec();
-        blocking(move || delete_confined(&job_dir, &paths)).await
+    async fn get_range(&self, path: &BlobPath, range: Range<u64>) -> Result<Bytes> {
+        let (root, path) = (self.root.clone(), path.clone());
+        run_blocking(move || {
+            let full = confine(&root, path.as_str(), Last::Follow)?;
+            read_range(&full, range).map(Bytes::from)
+        })
+        .await
     }
 
-    async fn stat_file(&self, path: &str) -> Result<Option<StoredFile>> {
-        let job_dir = self.inner.job_dir.clone();
-        let path = path.to_string();
-        blocking(move || {
-            let target = match confine(&job_dir, &path, Last::Keep) {
+    async fn get_ranges(&self, path: &BlobPath, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        let (root, path, ranges) = (self.root.clone(), path.clone(), ranges.to_vec());
+        run_blocking(move || {
+            let full = confine(&root, path.as_str(), Last::Follow)?;
+            ranges
+                .into_iter()
+                .map(|r| read_range(&full, r).map(Bytes::from))
+                .collect()
+        })
+        .await
+    }
+
+    async fn head(&self, path: &BlobPath) -> Result<Option<BlobMeta>> {
+        let (root, path) = (self.root.clone(), path.clone());
+        run_blocking(move || {
+            let target = match confine(&root, path.as_str(), Last::Keep) {
                 Ok(target) => target,
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e),
             };
             match std::fs::symlink_metadata(&target) {
-                Ok(meta) if meta.is_file() => Ok(Some(StoredFile {
+                Ok(meta) if meta.is_file() => Ok(Some(BlobMeta {
                     path,
                     size: meta.len(),
                     modified_millis: modified_millis(&meta),
@@ -388,16 +267,51 @@ impl CheckpointStorage for FsCheckpointStorage {
         })
         .await
     }
+
+    async fn list(&self, prefix: Option<&BlobPath>) -> Result<Vec<BlobMeta>> {
+        let (root, prefix) = (self.root.clone(), prefix.cloned());
+        run_blocking(move || {
+            let start = prefix.as_ref().map_or("", BlobPath::as_str);
+            let dir = match real_dir(&root, start) {
+                Ok(dir) => dir,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            let mut out = Vec::new();
+            list_dir(&dir, start, &mut out)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, paths: &[BlobPath]) -> Result<()> {
+        let (root, paths, keep) = (self.root.clone(), paths.to_vec(), self.keep.clone());
+        run_blocking(move || delete_confined(&root, &paths, &keep)).await
+    }
+
+    fn open(&self, location: &str) -> Result<Arc<dyn BlobStore>> {
+        if location.contains("://") && !location.starts_with("file://") {
+            return Err(Error::unsupported(format!(
+                "{location:?} is not a filesystem location; filesystem storage reaches directories only"
+            )));
+        }
+        let path = location.strip_prefix("file://").unwrap_or(location);
+        Ok(Arc::new(FsBlobStore::new(Path::new(path))))
+    }
+
+    fn local_path(&self, path: &BlobPath) -> Option<PathBuf> {
+        confine(&self.root, path.as_str(), Last::Follow).ok()
+    }
 }
 
-/// Deletes root-relative `paths`, each confined to `root` first (a path
-/// whose directory leaves the root refuses the whole call, deleting
-/// nothing). Files already gone are not an error; `chk-<n>` directories
-/// left empty are removed.
-fn delete_confined(root: &Path, paths: &[String]) -> Result<()> {
+/// Deletes `paths`, each confined to `root` first (a path whose directory
+/// leaves the root refuses the whole call, deleting nothing). Files already
+/// gone are not an error. Directories left empty are removed, up to the
+/// root, except those in `keep`.
+fn delete_confined(root: &Path, paths: &[BlobPath], keep: &[String]) -> Result<()> {
     let mut targets = Vec::with_capacity(paths.len());
     for p in paths {
-        match confine(root, p, Last::Keep) {
+        match confine(root, p.as_str(), Last::Keep) {
             Ok(target) => targets.push(target),
             // Its directory is gone, and the file with it.
             Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -411,25 +325,37 @@ fn delete_confined(root: &Path, paths: &[String]) -> Result<()> {
             Err(e) => return Err(Error::io(target.display(), e)),
         }
     }
-    let dirs: std::collections::BTreeSet<&str> = paths
+    let mut dirs: Vec<&str> = paths
         .iter()
-        .filter_map(|p| p.split_once('/'))
-        .map(|(dir, _)| dir)
-        .filter(|dir| dir.starts_with("chk-"))
+        .filter_map(|p| p.as_str().rsplit_once('/').map(|(d, _)| d))
         .collect();
+    dirs.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then(b.cmp(a)));
+    dirs.dedup();
     for dir in dirs {
-        // Only an empty directory is removed; one with files left stays.
-        if let Ok(real) = confine(root, dir, Last::Keep) {
-            let _ = std::fs::remove_dir(real);
+        // Only an empty directory is removed (one with files left stays),
+        // then its parents while they are empty.
+        let mut d = dir;
+        loop {
+            if keep.iter().any(|k| k == d) {
+                break;
+            }
+            let Ok(real) = confine(root, d, Last::Keep) else { break };
+            if std::fs::remove_dir(real).is_err() {
+                break;
+            }
+            match d.rsplit_once('/') {
+                Some((parent, _)) => d = parent,
+                None => break,
+            }
         }
     }
     Ok(())
 }
 
 /// Lists the regular files under `dir` recursively, as paths relative to
-/// the job root. Symlinks, FIFOs, sockets and devices are not listed, and
-/// symlinked directories are not entered.
-fn list_dir(dir: &Path, prefix: &str, out: &mut Vec<StoredFile>) -> Result<()> {
+/// the root (`prefix` is `dir`'s). Symlinks, FIFOs, sockets and devices are
+/// not listed, and symlinked directories are not entered.
+fn list_dir(dir: &Path, prefix: &str, out: &mut Vec<BlobMeta>) -> Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -450,8 +376,9 @@ fn list_dir(dir: &Path, prefix: &str, out: &mut Vec<StoredFile>) -> Result<()> {
         if file_type.is_dir() {
             list_dir(&entry.path(), &path, out)?;
         } else if file_type.is_file() {
+            let Ok(path) = BlobPath::new(&path) else { continue };
             let meta = entry.metadata().map_err(|e| Error::io(entry.path().display(), e))?;
-            out.push(StoredFile {
+            out.push(BlobMeta {
                 path,
                 size: meta.len(),
                 modified_millis: modified_millis(&meta),
@@ -470,156 +397,14 @@ fn modified_millis(meta: &std::fs::Metadata) -> u64 {
         .unwrap_or(0)
 }
 
-/// Where one checkpoint or savepoint is written.
-#[derive(Debug)]
-struct FsLocation {
-    checkpoint_id: u64,
-    kind: CheckpointKind,
-    pointer: String,
-    /// The checkpoint's own directory.
-    dir: PathBuf,
-    /// What handle paths are relative to.
-    root: PathBuf,
-    /// `dir` relative to `root`: `chk-<n>`, or empty for a savepoint.
-    relative_dir: String,
-    inline_threshold: usize,
-    write_buffer: usize,
-    /// Every file its streams created, relative to `root`.
-    written: stream::Written,
-}
-
-impl FsLocation {
-    /// The files this location's streams created: all of them, or those
-    /// among `only`.
-    fn written(&self, only: Option<&[&str]>) -> Vec<String> {
-        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        match only {
-            Some(paths) => paths
-                .iter()
-                .filter(|p| written.contains(**p))
-                .map(|p| p.to_string())
-                .collect(),
-            None => written.iter().cloned().collect(),
-        }
-    }
-
-    fn forget(&self, paths: &[String]) {
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        for p in paths {
-            written.remove(p);
-        }
-    }
-}
-
-#[async_trait]
-impl CheckpointLocation for FsLocation {
-    fn checkpoint_id(&self) -> u64 {
-        self.checkpoint_id
-    }
-
-    fn kind(&self) -> CheckpointKind {
-        self.kind
-    }
-
-    fn pointer(&self) -> &str {
-        &self.pointer
-    }
-
-    async fn create_output_stream(&self, scope: StateScope) -> Result<Box<dyn CheckpointOutputStream>> {
-        // Savepoints are self-contained: every stream goes into their directory.
-        let relative_dir = match (self.kind, scope) {
-            (CheckpointKind::Savepoint, _) | (_, StateScope::Exclusive) => self.relative_dir.clone(),
-            (_, StateScope::Shared) => SHARED_DIR.to_string(),
-            (_, StateScope::TaskOwned) => TASK_OWNED_DIR.to_string(),
-        };
-        Ok(Box::new(FsOutputStream::new(
-            self.root.clone(),
-            relative_dir,
-            self.inline_threshold,
-            self.write_buffer,
-            Arc::clone(&self.written),
-        )))
-    }
-
-    async fn write_metadata(&self, metadata: &CheckpointMetadata) -> Result<String> {
-        let bytes = metadata.encode();
-        let (root, relative_dir) = (self.root.clone(), self.relative_dir.clone());
-        blocking(move || write_metadata_file(&real_dir(&root, &relative_dir)?, &bytes)).await?;
-        Ok(self.pointer.clone())
-    }
-
-    async fn discard(&self, handles: &[StreamStateHandle]) -> Result<()> {
-        let wanted: Vec<&str> = handles.iter().filter_map(StreamStateHandle::file_path).collect();
-        let paths = self.written(Some(&wanted));
-        let root = self.root.clone();
-        let gone = paths.clone();
-        blocking(move || delete_confined(&root, &paths)).await?;
-        self.forget(&gone);
-        Ok(())
-    }
-
-    /// Deletes every file this location's streams wrote outside its
-    /// directory (shared and task-owned files of the aborted attempt), then
-    /// the checkpoint (or savepoint) directory, which must be a real
-    /// directory inside its parent, not a symlink to one elsewhere.
-    async fn dispose(&self) -> Result<()> {
-        let own = format!("{}/", self.relative_dir);
-        let outside: Vec<String> = self
-            .written(None)
-            .into_iter()
-            .filter(|p| self.relative_dir.is_empty() || !p.starts_with(&own))
-            .collect();
-        if !outside.is_empty() && self.kind == CheckpointKind::Checkpoint {
-            let (root, paths, dir) = (self.root.clone(), outside.clone(), self.dir.clone());
-            blocking(move || {
-                if std::fs::symlink_metadata(dir.join(METADATA_FILE)).is_ok() {
-                    return Err(Error::invalid(format!(
-                        "{} is a completed checkpoint; discard it through the checkpoint store",
-                        dir.display()
-                    )));
-                }
-                delete_confined(&root, &paths)
-            })
-            .await?;
-            self.forget(&outside);
-        }
-        let dir = self.dir.clone();
-        blocking(move || {
-            let (parent, name) = match (dir.parent(), dir.file_name().and_then(|n| n.to_str())) {
-                (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => (parent.to_path_buf(), name),
-                (_, Some(name)) => (PathBuf::from("."), name),
-                _ => return Err(Error::internal(format!("{} has no directory name", dir.display()))),
-            };
-            let real = match real_dir(&parent, name) {
-                Ok(real) => real,
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(e.context("refusing to dispose, nothing deleted")),
-            };
-            if std::fs::symlink_metadata(real.join(METADATA_FILE)).is_ok() {
-                return Err(Error::invalid(format!(
-                    "{} is a completed checkpoint; discard it through the checkpoint store",
-                    dir.display()
-                )));
-            }
-            match std::fs::remove_dir_all(&real) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(Error::io(real.display(), e)),
-            }
-        })
-        .await
-    }
-}
-
-/// Writes `_metadata` into `dir` durably and only if absent: the bytes go to
-/// a temporary file that is synced and then hard-linked to `_metadata`
-/// (which fails if it exists), and the directory is synced. Neither step
-/// follows a symlink planted under either name: `create_new` refuses one
-/// (`O_EXCL`), and a link never replaces or follows an existing entry.
-fn write_metadata_file(dir: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let target = dir.join(METADATA_FILE);
-    let temp = dir.join(format!("{METADATA_FILE}.inprogress-{}", unique_name()));
+/// Writes `name` into `dir` durably and only if absent: the bytes go to a
+/// temporary file that is synced and then hard-linked to `name` (which
+/// fails if it exists), and the directory is synced. Neither step follows a
+/// symlink planted under either name: `create_new` refuses one (`O_EXCL`),
+/// and a link never replaces or follows an existing entry.
+fn write_if_absent(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let target = dir.join(name);
+    let temp = dir.join(format!("{name}.inprogress-{}", unique_file_name()));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -632,54 +417,58 @@ fn write_metadata_file(dir: &Path, bytes: &[u8]) -> Result<()> {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::new(
                 ErrorKind::Conflict,
-                format!("checkpoint {} already exists", dir.display()),
+                format!("{} already exists", target.display()),
             )),
             Err(e) => Err(Error::io(target.display(), e)),
         }
     })();
     let _ = std::fs::remove_file(&temp);
     result?;
-    std::fs::File::open(dir)
+    File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(dir.display(), e))
 }
 
-/// Reads state files relative to a checkpoint root, refusing any path that
-/// leaves it (`..`, absolute paths, symlinks out), anything but a regular
-/// file (FIFOs, devices, directories), and files of another size than
-/// their handle says (reading at most one byte more).
-#[derive(Debug, Clone)]
-pub struct FsStateReader {
-    root: PathBuf,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl FsStateReader {
-    /// A reader of files under `root`.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        FsStateReader { root: root.into() }
-    }
-
-    /// Resolves a handle's relative path to its canonical path, refusing
-    /// escapes from the root.
-    pub fn resolve_path(&self, path: &str) -> Result<PathBuf> {
-        confine(&self.root, path, Last::Follow)
-    }
-}
-
-#[async_trait]
-impl StateReader for FsStateReader {
-    async fn read(&self, handle: &StreamStateHandle) -> Result<Bytes> {
-        match handle {
-            StreamStateHandle::File { path, size } => {
-                let reader = self.clone();
-                let (path, size) = (path.clone(), *size);
-                blocking(move || {
-                    let full = reader.resolve_path(&path)?;
-                    read_sized(&full, size).map(Bytes::from)
-                })
-                .await
-            }
-            inline => InlineReader.read(inline).await,
-        }
+    #[tokio::test]
+    async fn fs_store_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::new(&dir.path().join("job"));
+        let p = BlobPath::new("shared/a").unwrap();
+        let mut w = store.create(&p).await.unwrap();
+        w.write(Bytes::from_static(b"hello ")).await.unwrap();
+        w.write(Bytes::from_static(b"world")).await.unwrap();
+        w.finish().await.unwrap();
+        assert_eq!(store.head(&p).await.unwrap().unwrap().size, 11);
+        assert_eq!(store.get_range(&p, 6..100).await.unwrap(), &b"world"[..]);
+        assert_eq!(store.get_range(&p, 50..60).await.unwrap(), &b""[..]);
+        let r = store.get_ranges(&p, &[0..1, 4..6]).await.unwrap();
+        assert_eq!(r, [&b"h"[..], &b"o "[..]]);
+        let m = BlobPath::new("chk-1/_metadata").unwrap();
+        store.put_if_absent(&m, Bytes::from_static(b"m")).await.unwrap();
+        let e = store.put_if_absent(&m, Bytes::new()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        let mut all: Vec<String> = store
+            .list(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.path.as_str().to_string())
+            .collect();
+        all.sort();
+        assert_eq!(all, ["chk-1/_metadata", "shared/a"]);
+        // A dropped writer leaves nothing.
+        let q = BlobPath::new("shared/b").unwrap();
+        let mut w = store.create(&q).await.unwrap();
+        w.write(Bytes::from_static(b"x")).await.unwrap();
+        drop(w);
+        assert!(store.head(&q).await.unwrap().is_none());
+        // Deleting the last file of a directory removes the directory.
+        store.delete(&[m.clone(), m]).await.unwrap();
+        assert!(!dir.path().join("job/chk-1").exists());
+        assert!(store.open("s3://bucket/x").is_err());
     }
 }

@@ -67,7 +67,7 @@ fn check_filled<B: KeyedStateBackend<Key = u64>>(b: &mut B, keys: &[u64], value_
 pub async fn restore_at_other_max_parallelism_is_refused<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "other-max-parallelism");
     let keys: Vec<u64> = (0..100).collect();
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     fill(&mut b, &keys);
     let checkpoint_pointer = checkpoint(&mut b, &*storage, 1).await;
     let (_, savepoint_pointer) = snapshot_and_complete(&mut b, &*storage, 2, SnapshotOptions::savepoint()).await;
@@ -137,7 +137,7 @@ async fn expect_corrupted<F: BackendFactory>(
 pub async fn duplicate_handle_is_refused<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "duplicate-handle");
     let keys: Vec<u64> = (0..50).collect();
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     fill(&mut b, &keys);
     let mut id = 0;
     for options in [SnapshotOptions::checkpoint(), SnapshotOptions::savepoint()] {
@@ -189,9 +189,9 @@ pub async fn duplicate_handle_is_refused<F: BackendFactory>(ctx: Ctx<F>) {
     let low_keys = keys_in(low.key_group_range, 20);
     let high_keys = keys_in(high.key_group_range, 20);
     let overlapping_key = *low_keys.iter().find(|k| key_group(**k) >= 32).unwrap();
-    let mut a = ctx.backend.create(low).unwrap();
+    let mut a = ctx.backend.build(low).unwrap();
     fill(&mut a, &low_keys);
-    let mut c = ctx.backend.create(high).unwrap();
+    let mut c = ctx.backend.build(high).unwrap();
     fill(&mut c, &high_keys);
     for options in [SnapshotOptions::checkpoint(), SnapshotOptions::savepoint()] {
         let what = format!("{:?}s of ranges 0..64 and 32..128", options.kind);
@@ -223,7 +223,7 @@ pub async fn duplicate_handle_is_refused<F: BackendFactory>(ctx: Ctx<F>) {
 /// round-trip through a checkpoint and a savepoint.
 pub async fn invalid_state_names_are_refused_at_registration<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "state-names");
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let too_long = "a".repeat(MAX_STATE_NAME_LEN + 1);
     let too_long_unicode = "ä".repeat(128); // 256 bytes, 128 characters
     for name in [
@@ -360,7 +360,7 @@ fn hostile_names() -> Vec<String> {
 pub async fn hostile_state_name_in_snapshot_is_refused<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "hostile-name");
     let keys: Vec<u64> = (0..30).collect();
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     fill(&mut b, &keys);
 
     // The canonical format.
@@ -435,7 +435,7 @@ async fn snapshot_and_restore_off_tokio<F: BackendFactory>(ctx: Ctx<F>) {
     );
     let storage = storage(&ctx, "any-executor");
     let keys: Vec<u64> = (0..200).collect();
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     fill(&mut b, &keys);
 
     // A checkpoint completed through its location.

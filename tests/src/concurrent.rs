@@ -142,7 +142,7 @@ pub async fn overlapping_checkpoints_keep_reused_files<F: BackendFactory>(ctx: C
         let mut store = CheckpointStore::open(Arc::clone(&storage), CheckpointStoreConfig::default())
             .await
             .unwrap();
-        let mut job = Job::new(ctx.backend.create::<u64>(full_config()).unwrap());
+        let mut job = Job::new(ctx.backend.build::<u64>(full_config()).unwrap());
         let (l1, p1, _) = begin(&mut job, &mut store, 1).await;
         let r1 = p1.await.unwrap();
         let (l2, p2, _) = begin(&mut job, &mut store, 2).await;
@@ -225,7 +225,7 @@ pub async fn interleaved_checkpoints_restore_exactly<F: BackendFactory>(ctx: Ctx
         )
         .await
         .unwrap();
-        let mut job = Job::new(ctx.backend.create::<u64>(full_config()).unwrap());
+        let mut job = Job::new(ctx.backend.build::<u64>(full_config()).unwrap());
         let mut flights: BTreeMap<u64, InFlight> = BTreeMap::new();
         let mut to_notify: Vec<u64> = Vec::new();
         let mut completed: BTreeMap<u64, (String, BTreeMap<u64, String>)> = BTreeMap::new();
@@ -333,7 +333,7 @@ pub async fn failed_upload_leaves_nothing_behind<F: BackendFactory>(ctx: Ctx<F>)
     let mut store = CheckpointStore::open(Arc::clone(&storage), CheckpointStoreConfig::default())
         .await
         .unwrap();
-    let mut job = Job::new(ctx.backend.create::<u64>(full_config()).unwrap());
+    let mut job = Job::new(ctx.backend.build::<u64>(full_config()).unwrap());
     let (l1, p1, _) = begin(&mut job, &mut store, 1).await;
     let r1 = p1.await.unwrap();
     store.complete(&l1, metadata(1, &r1)).await.unwrap();

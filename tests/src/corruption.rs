@@ -14,7 +14,7 @@ use crate::{full_config, snapshot_and_complete, BackendFactory, Ctx};
 /// A small snapshot with every storage kind, and the bytes of its stream.
 async fn small_snapshot<F: BackendFactory>(ctx: &Ctx<F>) -> (KeyGroupsStateHandle, Bytes) {
     let storage = ctx.storage.storage(&crate::job_id("corruption"));
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     let l = b.register(ListStateDescriptor::<u64>::new("l")).unwrap();
     let m = b.register(MapStateDescriptor::<u64, u64>::new("m")).unwrap();

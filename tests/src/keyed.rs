@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{full_config, BackendFactory, Ctx};
 
 fn backend<F: BackendFactory>(ctx: &Ctx<F>) -> F::Backend<u64> {
-    ctx.backend.create(full_config::<u64>()).unwrap()
+    ctx.backend.build(full_config::<u64>()).unwrap()
 }
 
 /// Value: absent reads as none, or as a fresh copy of the descriptor's default.
@@ -517,10 +517,57 @@ pub async fn access_without_key_is_refused<F: BackendFactory>(ctx: Ctx<F>) {
 
 /// A key whose key group another operator owns is refused.
 pub async fn key_outside_range_is_refused<F: BackendFactory>(ctx: Ctx<F>) {
-    let mut b = ctx.backend.create(crate::operator_config::<u64>(4, 0)).unwrap();
+    let mut b = ctx.backend.build(crate::operator_config::<u64>(4, 0)).unwrap();
     let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     let foreign = (0u64..).find(|k| crate::operator_for_key(k, 4) != 0).unwrap();
     let err = b.set_current_key(&foreign).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
     assert!(b.value(&v).is_err(), "a refused key must not stay current");
+}
+
+/// Using a state through a handle of another kind (a value operation on a
+/// list state, …) is the caller's misuse: `Invalid`, naming the state and
+/// both kinds the same way, in every backend.
+pub async fn wrong_state_kind_is_invalid<F: BackendFactory>(ctx: Ctx<F>) {
+    let mut b = backend(&ctx);
+    let value = b.register(ValueStateDescriptor::<u64>::new("the-value")).unwrap();
+    let list = b.register(ListStateDescriptor::<u64>::new("the-list")).unwrap();
+    let map = b.register(MapStateDescriptor::<u64, u64>::new("the-map")).unwrap();
+    // Handles of the wrong kind for each registered state.
+    let list_as_value = ValueStateDescriptor::<u64>::new("the-list").into_handle(list.slot());
+    let map_as_value = ValueStateDescriptor::<u64>::new("the-map").into_handle(map.slot());
+    let value_as_list = ListStateDescriptor::<u64>::new("the-value").into_handle(value.slot());
+    let value_as_map = MapStateDescriptor::<u64, u64>::new("the-value").into_handle(value.slot());
+    let list_as_map = MapStateDescriptor::<u64, u64>::new("the-list").into_handle(list.slot());
+    b.set_current_key(&1).unwrap();
+    let errors = [
+        (
+            b.value(&list_as_value).map(drop),
+            r#"state "the-list" is a list state and cannot be used as value state"#,
+        ),
+        (
+            b.update(&map_as_value, 1),
+            r#"state "the-map" is a map state and cannot be used as value state"#,
+        ),
+        (
+            b.append(&value_as_list, 1),
+            r#"state "the-value" is a value state and cannot be used as list state"#,
+        ),
+        (
+            b.map_get(&value_as_map, &1).map(drop),
+            r#"state "the-value" is a value state and cannot be used as map state"#,
+        ),
+        (
+            b.map_get(&list_as_map, &1).map(drop),
+            r#"state "the-list" is a list state and cannot be used as map state"#,
+        ),
+    ];
+    for (result, want) in errors {
+        let err = result.expect_err(want);
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+        assert!(err.message().contains(want), "the same message in every backend: {err}");
+    }
+    // The refused operations wrote nothing.
+    assert_eq!(b.entry_count(&value).unwrap(), 0);
+    assert_eq!(b.entry_count(&map).unwrap(), 0);
 }

@@ -2,13 +2,14 @@
 //! keyed state backends and checkpoint storages, so every implementation,
 //! ours or an engine author's, runs the same tests.
 //!
-//! A backend is plugged in through [`BackendFactory`], a storage through
-//! [`StorageFactory`]; [`conformance_suite!`] generates one `#[test]` per
-//! contract of the chosen groups:
+//! A backend is plugged in through its [`BackendBuilder`] (the contract
+//! an engine creates and restores backends with; [`BackendFactory`] here),
+//! a storage through [`StorageFactory`]; [`conformance_suite!`] generates
+//! one `#[test]` per contract of the chosen groups:
 //!
 //! ```ignore
 //! flowstate_conformance::conformance_suite!(
-//!     Ctx::new(MyBackendFactory::new(), MemoryStorageFactory::new());
+//!     Ctx::new(MyBackendBuilder::new(), MemoryStorageFactory::new());
 //!     keyed, snapshot, rescale, ttl, corruption, storage
 //! );
 //! ```
@@ -30,10 +31,9 @@ use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use flowstate_api::{
-    BackendCapabilities, CheckpointStorage, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle,
-    MemoryCheckpointStorage, Result, StateReader,
-};
+#[cfg(doc)]
+use flowstate_api::BackendBuilder;
+use flowstate_api::{CheckpointStorage, MemoryCheckpointStorage};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -43,24 +43,9 @@ pub use util::*;
 pub trait TestKey: Serialize + DeserializeOwned + Clone + Eq + Hash + std::fmt::Debug + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Clone + Eq + Hash + std::fmt::Debug + Send + Sync + 'static> TestKey for T {}
 
-/// Creates and restores backends of one kind.
-pub trait BackendFactory: Send + Sync + 'static {
-    /// The backend for keys of type `K`.
-    type Backend<K: TestKey>: KeyedStateBackend<Key = K> + std::fmt::Debug;
-    /// A short name, e.g. `heap`.
-    fn name(&self) -> &str;
-    /// What the backend can do; contracts that need more are not generated.
-    fn capabilities(&self) -> BackendCapabilities;
-    /// An empty backend.
-    fn create<K: TestKey>(&self, config: KeyedBackendConfig<K>) -> Result<Self::Backend<K>>;
-    /// A backend restored from `handles`.
-    fn restore<K: TestKey>(
-        &self,
-        config: KeyedBackendConfig<K>,
-        handles: &[KeyedStateHandle],
-        reader: Arc<dyn StateReader>,
-    ) -> impl Future<Output = Result<Self::Backend<K>>> + Send;
-}
+/// Creates and restores the backends under test: any [`BackendBuilder`]
+/// (flowstate's own are `HeapBackendBuilder` and `RocksDbBackendBuilder`).
+pub use flowstate_api::BackendBuilder as BackendFactory;
 
 /// Creates checkpoint storages of one kind.
 pub trait StorageFactory: Send + Sync + 'static {
@@ -76,7 +61,7 @@ pub trait StorageFactory: Send + Sync + 'static {
 /// The memory ("JobManager memory") storage.
 #[derive(Debug, Clone)]
 pub struct MemoryStorageFactory {
-    base: MemoryCheckpointStorage,
+    base: flowstate_api::BlobCheckpointStorage,
 }
 
 impl MemoryStorageFactory {
@@ -106,7 +91,7 @@ impl StorageFactory for MemoryStorageFactory {
         "memory"
     }
     fn storage(&self, job_id: &str) -> Arc<dyn CheckpointStorage> {
-        Arc::new(self.base.for_job(job_id))
+        Arc::new(self.base.for_job(job_id).expect("memory storage of a job"))
     }
     fn durable(&self) -> bool {
         false
@@ -184,7 +169,8 @@ macro_rules! __group {
             merge_namespaces_list, merge_namespaces_reducing, merge_namespaces_aggregating,
             keys_in_namespace_and_pairs, apply_to_all_keys_may_clear, entry_count_is_exact,
             value_serializer_mismatch_is_refused, key_serializer_mismatch_is_refused_at_restore,
-            handle_of_another_backend_is_refused, access_without_key_is_refused, key_outside_range_is_refused
+            handle_of_another_backend_is_refused, access_without_key_is_refused, key_outside_range_is_refused,
+            wrong_state_kind_is_invalid
         );
     };
     (snapshot, $ctx:expr) => {
@@ -197,7 +183,8 @@ macro_rules! __group {
     };
     (rescale, $ctx:expr) => {
         $crate::__tests!($ctx; rescale => rescale:
-            rescale_4_to_2, rescale_2_to_4, rescale_1_to_3, rescale_3_to_1, rescale_15_to_77, rescale_77_to_15
+            rescale_4_to_2, rescale_2_to_4, rescale_1_to_3, rescale_3_to_1, rescale_15_to_77, rescale_77_to_15,
+            canonical_rescale_reads_only_owned_key_groups
         );
     };
     (ttl, $ctx:expr) => {

@@ -149,7 +149,7 @@ async fn restored_dump<F: BackendFactory>(ctx: &Ctx<F>, storage: &dyn Checkpoint
 pub async fn retains_newest_n_and_subsumes_the_rest<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = ctx.storage.storage(&crate::job_id("retain"));
     let mut store = open(Arc::clone(&storage), 2).await;
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let s = register(&mut b);
     let mut dumps = BTreeMap::new();
     for id in 1..=4 {
@@ -192,7 +192,7 @@ pub async fn savepoints_survive_retention<F: BackendFactory>(ctx: Ctx<F>) {
     }
     let storage = ctx.storage.storage(&crate::job_id("savepoint-retention"));
     let mut store = open(Arc::clone(&storage), 1).await;
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let s = register(&mut b);
     write(&mut b, &s, 1);
     let savepoint = take(&mut store, &mut b, 1, CheckpointKind::Savepoint).await.pointer;
@@ -221,7 +221,7 @@ pub async fn savepoints_survive_retention<F: BackendFactory>(ctx: Ctx<F>) {
 async fn savepoint_on_memory_storage<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = ctx.storage.storage(&crate::job_id("savepoint-retention"));
     let mut store = open(Arc::clone(&storage), 1).await;
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let s = register(&mut b);
     write(&mut b, &s, 1);
     let savepoint = take(&mut store, &mut b, 1, CheckpointKind::Savepoint).await.pointer;
@@ -247,7 +247,7 @@ pub async fn cancellation_policies<F: BackendFactory>(ctx: Ctx<F>) {
             .with_max_retained(2)
             .with_cancellation(policy);
         let mut store = CheckpointStore::open(Arc::clone(&storage), config).await.unwrap();
-        let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+        let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
         let s = register(&mut b);
         for id in 1..=2 {
             write(&mut b, &s, id);
@@ -283,7 +283,7 @@ pub async fn cancellation_policies<F: BackendFactory>(ctx: Ctx<F>) {
 pub async fn claim_restore_subsumes_the_restored_checkpoint<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = ctx.storage.storage(&crate::job_id("claim"));
     let mut store = open(Arc::clone(&storage), 1).await;
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let s = register(&mut b);
     write(&mut b, &s, 1);
     let pointer = take(&mut store, &mut b, 5, CheckpointKind::Checkpoint).await.pointer;
@@ -309,7 +309,7 @@ pub async fn claim_restore_subsumes_the_restored_checkpoint<F: BackendFactory>(c
 pub async fn no_claim_restore_never_deletes_the_restored_checkpoint<F: BackendFactory>(ctx: Ctx<F>) {
     let old = ctx.storage.storage(&crate::job_id("no-claim-old"));
     let mut old_store = open(Arc::clone(&old), 1).await;
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let s = register(&mut b);
     write(&mut b, &s, 1);
     let pointer = take(&mut old_store, &mut b, 5, CheckpointKind::Checkpoint)
@@ -371,7 +371,7 @@ pub async fn fault_sweep_restores_last_completed<F: BackendFactory>(ctx: Ctx<F>)
             let plan = Arc::clone(faulty.plan());
             let storage: Arc<dyn CheckpointStorage> = Arc::new(faulty);
             let mut store = open(Arc::clone(&storage), 1).await;
-            let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+            let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
             let s = register(&mut b);
             write(&mut b, &s, 1);
             take(&mut store, &mut b, 1, CheckpointKind::Checkpoint).await;

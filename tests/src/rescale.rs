@@ -13,7 +13,7 @@ async fn rescale<F: BackendFactory>(ctx: Ctx<F>, from: u32, to: u32) {
     let storage = ctx.storage.storage(&crate::job_id(&format!("rescale-{from}-{to}")));
     let mut handles = Vec::new();
     for index in 0..from {
-        let mut b = ctx.backend.create(operator_config::<u64>(from, index)).unwrap();
+        let mut b = ctx.backend.build(operator_config::<u64>(from, index)).unwrap();
         let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
         let l = b.register(ListStateDescriptor::<u64>::new("l")).unwrap();
         let m = b.register(MapStateDescriptor::<u8, u64>::new("m")).unwrap();
@@ -95,4 +95,107 @@ pub async fn rescale_15_to_77<F: BackendFactory>(ctx: Ctx<F>) {
 /// 77 → 15 operators (uneven ranges).
 pub async fn rescale_77_to_15<F: BackendFactory>(ctx: Ctx<F>) {
     rescale(ctx, 77, 15).await
+}
+
+/// Counts the bytes a restore reads.
+#[derive(Debug)]
+struct CountingReader {
+    inner: std::sync::Arc<dyn StateReader>,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl StateReader for CountingReader {
+    async fn read(&self, handle: &StreamStateHandle) -> Result<bytes::Bytes> {
+        let data = self.inner.read(handle).await?;
+        self.bytes
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(data)
+    }
+
+    async fn read_ranges(
+        &self,
+        handle: &StreamStateHandle,
+        ranges: &[std::ops::Range<u64>],
+    ) -> Result<Vec<bytes::Bytes>> {
+        let parts = self.inner.read_ranges(handle, ranges).await?;
+        let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        self.bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(parts)
+    }
+}
+
+/// Canonical snapshots (savepoints) of `from` subtasks restored by `to`:
+/// each subtask reads only the header and the frames of the key groups it
+/// owns, about `1 / to` of the snapshot, and gets exactly its keys. Returns
+/// the snapshot's size and the bytes each subtask read.
+async fn canonical_rescale_reads<F: BackendFactory>(ctx: &Ctx<F>, from: u32, to: u32) -> (u64, Vec<u64>) {
+    let storage = ctx.storage.storage(&crate::job_id(&format!("ranged-{from}-{to}")));
+    // One savepoint: every subtask writes into its directory.
+    let location = storage.init_savepoint(1, None).await.unwrap();
+    let mut handles = Vec::new();
+    for index in 0..from {
+        let mut b = ctx.backend.build(operator_config::<u64>(from, index)).unwrap();
+        let v = b.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
+        for k in (0..KEYS).filter(|k| operator_for_key(k, from) == index) {
+            b.set_current_key(&k).unwrap();
+            b.update(&v, vec![(k % 251) as u8; 1000]).unwrap();
+        }
+        let pending = b.snapshot(1, location.clone(), SnapshotOptions::savepoint()).unwrap();
+        handles.push(pending.await.unwrap().handle);
+    }
+    let total: u64 = handles.iter().map(KeyedStateHandle::state_size).sum();
+    let metadata = CheckpointMetadata::new(1, CheckpointKind::Savepoint, 0).with_operator(OperatorState::new(
+        crate::OPERATOR,
+        from,
+        crate::MAX_PARALLELISM,
+        handles,
+    ));
+    let pointer = location.write_metadata(&metadata).await.unwrap();
+    let resolved = storage.resolve(&pointer).await.unwrap();
+    let handles = resolved.metadata.operators[0].keyed.clone();
+    let mut reads = Vec::new();
+    for index in 0..to {
+        let reader = std::sync::Arc::new(CountingReader {
+            inner: std::sync::Arc::clone(&resolved.reader),
+            bytes: Default::default(),
+        });
+        let mut r = ctx
+            .backend
+            .restore(operator_config::<u64>(to, index), &handles, reader.clone())
+            .await
+            .unwrap();
+        let v = r.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
+        let mine: Vec<u64> = (0..KEYS).filter(|k| operator_for_key(k, to) == index).collect();
+        for &k in &mine {
+            r.set_current_key(&k).unwrap();
+            assert_eq!(r.value(&v).unwrap(), Some(vec![(k % 251) as u8; 1000]), "key {k}");
+        }
+        assert_eq!(r.entry_count(&v).unwrap(), mine.len() as u64);
+        reads.push(reader.bytes.load(std::sync::atomic::Ordering::Relaxed));
+    }
+    (total, reads)
+}
+
+/// A canonical rescale reads only the key groups each subtask owns: from
+/// one snapshot to 15 subtasks, and from 77 snapshots to 15. On a storage
+/// with files, no subtask reads more than 1/15 of the snapshot plus a
+/// quarter and the headers.
+pub async fn canonical_rescale_reads_only_owned_key_groups<F: BackendFactory>(ctx: Ctx<F>) {
+    for from in [1, 77] {
+        let (total, reads) = canonical_rescale_reads(&ctx, from, 15).await;
+        let worst = reads.iter().copied().max().unwrap_or(0);
+        eprintln!(
+            "canonical rescale {from}->15 on {}: snapshot {total} bytes, per subtask {reads:?} (worst {:.3} of it)",
+            ctx.storage.name(),
+            worst as f64 / total as f64
+        );
+        if ctx.storage.durable() {
+            let bound = total / 15 + total / 60 + 4096;
+            assert!(
+                worst <= bound,
+                "{from}->15: a subtask read {worst} of {total} bytes (bound {bound})"
+            );
+        }
+    }
 }

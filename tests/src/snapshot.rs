@@ -18,7 +18,7 @@ async fn value_of<B: KeyedStateBackend<Key = u64>>(b: &mut B, s: &ValueState<u64
 /// State written after the sync phase is absent from that snapshot.
 pub async fn snapshot_isolation<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "isolation");
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     let l = b.register(ListStateDescriptor::<u64>::new("l")).unwrap();
     for k in 0..200u64 {
@@ -58,7 +58,7 @@ pub async fn snapshot_isolation<F: BackendFactory>(ctx: Ctx<F>) {
 /// Two snapshots taken in turn restore to their own states.
 pub async fn two_snapshots_restore_to_their_own_state<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "two-snapshots");
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     for k in 0..50u64 {
         b.set_current_key(&k).unwrap();
@@ -85,7 +85,7 @@ pub async fn two_snapshots_restore_to_their_own_state<F: BackendFactory>(ctx: Ct
 /// keeps serving reads and writes.
 pub async fn concurrent_async_phases_while_serving<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "concurrent");
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     let mut pending = Vec::new();
     for round in 1..=3u64 {
@@ -121,7 +121,7 @@ pub async fn concurrent_async_phases_while_serving<F: BackendFactory>(ctx: Ctx<F
 /// Dropping a pending snapshot leaves no checkpoint and no state behind.
 pub async fn dropped_snapshot_leaves_nothing<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "dropped");
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     b.set_current_key(&1).unwrap();
     b.update(&v, 1).unwrap();
@@ -142,7 +142,7 @@ pub async fn dropped_snapshot_leaves_nothing<F: BackendFactory>(ctx: Ctx<F>) {
 /// with `Closed`, and no checkpoint references what it wrote.
 pub async fn closing_backend_cancels_snapshot<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "closing");
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     for k in 0..100u64 {
         b.set_current_key(&k).unwrap();
@@ -160,7 +160,7 @@ pub async fn closing_backend_cancels_snapshot<F: BackendFactory>(ctx: Ctx<F>) {
 /// An empty backend snapshots to an empty handle and restores from it.
 pub async fn empty_backend_snapshots_empty<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "empty");
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let result = snapshot_into(&mut b, &*storage, 1, SnapshotOptions::checkpoint()).await;
     assert!(result.handle.is_empty(), "{:?}", result.handle);
     assert_eq!(result.stats.full_size, 0);
@@ -176,7 +176,7 @@ pub async fn empty_backend_snapshots_empty<F: BackendFactory>(ctx: Ctx<F>) {
 /// States that were restored but never touched are in the next snapshot.
 pub async fn restored_untouched_state_is_in_next_snapshot<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "untouched");
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let v = b.register(ValueStateDescriptor::<u64>::new("untouched")).unwrap();
     let m = b
         .register(MapStateDescriptor::<u64, String>::new("untouched-map"))
@@ -269,7 +269,7 @@ fn check_every_kind<B: KeyedStateBackend<Key = u64>>(b: &mut B, keys: impl Itera
 /// Every state kind, in several namespaces, survives snapshot and restore.
 pub async fn every_state_kind_round_trips<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "every-kind");
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     fill_every_kind(&mut b, 300);
     let pointer = checkpoint(&mut b, &*storage, 1).await;
     let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer)
@@ -281,7 +281,7 @@ pub async fn every_state_kind_round_trips<F: BackendFactory>(ctx: Ctx<F>) {
 /// A zstd-compressed canonical snapshot restores the same state, and is smaller.
 pub async fn compressed_snapshot_round_trips<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "compressed");
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     fill_every_kind(&mut b, 300);
     let plain = snapshot_into(&mut b, &*storage, 1, SnapshotOptions::savepoint()).await;
     let (zstd, pointer) =
@@ -301,7 +301,7 @@ pub async fn compressed_snapshot_round_trips<F: BackendFactory>(ctx: Ctx<F>) {
 /// A canonical savepoint of one backend restores at another parallelism.
 pub async fn canonical_savepoint_restores_at_other_parallelism<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "savepoint");
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     fill_every_kind(&mut b, 200);
     let result = snapshot_into(&mut b, &*storage, 1, SnapshotOptions::savepoint()).await;
     let pointer = complete(&*storage, 1, CheckpointKind::Savepoint, 1, vec![result.handle]).await;
@@ -327,7 +327,7 @@ pub async fn canonical_savepoint_restores_at_other_parallelism<F: BackendFactory
 /// gives back the metadata that was written.
 pub async fn restore_through_storage_pointer<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "pointer");
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     b.set_current_key(&3).unwrap();
     b.update(&v, 33).unwrap();

@@ -147,7 +147,7 @@ pub async fn latest_checkpoint_is_the_newest<F: BackendFactory>(ctx: Ctx<F>) {
 /// The memory storage refuses state above its maximum with a clear error.
 pub async fn memory_storage_refuses_state_above_maximum<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = MemoryCheckpointStorage::new(&crate::job_id("memory-max")).with_max_state_size(4096);
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let v = b.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
     b.set_current_key(&1).unwrap();
     b.update(&v, vec![7u8; 1000]).unwrap();
@@ -177,7 +177,7 @@ pub async fn memory_storage_checkpoints_end_with_the_process<F: BackendFactory>(
     let job = crate::job_id("memory-process");
     let storage = MemoryCheckpointStorage::new(&job);
     assert!(!storage.capabilities().durable);
-    let mut b = ctx.backend.create(full_config::<u64>()).unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     b.set_current_key(&1).unwrap();
     b.update(&v, 1).unwrap();

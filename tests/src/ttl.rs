@@ -11,7 +11,7 @@ const TTL: Duration = Duration::from_millis(100);
 
 fn setup<F: BackendFactory>(ctx: &Ctx<F>) -> (F::Backend<u64>, Arc<ManualClock>) {
     let clock = ManualClock::new(1000);
-    let b = ctx.backend.create(clocked_config::<u64>(clock.clone())).unwrap();
+    let b = ctx.backend.build(clocked_config::<u64>(clock.clone())).unwrap();
     (b, clock)
 }
 

@@ -6,11 +6,12 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{FsStorageFactory, HeapFactory, RocksDbFactory};
+use common::{FsStorageFactory, RocksDbFactory};
 use flowstate_api::*;
 use flowstate_conformance::{
     full_config, operator_config, operator_for_key, restore_from, snapshot_and_complete, BackendFactory, StorageFactory,
 };
+use flowstate_heap::HeapBackendBuilder;
 
 const KEYS: u64 = 2_000;
 
@@ -48,7 +49,7 @@ fn dump<B: KeyedStateBackend<Key = u64>>(b: &mut B, s: &States, keys: impl Itera
 
 async fn transfer<A: BackendFactory, B: BackendFactory>(from: A, to: B) {
     let storage = FsStorageFactory::new().storage("cross");
-    let mut a = from.create(full_config::<u64>()).unwrap();
+    let mut a = from.build(full_config::<u64>()).unwrap();
     let s = register(&mut a);
     for k in 0..KEYS {
         a.set_current_key(&k).unwrap();
@@ -77,10 +78,10 @@ async fn transfer<A: BackendFactory, B: BackendFactory>(from: A, to: B) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heap_savepoint_restores_into_rocksdb() {
-    transfer(HeapFactory, RocksDbFactory::new()).await;
+    transfer(HeapBackendBuilder, RocksDbFactory::new()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rocksdb_savepoint_restores_into_heap() {
-    transfer(RocksDbFactory::new(), HeapFactory).await;
+    transfer(RocksDbFactory::new(), HeapBackendBuilder).await;
 }

@@ -2,10 +2,11 @@
 
 mod common;
 
-use common::{FsStorageFactory, HeapFactory};
+use common::FsStorageFactory;
 use flowstate_conformance::{conformance_suite, Ctx};
+use flowstate_heap::HeapBackendBuilder;
 
 conformance_suite!(
-    Ctx::new(HeapFactory, FsStorageFactory::new());
+    Ctx::new(HeapBackendBuilder, FsStorageFactory::new());
     keyed, snapshot, rescale, ttl, ttl_incremental, corruption, storage, lifecycle, lifecycle_files, compat, concurrent
 );

@@ -1,11 +1,9 @@
 //! The conformance suite on the heap backend with memory checkpoint storage.
 
-mod common;
-
-use common::HeapFactory;
 use flowstate_conformance::{conformance_suite, Ctx, MemoryStorageFactory};
+use flowstate_heap::HeapBackendBuilder;
 
 conformance_suite!(
-    Ctx::new(HeapFactory, MemoryStorageFactory::new());
+    Ctx::new(HeapBackendBuilder, MemoryStorageFactory::new());
     keyed, snapshot, rescale, ttl, ttl_incremental, corruption, storage, memory_storage, lifecycle, compat, concurrent
 );

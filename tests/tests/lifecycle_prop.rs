@@ -360,7 +360,7 @@ fn fs(base: &std::path::Path, job: &str) -> Arc<dyn CheckpointStorage> {
             .unwrap()
             .with_inline_threshold(16)
             .unwrap()
-            .with_savepoint_dir(base.join("savepoints")),
+            .with_savepoint_dir(base.join("savepoints").display().to_string()),
     )
 }
 

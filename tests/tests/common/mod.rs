@@ -1,46 +1,15 @@
-//! Factories for flowstate's own backends and storages.
+//! Flowstate's own storages, and the RocksDB backend's builder as the suite runs it.
 #![allow(clippy::unwrap_used, dead_code)]
 
+use std::future::Future;
 use std::sync::Arc;
 
-use flowstate_api::CheckpointStorage;
 use flowstate_api::{
-    BackendCapabilities, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, Result, StateReader,
+    BackendBuilder, BackendCapabilities, CheckpointStorage, KeyedBackendConfig, KeyedStateHandle, Result, StateReader,
 };
-use flowstate_conformance::{BackendFactory, StorageFactory, TestKey};
+use flowstate_conformance::StorageFactory;
 use flowstate_fs::FsCheckpointStorage;
-use flowstate_heap::HeapBackend;
-use flowstate_rocksdb::{RocksDbBackend, RocksDbOptions};
-
-/// The heap backend.
-pub struct HeapFactory;
-
-impl BackendFactory for HeapFactory {
-    type Backend<K: TestKey> = HeapBackend<K>;
-
-    fn name(&self) -> &str {
-        "heap"
-    }
-
-    fn capabilities(&self) -> BackendCapabilities {
-        HeapBackend::<u64>::new(flowstate_conformance::full_config())
-            .map(|b| b.capabilities())
-            .unwrap_or_default()
-    }
-
-    fn create<K: TestKey>(&self, config: KeyedBackendConfig<K>) -> Result<HeapBackend<K>> {
-        HeapBackend::new(config)
-    }
-
-    async fn restore<K: TestKey>(
-        &self,
-        config: KeyedBackendConfig<K>,
-        handles: &[KeyedStateHandle],
-        reader: Arc<dyn StateReader>,
-    ) -> Result<HeapBackend<K>> {
-        HeapBackend::restore(config, handles, &*reader).await
-    }
-}
+use flowstate_rocksdb::{RocksDbBackend, RocksDbBackendBuilder, RocksDbOptions};
 
 /// Filesystem storage under a temporary directory, shared by every job.
 pub struct FsStorageFactory {
@@ -65,7 +34,7 @@ impl StorageFactory for FsStorageFactory {
         Arc::new(
             FsCheckpointStorage::open(self.dir.path().join("checkpoints"), job_id)
                 .unwrap()
-                .with_savepoint_dir(self.dir.path().join("savepoints")),
+                .with_savepoint_dir(self.dir.path().join("savepoints").display().to_string()),
         )
     }
 
@@ -74,59 +43,57 @@ impl StorageFactory for FsStorageFactory {
     }
 }
 
-/// The RocksDB backend, working under a temporary directory.
+/// The RocksDB backend's builder, its backends working under a temporary
+/// directory of its own (removed with it).
 pub struct RocksDbFactory {
-    dir: tempfile::TempDir,
-    incremental: bool,
+    builder: RocksDbBackendBuilder,
+    _dir: tempfile::TempDir,
 }
 
 impl RocksDbFactory {
     /// Incremental checkpoints (the default).
     pub fn new() -> Self {
-        RocksDbFactory {
-            dir: tempfile::tempdir().unwrap(),
-            incremental: true,
-        }
+        Self::with_incremental(true)
     }
 
     /// Full canonical checkpoints.
     pub fn full() -> Self {
-        RocksDbFactory {
-            incremental: false,
-            ..Self::new()
-        }
+        Self::with_incremental(false)
     }
 
-    fn options(&self) -> RocksDbOptions {
-        RocksDbOptions::new(self.dir.path())
-            .with_incremental(self.incremental)
-            .with_memory(8 << 20, 8 << 20)
+    fn with_incremental(incremental: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let options = RocksDbOptions::new(dir.path())
+            .with_incremental(incremental)
+            .with_memory(8 << 20, 8 << 20);
+        RocksDbFactory {
+            builder: RocksDbBackendBuilder::new(options),
+            _dir: dir,
+        }
     }
 }
 
-impl BackendFactory for RocksDbFactory {
-    type Backend<K: TestKey> = RocksDbBackend<K>;
+impl BackendBuilder for RocksDbFactory {
+    type Backend<K: 'static> = RocksDbBackend<K>;
 
     fn name(&self) -> &str {
-        "rocksdb"
+        self.builder.name()
     }
 
     fn capabilities(&self) -> BackendCapabilities {
-        RocksDbBackend::<u64>::new(flowstate_conformance::full_config(), self.options())
-            .map(|b| b.capabilities())
-            .unwrap_or_default()
+        self.builder.capabilities()
     }
 
-    fn create<K: TestKey>(&self, config: KeyedBackendConfig<K>) -> Result<RocksDbBackend<K>> {
-        RocksDbBackend::new(config, self.options())
+    fn build<K: 'static>(&self, config: KeyedBackendConfig<K>) -> Result<RocksDbBackend<K>> {
+        self.builder.build(config)
     }
 
-    async fn restore<K: TestKey>(
+    fn restore<K: 'static>(
         &self,
         config: KeyedBackendConfig<K>,
         handles: &[KeyedStateHandle],
         reader: Arc<dyn StateReader>,
-    ) -> Result<RocksDbBackend<K>> {
-        RocksDbBackend::restore(config, handles, &*reader, self.options()).await
+    ) -> impl Future<Output = Result<RocksDbBackend<K>>> + Send {
+        self.builder.restore(config, handles, reader)
     }
 }

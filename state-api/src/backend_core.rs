@@ -1,0 +1,320 @@
+//! The bookkeeping every keyed state backend shares, written once.
+//!
+//! A [`BackendCore`] holds what does not depend on how a backend stores
+//! bytes: its configuration (key groups, max parallelism, key serializer,
+//! clock), its process-unique id, the current key, and the state registry
+//! (name → [`StateId`], each state's [`StateMeta`], TTL config, whether it
+//! was registered in this run or only restored, and its current namespace).
+//! [`KeyedStateBackend`](crate::KeyedStateBackend) derives every accessor,
+//! the current key, namespaces and registration from it, so a backend only
+//! implements storage.
+
+use std::collections::HashMap;
+
+use crate::backend::{next_backend_id, CurrentKey, KeyedBackendConfig};
+use crate::canonical::{SnapshotHeader, TtlFilter};
+use crate::descriptor::{validate_state_name, StateId, StateMeta};
+use crate::error::{Error, Result};
+use crate::keygroup::KeyGroupRange;
+use crate::serializer::SharedSerializer;
+use crate::ttl::{SharedClock, StateTtlConfig};
+
+/// One state of a backend's registry.
+#[derive(Debug, Clone)]
+pub struct StateEntry {
+    meta: StateMeta,
+    ttl: Option<StateTtlConfig>,
+    registered: bool,
+    namespace: Vec<u8>,
+}
+
+impl StateEntry {
+    /// The state's name, kind and serializers.
+    #[inline]
+    pub fn meta(&self) -> &StateMeta {
+        &self.meta
+    }
+
+    /// Its TTL config, as last registered in this run (`None` until then).
+    #[inline]
+    pub fn ttl(&self) -> Option<&StateTtlConfig> {
+        self.ttl.as_ref()
+    }
+
+    /// True once registered in this run; false while only restored.
+    #[inline]
+    pub fn is_registered(&self) -> bool {
+        self.registered
+    }
+
+    /// The namespace its operations act in (empty, the void namespace,
+    /// until set).
+    #[inline]
+    pub fn namespace(&self) -> &[u8] {
+        &self.namespace
+    }
+}
+
+/// What one state access acts on: the current key, its key group, and the
+/// state with its current namespace. See [`BackendCore::access`].
+#[derive(Debug, Clone, Copy)]
+pub struct StateAccess<'a> {
+    /// The current key's key group.
+    pub key_group: u32,
+    /// The serialized current key.
+    pub key: &'a [u8],
+    /// The state accessed.
+    pub state: &'a StateEntry,
+}
+
+/// The bookkeeping shared by every keyed state backend: config, backend
+/// id, current key and state registry. A backend owns one and hands it out
+/// through [`KeyedStateBackend::core`](crate::KeyedStateBackend::core).
+///
+/// State ids are indexes into the registry, given out in order from 0, so a
+/// backend can keep its own per-state storage in a `Vec` indexed the same
+/// way.
+pub struct BackendCore<K> {
+    id: u64,
+    config: KeyedBackendConfig<K>,
+    current: CurrentKey,
+    states: Vec<StateEntry>,
+    by_name: HashMap<String, StateId>,
+    /// Reused by the typed layer to encode values, so a write allocates
+    /// nothing.
+    pub(crate) buffer: Vec<u8>,
+}
+
+impl<K> std::fmt::Debug for BackendCore<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendCore")
+            .field("id", &self.id)
+            .field("config", &self.config)
+            .field("states", &self.states.iter().map(|s| &s.meta.name).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl<K> BackendCore<K> {
+    /// The core of a new backend with `config` (validated) and a fresh
+    /// process-unique id; no state, no current key.
+    pub fn new(config: KeyedBackendConfig<K>) -> Result<Self> {
+        config.validate()?;
+        Ok(BackendCore {
+            id: next_backend_id(),
+            config,
+            current: CurrentKey::default(),
+            states: Vec::new(),
+            by_name: HashMap::new(),
+            buffer: Vec::new(),
+        })
+    }
+
+    /// The backend's process-unique id.
+    #[inline]
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The config the backend was built with.
+    #[inline]
+    pub fn config(&self) -> &KeyedBackendConfig<K> {
+        &self.config
+    }
+
+    /// The key groups the backend owns.
+    #[inline]
+    pub fn key_group_range(&self) -> KeyGroupRange {
+        self.config.key_group_range
+    }
+
+    /// The job's max parallelism.
+    #[inline]
+    pub fn max_parallelism(&self) -> u32 {
+        self.config.max_parallelism
+    }
+
+    /// The key serializer.
+    #[inline]
+    pub fn key_serializer(&self) -> &SharedSerializer<K> {
+        &self.config.key_serializer
+    }
+
+    /// The TTL clock.
+    #[inline]
+    pub fn clock(&self) -> &SharedClock {
+        &self.config.clock
+    }
+
+    // ------------------------------------------------------------ current key
+
+    /// The current key.
+    #[inline]
+    pub fn current_key(&self) -> &CurrentKey {
+        &self.current
+    }
+
+    /// Makes `key` current (serialized once) and returns its key group. On
+    /// error no key is current.
+    #[inline]
+    pub fn set_current_key(&mut self, key: &K) -> Result<u32> {
+        let c = &self.config;
+        self.current
+            .set(&c.key_serializer, key, c.key_group_range, c.max_parallelism)
+    }
+
+    /// Makes the serialized `key` current and returns its key group. On
+    /// error no key is current.
+    pub fn set_current_key_bytes(&mut self, key: &[u8]) -> Result<u32> {
+        let c = &self.config;
+        self.current.set_bytes(key, c.key_group_range, c.max_parallelism)
+    }
+
+    /// The current key, its key group and `state` with its namespace: what
+    /// a state operation needs. Fails without a current key or for an
+    /// unknown state.
+    #[inline]
+    pub fn access(&self, state: StateId) -> Result<StateAccess<'_>> {
+        let (Some(key_group), Some(key)) = (self.current.key_group(), self.current.bytes()) else {
+            return Err(Error::invalid(
+                "no current key: call set_current_key before accessing state",
+            ));
+        };
+        Ok(StateAccess {
+            key_group,
+            key,
+            state: self.state(state)?,
+        })
+    }
+
+    // ------------------------------------------------------------ registry
+
+    /// The state with id `state`.
+    #[inline]
+    pub fn state(&self, state: StateId) -> Result<&StateEntry> {
+        self.states
+            .get(state as usize)
+            .ok_or_else(|| Error::invalid(format!("no state with id {state}")))
+    }
+
+    /// Every state, registered or restored, indexed by [`StateId`].
+    #[inline]
+    pub fn states(&self) -> &[StateEntry] {
+        &self.states
+    }
+
+    /// The metadata of every state, in id order (the order a snapshot
+    /// lists them in).
+    pub fn metas(&self) -> Vec<StateMeta> {
+        self.states.iter().map(|s| s.meta.clone()).collect()
+    }
+
+    /// The id of the state named `name`, if the backend holds it.
+    pub fn find(&self, name: &str) -> Option<StateId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The id the next added state gets.
+    pub fn next_state_id(&self) -> StateId {
+        self.states.len() as StateId
+    }
+
+    /// Sets the namespace `state`'s operations act in.
+    pub fn set_namespace(&mut self, state: StateId, namespace: &[u8]) -> Result<()> {
+        let s = self
+            .states
+            .get_mut(state as usize)
+            .ok_or_else(|| Error::invalid(format!("no state with id {state}")))?;
+        s.namespace.clear();
+        s.namespace.extend_from_slice(namespace);
+        Ok(())
+    }
+
+    /// Before registering `meta`: checks its name, and returns the id of the
+    /// state of that name if there is one. Fails with `Incompatible` when
+    /// that state (registered before, or restored) differs in kind,
+    /// serializers or TTL.
+    pub fn check_registration(&self, meta: &StateMeta) -> Result<Option<StateId>> {
+        validate_state_name(&meta.name)?;
+        let Some(id) = self.find(&meta.name) else {
+            return Ok(None);
+        };
+        let state = &self.states[id as usize];
+        if let Some(why) = meta.incompatibility(&state.meta) {
+            let was = if state.registered { "registered" } else { "restored" };
+            return Err(Error::incompatible(format!(
+                "state {:?} was {was} differently: {why}",
+                meta.name
+            )));
+        }
+        Ok(Some(id))
+    }
+
+    /// Before restoring state `meta` from `source` (a snapshot's name, for
+    /// errors): returns the id of the state of that name if there is one.
+    /// Fails with `Incompatible` when it differs from `meta` (the same state
+    /// in another handle).
+    pub fn check_restored(&self, meta: &StateMeta, source: &str) -> Result<Option<StateId>> {
+        let Some(id) = self.find(&meta.name) else {
+            return Ok(None);
+        };
+        if let Some(why) = self.states[id as usize].meta.incompatibility(meta) {
+            return Err(Error::incompatible(format!(
+                "{source}: state {:?} differs from the same state in another handle: {why}",
+                meta.name
+            )));
+        }
+        Ok(Some(id))
+    }
+
+    /// Adds a state, not yet registered in this run, and returns its id
+    /// ([`next_state_id`](Self::next_state_id)). Its name must be new:
+    /// check with [`find`](Self::find) or the `check_` methods first.
+    pub fn add_state(&mut self, meta: StateMeta) -> StateId {
+        let id = self.next_state_id();
+        self.by_name.insert(meta.name.clone(), id);
+        self.states.push(StateEntry {
+            meta,
+            ttl: None,
+            registered: false,
+            namespace: Vec::new(),
+        });
+        id
+    }
+
+    /// Marks `state` registered in this run, with `ttl`.
+    pub fn mark_registered(&mut self, state: StateId, ttl: Option<StateTtlConfig>) -> Result<()> {
+        let s = self
+            .states
+            .get_mut(state as usize)
+            .ok_or_else(|| Error::invalid(format!("no state with id {state}")))?;
+        s.registered = true;
+        s.ttl = ttl;
+        Ok(())
+    }
+
+    /// The header of a canonical snapshot of every state.
+    pub fn snapshot_header(&self, compressed: bool) -> SnapshotHeader {
+        SnapshotHeader {
+            range: self.config.key_group_range,
+            max_parallelism: self.config.max_parallelism,
+            key_serializer: self.config.key_serializer.id(),
+            states: self.metas(),
+            compressed,
+        }
+    }
+
+    /// What a full snapshot taken now leaves out: per state, in id order,
+    /// the TTL of states configured to drop expired entries from full
+    /// snapshots.
+    pub fn ttl_filter(&self) -> TtlFilter {
+        TtlFilter {
+            ttl_millis: self
+                .states
+                .iter()
+                .map(|s| s.ttl.filter(|t| t.cleanup().full_snapshot).map(|t| t.ttl_millis()))
+                .collect(),
+            now: self.config.clock.now_millis(),
+        }
+    }
+}
