@@ -10,6 +10,9 @@
 //! whose lock can be taken belongs to no live backend: opening a backend on
 //! the same working directory removes it. A directory in use is never
 //! removed, whichever process (or container sharing the filesystem) uses it.
+//! A directory is made and locked as `creating-<unique>/` and only then
+//! renamed to `db-<unique>/`, so no `db-*` directory is ever unlocked while
+//! its backend lives.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -21,8 +24,10 @@ use flowstate_api::{Error, Result};
 const OWNER_LOCK: &str = "owner.lock";
 /// Prefix of instance directories.
 const PREFIX: &str = "db-";
-/// An instance directory without a lock file is only taken for abandoned
-/// once it is this old: it may be one being created right now.
+/// Prefix of an instance directory while it is being created and locked.
+const CREATING: &str = "creating-";
+/// A directory being created (or one of an older version without a lock
+/// file) is only taken for abandoned once it is this old.
 const UNLOCKED_GRACE: Duration = Duration::from_secs(60);
 
 /// A backend's working directory, locked while it lives and removed when
@@ -40,12 +45,20 @@ impl InstanceDir {
     pub(crate) fn create(working_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(working_dir).map_err(|e| Error::io(working_dir.display(), e))?;
         remove_abandoned(working_dir);
-        let path = working_dir.join(format!("{PREFIX}{}", flowstate_api::unique_file_name()));
-        std::fs::create_dir(&path).map_err(|e| Error::io(path.display(), e))?;
-        let lock_path = path.join(OWNER_LOCK);
+        // Made and locked under a name the clean-up of others ignores, then
+        // renamed: a `db-*` directory is locked from the moment it exists.
+        let unique = flowstate_api::unique_file_name();
+        let creating = working_dir.join(format!("{CREATING}{unique}"));
+        std::fs::create_dir(&creating).map_err(|e| Error::io(creating.display(), e))?;
+        let lock_path = creating.join(OWNER_LOCK);
         let lock = File::create(&lock_path).map_err(|e| Error::io(lock_path.display(), e))?;
         lock.try_lock()
             .map_err(|e| Error::internal(format!("{}: cannot lock a new file: {e}", lock_path.display())))?;
+        let path = working_dir.join(format!("{PREFIX}{unique}"));
+        if let Err(e) = std::fs::rename(&creating, &path) {
+            let _ = std::fs::remove_dir_all(&creating);
+            return Err(Error::io(path.display(), e));
+        }
         Ok(InstanceDir { path, _lock: lock })
     }
 
@@ -76,7 +89,17 @@ pub(crate) fn remove_abandoned(working_dir: &Path) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if !name.starts_with(PREFIX) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if name.starts_with(CREATING) {
+            // Left by a process killed while creating its directory.
+            if is_old(&entry) {
+                remove(&entry.path());
+            }
+            continue;
+        }
+        if !name.starts_with(PREFIX) {
             continue;
         }
         let dir = entry.path();
@@ -84,16 +107,9 @@ pub(crate) fn remove_abandoned(working_dir: &Path) {
         let lock = match File::options().read(true).write(true).open(&lock_path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Wall time, not the job's injected clock: it is compared
-                // with the filesystem's modification time.
-                #[allow(clippy::disallowed_methods)]
-                let old = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age >= UNLOCKED_GRACE);
-                if old {
+                // Directories are locked before they get this name: one
+                // without a lock file was left by an older version.
+                if is_old(&entry) {
                     remove(&dir);
                 }
                 continue;
@@ -114,6 +130,20 @@ pub(crate) fn remove_abandoned(working_dir: &Path) {
     }
 }
 
+/// True when the entry was last modified at least [`UNLOCKED_GRACE`] ago.
+fn is_old(entry: &std::fs::DirEntry) -> bool {
+    // Wall time, not the job's injected clock: it is compared with the
+    // filesystem's modification time.
+    #[allow(clippy::disallowed_methods)]
+    let old = entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age >= UNLOCKED_GRACE);
+    old
+}
+
 fn remove(dir: &Path) {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => tracing::info!(dir = %dir.display(), "removed the working directory of a backend that is gone"),
@@ -124,6 +154,34 @@ fn remove(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_creation_and_clean_up_never_remove_a_live_directory() {
+        let work = tempfile::tempdir().unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let dir = work.path().to_path_buf();
+                std::thread::spawn(move || {
+                    let mut live = Vec::new();
+                    for _ in 0..50 {
+                        let instance = InstanceDir::create(&dir).unwrap();
+                        assert!(instance.path().join(OWNER_LOCK).exists());
+                        live.push(instance);
+                        remove_abandoned(&dir);
+                        for i in &live {
+                            assert!(i.path().exists(), "a live instance directory was removed");
+                        }
+                        if live.len() > 3 {
+                            live.remove(0);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
 
     #[test]
     fn abandoned_directories_go_and_live_ones_stay() {
