@@ -472,10 +472,10 @@ impl CheckpointLocation for BlobLocation {
 
     async fn dispose(&self) -> Result<()> {
         self.refuse_if_complete().await?;
+        // What its streams wrote anywhere, and whatever is in its own
+        // directory (for a savepoint, the store's root is that directory).
         let mut paths: BTreeSet<BlobPath> = record(&self.written).clone();
-        if self.dir.is_some() || self.kind == CheckpointKind::Savepoint {
-            paths.extend(self.store.list(self.dir.as_ref()).await?.into_iter().map(|m| m.path));
-        }
+        paths.extend(self.store.list(self.dir.as_ref()).await?.into_iter().map(|m| m.path));
         let paths: Vec<BlobPath> = paths.into_iter().collect();
         self.store
             .delete(&paths)

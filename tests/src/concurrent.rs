@@ -200,6 +200,12 @@ impl Rng {
     }
 }
 
+/// A random checkpoint in flight for which `ready` holds.
+fn pick(flights: &BTreeMap<u64, InFlight>, rng: &mut Rng, ready: impl Fn(&InFlight) -> bool) -> Option<u64> {
+    let ids: Vec<u64> = flights.iter().filter(|(_, f)| ready(f)).map(|(id, _)| *id).collect();
+    (!ids.is_empty()).then(|| ids[rng.below(ids.len())])
+}
+
 /// A checkpoint of the interleaving test.
 struct InFlight {
     location: Arc<dyn CheckpointLocation>,
@@ -249,29 +255,17 @@ pub async fn interleaved_checkpoints_restore_exactly<F: BackendFactory>(ctx: Ctx
                     );
                 }
                 1 => {
-                    let ids: Vec<u64> = flights
-                        .iter()
-                        .filter(|(_, f)| f.pending.is_some())
-                        .map(|(id, _)| *id)
-                        .collect();
-                    if ids.is_empty() {
+                    let Some(id) = pick(&flights, &mut rng, |f| f.pending.is_some()) else {
                         continue;
-                    }
-                    let id = ids[rng.below(ids.len())];
+                    };
                     let f = flights.get_mut(&id).unwrap();
                     f.result = Some(f.pending.take().unwrap().await.unwrap());
                     log.push(format!("upload {id}"));
                 }
                 2 | 3 => {
-                    let ids: Vec<u64> = flights
-                        .iter()
-                        .filter(|(_, f)| f.result.is_some())
-                        .map(|(id, _)| *id)
-                        .collect();
-                    if ids.is_empty() {
+                    let Some(id) = pick(&flights, &mut rng, |f| f.result.is_some()) else {
                         continue;
-                    }
-                    let id = ids[rng.below(ids.len())];
+                    };
                     let f = flights.remove(&id).unwrap();
                     let newest = completed.keys().next_back().copied();
                     let abort = rng.below(6) == 0;
