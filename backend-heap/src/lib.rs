@@ -116,33 +116,39 @@ impl<K> HeapBackend<K> {
             return Ok(());
         }
         let name = h.describe();
-        // Only the header and the frames of the key groups this backend owns are read.
-        let (snapshot, _) = CanonicalSnapshot::read(reader, h, range, &name)
-            .await
-            .map_err(|e| e.context(format!("restoring key groups {}", h.range)))?;
-        check_compatible(
-            snapshot.header(),
-            &self.core.key_serializer().id(),
-            self.core.max_parallelism(),
-            &name,
-        )?;
-        let ids = snapshot
-            .header()
-            .states
-            .iter()
-            .map(|meta| self.restored_state(meta, &name))
-            .collect::<Result<Vec<_>>>()?;
         let max = self.core.max_parallelism();
         let mut scratch = Vec::new();
-        for kg in overlap.iter() {
-            let records = snapshot.key_group(kg)?;
-            let i = (kg - range.start()) as usize;
-            records.for_each_verified(max, |record| {
-                let state = record.state();
-                let id = ids[state as usize] as usize;
-                insert_record(&mut self.states[id].table, i, &record, &mut scratch)
-                    .map_err(|e| e.context(format!("snapshot {name}, key group {kg}")))
-            })?;
+        let mut ids: Option<Vec<StateId>> = None;
+        // Only the header and the frames of the key groups this backend
+        // owns are read, a bounded batch of them at a time.
+        for part in h.key_group_batches(range, flowstate_api::RESTORE_BATCH_BYTES)? {
+            let (snapshot, _) = CanonicalSnapshot::read(reader, h, part, &name)
+                .await
+                .map_err(|e| e.context(format!("restoring key groups {}", h.range)))?;
+            let ids = match &ids {
+                Some(ids) => ids.clone(),
+                None => {
+                    check_compatible(snapshot.header(), &self.core.key_serializer().id(), max, &name)?;
+                    let found = snapshot
+                        .header()
+                        .states
+                        .iter()
+                        .map(|meta| self.restored_state(meta, &name))
+                        .collect::<Result<Vec<_>>>()?;
+                    ids = Some(found.clone());
+                    found
+                }
+            };
+            for kg in part.iter() {
+                let records = snapshot.key_group(kg)?;
+                let i = (kg - range.start()) as usize;
+                records.for_each_verified(max, |record| {
+                    let state = record.state();
+                    let id = ids[state as usize] as usize;
+                    insert_record(&mut self.states[id].table, i, &record, &mut scratch)
+                        .map_err(|e| e.context(format!("snapshot {name}, key group {kg}")))
+                })?;
+            }
         }
         Ok(())
     }

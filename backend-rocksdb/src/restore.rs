@@ -254,68 +254,74 @@ impl<K> RocksDbBackend<K> {
     ) -> Result<()> {
         let range = self.config().key_group_range;
         let name = h.describe();
-        // Only the header and the frames of the key groups this backend owns are read.
-        let (snapshot, read) = CanonicalSnapshot::read(reader, h, range, &name)
-            .await
-            .map_err(|e| e.context(format!("restoring key groups {}", h.range)))?;
-        stats.handles_from_storage += 1;
-        stats.downloaded_bytes += read;
-        check_compatible(
-            snapshot.header(),
-            &self.config().key_serializer.id(),
-            self.config().max_parallelism,
-            &name,
-        )?;
-        let ids = snapshot
-            .header()
-            .states
-            .iter()
-            .map(|meta| self.restored_state(meta, &name))
-            .collect::<Result<Vec<_>>>()?;
         let max = self.config().max_parallelism;
         let mut batch = WriteBatch::default();
         let mut k = Vec::new();
         let mut v = Vec::new();
-        for kg in h.range.intersect(&range).iter() {
-            let records = snapshot.key_group(kg)?;
-            records
-                .for_each_verified(max, |record| {
-                    let (state, key, namespace) = (record.state(), record.key(), record.namespace());
-                    let (s, entry) = ids
-                        .get(state as usize)
-                        .and_then(|id| self.states.get(*id as usize).zip(self.core.states().get(*id as usize)))
-                        .ok_or_else(|| Error::corrupted(format!("snapshot {name}: unknown state {state}")))?;
-                    let cf = self.cf(s)?;
-                    key_part(&mut k, kg, key);
-                    put_namespace(&mut k, namespace);
-                    match (&record, entry.meta().kind.storage()) {
-                        (Record::Value { value, .. }, StorageKind::Value) => batch.put_cf(cf, &k, value),
-                        (Record::List { elements, .. }, StorageKind::List) => {
-                            v.clear();
-                            for e in elements {
-                                pack(&mut v, e);
+        let mut known: Option<Vec<u32>> = None;
+        stats.handles_from_storage += 1;
+        // Only the header and the frames of the key groups this backend
+        // owns are read, a bounded batch of them at a time.
+        for part in h.key_group_batches(range, flowstate_api::RESTORE_BATCH_BYTES)? {
+            let (snapshot, read) = CanonicalSnapshot::read(reader, h, part, &name)
+                .await
+                .map_err(|e| e.context(format!("restoring key groups {}", h.range)))?;
+            stats.downloaded_bytes += read;
+            let ids = match &known {
+                Some(ids) => ids.clone(),
+                None => {
+                    check_compatible(snapshot.header(), &self.config().key_serializer.id(), max, &name)?;
+                    let found = snapshot
+                        .header()
+                        .states
+                        .iter()
+                        .map(|meta| self.restored_state(meta, &name))
+                        .collect::<Result<Vec<_>>>()?;
+                    known = Some(found.clone());
+                    found
+                }
+            };
+            for kg in part.iter() {
+                let records = snapshot.key_group(kg)?;
+                records
+                    .for_each_verified(max, |record| {
+                        let (state, key, namespace) = (record.state(), record.key(), record.namespace());
+                        let (s, entry) = ids
+                            .get(state as usize)
+                            .and_then(|id| self.states.get(*id as usize).zip(self.core.states().get(*id as usize)))
+                            .ok_or_else(|| Error::corrupted(format!("snapshot {name}: unknown state {state}")))?;
+                        let cf = self.cf(s)?;
+                        key_part(&mut k, kg, key);
+                        put_namespace(&mut k, namespace);
+                        match (&record, entry.meta().kind.storage()) {
+                            (Record::Value { value, .. }, StorageKind::Value) => batch.put_cf(cf, &k, value),
+                            (Record::List { elements, .. }, StorageKind::List) => {
+                                v.clear();
+                                for e in elements {
+                                    pack(&mut v, e);
+                                }
+                                batch.merge_cf(cf, &k, &v);
                             }
-                            batch.merge_cf(cf, &k, &v);
+                            (Record::MapEntry { user_key, value, .. }, StorageKind::Map) => {
+                                k.extend_from_slice(user_key);
+                                batch.put_cf(cf, &k, value);
+                            }
+                            _ => {
+                                return Err(Error::corrupted(format!(
+                                    "snapshot {name}: a record does not match the kind of state {:?}",
+                                    entry.meta().name
+                                )))
+                            }
                         }
-                        (Record::MapEntry { user_key, value, .. }, StorageKind::Map) => {
-                            k.extend_from_slice(user_key);
-                            batch.put_cf(cf, &k, value);
+                        if batch.size_in_bytes() >= BATCH_BYTES {
+                            self.db
+                                .write(std::mem::take(&mut batch))
+                                .map_err(db_err(format!("restoring {name}")))?;
                         }
-                        _ => {
-                            return Err(Error::corrupted(format!(
-                                "snapshot {name}: a record does not match the kind of state {:?}",
-                                entry.meta().name
-                            )))
-                        }
-                    }
-                    if batch.size_in_bytes() >= BATCH_BYTES {
-                        self.db
-                            .write(std::mem::take(&mut batch))
-                            .map_err(db_err(format!("restoring {name}")))?;
-                    }
-                    Ok(())
-                })
-                .map_err(|e| e.context(format!("key group {kg}")))?;
+                        Ok(())
+                    })
+                    .map_err(|e| e.context(format!("key group {kg}")))?;
+            }
         }
         self.db.write(batch).map_err(db_err(format!("restoring {name}")))
     }

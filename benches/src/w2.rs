@@ -250,6 +250,7 @@ async fn rocksdb(scale: usize, mode: RocksMode) -> Result<()> {
         RocksMode::Incremental => &[("restore.remote_ms", false), ("restore.local_ms", true)],
     };
     for &(metric, local) in kinds {
+        let rss_before = reset_peak_rss();
         let started = Instant::now();
         let latest = storage.resolve(&pointer).await?;
         let handles = latest.metadata.operators[0].keyed.clone();
@@ -274,9 +275,35 @@ async fn rocksdb(scale: usize, mode: RocksMode) -> Result<()> {
             )));
         }
         emit("W2", name, metric, elapsed.as_secs_f64() * 1e3, "ms");
+        if let (Some(before), Some(peak)) = (rss_before, status_bytes("VmHWM")) {
+            let extra = peak.saturating_sub(before) as f64 / 1e6;
+            emit("W2", name, &format!("{metric}.peak_extra_mb"), extra, "MB");
+        }
         check_restored(&mut r, &s, &expected)?;
     }
     Ok(())
+}
+
+/// Resets this process's peak resident set size to the current one (Linux:
+/// `/proc/self/clear_refs`) and returns it, in bytes; `None` elsewhere.
+fn reset_peak_rss() -> Option<u64> {
+    std::fs::write("/proc/self/clear_refs", "5").ok()?;
+    status_bytes("VmRSS")
+}
+
+/// A `kB` field of `/proc/self/status` (`VmRSS`, `VmHWM`), in bytes.
+fn status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
+    let kb: u64 = line[field.len() + 1..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// Sequential write + fsync and read bandwidth of a file of `bytes` bytes.

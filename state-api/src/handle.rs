@@ -151,7 +151,43 @@ pub struct KeyGroupsStateHandle {
     pub stream: StreamStateHandle,
 }
 
+/// The most bytes of key-group frames a restore reads at once.
+pub const RESTORE_BATCH_BYTES: u64 = 16 << 20;
+
 impl KeyGroupsStateHandle {
+    /// The key groups of `want` this handle holds, as consecutive sub-ranges
+    /// whose frames take at most `max_bytes` each (a larger key group is a
+    /// batch of its own): a restore reads and inserts one batch at a time,
+    /// so it holds a bounded part of the stream in memory.
+    pub fn key_group_batches(&self, want: KeyGroupRange, max_bytes: u64) -> Result<Vec<KeyGroupRange>> {
+        let overlap = self.range.intersect(&want);
+        if overlap.is_empty() {
+            return Ok(Vec::new());
+        }
+        let offsets = &self.offsets;
+        if offsets.len() != self.range.len() as usize || !matches!(self.stream, StreamStateHandle::File { .. }) {
+            return Ok(vec![overlap]);
+        }
+        let size = self.stream.size();
+        let start_of = |kg: u32| offsets[(kg - self.range.start()) as usize];
+        let end_of = |kg: u32| {
+            offsets
+                .get((kg + 1 - self.range.start()) as usize)
+                .copied()
+                .unwrap_or(size)
+        };
+        let mut out = Vec::new();
+        let mut first = overlap.start();
+        for kg in overlap.iter() {
+            if kg > first && end_of(kg).saturating_sub(start_of(first)) > max_bytes {
+                out.push(KeyGroupRange::new(first, kg)?);
+                first = kg;
+            }
+        }
+        out.push(KeyGroupRange::new(first, overlap.end())?);
+        Ok(out)
+    }
+
     /// A name for error messages that an operator can find: the key groups
     /// and, for a file, its path (inline state has no path of its own: it
     /// lives in the checkpoint's metadata).
@@ -359,6 +395,29 @@ mod tests {
         for p in ["chk-1/abc", "shared/x.sst", "f"] {
             validate_relative_path(p).unwrap();
         }
+    }
+
+    #[test]
+    fn key_group_batches_bound_the_bytes_read_at_once() {
+        // Key groups 10..15, frames of 100 bytes after a 50-byte header.
+        let h = KeyGroupsStateHandle {
+            range: KeyGroupRange::new(10, 15).unwrap(),
+            offsets: vec![50, 150, 250, 350, 450],
+            stream: StreamStateHandle::File {
+                path: "chk-1/a".into(),
+                size: 550,
+            },
+        };
+        let all = KeyGroupRange::all(128).unwrap();
+        let batches = |want, max| h.key_group_batches(want, max).unwrap();
+        assert_eq!(batches(all, 1000), [KeyGroupRange::new(10, 15).unwrap()]);
+        assert_eq!(
+            batches(all, 200),
+            [(10, 12), (12, 14), (14, 15)].map(|(a, b)| KeyGroupRange::new(a, b).unwrap())
+        );
+        // A key group larger than the bound is a batch of its own.
+        assert_eq!(batches(KeyGroupRange::new(11, 13).unwrap(), 10).len(), 2);
+        assert!(batches(KeyGroupRange::new(20, 30).unwrap(), 10).is_empty());
     }
 
     #[test]

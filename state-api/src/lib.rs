@@ -57,7 +57,7 @@ pub use descriptor::{
 pub use error::{Error, ErrorKind, Result};
 pub use handle::{
     check_restore_handles, validate_relative_path, HandleFile, IncrementalStateHandle, KeyGroupsStateHandle,
-    KeyedStateHandle, StreamStateHandle,
+    KeyedStateHandle, StreamStateHandle, RESTORE_BATCH_BYTES,
 };
 pub use keygroup::{
     check_parallelism, default_max_parallelism, key_group_for_key_bytes, murmur3_32, operator_index_for_key_group,
