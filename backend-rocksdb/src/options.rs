@@ -44,6 +44,16 @@ impl LocalRecovery {
                 self.scope
             )));
         }
+        // The scope is a directory under each of `dirs` whose stale `chk-*`
+        // copies a backend deletes: empty, absolute or `..` would point that
+        // at the directories themselves or elsewhere.
+        let scope = &self.scope;
+        if flowstate_api::validate_relative_path(scope).is_err() {
+            return Err(Error::invalid(format!(
+                "local recovery scope {scope:?} must be a relative path such as \"job/operator-0\" (not empty, \
+                 absolute or with '..')"
+            )));
+        }
         Ok(())
     }
 }

@@ -531,6 +531,15 @@ async fn local_recovery_without_directories_is_refused() {
         std::fs::read_dir(dir.path()).unwrap().next().is_none(),
         "nothing may be created before the options are checked"
     );
+    // A scope that would name the local directories themselves, or leave them.
+    let local = dir.path().join("local");
+    std::fs::create_dir_all(local.join("chk-1")).unwrap();
+    for scope in ["", "/abs", "../up", "job/../.."] {
+        let options = RocksDbOptions::new(dir.path().join("work")).with_local_recovery(vec![local.clone()], scope);
+        let e = RocksDbBackend::new(config(), options).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{scope:?}: {e}");
+    }
+    assert!(local.join("chk-1").exists(), "another scope's copy was deleted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
