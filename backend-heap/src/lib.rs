@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use flowstate_api::canonical::{check_compatible, write_canonical_snapshot, CanonicalSnapshot};
+use flowstate_api::canonical::{write_canonical_snapshot, CanonicalSnapshot};
 use flowstate_api::codec::put_varint;
 use flowstate_api::{
     AsyncOutput, BackendBuilder, BackendCapabilities, BackendCore, CheckpointLocation, Error, KeyVisitor,
@@ -128,13 +128,7 @@ impl<K> HeapBackend<K> {
             let ids = match &ids {
                 Some(ids) => ids.clone(),
                 None => {
-                    check_compatible(snapshot.header(), &self.core.key_serializer().id(), max, &name)?;
-                    let found = snapshot
-                        .header()
-                        .states
-                        .iter()
-                        .map(|meta| self.restored_state(meta, &name))
-                        .collect::<Result<Vec<_>>>()?;
+                    let found = self.restore_header(snapshot.header(), &name)?;
                     ids = Some(found.clone());
                     found
                 }
@@ -151,11 +145,6 @@ impl<K> HeapBackend<K> {
             }
         }
         Ok(())
-    }
-
-    /// The id of the state a restored `meta` goes into, creating it if new.
-    fn restored_state(&mut self, meta: &StateMeta, name: &str) -> Result<StateId> {
-        self.restore_state(meta, &format!("snapshot {name}"))
     }
 
     /// Marks the backend closed: snapshots still in their async phase fail

@@ -270,13 +270,7 @@ impl<K> RocksDbBackend<K> {
             let ids = match &known {
                 Some(ids) => ids.clone(),
                 None => {
-                    check_compatible(snapshot.header(), &self.config().key_serializer.id(), max, &name)?;
-                    let found = snapshot
-                        .header()
-                        .states
-                        .iter()
-                        .map(|meta| self.restored_state(meta, &name))
-                        .collect::<Result<Vec<_>>>()?;
+                    let found = flowstate_api::KeyedStateBackend::restore_header(self, snapshot.header(), &name)?;
                     known = Some(found.clone());
                     found
                 }

@@ -473,6 +473,20 @@ pub trait KeyedStateBackend: Send {
         self.create_state_storage(id, meta)?;
         Ok(self.core_mut().add_state(meta.clone()))
     }
+
+    /// For implementations restoring the canonical snapshot `name`: checks
+    /// its header against this backend (max parallelism, key serializer),
+    /// then gives the id of each of its states, in header order.
+    fn restore_header(&mut self, header: &crate::canonical::SnapshotHeader, name: &str) -> Result<Vec<StateId>> {
+        let (serializer, max) = (self.core().key_serializer().id(), self.core().max_parallelism());
+        crate::canonical::check_compatible(header, &serializer, max, name)?;
+        let source = format!("snapshot {name}");
+        header
+            .states
+            .iter()
+            .map(|meta| self.restore_state(meta, &source))
+            .collect()
+    }
 }
 
 /// Creates and restores backends of one kind, so an engine (and the
