@@ -35,8 +35,9 @@ const UNLOCKED_GRACE: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub(crate) struct InstanceDir {
     path: PathBuf,
-    /// Holds the lock; released (by the kernel) when closed.
-    _lock: File,
+    /// Holds the lock; released (by the kernel) when closed, after the
+    /// directory is removed.
+    lock: Option<File>,
 }
 
 impl InstanceDir {
@@ -59,7 +60,7 @@ impl InstanceDir {
             let _ = std::fs::remove_dir_all(&creating);
             return Err(Error::io(path.display(), e));
         }
-        Ok(InstanceDir { path, _lock: lock })
+        Ok(InstanceDir { path, lock: Some(lock) })
     }
 
     /// The directory.
@@ -75,8 +76,15 @@ impl InstanceDir {
 }
 
 impl Drop for InstanceDir {
+    /// Removes the directory, on a blocking thread when dropped on a Tokio
+    /// runtime. It stays locked until it is gone; if the process ends first,
+    /// the next backend opened on the working directory removes it.
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        let (path, lock) = (std::mem::take(&mut self.path), self.lock.take());
+        flowstate_api::run_detached(move || {
+            let _ = std::fs::remove_dir_all(&path);
+            drop(lock);
+        });
     }
 }
 

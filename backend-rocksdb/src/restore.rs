@@ -55,10 +55,13 @@ pub struct RestoreStats {
 /// A batch is written once it holds this many bytes.
 const BATCH_BYTES: usize = 4 << 20;
 
-impl<K> RocksDbBackend<K> {
+impl<K: 'static> RocksDbBackend<K> {
     /// A backend restored from `handles` (any number, from any parallelism,
     /// incremental or canonical): only the key groups of the config's range
     /// are kept. `reader` reads the handles' files.
+    ///
+    /// Only reads from `reader` run on the calling task: opening databases,
+    /// scanning and writing them, and file I/O run on blocking threads.
     pub async fn restore(
         config: KeyedBackendConfig<K>,
         handles: &[KeyedStateHandle],
@@ -90,21 +93,30 @@ impl<K> RocksDbBackend<K> {
         let mut backend = match base {
             Some(base) => {
                 let header = read_header(base, reader).await?;
+                let base_range = base.range;
                 check_compatible(
                     &header,
                     &config.key_serializer.id(),
                     config.max_parallelism,
                     &describe(base),
                 )?;
-                let instance = crate::instance::InstanceDir::create(&options.working_dir)?;
+                let working_dir = options.working_dir.clone();
+                let instance = blocking(move || crate::instance::InstanceDir::create(&working_dir)).await?;
                 let dir = instance.temp_path("restore");
-                let guard = DirGuard(dir.clone());
+                let guard = DirGuard::new(dir.clone());
                 materialize(base, &header.states, &config.clock, reader, &options, &dir, &mut stats).await?;
-                let backend = Self::open(config, options, Some(instance), Some(&dir), &header.states)?;
-                drop(guard);
-                if base.range != range {
-                    backend.delete_outside(range)?;
-                } else if incremental.len() == 1 && backend.options().restore_mode == RestoreMode::Claim {
+                let states = header.states;
+                let backend = blocking(move || {
+                    let backend = Self::open(config, options, Some(instance), Some(&dir), &states)?;
+                    if base_range != range {
+                        backend.delete_outside(range)?;
+                    }
+                    Ok(backend)
+                })
+                .await?;
+                guard.remove().await;
+                if base.range == range && incremental.len() == 1 && backend.options().restore_mode == RestoreMode::Claim
+                {
                     // Claimed and not rescaled: the next checkpoint shares these files.
                     let mut u = backend
                         .uploads
@@ -115,24 +127,31 @@ impl<K> RocksDbBackend<K> {
                 }
                 backend
             }
-            None => Self::new(config, options)?,
+            None => blocking(move || Self::open(config, options, None, None, &[])).await?,
         };
         for h in incremental.iter().copied() {
             if !base.is_some_and(|b| std::ptr::eq(b, h)) {
-                backend.copy_incremental(h, reader, &mut stats).await?;
+                backend = backend.copy_incremental(h, reader, &mut stats).await?;
             }
         }
         for h in &overlapping {
             if let KeyedStateHandle::KeyGroups(h) = h {
-                backend.insert_canonical(h, reader, &mut stats).await?;
+                backend = backend.insert_canonical(h, reader, &mut stats).await?;
             }
         }
-        backend.adopt_local_copies(base.filter(|_| incremental.len() == 1).map(|b| b.checkpoint_id))?;
+        let keep = base.filter(|_| incremental.len() == 1).map(|b| b.checkpoint_id);
+        let mut backend = blocking(move || {
+            backend.adopt_local_copies(keep)?;
+            Ok(backend)
+        })
+        .await?;
         stats.duration = started.elapsed();
         backend.restore_stats = stats;
         Ok(backend)
     }
+}
 
+impl<K> RocksDbBackend<K> {
     /// Takes over the local copy of the restored checkpoint `keep` (deleted
     /// once a newer checkpoint completes) and deletes any other copy of this
     /// backend's scope: they belong to earlier runs.
@@ -183,14 +202,16 @@ impl<K> RocksDbBackend<K> {
             .write(batch)
             .map_err(db_err("deleting key groups outside the restored range"))
     }
+}
 
+impl<K: 'static> RocksDbBackend<K> {
     /// Copies the key groups of `range` held by another incremental handle.
     async fn copy_incremental(
-        &mut self,
+        self,
         h: &IncrementalStateHandle,
         reader: &dyn StateReader,
         stats: &mut RestoreStats,
-    ) -> Result<()> {
+    ) -> Result<Self> {
         let name = describe(h);
         let header = read_header(h, reader).await?;
         check_compatible(
@@ -200,18 +221,31 @@ impl<K> RocksDbBackend<K> {
             &name,
         )?;
         let dir = self.temp_path("restore");
-        let _guard = DirGuard(dir.clone());
+        let guard = DirGuard::new(dir.clone());
         let clock = self.config().clock.clone();
         materialize(h, &header.states, &clock, reader, self.options(), &dir, stats).await?;
-        let ids = header
-            .states
+        let range = h.range;
+        let mut this = self;
+        let this = blocking(move || {
+            this.copy_key_groups(&dir, range, &header.states, &name)?;
+            Ok(this)
+        })
+        .await?;
+        guard.remove().await;
+        Ok(this)
+    }
+
+    /// Copies the key groups of `range` (of the restored range) from the
+    /// checkpoint of `states` in `dir`.
+    fn copy_key_groups(&mut self, dir: &Path, range: KeyGroupRange, states: &[StateMeta], name: &str) -> Result<()> {
+        let ids = states
             .iter()
-            .map(|m| self.restored_state(m, &name))
+            .map(|m| self.restored_state(m, name))
             .collect::<Result<Vec<_>>>()?;
-        let other = open_read_only(&dir, &header.states, self.resources())?;
-        let overlap = h.range.intersect(&self.config().key_group_range);
+        let other = open_read_only(dir, states, self.resources())?;
+        let overlap = range.intersect(&self.config().key_group_range);
         let mut batch = WriteBatch::default();
-        for (meta, id) in header.states.iter().zip(ids) {
+        for (meta, id) in states.iter().zip(ids) {
             let src = other
                 .cf_handle(&crate::cf_name(&meta.name))
                 .ok_or_else(|| Error::corrupted(format!("{name}: state {:?} has no column family", meta.name)))?;
@@ -245,20 +279,19 @@ impl<K> RocksDbBackend<K> {
         flowstate_api::KeyedStateBackend::restore_state(self, meta, name)
     }
 
-    /// Inserts the key groups of `range` from a canonical snapshot.
+    /// Inserts the key groups of the restored range from a canonical
+    /// snapshot: read a bounded batch at a time on this task, decoded and
+    /// written on a blocking thread.
     async fn insert_canonical(
-        &mut self,
+        self,
         h: &KeyGroupsStateHandle,
         reader: &dyn StateReader,
         stats: &mut RestoreStats,
-    ) -> Result<()> {
+    ) -> Result<Self> {
         let range = self.config().key_group_range;
         let name = h.describe();
-        let max = self.config().max_parallelism;
-        let mut batch = WriteBatch::default();
-        let mut k = Vec::new();
-        let mut v = Vec::new();
         let mut known: Option<Vec<u32>> = None;
+        let mut this = self;
         stats.handles_from_storage += 1;
         // Only the header and the frames of the key groups this backend
         // owns are read, a bounded batch of them at a time.
@@ -267,55 +300,74 @@ impl<K> RocksDbBackend<K> {
                 .await
                 .map_err(|e| e.context(format!("restoring key groups {}", h.range)))?;
             stats.downloaded_bytes += read;
-            let ids = match &known {
-                Some(ids) => ids.clone(),
-                None => {
-                    let found = flowstate_api::KeyedStateBackend::restore_header(self, snapshot.header(), &name)?;
-                    known = Some(found.clone());
-                    found
-                }
-            };
-            for kg in part.iter() {
-                let records = snapshot.key_group(kg)?;
-                records
-                    .for_each_verified(max, |record| {
-                        let (state, key, namespace) = (record.state(), record.key(), record.namespace());
-                        let (s, entry) = ids
-                            .get(state as usize)
-                            .and_then(|id| self.states.get(*id as usize).zip(self.core.states().get(*id as usize)))
-                            .ok_or_else(|| Error::corrupted(format!("snapshot {name}: unknown state {state}")))?;
-                        let cf = self.cf(s)?;
-                        key_part(&mut k, kg, key);
-                        put_namespace(&mut k, namespace);
-                        match (&record, entry.meta().kind.storage()) {
-                            (Record::Value { value, .. }, StorageKind::Value) => batch.put_cf(cf, &k, value),
-                            (Record::List { elements, .. }, StorageKind::List) => {
-                                v.clear();
-                                for e in elements {
-                                    pack(&mut v, e);
-                                }
-                                batch.merge_cf(cf, &k, &v);
+            let (name, ids) = (name.clone(), known.clone());
+            let (back, ids) = blocking(move || {
+                let ids = match ids {
+                    Some(ids) => ids,
+                    None => flowstate_api::KeyedStateBackend::restore_header(&mut this, snapshot.header(), &name)?,
+                };
+                this.insert_key_groups(&snapshot, part, &ids, &name)?;
+                Ok((this, ids))
+            })
+            .await?;
+            this = back;
+            known = Some(ids);
+        }
+        Ok(this)
+    }
+
+    /// Writes the key groups `part` of `snapshot` (states mapped by `ids`).
+    fn insert_key_groups(
+        &self,
+        snapshot: &CanonicalSnapshot,
+        part: KeyGroupRange,
+        ids: &[u32],
+        name: &str,
+    ) -> Result<()> {
+        let max = self.config().max_parallelism;
+        let mut batch = WriteBatch::default();
+        let mut k = Vec::new();
+        let mut v = Vec::new();
+        for kg in part.iter() {
+            let records = snapshot.key_group(kg)?;
+            records
+                .for_each_verified(max, |record| {
+                    let (state, key, namespace) = (record.state(), record.key(), record.namespace());
+                    let (s, entry) = ids
+                        .get(state as usize)
+                        .and_then(|id| self.states.get(*id as usize).zip(self.core.states().get(*id as usize)))
+                        .ok_or_else(|| Error::corrupted(format!("snapshot {name}: unknown state {state}")))?;
+                    let cf = self.cf(s)?;
+                    key_part(&mut k, kg, key);
+                    put_namespace(&mut k, namespace);
+                    match (&record, entry.meta().kind.storage()) {
+                        (Record::Value { value, .. }, StorageKind::Value) => batch.put_cf(cf, &k, value),
+                        (Record::List { elements, .. }, StorageKind::List) => {
+                            v.clear();
+                            for e in elements {
+                                pack(&mut v, e);
                             }
-                            (Record::MapEntry { user_key, value, .. }, StorageKind::Map) => {
-                                k.extend_from_slice(user_key);
-                                batch.put_cf(cf, &k, value);
-                            }
-                            _ => {
-                                return Err(Error::corrupted(format!(
-                                    "snapshot {name}: a record does not match the kind of state {:?}",
-                                    entry.meta().name
-                                )))
-                            }
+                            batch.merge_cf(cf, &k, &v);
                         }
-                        if batch.size_in_bytes() >= BATCH_BYTES {
-                            self.db
-                                .write(std::mem::take(&mut batch))
-                                .map_err(db_err(format!("restoring {name}")))?;
+                        (Record::MapEntry { user_key, value, .. }, StorageKind::Map) => {
+                            k.extend_from_slice(user_key);
+                            batch.put_cf(cf, &k, value);
                         }
-                        Ok(())
-                    })
-                    .map_err(|e| e.context(format!("key group {kg}")))?;
-            }
+                        _ => {
+                            return Err(Error::corrupted(format!(
+                                "snapshot {name}: a record does not match the kind of state {:?}",
+                                entry.meta().name
+                            )))
+                        }
+                    }
+                    if batch.size_in_bytes() >= BATCH_BYTES {
+                        self.db
+                            .write(std::mem::take(&mut batch))
+                            .map_err(db_err(format!("restoring {name}")))?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| e.context(format!("key group {kg}")))?;
         }
         self.db.write(batch).map_err(db_err(format!("restoring {name}")))
     }
@@ -379,7 +431,8 @@ async fn materialize(
         }
         tracing::info!(dir = %local.display(), "local copy missing or not matching; downloading");
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+    let d = dir.to_path_buf();
+    blocking(move || std::fs::create_dir_all(&d).map_err(|e| Error::io(d.display(), e))).await?;
     let name = describe(h);
     futures::stream::iter(files.iter().cloned().map(|f| {
         let target = dir.join(&f.name);
@@ -514,11 +567,10 @@ async fn download(reader: &dyn StateReader, f: &HandleFile, target: std::path::P
             .await?
             .pop()
             .ok_or_else(|| Error::internal("a ranged read returned nothing"))?;
-        crc = flowstate_api::codec::crc32c_append(crc, &part);
         let t = target.clone();
-        file = blocking(move || {
+        (file, crc) = blocking(move || {
             file.write_all(&part).map_err(|e| Error::io(t.display(), e))?;
-            Ok(file)
+            Ok((file, flowstate_api::codec::crc32c_append(crc, &part)))
         })
         .await?;
         pos = end;

@@ -30,9 +30,34 @@ const CHUNK: usize = 4 << 20;
 /// Deletes a directory when dropped (a snapshot's private checkpoint).
 pub(crate) struct DirGuard(pub(crate) PathBuf);
 
+impl DirGuard {
+    /// Guards `dir`.
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        DirGuard(dir)
+    }
+
+    /// Removes the directory on a blocking thread and waits for it.
+    pub(crate) async fn remove(mut self) {
+        let dir = std::mem::take(&mut self.0);
+        let _ = blocking(move || {
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(())
+        })
+        .await;
+    }
+}
+
 impl Drop for DirGuard {
+    /// A guard dropped without [`DirGuard::remove`] (an error or a
+    /// cancellation) removes its directory without blocking the caller.
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if self.0.as_os_str().is_empty() {
+            return;
+        }
+        let dir = std::mem::take(&mut self.0);
+        flowstate_api::run_detached(move || {
+            let _ = std::fs::remove_dir_all(&dir);
+        });
     }
 }
 
@@ -66,7 +91,7 @@ pub(crate) fn snapshot<K>(
             "checkpoint {id}: creating the local checkpoint {}",
             dir.display()
         )))?;
-    let guard = DirGuard(dir);
+    let guard = DirGuard::new(dir);
     let closed_flag = Arc::clone(&b.closed);
     let incremental =
         options.kind == CheckpointKind::Checkpoint && b.options().incremental && !header.states.is_empty();
@@ -84,7 +109,7 @@ pub(crate) fn snapshot<K>(
             let written = write_canonical_snapshot(&header, source, filter, stream, options.compression)
                 .await
                 .map_err(|e| e.context(format!("checkpoint {id}")))?;
-            drop(guard);
+            guard.remove().await;
             Ok(AsyncOutput {
                 bytes_written: written.handle.stream.size(),
                 records: written.records,
@@ -283,7 +308,7 @@ impl Upload {
                 u.local_copies.push((id, local));
             }
         }
-        drop(guard);
+        guard.remove().await;
         Ok(AsyncOutput {
             handle: KeyedStateHandle::Incremental(IncrementalStateHandle {
                 range: self.header.range,
@@ -332,20 +357,20 @@ async fn upload_file(
     let mut crc = 0u32;
     loop {
         let p = path.to_path_buf();
-        let (f, chunk) = blocking(move || {
+        let (f, chunk, c) = blocking(move || {
             let mut chunk = Vec::with_capacity(CHUNK);
             (&mut file)
                 .take(CHUNK as u64)
                 .read_to_end(&mut chunk)
                 .map_err(|e| Error::io(p.display(), e))?;
-            Ok((file, chunk))
+            let crc = flowstate_api::codec::crc32c_append(crc, &chunk);
+            Ok((file, chunk, crc))
         })
         .await?;
-        file = f;
+        (file, crc) = (f, c);
         if chunk.is_empty() {
             break;
         }
-        crc = flowstate_api::codec::crc32c_append(crc, &chunk);
         if let Err(e) = stream.write(&chunk).await {
             stream.abort().await;
             return Err(e.context(format!("uploading {}", path.display())));

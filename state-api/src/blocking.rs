@@ -21,6 +21,19 @@ pub async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Sen
     }
 }
 
+/// Runs `f` on a blocking thread without waiting for it when called on a
+/// Tokio runtime, and on the calling thread otherwise: for clean-up that
+/// must not block async code but that nobody awaits, such as a destructor
+/// deleting a temporary directory. Work not yet started when the runtime
+/// shuts down may not run, so it must be safe to leave undone (and be
+/// redone later).
+pub fn run_detached(f: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => drop(handle.spawn_blocking(f)),
+        Err(_) => f(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,7 +47,7 @@ pub use backend::{
 };
 pub use backend_core::{BackendCore, StateAccess, StateEntry};
 pub use blob::{BlobMeta, BlobPath, BlobStore, BlobWriter, MemoryBlobStore};
-pub use blocking::run_blocking;
+pub use blocking::{run_blocking, run_detached};
 pub use descriptor::{
     validate_state_name, AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState,
     ListStateDescriptor, MapState, MapStateDescriptor, ReduceFn, ReducingState, ReducingStateDescriptor,

@@ -22,6 +22,7 @@ pub mod fault;
 pub mod keyed;
 pub mod lifecycle;
 pub mod rescale;
+pub mod runtime;
 pub mod snapshot;
 pub mod storage;
 pub mod ttl;
