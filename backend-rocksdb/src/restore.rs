@@ -18,7 +18,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use flowstate_api::canonical::{check_compatible, CanonicalSnapshot, Record, SnapshotHeader};
+use flowstate_api::format::canonical::{check_compatible, CanonicalSnapshot, Record, SnapshotHeader};
 use flowstate_api::{
     Error, ErrorKind, HandleFile, IncrementalStateHandle, KeyGroupRange, KeyGroupsStateHandle, KeyedBackendConfig,
     KeyedStateHandle, RestoreMode, Result, SharedClock, StateMeta, StateReader, StorageKind,
@@ -514,7 +514,7 @@ async fn download(reader: &dyn StateReader, f: &HandleFile, target: std::path::P
             .await?
             .pop()
             .ok_or_else(|| Error::internal("a ranged read returned nothing"))?;
-        crc = flowstate_api::codec::crc32c_append(crc, &part);
+        crc = flowstate_api::format::codec::crc32c_append(crc, &part);
         let t = target.clone();
         file = blocking(move || {
             file.write_all(&part).map_err(|e| Error::io(t.display(), e))?;
@@ -540,6 +540,6 @@ fn file_crc32c(path: &Path) -> Result<u32> {
         if n == 0 {
             return Ok(crc);
         }
-        crc = flowstate_api::codec::crc32c_append(crc, &buf[..n]);
+        crc = flowstate_api::format::codec::crc32c_append(crc, &buf[..n]);
     }
 }

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use flowstate_api::canonical::{write_canonical_snapshot, KeyGroupSource, KeyGroupWriter, SnapshotHeader};
-use flowstate_api::codec::crc32c;
+use flowstate_api::format::canonical::{write_canonical_snapshot, KeyGroupSource, KeyGroupWriter, SnapshotHeader};
+use flowstate_api::format::codec::crc32c;
 use flowstate_api::{
     AsyncOutput, CheckpointKind, CheckpointLocation, Error, ErrorKind, HandleFile, IncrementalStateHandle,
     KeyedStateHandle, PendingSnapshot, Result, SnapshotOptions, StateScope, StorageKind, StreamStateHandle,
@@ -345,7 +345,7 @@ async fn upload_file(
         if chunk.is_empty() {
             break;
         }
-        crc = flowstate_api::codec::crc32c_append(crc, &chunk);
+        crc = flowstate_api::format::codec::crc32c_append(crc, &chunk);
         if let Err(e) = stream.write(&chunk).await {
             stream.abort().await;
             return Err(e.context(format!("uploading {}", path.display())));

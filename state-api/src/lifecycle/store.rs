@@ -27,13 +27,13 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::handle::KeyedStateHandle;
-use crate::metadata::{CheckpointKind, CheckpointMetadata};
-use crate::storage::{
+use crate::checkpoint::KeyedStateHandle;
+use crate::checkpoint::{
     is_own_file_name, metadata_path, metadata_path_id, CheckpointLocation, CheckpointStorage, ResolvedCheckpoint,
     StoredFile,
 };
+use crate::checkpoint::{CheckpointKind, CheckpointMetadata};
+use crate::error::{Error, ErrorKind, Result};
 use crate::ttl::{SharedClock, SystemClock};
 
 /// What happens to retained checkpoints when the job is cancelled
