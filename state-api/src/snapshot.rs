@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
-use crate::checkpoint::CheckpointKind;
-use crate::checkpoint::KeyedStateHandle;
+use crate::checkpoint::{CheckpointKind, KeyedStateHandle};
 use crate::error::Result;
 
 /// How to take a snapshot.

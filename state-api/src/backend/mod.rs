@@ -34,8 +34,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::checkpoint::KeyedStateHandle;
-use crate::checkpoint::{CheckpointLocation, StateReader};
+use crate::checkpoint::{CheckpointLocation, KeyedStateHandle, StateReader};
 use crate::descriptor::{StateId, StateMeta};
 use crate::error::{Error, Result};
 use crate::keygroup::{check_parallelism, KeyGroupRange};

@@ -7,8 +7,7 @@ use std::io::Read;
 
 use bytes::Bytes;
 
-use crate::checkpoint::{CheckpointOutputStream, StateReader};
-use crate::checkpoint::{KeyGroupsStateHandle, StreamStateHandle};
+use crate::checkpoint::{CheckpointOutputStream, KeyGroupsStateHandle, StateReader, StreamStateHandle};
 use crate::descriptor::{StateKind, StateMeta, StorageKind};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::codec::{

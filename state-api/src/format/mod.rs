@@ -30,8 +30,8 @@
 //!
 //! The modules:
 //!
-//! - [`codec`] (`codec.rs`): varints, byte strings, the bounds-checked reader, CRC-32C
-//!   and the envelope.
+//! - [`codec`] (`codec.rs`): varints, byte strings, the bounds-checked
+//!   reader, CRC-32C and the envelope.
 //! - [`canonical`] (`canonical.rs`): the canonical snapshot writer
 //!   ([`canonical::write_canonical_snapshot`]) and reader
 //!   ([`canonical::CanonicalSnapshot`]).
