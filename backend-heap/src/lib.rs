@@ -39,8 +39,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use flowstate_api::canonical::{write_canonical_snapshot, CanonicalSnapshot};
-use flowstate_api::codec::put_varint;
+use flowstate_api::format::canonical::{write_canonical_snapshot, CanonicalSnapshot};
+use flowstate_api::format::codec::put_varint;
 use flowstate_api::{
     AsyncOutput, BackendBuilder, BackendCapabilities, BackendCore, CheckpointLocation, Error, KeyVisitor,
     KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, MapVisit, MapVisitor, PendingSnapshot, Result,

@@ -8,8 +8,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use flowstate_api::canonical::{KeyGroupSource, KeyGroupWriter, Record};
-use flowstate_api::codec::{put_bytes, put_varint, Reader};
+use flowstate_api::format::canonical::{KeyGroupSource, KeyGroupWriter, Record};
+use flowstate_api::format::codec::{put_bytes, put_varint, Reader};
 use flowstate_api::ttl::{is_expired, split_ttl_value};
 use flowstate_api::{Error, ErrorKind, Result, StorageKind};
 

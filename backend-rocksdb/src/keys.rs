@@ -9,7 +9,7 @@
 //! is concatenation: the merge operator never decodes anything unless TTL
 //! asks it to drop expired elements.
 
-use flowstate_api::codec::{put_varint, Reader};
+use flowstate_api::format::codec::{put_varint, Reader};
 use flowstate_api::{Error, Result};
 
 /// The 2-byte big-endian key-group prefix.

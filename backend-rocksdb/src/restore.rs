@@ -18,7 +18,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use flowstate_api::canonical::{check_compatible, CanonicalSnapshot, Record, SnapshotHeader};
+use flowstate_api::format::canonical::{check_compatible, CanonicalSnapshot, Record, SnapshotHeader};
 use flowstate_api::{
     Error, ErrorKind, HandleFile, IncrementalStateHandle, KeyGroupRange, KeyGroupsStateHandle, KeyedBackendConfig,
     KeyedStateHandle, RestoreMode, Result, SharedClock, StateMeta, StateReader, StorageKind,
@@ -570,7 +570,7 @@ async fn download(reader: &dyn StateReader, f: &HandleFile, target: std::path::P
         let t = target.clone();
         (file, crc) = blocking(move || {
             file.write_all(&part).map_err(|e| Error::io(t.display(), e))?;
-            Ok((file, flowstate_api::codec::crc32c_append(crc, &part)))
+            Ok((file, flowstate_api::format::codec::crc32c_append(crc, &part)))
         })
         .await?;
         pos = end;
@@ -592,6 +592,6 @@ fn file_crc32c(path: &Path) -> Result<u32> {
         if n == 0 {
             return Ok(crc);
         }
-        crc = flowstate_api::codec::crc32c_append(crc, &buf[..n]);
+        crc = flowstate_api::format::codec::crc32c_append(crc, &buf[..n]);
     }
 }

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use flowstate_api::canonical::{write_canonical_snapshot, KeyGroupSource, KeyGroupWriter, SnapshotHeader};
-use flowstate_api::codec::crc32c;
+use flowstate_api::format::canonical::{write_canonical_snapshot, KeyGroupSource, KeyGroupWriter, SnapshotHeader};
+use flowstate_api::format::codec::crc32c;
 use flowstate_api::{
     AsyncOutput, CheckpointKind, CheckpointLocation, Error, ErrorKind, HandleFile, IncrementalStateHandle,
     KeyedStateHandle, PendingSnapshot, Result, SnapshotOptions, StateScope, StorageKind, StreamStateHandle,
@@ -363,7 +363,7 @@ async fn upload_file(
                 .take(CHUNK as u64)
                 .read_to_end(&mut chunk)
                 .map_err(|e| Error::io(p.display(), e))?;
-            let crc = flowstate_api::codec::crc32c_append(crc, &chunk);
+            let crc = flowstate_api::format::codec::crc32c_append(crc, &chunk);
             Ok((file, chunk, crc))
         })
         .await?;

@@ -382,7 +382,7 @@ fn damage_with_forged_checksum(s: &Setup, handle: &KeyedStateHandle) -> String {
         panic!("not incremental");
     };
     let file = h.shared.iter_mut().find(|f| f.name == target.name).unwrap();
-    file.crc32c = codec::crc32c(&data);
+    file.crc32c = flowstate_api::format::codec::crc32c(&data);
     std::fs::remove_file(&meta_path).unwrap();
     std::fs::write(&meta_path, meta.encode()).unwrap();
     stored

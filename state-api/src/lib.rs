@@ -1,11 +1,26 @@
 //! The contracts of flowstate, the state layer for stream-processing
-//! engines: keyed state and its descriptors, key groups, serializers, TTL,
-//! two-phase snapshots, state handles, checkpoint storage and metadata, and
-//! the in-memory ("JobManager memory") checkpoint storage.
+//! engines, laid out for its four audiences:
 //!
-//! A backend implements [`KeyedStateBackend`]; engines use the typed
-//! methods of [`KeyedStateBackendExt`]. Storages implement
-//! [`CheckpointStorage`].
+//! - **Engine authors** use the crate root: state descriptors and the typed
+//!   state handles they become ([`ValueStateDescriptor`], [`ValueState`],
+//!   ...), typed access through [`KeyedStateBackendExt`], TTL ([`ttl`]),
+//!   serializers ([`Serializer`]), key groups ([`KeyGroupRange`]), the
+//!   two-phase snapshot ([`PendingSnapshot`]) and the error type
+//!   ([`Error`]). Running a job's checkpoints (completion, retention,
+//!   restore modes, the shared-state registry and garbage collection) is
+//!   [`lifecycle`].
+//! - **Backend authors** implement the contract in [`backend`]:
+//!   [`KeyedStateBackend`] over the shared [`BackendCore`], built by a
+//!   [`BackendBuilder`].
+//! - **Storage authors** implement [`BlobStore`] (or [`CheckpointStorage`]
+//!   itself) in [`checkpoint`], which also holds state handles, checkpoint
+//!   metadata and the in-memory storage.
+//! - **Tooling reading the files** finds the on-disk formats (codec,
+//!   envelope, canonical snapshot reader and writer) in [`format`](mod@format), which is
+//!   not re-exported here.
+//!
+//! Everything of `backend`, `checkpoint` and `lifecycle` is also
+//! re-exported at the root, so `use flowstate_api::*;` brings it all in.
 //!
 //! ```
 //! use flowstate_api::*;
@@ -21,33 +36,19 @@
 //! ```
 
 mod access;
-mod backend;
-mod backend_core;
-mod blob;
-mod blocking;
-pub mod canonical;
-pub mod codec;
 mod descriptor;
 mod error;
-mod handle;
 mod keygroup;
-mod layout;
-mod lifecycle;
-mod memory;
-mod metadata;
 mod serializer;
 mod snapshot;
-mod storage;
 pub mod ttl;
 
+pub mod backend;
+pub mod checkpoint;
+pub mod format;
+pub mod lifecycle;
+
 pub use access::{KeyedStateBackendExt, MergeableState};
-pub use backend::{
-    next_backend_id, BackendBuilder, BackendCapabilities, CurrentKey, KeyVisitor, KeyedBackendConfig,
-    KeyedStateBackend, MapVisit, MapVisitor,
-};
-pub use backend_core::{BackendCore, StateAccess, StateEntry};
-pub use blob::{BlobMeta, BlobPath, BlobStore, BlobWriter, MemoryBlobStore};
-pub use blocking::{run_blocking, run_detached};
 pub use descriptor::{
     validate_state_name, AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState,
     ListStateDescriptor, MapState, MapStateDescriptor, ReduceFn, ReducingState, ReducingStateDescriptor,
@@ -55,34 +56,37 @@ pub use descriptor::{
     ValueStateDescriptor, MAX_STATE_NAME_LEN,
 };
 pub use error::{Error, ErrorKind, Result};
-pub use handle::{
-    check_restore_handles, validate_relative_path, HandleFile, IncrementalStateHandle, KeyGroupsStateHandle,
-    KeyedStateHandle, StreamStateHandle, RESTORE_BATCH_BYTES,
-};
 pub use keygroup::{
     check_parallelism, default_max_parallelism, key_group_for_key_bytes, murmur3_32, operator_index_for_key_group,
     KeyGroupRange, MAX_PARALLELISM_UPPER_BOUND,
 };
-pub use layout::{
-    BlobCheckpointStorage, BlobStateReader, DEFAULT_INLINE_THRESHOLD, DEFAULT_WRITE_CHUNK, MAX_INLINE_THRESHOLD,
-    MAX_METADATA_SIZE, SHARED_DIR, TASK_OWNED_DIR,
-};
-pub use lifecycle::{
-    CancellationPolicy, CheckpointStore, CheckpointStoreConfig, CompletedCheckpoint, Completion, GcOptions, GcReport,
-    JobStatus, RestoreMode, SharedStateRegistry,
-};
-pub use memory::{MemoryCheckpointStorage, DEFAULT_MAX_STATE_SIZE};
-pub use metadata::{CheckpointKind, CheckpointMetadata, OperatorState, METADATA_MAGIC, METADATA_VERSION};
 pub use serializer::{
     default_serializer, Bincode, RawBytes, Serializer, SerializerId, SharedSerializer, VoidNamespace,
     VoidNamespaceSerializer,
 };
 pub use snapshot::{AsyncOutput, PendingSnapshot, SnapshotOptions, SnapshotResult, SnapshotStats};
-pub use storage::{
-    is_own_file_name, metadata_path, metadata_path_id, parse_pointer, unique_file_name, CheckpointLocation,
-    CheckpointOutputStream, CheckpointStorage, InlineReader, ParsedPointer, ResolvedCheckpoint, StateReader,
-    StateScope, StorageCapabilities, StoredFile, METADATA_FILE,
-};
 pub use ttl::{
     Clock, ManualClock, SharedClock, StateTtlConfig, SystemClock, TtlCleanup, TtlStateVisibility, TtlUpdateType,
+};
+
+#[doc(no_inline)]
+pub use backend::{
+    next_backend_id, run_blocking, run_detached, BackendBuilder, BackendCapabilities, BackendCore, CurrentKey,
+    KeyVisitor, KeyedBackendConfig, KeyedStateBackend, MapVisit, MapVisitor, StateAccess, StateEntry,
+};
+#[doc(no_inline)]
+pub use checkpoint::{
+    check_restore_handles, is_own_file_name, metadata_path, metadata_path_id, parse_pointer, unique_file_name,
+    validate_relative_path, BlobCheckpointStorage, BlobMeta, BlobPath, BlobStateReader, BlobStore, BlobWriter,
+    CheckpointKind, CheckpointLocation, CheckpointMetadata, CheckpointOutputStream, CheckpointStorage, HandleFile,
+    IncrementalStateHandle, InlineReader, KeyGroupsStateHandle, KeyedStateHandle, MemoryBlobStore,
+    MemoryCheckpointStorage, OperatorState, ParsedPointer, ResolvedCheckpoint, StateReader, StateScope,
+    StorageCapabilities, StoredFile, StreamStateHandle, DEFAULT_INLINE_THRESHOLD, DEFAULT_MAX_STATE_SIZE,
+    DEFAULT_WRITE_CHUNK, MAX_INLINE_THRESHOLD, MAX_METADATA_SIZE, METADATA_FILE, METADATA_MAGIC, METADATA_VERSION,
+    RESTORE_BATCH_BYTES, SHARED_DIR, TASK_OWNED_DIR,
+};
+#[doc(no_inline)]
+pub use lifecycle::{
+    CancellationPolicy, CheckpointStore, CheckpointStoreConfig, CompletedCheckpoint, Completion, GcOptions, GcReport,
+    JobStatus, RestoreMode, SharedStateRegistry,
 };

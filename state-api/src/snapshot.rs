@@ -6,9 +6,8 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
+use crate::checkpoint::{CheckpointKind, KeyedStateHandle};
 use crate::error::Result;
-use crate::handle::KeyedStateHandle;
-use crate::metadata::CheckpointKind;
 
 /// How to take a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
-use flowstate_api::canonical::{CanonicalSnapshot, Record, SnapshotHeader};
+use flowstate_api::format::canonical::{
+    write_canonical_snapshot, CanonicalSnapshot, KeyGroupSource, KeyGroupWriter, Record, SnapshotHeader,
+};
 use flowstate_api::*;
 
 fn hex(b: &[u8]) -> String {
@@ -41,8 +43,8 @@ const METADATA: &str = concat!(
 async fn snapshot_bytes() -> (KeyGroupsStateHandle, Vec<u8>) {
     // Build exactly what a backend writes, through the public writer.
     struct One;
-    impl flowstate_api::canonical::KeyGroupSource for One {
-        fn write_key_group(&mut self, _kg: u32, out: &mut flowstate_api::canonical::KeyGroupWriter) -> Result<()> {
+    impl KeyGroupSource for One {
+        fn write_key_group(&mut self, _kg: u32, out: &mut KeyGroupWriter) -> Result<()> {
             out.value(0, &[42], &[], &[7]);
             Ok(())
         }
@@ -64,7 +66,7 @@ async fn snapshot_bytes() -> (KeyGroupsStateHandle, Vec<u8>) {
     let storage = MemoryCheckpointStorage::new("vectors");
     let location = storage.init_checkpoint(1).await.unwrap();
     let stream = location.create_output_stream(StateScope::Exclusive).await.unwrap();
-    let written = flowstate_api::canonical::write_canonical_snapshot(&header, One, Default::default(), stream, None)
+    let written = write_canonical_snapshot(&header, One, Default::default(), stream, None)
         .await
         .unwrap();
     let StreamStateHandle::Inline(b) = &written.handle.stream else {

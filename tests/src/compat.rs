@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use flowstate_api::canonical::SnapshotHeader;
+use flowstate_api::format::canonical::SnapshotHeader;
 use flowstate_api::*;
 
 use crate::{

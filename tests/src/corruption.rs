@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use flowstate_api::canonical::SnapshotHeader;
-use flowstate_api::codec::{crc32c, crc32c_append, put_varint};
+use flowstate_api::format::canonical::SnapshotHeader;
+use flowstate_api::format::codec::{crc32c, crc32c_append, put_varint};
 use flowstate_api::*;
 
 use crate::{full_config, snapshot_and_complete, BackendFactory, Ctx};
@@ -89,7 +89,7 @@ pub async fn every_truncation_of_a_snapshot_is_refused<F: BackendFactory>(ctx: C
         },
         ..handle
     };
-    let err = flowstate_api::canonical::CanonicalSnapshot::open(data, &h, "chk-1/x").unwrap_err();
+    let err = flowstate_api::format::canonical::CanonicalSnapshot::open(data, &h, "chk-1/x").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupted, "{err}");
     assert!(
         err.to_string().contains("chk-1/x"),
@@ -267,7 +267,7 @@ pub async fn hostile_lengths_do_not_allocate<F: BackendFactory>(ctx: Ctx<F>) {
     p.push(0);
     put_varint(&mut p, 0);
     put_varint(&mut p, huge);
-    let bytes = flowstate_api::codec::encode_envelope(METADATA_MAGIC, METADATA_VERSION, 0, &p);
+    let bytes = flowstate_api::format::codec::encode_envelope(METADATA_MAGIC, METADATA_VERSION, 0, &p);
     let err = CheckpointMetadata::decode(&Bytes::from(bytes), "hostile").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupted, "{err}");
 }

@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::checkpoint::handle::validate_relative_path;
 use crate::error::{Error, ErrorKind, Result};
-use crate::handle::validate_relative_path;
 
 /// The path of an object, relative to a store's root: `/`-separated
 /// components, none empty, `.` or `..`, without NUL, `\` or `:`. It cannot

@@ -7,13 +7,14 @@ use std::io::Read;
 
 use bytes::Bytes;
 
-use crate::codec::{crc32c, crc32c_append, decode_envelope, encode_envelope, put_bytes, put_str, put_varint, Reader};
+use crate::checkpoint::{CheckpointOutputStream, KeyGroupsStateHandle, StateReader, StreamStateHandle};
 use crate::descriptor::{StateKind, StateMeta, StorageKind};
 use crate::error::{Error, ErrorKind, Result};
-use crate::handle::{KeyGroupsStateHandle, StreamStateHandle};
+use crate::format::codec::{
+    crc32c, crc32c_append, decode_envelope, encode_envelope, put_bytes, put_str, put_varint, Reader,
+};
 use crate::keygroup::KeyGroupRange;
 use crate::serializer::SerializerId;
-use crate::storage::{CheckpointOutputStream, StateReader};
 use crate::ttl::{is_expired, split_ttl_value};
 
 /// First four bytes of every canonical snapshot file.

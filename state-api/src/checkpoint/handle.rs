@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 
-use crate::codec::{put_bytes, put_str, put_varint, Reader};
 use crate::error::{Error, Result};
+use crate::format::codec::{put_bytes, put_str, put_varint, Reader};
 use crate::keygroup::KeyGroupRange;
 
 /// The bytes one output stream produced.

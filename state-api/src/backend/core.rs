@@ -12,9 +12,9 @@
 use std::collections::HashMap;
 
 use crate::backend::{next_backend_id, CurrentKey, KeyedBackendConfig};
-use crate::canonical::{SnapshotHeader, TtlFilter};
 use crate::descriptor::{validate_state_name, StateId, StateMeta};
 use crate::error::{Error, Result};
+use crate::format::canonical::{SnapshotHeader, TtlFilter};
 use crate::keygroup::KeyGroupRange;
 use crate::serializer::SharedSerializer;
 use crate::ttl::{SharedClock, StateTtlConfig};

@@ -40,14 +40,14 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::blob::{BlobPath, BlobStore, BlobWriter};
-use crate::error::{Error, ErrorKind, Result};
-use crate::handle::{validate_relative_path, StreamStateHandle};
-use crate::metadata::{CheckpointKind, CheckpointMetadata};
-use crate::storage::{
+use crate::checkpoint::blob::{BlobPath, BlobStore, BlobWriter};
+use crate::checkpoint::handle::{validate_relative_path, StreamStateHandle};
+use crate::checkpoint::metadata::{CheckpointKind, CheckpointMetadata};
+use crate::checkpoint::storage::{
     metadata_path, metadata_path_id, parse_pointer, unique_file_name, CheckpointLocation, CheckpointOutputStream,
     CheckpointStorage, ResolvedCheckpoint, StateReader, StateScope, StorageCapabilities, StoredFile, METADATA_FILE,
 };
+use crate::error::{Error, ErrorKind, Result};
 
 /// Flink's default inline threshold: 20 KiB.
 pub const DEFAULT_INLINE_THRESHOLD: usize = 20 << 10;
@@ -662,7 +662,7 @@ impl StateReader for BlobStateReader {
                 }
                 Ok(data)
             }
-            other => crate::storage::InlineReader.read(other).await,
+            other => crate::checkpoint::storage::InlineReader.read(other).await,
         }
     }
 
@@ -682,7 +682,11 @@ impl StateReader for BlobStateReader {
                 }
                 Ok(parts)
             }
-            other => crate::storage::InlineReader.read_ranges(other, ranges).await,
+            other => {
+                crate::checkpoint::storage::InlineReader
+                    .read_ranges(other, ranges)
+                    .await
+            }
         }
     }
 

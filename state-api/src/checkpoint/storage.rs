@@ -12,9 +12,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::checkpoint::handle::StreamStateHandle;
+use crate::checkpoint::metadata::{CheckpointKind, CheckpointMetadata};
 use crate::error::{Error, Result};
-use crate::handle::StreamStateHandle;
-use crate::metadata::{CheckpointKind, CheckpointMetadata};
 
 /// Who owns the files a stream writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,7 +80,7 @@ pub trait StateReader: Send + Sync + fmt::Debug {
     /// owns only some key groups reads. Ranges must lie within the handle's
     /// size. The default reads the whole stream; storages read only the ranges.
     async fn read_ranges(&self, handle: &StreamStateHandle, ranges: &[std::ops::Range<u64>]) -> Result<Vec<Bytes>> {
-        crate::layout::check_ranges(handle, ranges)?;
+        crate::checkpoint::layout::check_ranges(handle, ranges)?;
         let all = self.read(handle).await?;
         Ok(ranges
             .iter()

@@ -7,9 +7,9 @@
 
 use bytes::Bytes;
 
-use crate::codec::{decode_envelope, encode_envelope, put_str, put_varint, Reader};
+use crate::checkpoint::handle::KeyedStateHandle;
 use crate::error::{Error, Result};
-use crate::handle::KeyedStateHandle;
+use crate::format::codec::{decode_envelope, encode_envelope, put_str, put_varint, Reader};
 
 /// First four bytes of a `_metadata` file.
 pub const METADATA_MAGIC: [u8; 4] = *b"FSMD";
@@ -173,7 +173,7 @@ impl CheckpointMetadata {
             for _ in 0..k {
                 keyed.push(KeyedStateHandle::decode(&mut r, &payload)?);
             }
-            crate::handle::check_restore_handles(&keyed, max_parallelism)
+            crate::checkpoint::handle::check_restore_handles(&keyed, max_parallelism)
                 .map_err(|e| Error::corrupted(format!("operator {operator_id:?}: {}", e.message())))?;
             operators.push(OperatorState {
                 operator_id,

@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
-use crate::blob::MemoryBlobStore;
-use crate::layout::BlobCheckpointStorage;
+use crate::checkpoint::blob::MemoryBlobStore;
+use crate::checkpoint::layout::BlobCheckpointStorage;
 
 /// Flink's default maximum state size of the memory storage: 5 MiB.
 pub const DEFAULT_MAX_STATE_SIZE: usize = 5 << 20;

@@ -1,4 +1,5 @@
-//! The keyed state backend contract.
+//! For backend authors: the keyed state backend contract and the code every
+//! backend shares.
 //!
 //! [`KeyedStateBackend`] is the small, byte-level core a backend implements:
 //! raw value/list/map operations on the current key and the state's
@@ -9,6 +10,22 @@
 //! merging) is written once on top of it in
 //! [`KeyedStateBackendExt`](crate::KeyedStateBackendExt), so every backend
 //! behaves the same.
+//!
+//! - this module: [`KeyedStateBackend`], [`BackendBuilder`],
+//!   [`KeyedBackendConfig`], [`BackendCapabilities`], the current key and
+//!   the key and map visitors;
+//! - `core.rs`: [`BackendCore`], with [`StateAccess`] and [`StateEntry`];
+//! - `blocking.rs`: [`run_blocking`] and [`run_detached`], for file I/O, RocksDB and compression
+//!   off the async executor.
+//!
+//! Backends write their full snapshots and savepoints in the canonical
+//! format of [`format::canonical`](crate::format::canonical).
+
+mod blocking;
+mod core;
+
+pub use self::blocking::{run_blocking, run_detached};
+pub use self::core::{BackendCore, StateAccess, StateEntry};
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,15 +34,13 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::backend_core::BackendCore;
+use crate::checkpoint::{CheckpointLocation, KeyedStateHandle, StateReader};
 use crate::descriptor::{StateId, StateMeta};
 use crate::error::{Error, Result};
-use crate::handle::KeyedStateHandle;
 use crate::keygroup::{check_parallelism, KeyGroupRange};
 use crate::serializer::{default_serializer, SharedSerializer};
 use crate::snapshot::{PendingSnapshot, SnapshotOptions};
 use crate::ttl::{SharedClock, StateTtlConfig, SystemClock};
-use crate::{CheckpointLocation, StateReader};
 
 /// What a backend can do; the conformance suite reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -477,9 +492,13 @@ pub trait KeyedStateBackend: Send {
     /// For implementations restoring the canonical snapshot `name`: checks
     /// its header against this backend (max parallelism, key serializer),
     /// then gives the id of each of its states, in header order.
-    fn restore_header(&mut self, header: &crate::canonical::SnapshotHeader, name: &str) -> Result<Vec<StateId>> {
+    fn restore_header(
+        &mut self,
+        header: &crate::format::canonical::SnapshotHeader,
+        name: &str,
+    ) -> Result<Vec<StateId>> {
         let (serializer, max) = (self.core().key_serializer().id(), self.core().max_parallelism());
-        crate::canonical::check_compatible(header, &serializer, max, name)?;
+        crate::format::canonical::check_compatible(header, &serializer, max, name)?;
         let source = format!("snapshot {name}");
         header
             .states

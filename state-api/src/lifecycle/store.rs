@@ -1,40 +1,17 @@
-//! The checkpoint lifecycle, on any [`CheckpointStorage`]: completing and
-//! aborting checkpoints, retaining the newest N, the shared-state registry,
-//! restore modes, savepoints, retention on job termination, and garbage
-//! collection of orphaned files.
-//!
-//! ```
-//! use std::sync::Arc;
-//! use flowstate_api::*;
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<()> {
-//! let storage = Arc::new(MemoryCheckpointStorage::new("job"));
-//! let mut store = CheckpointStore::open(storage, CheckpointStoreConfig::default()).await?;
-//! for id in 1..=3 {
-//!     let location = store.begin_checkpoint(id).await?;
-//!     // ... backends snapshot into `location` ...
-//!     store.complete(&location, CheckpointMetadata::new(id, CheckpointKind::Checkpoint, 0)).await?;
-//! }
-//! // The default keeps one checkpoint: 1 and 2 were subsumed.
-//! assert_eq!(store.retained().iter().map(|c| c.checkpoint_id).collect::<Vec<_>>(), [3]);
-//! # Ok(()) }
-//! ```
+//! The checkpoint store: completion, retention and subsumption, aborts,
+//! claim and no-claim restores, and job termination.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::handle::KeyedStateHandle;
-use crate::metadata::{CheckpointKind, CheckpointMetadata};
-use crate::storage::{
-    is_own_file_name, metadata_path, metadata_path_id, CheckpointLocation, CheckpointStorage, ResolvedCheckpoint,
-    StoredFile,
+use super::registry::SharedStateRegistry;
+use crate::checkpoint::{
+    metadata_path, metadata_path_id, CheckpointKind, CheckpointLocation, CheckpointMetadata, CheckpointStorage,
+    KeyedStateHandle, ResolvedCheckpoint, StoredFile,
 };
-use crate::ttl::{SharedClock, SystemClock};
+use crate::error::{Error, ErrorKind, Result};
 
 /// What happens to retained checkpoints when the job is cancelled
 /// (Flink's externalized-checkpoint retention).
@@ -106,78 +83,6 @@ impl CheckpointStoreConfig {
     }
 }
 
-/// Counts, per file, the retained checkpoints that reference it. A file is
-/// deleted only when its last reference is released, and never if it is
-/// protected (it belongs to a checkpoint restored in no-claim mode).
-#[derive(Debug, Default, Clone)]
-pub struct SharedStateRegistry {
-    refs: HashMap<String, BTreeSet<u64>>,
-    protected: HashSet<String>,
-}
-
-impl SharedStateRegistry {
-    /// An empty registry.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Records that checkpoint `checkpoint_id` references `paths`.
-    pub fn register(&mut self, checkpoint_id: u64, paths: &[String]) {
-        for p in paths {
-            self.refs.entry(p.clone()).or_default().insert(checkpoint_id);
-        }
-    }
-
-    /// Releases checkpoint `checkpoint_id`'s references to `paths`; returns
-    /// those no checkpoint references any more and that are not protected:
-    /// the files to delete.
-    pub fn release(&mut self, checkpoint_id: u64, paths: &[String]) -> Vec<String> {
-        let mut free = Vec::new();
-        for p in paths {
-            if let Some(ids) = self.refs.get_mut(p) {
-                ids.remove(&checkpoint_id);
-                if ids.is_empty() {
-                    self.refs.remove(p);
-                    if !self.protected.contains(p) {
-                        free.push(p.clone());
-                    }
-                }
-            }
-        }
-        free
-    }
-
-    /// How many retained checkpoints reference `path`.
-    pub fn references(&self, path: &str) -> usize {
-        self.refs.get(path).map_or(0, BTreeSet::len)
-    }
-
-    /// Marks `paths` as never to be deleted.
-    pub fn protect(&mut self, paths: impl IntoIterator<Item = String>) {
-        self.protected.extend(paths);
-    }
-
-    /// True if `path` may never be deleted.
-    pub fn is_protected(&self, path: &str) -> bool {
-        self.protected.contains(path)
-    }
-
-    /// True if `path` is referenced or protected.
-    pub fn is_live(&self, path: &str) -> bool {
-        self.refs.contains_key(path) || self.protected.contains(path)
-    }
-
-    /// Number of referenced files.
-    pub fn len(&self) -> usize {
-        self.refs.len()
-    }
-
-    /// True when no file is referenced.
-    pub fn is_empty(&self) -> bool {
-        self.refs.is_empty()
-    }
-}
-
 /// A completed, retained checkpoint.
 #[derive(Debug, Clone)]
 pub struct CompletedCheckpoint {
@@ -234,54 +139,6 @@ struct DeferredDelete {
     waiting: BTreeSet<u64>,
 }
 
-/// Options of [`CheckpointStore::collect_garbage`]. Dry run by default.
-#[derive(Debug, Clone)]
-pub struct GcOptions {
-    /// Files younger than this are left alone: they may belong to a
-    /// checkpoint still being written. Longer than the longest checkpoint.
-    pub min_age: Duration,
-    /// Only report what would be deleted (the default).
-    pub dry_run: bool,
-    /// The clock file ages are measured against.
-    pub clock: SharedClock,
-}
-
-impl GcOptions {
-    /// A dry run that reports orphans older than `min_age`.
-    pub fn new(min_age: Duration) -> Self {
-        GcOptions {
-            min_age,
-            dry_run: true,
-            clock: Arc::new(SystemClock),
-        }
-    }
-
-    /// Deletes the orphans instead of only reporting them.
-    pub fn delete(mut self) -> Self {
-        self.dry_run = false;
-        self
-    }
-
-    /// Measures ages against `clock`.
-    pub fn with_clock(mut self, clock: SharedClock) -> Self {
-        self.clock = clock;
-        self
-    }
-}
-
-/// What garbage collection found (and deleted, unless a dry run).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GcReport {
-    /// Orphaned files: ours, unreferenced, old enough.
-    pub orphans: Vec<StoredFile>,
-    /// Their total size.
-    pub bytes: u64,
-    /// True if they were deleted.
-    pub deleted: bool,
-    /// Metadata files read to find what is referenced.
-    pub metadata_read: usize,
-}
-
 /// The completed checkpoints of one job: retention, subsumption, the
 /// shared-state registry, restore modes and garbage collection.
 ///
@@ -296,11 +153,11 @@ pub struct GcReport {
 /// store but never retained or discarded by it.
 #[derive(Debug)]
 pub struct CheckpointStore {
-    storage: Arc<dyn CheckpointStorage>,
+    pub(super) storage: Arc<dyn CheckpointStorage>,
     config: CheckpointStoreConfig,
     retained: VecDeque<CompletedCheckpoint>,
-    registry: SharedStateRegistry,
-    pending: BTreeSet<u64>,
+    pub(super) registry: SharedStateRegistry,
+    pub(super) pending: BTreeSet<u64>,
     deferred: Vec<DeferredDelete>,
 }
 
@@ -344,7 +201,7 @@ impl CheckpointStore {
         Ok(store)
     }
 
-    async fn read_metadata(&self, checkpoint_id: u64) -> Result<CheckpointMetadata> {
+    pub(super) async fn read_metadata(&self, checkpoint_id: u64) -> Result<CheckpointMetadata> {
         let path = metadata_path(checkpoint_id);
         let data = self.storage.read_file(&path).await?;
         CheckpointMetadata::decode(&data, &self.storage.checkpoint_pointer(checkpoint_id))
@@ -489,7 +346,7 @@ impl CheckpointStore {
             .flat_map(|o| o.keyed.iter())
             .flat_map(KeyedStateHandle::streams)
             .filter_map(|s| s.file_path().map(|p| (p, s.size())))
-            .filter(|(p, _)| !self.registry.refs.contains_key(*p))
+            .filter(|(p, _)| !self.registry.is_referenced(p))
             .collect();
         wanted.sort_unstable();
         wanted.dedup();
@@ -574,7 +431,7 @@ impl CheckpointStore {
     }
 
     /// True if `path` waits in a deferred delete.
-    fn is_deferred(&self, path: &str) -> bool {
+    pub(super) fn is_deferred(&self, path: &str) -> bool {
         self.deferred.iter().any(|d| d.files.iter().any(|f| f == path))
     }
 
@@ -699,62 +556,5 @@ impl CheckpointStore {
             self.settle_deferred().await;
         }
         Ok(discarded)
-    }
-
-    /// Finds files of ours under the job's root that no checkpoint
-    /// references, by reachability from every `_metadata` present (retained
-    /// or not) and from this store's registry. Only files in `chk-<n>/`,
-    /// `shared/` and `taskowned/` with names this project makes, older than
-    /// `min_age`, and outside checkpoints in progress are candidates. If any
-    /// `_metadata` cannot be read, nothing is deleted and the error names it.
-    pub async fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport> {
-        let files = self.storage.list_files().await?;
-        let mut reachable: HashSet<String> = HashSet::new();
-        let mut metadata_read = 0;
-        for f in &files {
-            let Some(id) = metadata_path_id(&f.path) else {
-                continue;
-            };
-            let m = self
-                .read_metadata(id)
-                .await
-                .map_err(|e| e.context(format!("garbage collection refused, nothing deleted: {}", f.path)))?;
-            metadata_read += 1;
-            reachable.extend(m.file_paths());
-            reachable.insert(f.path.clone());
-        }
-        let now = options.clock.now_millis();
-        let min_age = options.min_age.as_millis() as u64;
-        let orphans: Vec<StoredFile> = files
-            .into_iter()
-            .filter(|f| !reachable.contains(&f.path) && !self.registry.is_live(&f.path) && !self.is_deferred(&f.path))
-            .filter(|f| self.is_own_collectable(&f.path))
-            .filter(|f| now.saturating_sub(f.modified_millis) >= min_age)
-            .collect();
-        let bytes = orphans.iter().map(|f| f.size).sum();
-        if !options.dry_run && !orphans.is_empty() {
-            let paths: Vec<String> = orphans.iter().map(|f| f.path.clone()).collect();
-            self.storage.delete_files(&paths).await?;
-        }
-        Ok(GcReport {
-            orphans,
-            bytes,
-            deleted: !options.dry_run,
-            metadata_read,
-        })
-    }
-
-    fn is_own_collectable(&self, path: &str) -> bool {
-        let Some((dir, name)) = path.split_once('/') else {
-            return false;
-        };
-        if name.contains('/') || !is_own_file_name(name) {
-            return false;
-        }
-        match dir.strip_prefix("chk-").map(str::parse::<u64>) {
-            Some(Ok(id)) => !self.pending.contains(&id),
-            Some(Err(_)) => false,
-            None => dir == "shared" || dir == "taskowned",
-        }
     }
 }
