@@ -32,31 +32,35 @@
 //! ```
 
 mod error;
+mod incremental;
 mod instance;
 mod keys;
+mod list_merge;
+mod local_recovery;
 mod options;
 mod restore;
 mod snapshot;
+mod ttl_filter;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use flowstate_api::{
-    BackendBuilder, BackendCapabilities, BackendCore, CheckpointLocation, Error, HandleFile, KeyVisitor,
-    KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, MapVisit, MapVisitor, PendingSnapshot, Result,
-    SnapshotOptions, StateId, StateMeta, StateReader, StorageKind,
+    BackendBuilder, BackendCapabilities, BackendCore, CheckpointLocation, Error, KeyVisitor, KeyedBackendConfig,
+    KeyedStateBackend, KeyedStateHandle, MapVisit, MapVisitor, PendingSnapshot, Result, SnapshotOptions, StateId,
+    StateMeta, StateReader, StorageKind,
 };
 use rocksdb::{ColumnFamilyDescriptor, WriteBatch, WriteOptions, DB};
 
+use incremental::Uploads;
 use instance::InstanceDir;
 use keys::{decode_key, for_each_element, key_part, pack, prefix_end, put_namespace};
-pub use options::{
-    LocalRecovery, RocksDbOptions, DEFAULT_BLOCK_CACHE, DEFAULT_UPLOAD_CONCURRENCY, DEFAULT_WRITE_BUFFER,
-};
-use options::{Resources, TtlSlot};
+pub use local_recovery::LocalRecovery;
+use options::Resources;
+pub use options::{RocksDbOptions, DEFAULT_BLOCK_CACHE, DEFAULT_UPLOAD_CONCURRENCY, DEFAULT_WRITE_BUFFER};
 pub use restore::RestoreStats;
+use ttl_filter::TtlSlot;
 
 /// Converts a RocksDB error, naming what was being done (the message is
 /// built only on failure: pass `format_args!` on hot paths). The kind
@@ -76,26 +80,6 @@ pub(crate) struct RState {
 /// The column family name of a state.
 pub(crate) fn cf_name(state: &str) -> String {
     format!("s:{state}")
-}
-
-/// What incremental checkpoints may reuse. A new checkpoint reuses a shared
-/// file only from the newest checkpoint this backend was notified complete
-/// of (its base), and only if no later checkpoint that may still complete
-/// uploaded that file afresh: once such a checkpoint completes it subsumes
-/// the base and the base's copy is deleted, so reusing it would reference a
-/// deleted file.
-#[derive(Default)]
-pub(crate) struct Uploads {
-    /// Shared files by local name, per checkpoint whose async phase finished.
-    pub(crate) pending: HashMap<u64, HashMap<String, HandleFile>>,
-    /// The shared files of the base.
-    pub(crate) last_completed: HashMap<String, HandleFile>,
-    /// The base's checkpoint id; notifications at or below it are ignored.
-    pub(crate) last_completed_id: Option<u64>,
-    /// The SST files each checkpoint newer than the base uploads afresh,
-    /// recorded in its sync phase; forgotten when it is aborted.
-    pub(crate) fresh: BTreeMap<u64, HashSet<String>>,
-    pub(crate) local_copies: Vec<(u64, PathBuf)>,
 }
 
 /// The RocksDB keyed state backend.
@@ -593,11 +577,11 @@ impl<K> KeyedStateBackend for RocksDbBackend<K> {
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
-        snapshot::checkpoint_complete(self, checkpoint_id)
+        incremental::checkpoint_complete(self, checkpoint_id)
     }
 
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
-        snapshot::checkpoint_aborted(self, checkpoint_id)
+        incremental::checkpoint_aborted(self, checkpoint_id)
     }
 }
 

@@ -1,17 +1,15 @@
 //! Configuration, and the RocksDB options every column family gets: the
 //! shared block cache and write-buffer budget, LZ4, the list merge operator
-//! and the TTL compaction filter.
+//! (`list_merge.rs`) and the TTL compaction filter (`ttl_filter.rs`).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use flowstate_api::ttl::{is_expired, split_ttl_value};
-use flowstate_api::{Error, RestoreMode, Result, SharedClock, StorageKind};
-use rocksdb::compaction_filter::Decision;
-use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, MergeOperands, Options, WriteBufferManager};
+use flowstate_api::{RestoreMode, Result, SharedClock, StorageKind};
+use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, WriteBufferManager};
 
-use crate::keys::{elements, pack};
+use crate::local_recovery::LocalRecovery;
+use crate::ttl_filter::TtlSlot;
 
 /// Default block cache shared by all states of a backend: 64 MiB.
 pub const DEFAULT_BLOCK_CACHE: usize = 64 << 20;
@@ -19,44 +17,6 @@ pub const DEFAULT_BLOCK_CACHE: usize = 64 << 20;
 pub const DEFAULT_WRITE_BUFFER: usize = 64 << 20;
 /// Default number of files uploaded at once: 4.
 pub const DEFAULT_UPLOAD_CONCURRENCY: usize = 4;
-
-/// Local recovery: completed checkpoints are also kept on local disk and
-/// restored from there when they verify.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalRecovery {
-    /// Directories to keep copies in; a backend's copies go to one of them,
-    /// chosen by its scope. They may be on other devices (files are copied
-    /// where they cannot be hard-linked).
-    pub dirs: Vec<PathBuf>,
-    /// Identifies this backend's state across restarts, e.g.
-    /// `<job>/<operator>-<subtask>`: one path component or several.
-    pub scope: String,
-}
-
-impl LocalRecovery {
-    /// Checks that there is somewhere to keep copies: without a directory,
-    /// copies would silently go to the process's working directory.
-    pub fn validate(&self) -> Result<()> {
-        if self.dirs.is_empty() {
-            return Err(Error::invalid(format!(
-                "local recovery of scope {:?} has no directories: give at least one directory to keep local \
-                 copies in, or disable local recovery",
-                self.scope
-            )));
-        }
-        // The scope is a directory under each of `dirs` whose stale `chk-*`
-        // copies a backend deletes: empty, absolute or `..` would point that
-        // at the directories themselves or elsewhere.
-        let scope = &self.scope;
-        if flowstate_api::validate_relative_path(scope).is_err() {
-            return Err(Error::invalid(format!(
-                "local recovery scope {scope:?} must be a relative path such as \"job/operator-0\" (not empty, \
-                 absolute or with '..')"
-            )));
-        }
-        Ok(())
-    }
-}
 
 /// Configuration of a [`RocksDbBackend`](crate::RocksDbBackend).
 #[derive(Debug, Clone)]
@@ -142,26 +102,6 @@ impl RocksDbOptions {
     }
 }
 
-/// The per-state TTL the compaction filter and merge operator read: 0 is
-/// no TTL. Set at registration, after the column family exists.
-#[derive(Debug, Default)]
-pub struct TtlSlot(AtomicU64);
-
-impl TtlSlot {
-    /// Sets the TTL (0: none).
-    pub fn set(&self, ttl_millis: u64) {
-        self.0.store(ttl_millis, Ordering::Relaxed);
-    }
-
-    /// The TTL, if any.
-    pub fn get(&self) -> Option<u64> {
-        match self.0.load(Ordering::Relaxed) {
-            0 => None,
-            t => Some(t),
-        }
-    }
-}
-
 /// What a backend's column families share.
 pub struct Resources {
     cache: Cache,
@@ -203,63 +143,9 @@ impl Resources {
         o.set_compression_type(DBCompressionType::Lz4);
         o.set_level_compaction_dynamic_level_bytes(true);
         if kind == StorageKind::List {
-            let (full, partial) = (Arc::clone(&ttl), self.clock.clone());
-            o.set_merge_operator(
-                "flowstate-list-append",
-                move |_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands| {
-                    let mut out = Vec::with_capacity(
-                        existing.map_or(0, <[u8]>::len) + operands.iter().map(<[u8]>::len).sum::<usize>(),
-                    );
-                    existing
-                        .into_iter()
-                        .chain(operands.iter())
-                        .for_each(|p| out.extend_from_slice(p));
-                    Some(drop_expired_elements(out, full.get(), partial.now_millis()))
-                },
-                |_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands| {
-                    let mut out = Vec::new();
-                    existing
-                        .into_iter()
-                        .chain(operands.iter())
-                        .for_each(|p| out.extend_from_slice(p));
-                    Some(out)
-                },
-            );
+            crate::list_merge::install(&mut o, Arc::clone(&ttl), self.clock.clone());
         }
-        let clock = self.clock.clone();
-        o.set_compaction_filter("flowstate-ttl", move |_level: u32, _key: &[u8], value: &[u8]| {
-            let Some(ttl) = ttl.get() else {
-                return Decision::Keep;
-            };
-            let now = clock.now_millis();
-            let expired = |v: &[u8]| split_ttl_value(v).is_ok_and(|(ts, _)| is_expired(ts, ttl, now));
-            let drop = match kind {
-                StorageKind::Value | StorageKind::Map => expired(value),
-                StorageKind::List => elements(value, "list").is_ok_and(|e| e.iter().all(|v| expired(v))),
-            };
-            if drop {
-                Decision::Remove
-            } else {
-                Decision::Keep
-            }
-        });
+        crate::ttl_filter::install(&mut o, kind, ttl, self.clock.clone());
         o
     }
-}
-
-/// Keeps the unexpired elements of a packed list (all of them without TTL).
-fn drop_expired_elements(packed: Vec<u8>, ttl: Option<u64>, now: u64) -> Vec<u8> {
-    let Some(ttl) = ttl else { return packed };
-    let Ok(all) = elements(&packed, "list") else {
-        return packed;
-    };
-    let keep: Vec<&[u8]> = all
-        .into_iter()
-        .filter(|e| !split_ttl_value(e).is_ok_and(|(ts, _)| is_expired(ts, ttl, now)))
-        .collect();
-    let mut out = Vec::with_capacity(packed.len());
-    for e in keep {
-        pack(&mut out, e);
-    }
-    out
 }

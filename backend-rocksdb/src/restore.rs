@@ -27,8 +27,9 @@ use futures::{StreamExt, TryStreamExt};
 use rocksdb::{ReadOptions, WriteBatch};
 
 use crate::keys::{decode_key, key_part, kg_prefix, pack, put_namespace};
+use crate::local_recovery::{file_crc32c, link_or_copy_dir, local_dir, verify_local};
 use crate::options::Resources;
-use crate::snapshot::{blocking, link_or_copy_dir, list_files, local_dir, open_read_only, DirGuard};
+use crate::snapshot::{blocking, open_read_only, DirGuard};
 use crate::{cf_name, db_err, RocksDbBackend, RocksDbOptions};
 
 /// How a restore went. Only the handles that hold key groups of the
@@ -152,35 +153,6 @@ impl<K: 'static> RocksDbBackend<K> {
 }
 
 impl<K> RocksDbBackend<K> {
-    /// Takes over the local copy of the restored checkpoint `keep` (deleted
-    /// once a newer checkpoint completes) and deletes any other copy of this
-    /// backend's scope: they belong to earlier runs.
-    pub(crate) fn adopt_local_copies(&mut self, keep: Option<u64>) -> Result<()> {
-        let Some(l) = self.options().local_recovery.clone() else {
-            return Ok(());
-        };
-        let scope = crate::snapshot::local_scope_dir(&l)?;
-        let Ok(entries) = std::fs::read_dir(&scope) else {
-            return Ok(());
-        };
-        let mut u = self
-            .uploads
-            .lock()
-            .map_err(|_| Error::internal("upload registry lock poisoned"))?;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let id = name.strip_prefix("chk-").and_then(|n| n.parse::<u64>().ok());
-            match id {
-                Some(id) if Some(id) == keep => u.local_copies.push((id, entry.path())),
-                Some(_) => {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-                None => {}
-            }
-        }
-        Ok(())
-    }
-
     /// How the restore that made this backend went.
     pub fn restore_stats(&self) -> RestoreStats {
         self.restore_stats
@@ -508,19 +480,6 @@ fn name_damaged_file(e: Error, name: &str, files: &[HandleFile]) -> Error {
     }
 }
 
-/// True if `dir` holds exactly the files of `wanted`, by size and CRC-32C.
-fn verify_local(dir: &Path, wanted: &[HandleFile]) -> bool {
-    let Ok(present) = list_files(dir) else { return false };
-    if present.len() != wanted.len() {
-        return false;
-    }
-    wanted.iter().all(|f| {
-        let path = dir.join(&f.name);
-        std::fs::metadata(&path).is_ok_and(|m| m.len() == f.stream.size())
-            && file_crc32c(&path).is_ok_and(|crc| crc == f.crc32c)
-    })
-}
-
 /// Bytes fetched from storage at a time when a file is downloaded.
 const DOWNLOAD_CHUNK: u64 = 4 << 20;
 
@@ -579,19 +538,4 @@ async fn download(reader: &dyn StateReader, f: &HandleFile, target: std::path::P
         return Err(mismatch());
     }
     Ok(())
-}
-
-/// The CRC-32C of a file, read in chunks.
-fn file_crc32c(path: &Path) -> Result<u32> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path.display(), e))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut crc = 0u32;
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(path.display(), e))?;
-        if n == 0 {
-            return Ok(crc);
-        }
-        crc = flowstate_api::format::codec::crc32c_append(crc, &buf[..n]);
-    }
 }
