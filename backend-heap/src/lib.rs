@@ -33,13 +33,14 @@
 //! # Ok(()) }
 //! ```
 
+mod restore;
 mod table;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use flowstate_api::format::canonical::{write_canonical_snapshot, CanonicalSnapshot};
+use flowstate_api::format::canonical::write_canonical_snapshot;
 use flowstate_api::format::codec::put_varint;
 use flowstate_api::{
     AsyncOutput, BackendBuilder, BackendCapabilities, BackendCore, CheckpointLocation, Error, KeyVisitor,
@@ -47,9 +48,7 @@ use flowstate_api::{
     SnapshotOptions, StateId, StateMeta, StateReader, StateScope, StorageKind,
 };
 
-use table::{
-    elements, insert_record, pack, packed, split_composite, CompositeKey, FrozenTables, HeapState, Inline, Table,
-};
+use table::{elements, pack, packed, split_composite, CompositeKey, FrozenTables, HeapState, Inline, Table};
 
 /// The in-memory keyed state backend.
 pub struct HeapBackend<K> {
@@ -86,88 +85,6 @@ impl<K> HeapBackend<K> {
             per_record_cleanup: Vec::new(),
             closed: Arc::new(AtomicBool::new(false)),
         })
-    }
-
-    /// A backend restored from `handles` (any number, from any parallelism):
-    /// only the key groups in the config's range are kept. `reader` reads
-    /// the handles' streams; decoding and inserting run on blocking threads.
-    pub async fn restore(
-        config: KeyedBackendConfig<K>,
-        handles: &[KeyedStateHandle],
-        reader: &dyn StateReader,
-    ) -> Result<Self>
-    where
-        K: 'static,
-    {
-        flowstate_api::check_restore_handles(handles, config.max_parallelism)?;
-        let mut backend = Self::new(config)?;
-        for handle in handles {
-            backend = backend.restore_handle(handle, reader).await?;
-        }
-        Ok(backend)
-    }
-
-    async fn restore_handle(self, handle: &KeyedStateHandle, reader: &dyn StateReader) -> Result<Self>
-    where
-        K: 'static,
-    {
-        let range = self.core.key_group_range();
-        let KeyedStateHandle::KeyGroups(h) = handle else {
-            return Err(Error::unsupported(
-                "the heap backend restores canonical snapshots only; restore native RocksDB checkpoints into RocksDB or take a savepoint",
-            ));
-        };
-        let overlap = h.range.intersect(&range);
-        if h.stream == flowstate_api::StreamStateHandle::Empty || overlap.is_empty() {
-            return Ok(self);
-        }
-        let name = h.describe();
-        let mut known: Option<Vec<StateId>> = None;
-        let mut this = self;
-        // Only the header and the frames of the key groups this backend
-        // owns are read, a bounded batch of them at a time.
-        for part in h.key_group_batches(range, flowstate_api::RESTORE_BATCH_BYTES)? {
-            let (snapshot, _) = CanonicalSnapshot::read(reader, h, part, &name)
-                .await
-                .map_err(|e| e.context(format!("restoring key groups {}", h.range)))?;
-            let (name, ids) = (name.clone(), known.clone());
-            let (back, ids) = flowstate_api::run_blocking(move || {
-                let ids = match ids {
-                    Some(ids) => ids,
-                    None => this.restore_header(snapshot.header(), &name)?,
-                };
-                this.insert_key_groups(&snapshot, part, &ids, &name)?;
-                Ok((this, ids))
-            })
-            .await?;
-            this = back;
-            known = Some(ids);
-        }
-        Ok(this)
-    }
-
-    /// Inserts the key groups `part` of `snapshot` (states mapped by `ids`).
-    fn insert_key_groups(
-        &mut self,
-        snapshot: &CanonicalSnapshot,
-        part: flowstate_api::KeyGroupRange,
-        ids: &[StateId],
-        name: &str,
-    ) -> Result<()> {
-        let range = self.core.key_group_range();
-        let max = self.core.max_parallelism();
-        let mut scratch = Vec::new();
-        for kg in part.iter() {
-            let records = snapshot.key_group(kg)?;
-            let i = (kg - range.start()) as usize;
-            records.for_each_verified(max, |record| {
-                let state = record.state();
-                let id = ids[state as usize] as usize;
-                insert_record(&mut self.states[id].table, i, &record, &mut scratch)
-                    .map_err(|e| e.context(format!("snapshot {name}, key group {kg}")))
-            })?;
-        }
-        Ok(())
     }
 
     /// Marks the backend closed: snapshots still in their async phase fail

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use flowstate_api::format::canonical::{KeyGroupSource, KeyGroupWriter, Record};
+use flowstate_api::format::canonical::{KeyGroupSource, KeyGroupWriter};
 use flowstate_api::format::codec::{put_bytes, put_varint, Reader};
 use flowstate_api::ttl::{is_expired, split_ttl_value};
 use flowstate_api::{Error, ErrorKind, Result, StorageKind};
@@ -257,59 +257,4 @@ impl KeyGroupSource for FrozenTables {
         }
         Ok(())
     }
-}
-
-/// Inserts one restored record into key group index `kg` of `table`.
-pub(crate) fn insert_record(table: &mut Table, kg: usize, record: &Record<'_>, scratch: &mut Vec<u8>) -> Result<()> {
-    match (table, record) {
-        (
-            Table::Value(maps),
-            Record::Value {
-                key, namespace, value, ..
-            },
-        ) => {
-            compose(scratch, key, namespace);
-            maps[kg].insert(CompositeKey::from_slice(scratch), Inline::from_slice(value));
-        }
-        (
-            Table::List(maps),
-            Record::List {
-                key,
-                namespace,
-                elements,
-                ..
-            },
-        ) => {
-            compose(scratch, key, namespace);
-            let list = packed(elements.iter().copied());
-            if !list.is_empty() {
-                maps[kg].insert(CompositeKey::from_slice(scratch), Arc::new(list));
-            }
-        }
-        (
-            Table::Map(maps),
-            Record::MapEntry {
-                key,
-                namespace,
-                user_key,
-                value,
-                ..
-            },
-        ) => {
-            compose(scratch, key, namespace);
-            let ck: &[u8] = scratch;
-            match maps[kg].get_mut(ck) {
-                Some(m) => {
-                    Arc::make_mut(m).insert(Inline::from_slice(user_key), Inline::from_slice(value));
-                }
-                None => {
-                    let mut m = std::collections::BTreeMap::new();
-                    m.insert(Inline::from_slice(user_key), Inline::from_slice(value));
-                    maps[kg].insert(CompositeKey::from_slice(ck), Arc::new(m));
-                }
-            }
-        }
-        _ => return Err(Error::corrupted("record does not match its state's kind")),
-    }
-    Ok(())
 }

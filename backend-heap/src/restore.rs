@@ -1,0 +1,152 @@
+//! Restore from canonical snapshots of any backend and parallelism: the
+//! frames of the owned key groups are read a bounded batch at a time, then
+//! decoded, verified and inserted on a blocking thread.
+
+use std::sync::Arc;
+
+use flowstate_api::format::canonical::{CanonicalSnapshot, Record};
+use flowstate_api::{
+    Error, KeyGroupRange, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, Result, StateId, StateReader,
+};
+
+use crate::table::{compose, packed, CompositeKey, Inline, Table};
+use crate::HeapBackend;
+
+impl<K> HeapBackend<K> {
+    /// A backend restored from `handles` (any number, from any parallelism):
+    /// only the key groups in the config's range are kept. `reader` reads
+    /// the handles' streams; decoding and inserting run on blocking threads.
+    pub async fn restore(
+        config: KeyedBackendConfig<K>,
+        handles: &[KeyedStateHandle],
+        reader: &dyn StateReader,
+    ) -> Result<Self>
+    where
+        K: 'static,
+    {
+        flowstate_api::check_restore_handles(handles, config.max_parallelism)?;
+        let mut backend = Self::new(config)?;
+        for handle in handles {
+            backend = backend.restore_handle(handle, reader).await?;
+        }
+        Ok(backend)
+    }
+
+    async fn restore_handle(self, handle: &KeyedStateHandle, reader: &dyn StateReader) -> Result<Self>
+    where
+        K: 'static,
+    {
+        let range = self.core.key_group_range();
+        let KeyedStateHandle::KeyGroups(h) = handle else {
+            return Err(Error::unsupported(
+                "the heap backend restores canonical snapshots only; restore native RocksDB checkpoints into RocksDB or take a savepoint",
+            ));
+        };
+        let overlap = h.range.intersect(&range);
+        if h.stream == flowstate_api::StreamStateHandle::Empty || overlap.is_empty() {
+            return Ok(self);
+        }
+        let name = h.describe();
+        let mut known: Option<Vec<StateId>> = None;
+        let mut this = self;
+        // Only the header and the frames of the key groups this backend
+        // owns are read, a bounded batch of them at a time.
+        for part in h.key_group_batches(range, flowstate_api::RESTORE_BATCH_BYTES)? {
+            let (snapshot, _) = CanonicalSnapshot::read(reader, h, part, &name)
+                .await
+                .map_err(|e| e.context(format!("restoring key groups {}", h.range)))?;
+            let (name, ids) = (name.clone(), known.clone());
+            let (back, ids) = flowstate_api::run_blocking(move || {
+                let ids = match ids {
+                    Some(ids) => ids,
+                    None => this.restore_header(snapshot.header(), &name)?,
+                };
+                this.insert_key_groups(&snapshot, part, &ids, &name)?;
+                Ok((this, ids))
+            })
+            .await?;
+            this = back;
+            known = Some(ids);
+        }
+        Ok(this)
+    }
+
+    /// Inserts the key groups `part` of `snapshot` (states mapped by `ids`).
+    fn insert_key_groups(
+        &mut self,
+        snapshot: &CanonicalSnapshot,
+        part: KeyGroupRange,
+        ids: &[StateId],
+        name: &str,
+    ) -> Result<()> {
+        let range = self.core.key_group_range();
+        let max = self.core.max_parallelism();
+        let mut scratch = Vec::new();
+        for kg in part.iter() {
+            let records = snapshot.key_group(kg)?;
+            let i = (kg - range.start()) as usize;
+            records.for_each_verified(max, |record| {
+                let state = record.state();
+                let id = ids[state as usize] as usize;
+                insert_record(&mut self.states[id].table, i, &record, &mut scratch)
+                    .map_err(|e| e.context(format!("snapshot {name}, key group {kg}")))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Inserts one restored record into key group index `kg` of `table`.
+pub(crate) fn insert_record(table: &mut Table, kg: usize, record: &Record<'_>, scratch: &mut Vec<u8>) -> Result<()> {
+    match (table, record) {
+        (
+            Table::Value(maps),
+            Record::Value {
+                key, namespace, value, ..
+            },
+        ) => {
+            compose(scratch, key, namespace);
+            maps[kg].insert(CompositeKey::from_slice(scratch), Inline::from_slice(value));
+        }
+        (
+            Table::List(maps),
+            Record::List {
+                key,
+                namespace,
+                elements,
+                ..
+            },
+        ) => {
+            compose(scratch, key, namespace);
+            let list = packed(elements.iter().copied());
+            if !list.is_empty() {
+                maps[kg].insert(CompositeKey::from_slice(scratch), Arc::new(list));
+            }
+        }
+        (
+            Table::Map(maps),
+            Record::MapEntry {
+                key,
+                namespace,
+                user_key,
+                value,
+                ..
+            },
+        ) => {
+            compose(scratch, key, namespace);
+            let ck: &[u8] = scratch;
+            match maps[kg].get_mut(ck) {
+                Some(m) => {
+                    Arc::make_mut(m).insert(Inline::from_slice(user_key), Inline::from_slice(value));
+                }
+                None => {
+                    let mut m = std::collections::BTreeMap::new();
+                    m.insert(Inline::from_slice(user_key), Inline::from_slice(value));
+                    maps[kg].insert(CompositeKey::from_slice(ck), Arc::new(m));
+                }
+            }
+        }
+        _ => return Err(Error::corrupted("record does not match its state's kind")),
+    }
+    Ok(())
+}
