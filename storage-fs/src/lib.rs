@@ -43,8 +43,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use flowstate_api::{
-    run_blocking, unique_file_name, BlobCheckpointStorage, BlobMeta, BlobPath, BlobStateReader, BlobStore, BlobWriter,
-    Error, ErrorKind, Result,
+    run_blocking, unique_file_name, BlobCheckpointStorage, BlobListing, BlobMeta, BlobPath, BlobStateReader, BlobStore,
+    BlobWriter, Error, ErrorKind, Result,
 };
 
 use guard::{confine, read_range, real_dir, Last};
@@ -284,6 +284,29 @@ impl BlobStore for FsBlobStore {
         .await
     }
 
+    async fn list_level(&self, prefix: Option<&BlobPath>) -> Result<BlobListing> {
+        let (root, prefix) = (self.root.clone(), prefix.cloned());
+        run_blocking(move || {
+            let start = prefix.as_ref().map_or("", BlobPath::as_str);
+            let dir = match real_dir(&root, start) {
+                Ok(dir) => dir,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(BlobListing::default()),
+                Err(e) => return Err(e),
+            };
+            let mut listing = BlobListing::default();
+            visit_dir(&dir, start, |entry, path, file_type| {
+                if file_type.is_dir() {
+                    listing.dirs.push(path);
+                } else {
+                    listing.objects.push(blob_meta(entry, path)?);
+                }
+                Ok(())
+            })?;
+            Ok(listing)
+        })
+        .await
+    }
+
     async fn delete(&self, paths: &[BlobPath]) -> Result<()> {
         let (root, paths, keep) = (self.root.clone(), paths.to_vec(), self.keep.clone());
         run_blocking(move || delete_confined(&root, &paths, &keep)).await
@@ -356,6 +379,25 @@ fn delete_confined(root: &Path, paths: &[BlobPath], keep: &[String]) -> Result<(
 /// the root (`prefix` is `dir`'s). Symlinks, FIFOs, sockets and devices are
 /// not listed, and symlinked directories are not entered.
 fn list_dir(dir: &Path, prefix: &str, out: &mut Vec<BlobMeta>) -> Result<()> {
+    visit_dir(dir, prefix, |entry, path, file_type| {
+        if file_type.is_dir() {
+            list_dir(&entry.path(), path.as_str(), out)
+        } else {
+            out.push(blob_meta(entry, path)?);
+            Ok(())
+        }
+    })
+}
+
+/// Calls `f` with each directory and regular file directly in `dir` (a
+/// missing `dir` has none), with its path under `prefix`. Symlinks are
+/// neither followed nor listed, nor is anything whose name is not a valid
+/// blob path.
+fn visit_dir(
+    dir: &Path,
+    prefix: &str,
+    mut f: impl FnMut(&std::fs::DirEntry, BlobPath, std::fs::FileType) -> Result<()>,
+) -> Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -367,25 +409,29 @@ fn list_dir(dir: &Path, prefix: &str, out: &mut Vec<BlobMeta>) -> Result<()> {
             continue;
         };
         let path = if prefix.is_empty() {
-            name.clone()
+            name
         } else {
             format!("{prefix}/{name}")
         };
         // The entry's own type: a symlink is neither followed nor listed.
         let file_type = entry.file_type().map_err(|e| Error::io(entry.path().display(), e))?;
-        if file_type.is_dir() {
-            list_dir(&entry.path(), &path, out)?;
-        } else if file_type.is_file() {
-            let Ok(path) = BlobPath::new(&path) else { continue };
-            let meta = entry.metadata().map_err(|e| Error::io(entry.path().display(), e))?;
-            out.push(BlobMeta {
-                path,
-                size: meta.len(),
-                modified_millis: modified_millis(&meta),
-            });
+        if !file_type.is_dir() && !file_type.is_file() {
+            continue;
         }
+        let Ok(path) = BlobPath::new(&path) else { continue };
+        f(&entry, path, file_type)?;
     }
     Ok(())
+}
+
+/// The listing entry of a regular file.
+fn blob_meta(entry: &std::fs::DirEntry, path: BlobPath) -> Result<BlobMeta> {
+    let meta = entry.metadata().map_err(|e| Error::io(entry.path().display(), e))?;
+    Ok(BlobMeta {
+        path,
+        size: meta.len(),
+        modified_millis: modified_millis(&meta),
+    })
 }
 
 /// A file's modification time in milliseconds since the Unix epoch (0 if unknown).

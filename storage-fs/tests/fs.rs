@@ -698,3 +698,45 @@ async fn metadata_files_over_the_cap_are_refused() {
     let err = storage.resolve(&chk.display().to_string()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::LimitExceeded, "{err}");
 }
+
+/// One level of a listing holds the files and directories directly under
+/// the prefix, as the full listing filtered to that level would, never a
+/// symlink or a FIFO, and nothing from deeper down.
+#[tokio::test]
+async fn one_level_listing_lists_directories_and_files_of_that_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = flowstate_fs::FsBlobStore::new(dir.path());
+    let memory = MemoryBlobStore::new("memory://level");
+    for p in ["top", "chk-1/_metadata", "chk-2/a", "shared/x/deep", "shared/y"] {
+        for s in [&store as &dyn BlobStore, &memory] {
+            s.put_if_absent(&BlobPath::new(p).unwrap(), bytes::Bytes::from_static(b"data"))
+                .await
+                .unwrap();
+        }
+    }
+    std::os::unix::fs::symlink(dir.path().join("top"), dir.path().join("link")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("shared"), dir.path().join("linkdir")).unwrap();
+    mkfifo(&dir.path().join("fifo"));
+    let names = |l: &BlobListing| {
+        let mut dirs: Vec<String> = l.dirs.iter().map(|d| d.as_str().to_string()).collect();
+        let mut objects: Vec<String> = l.objects.iter().map(|o| o.path.as_str().to_string()).collect();
+        dirs.sort();
+        objects.sort();
+        (dirs, objects)
+    };
+    for s in [&store as &dyn BlobStore, &memory] {
+        let top = names(&s.list_level(None).await.unwrap());
+        assert_eq!(
+            top,
+            (
+                vec!["chk-1".into(), "chk-2".into(), "shared".into()],
+                vec!["top".into()]
+            ),
+            "{s:?}"
+        );
+        let shared = names(&s.list_level(Some(&BlobPath::new("shared").unwrap())).await.unwrap());
+        assert_eq!(shared, (vec!["shared/x".into()], vec!["shared/y".into()]), "{s:?}");
+        let none = s.list_level(Some(&BlobPath::new("absent").unwrap())).await.unwrap();
+        assert_eq!(none, BlobListing::default(), "{s:?}");
+    }
+}

@@ -82,6 +82,16 @@ pub struct BlobMeta {
     pub modified_millis: u64,
 }
 
+/// One level of a listing: see [`BlobStore::list_level`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlobListing {
+    /// The objects directly under the prefix.
+    pub objects: Vec<BlobMeta>,
+    /// The subdirectories (common prefixes) directly under the prefix, as
+    /// paths from the root.
+    pub dirs: Vec<BlobPath>,
+}
+
 /// A new object being written. Nothing is at its path for readers until
 /// [`finish`](BlobWriter::finish) returns; dropping or aborting the writer
 /// leaves nothing behind (best effort; garbage collection finds the rest).
@@ -124,6 +134,30 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     async fn head(&self, path: &BlobPath) -> Result<Option<BlobMeta>>;
     /// Every object under `prefix` (all objects if `None`), at any depth.
     async fn list(&self, prefix: Option<&BlobPath>) -> Result<Vec<BlobMeta>>;
+    /// One level under `prefix` (the root if `None`): the objects directly
+    /// in it, and its subdirectories (common prefixes), like
+    /// `object_store`'s `list_with_delimiter`. What finding the latest
+    /// checkpoint lists, so it never walks `shared/`. The default filters
+    /// [`list`](BlobStore::list); stores that can list one level override it.
+    async fn list_level(&self, prefix: Option<&BlobPath>) -> Result<BlobListing> {
+        let base = prefix.map(|p| format!("{}/", p.as_str())).unwrap_or_default();
+        let mut listing = BlobListing::default();
+        for meta in self.list(prefix).await? {
+            let Some(rest) = meta.path.as_str().strip_prefix(&base) else {
+                continue;
+            };
+            match rest.split_once('/') {
+                None => listing.objects.push(meta),
+                Some((dir, _)) => {
+                    let dir = BlobPath::new(&format!("{base}{dir}"))?;
+                    if listing.dirs.last() != Some(&dir) && !listing.dirs.contains(&dir) {
+                        listing.dirs.push(dir);
+                    }
+                }
+            }
+        }
+        Ok(listing)
+    }
     /// Deletes objects; those already gone are not an error.
     async fn delete(&self, paths: &[BlobPath]) -> Result<()>;
     /// A store of the same kind rooted at `location` (a savepoint directory,

@@ -44,8 +44,8 @@ use crate::checkpoint::blob::{BlobPath, BlobStore, BlobWriter};
 use crate::checkpoint::handle::{validate_relative_path, StreamStateHandle};
 use crate::checkpoint::metadata::{CheckpointKind, CheckpointMetadata};
 use crate::checkpoint::storage::{
-    metadata_path, metadata_path_id, parse_pointer, unique_file_name, CheckpointLocation, CheckpointOutputStream,
-    CheckpointStorage, ResolvedCheckpoint, StateReader, StateScope, StorageCapabilities, StoredFile, METADATA_FILE,
+    metadata_path, parse_pointer, unique_file_name, CheckpointLocation, CheckpointOutputStream, CheckpointStorage,
+    ResolvedCheckpoint, StateReader, StateScope, StorageCapabilities, StoredFile, METADATA_FILE,
 };
 use crate::error::{Error, ErrorKind, Result};
 
@@ -325,15 +325,26 @@ impl CheckpointStorage for BlobCheckpointStorage {
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<ResolvedCheckpoint>> {
+        // One level: the `chk-<n>` directories, never the files of `shared/`.
         let mut ids: Vec<u64> = self
             .store
-            .list(None)
+            .list_level(None)
             .await?
+            .dirs
             .iter()
-            .filter_map(|m| metadata_path_id(m.path.as_str()))
+            .filter_map(|d| {
+                let n = d.as_str().strip_prefix("chk-")?;
+                let id: u64 = n.parse().ok()?;
+                (id.to_string() == n).then_some(id)
+            })
             .collect();
         ids.sort_unstable_by(|a, b| b.cmp(a));
         for id in ids {
+            // A directory without metadata is a checkpoint still being taken
+            // (or one that failed): not a candidate.
+            if self.store.head(&BlobPath::new(&metadata_path(id))?).await?.is_none() {
+                continue;
+            }
             let pointer = self.checkpoint_pointer(id);
             match self.read_checkpoint(&pointer).await {
                 Ok(resolved) => return Ok(Some(resolved)),

@@ -30,7 +30,7 @@ mod memory;
 mod metadata;
 mod storage;
 
-pub use self::blob::{BlobMeta, BlobPath, BlobStore, BlobWriter, MemoryBlobStore};
+pub use self::blob::{BlobListing, BlobMeta, BlobPath, BlobStore, BlobWriter, MemoryBlobStore};
 pub use self::handle::{
     check_restore_handles, validate_relative_path, HandleFile, IncrementalStateHandle, KeyGroupsStateHandle,
     KeyedStateHandle, StreamStateHandle, RESTORE_BATCH_BYTES,
