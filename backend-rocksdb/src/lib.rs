@@ -583,6 +583,11 @@ impl<K> KeyedStateBackend for RocksDbBackend<K> {
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
         incremental::checkpoint_aborted(self, checkpoint_id)
     }
+
+    /// A full compaction of every state ([`RocksDbBackend::compact`]).
+    fn compact(&mut self) -> Result<()> {
+        RocksDbBackend::compact(self)
+    }
 }
 
 impl<K> RocksDbBackend<K> {
@@ -603,7 +608,8 @@ fn capabilities_of(options: &RocksDbOptions) -> BackendCapabilities {
     } else {
         c
     };
-    if options.local_recovery.is_some() {
+    // Local copies are kept of incremental checkpoints only.
+    if options.local_recovery.is_some() && options.incremental {
         c.with_local_recovery()
     } else {
         c

@@ -4,14 +4,43 @@
 //!
 //! A backend is plugged in through its [`BackendBuilder`] (the contract
 //! an engine creates and restores backends with; [`BackendFactory`] here),
-//! a storage through [`StorageFactory`]; [`conformance_suite!`] generates
-//! one `#[test]` per contract of the chosen groups:
+//! a storage through [`StorageFactory`]. [`Suite`] is the `main` of a test
+//! target with `harness = false`: it lists one trial per backend × storage
+//! × contract, and one per storage for the contracts of storages alone, and
+//! decides what runs from the capabilities the backend and the storage
+//! report ([`BackendCapabilities`], [`StorageCapabilities`]): a contract
+//! declares what it [needs](Need) (incremental checkpoints, local recovery,
+//! a TTL cleanup strategy, a durable storage, …), and a trial whose needs
+//! are not met is listed as ignored, with the reason, never passed
+//! silently.
 //!
-//! ```ignore
-//! flowstate_conformance::conformance_suite!(
-//!     Ctx::new(MyBackendBuilder::new(), MemoryStorageFactory::new());
-//!     keyed, snapshot, rescale, ttl, corruption, storage
-//! );
+//! ```no_run
+//! use flowstate_conformance::{MemoryStorageFactory, Suite};
+//! use flowstate_heap::HeapBackendBuilder;
+//!
+//! fn main() {
+//!     Suite::new()
+//!         .storage(MemoryStorageFactory::new) // a fresh factory per trial
+//!         .backend(|| HeapBackendBuilder)
+//!         .run(); // parses libtest's arguments, runs, exits
+//! }
+//! ```
+//!
+//! Trials are named `<backend>/<storage>/<group>/<contract>` (for example
+//! `heap/memory/snapshot/snapshot_isolation`) and
+//! `storage/<storage>/<contract>`, so `cargo test` and `cargo nextest`
+//! filters select them. [`backend_contracts`] and [`storage_contracts`]
+//! list the contracts with what they need. A contract can also be called
+//! directly, with [`run`] (a backend contract) or [`block_on`] (a storage
+//! contract):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use flowstate_conformance::{block_on, run, snapshot, storage, Ctx, MemoryStorageFactory};
+//! use flowstate_heap::HeapBackendBuilder;
+//!
+//! run(Ctx::new(HeapBackendBuilder, MemoryStorageFactory::new()), snapshot::snapshot_isolation);
+//! block_on(storage::latest_checkpoint_is_the_newest(Arc::new(MemoryStorageFactory::new())));
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A test suite: failures are panics.
 
@@ -19,6 +48,8 @@ pub mod compat;
 pub mod concurrent;
 pub mod corruption;
 pub mod fault;
+mod harness;
+pub mod incremental;
 pub mod keyed;
 pub mod lifecycle;
 pub mod rescale;
@@ -33,11 +64,12 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 #[cfg(doc)]
-use flowstate_api::BackendBuilder;
-use flowstate_api::{CheckpointStorage, MemoryCheckpointStorage};
+use flowstate_api::{BackendBuilder, BackendCapabilities};
+use flowstate_api::{CheckpointStorage, MemoryCheckpointStorage, StorageCapabilities, DEFAULT_MAX_STATE_SIZE};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use harness::{block_on, BackendContract, ContractFuture, Need, StorageContract, Suite};
 pub use util::*;
 
 /// Key types the suite uses.
@@ -55,29 +87,43 @@ pub trait StorageFactory: Send + Sync + 'static {
     /// Storage for `job_id`. Storages of one factory share their backing
     /// space, so two jobs can be checked not to collide.
     fn storage(&self, job_id: &str) -> Arc<dyn CheckpointStorage>;
-    /// True when checkpoints survive the process (the memory storage's do not).
-    fn durable(&self) -> bool;
+    /// What its storages can do; the suite gates contracts on it. By
+    /// default, what the storage of a job named `capabilities` reports.
+    fn capabilities(&self) -> StorageCapabilities {
+        self.storage("capabilities").capabilities()
+    }
+    /// Storage for `job_id` as the next process sees it: the same space
+    /// for a durable storage (the default), a fresh one where checkpoints
+    /// end with the process.
+    fn storage_after_restart(&self, job_id: &str) -> Arc<dyn CheckpointStorage> {
+        self.storage(job_id)
+    }
 }
 
 /// The memory ("JobManager memory") storage.
 #[derive(Debug, Clone)]
 pub struct MemoryStorageFactory {
     base: flowstate_api::BlobCheckpointStorage,
+    max_state_size: usize,
 }
 
 impl MemoryStorageFactory {
-    /// A factory whose storages share one memory space.
+    /// A factory whose storages share one memory space, with the default
+    /// maximum state size.
     pub fn new() -> Self {
-        MemoryStorageFactory {
-            base: MemoryCheckpointStorage::new("conformance"),
-        }
+        Self::with_max_state_size(DEFAULT_MAX_STATE_SIZE)
     }
 
     /// With a maximum state size per stream.
     pub fn with_max_state_size(bytes: usize) -> Self {
         MemoryStorageFactory {
-            base: MemoryCheckpointStorage::new("conformance").with_max_state_size(bytes),
+            base: Self::space(bytes),
+            max_state_size: bytes,
         }
+    }
+
+    fn space(max_state_size: usize) -> flowstate_api::BlobCheckpointStorage {
+        MemoryCheckpointStorage::new("conformance").with_max_state_size(max_state_size)
     }
 }
 
@@ -94,8 +140,16 @@ impl StorageFactory for MemoryStorageFactory {
     fn storage(&self, job_id: &str) -> Arc<dyn CheckpointStorage> {
         Arc::new(self.base.for_job(job_id).expect("memory storage of a job"))
     }
-    fn durable(&self) -> bool {
-        false
+    fn capabilities(&self) -> StorageCapabilities {
+        self.base.capabilities()
+    }
+    /// A fresh memory space: the next process sees none of this one's checkpoints.
+    fn storage_after_restart(&self, job_id: &str) -> Arc<dyn CheckpointStorage> {
+        Arc::new(
+            Self::space(self.max_state_size)
+                .for_job(job_id)
+                .expect("memory storage of a job"),
+        )
     }
 }
 
@@ -117,52 +171,62 @@ impl<F: BackendFactory> Ctx<F> {
     }
 }
 
-/// Runs one contract on a fresh multi-threaded runtime.
+/// Runs one contract on a fresh multi-threaded runtime (two workers).
 pub fn run<F, Fut>(ctx: Ctx<F>, contract: impl FnOnce(Ctx<F>) -> Fut)
 where
     F: BackendFactory,
     Fut: Future<Output = ()>,
 {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(contract(ctx));
+    block_on(contract(ctx));
 }
 
-/// Generates one `#[test]` per contract of the named groups (`keyed`,
-/// `snapshot`, `rescale`, `ttl`, `ttl_incremental`, `corruption`,
-/// `storage`, `memory_storage`, `lifecycle`, `lifecycle_files`), each calling `$ctx` for a fresh context.
-#[macro_export]
-macro_rules! conformance_suite {
-    ($ctx:expr; $($group:ident),+ $(,)?) => {
-        $( $crate::__group!($group, $ctx); )+
-    };
-}
+/// Writes the contract table once: [`backend_contracts`] and
+/// [`storage_contracts`] (with what each contract needs), and
+/// `contract_ids`, which names them all for the check that every contract
+/// runs somewhere.
+macro_rules! contracts {
+    (
+        backend { $( $bgroup:ident $bneeds:tt { $($bname:ident),+ $(,)? } )+ }
+        storage { $( $sgroup:ident $sneeds:tt { $($sname:ident),+ $(,)? } )+ }
+    ) => {
+        /// Every contract run against a backend and a storage, with what it needs.
+        pub fn backend_contracts<F: BackendFactory>() -> Vec<BackendContract<F>> {
+            vec![$($(
+                BackendContract {
+                    group: stringify!($bgroup),
+                    name: stringify!($bname),
+                    needs: &$bneeds,
+                    run: |ctx| Box::pin($crate::$bgroup::$bname(ctx)),
+                },
+            )+)+]
+        }
 
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __tests {
-    ($ctx:expr; $module:ident => $test_mod:ident: $($name:ident),+ $(,)?) => {
-        mod $test_mod {
-            #[allow(unused_imports)]
-            use super::*;
-            $(
-                #[test]
-                fn $name() {
-                    $crate::run($ctx, $crate::$module::$name);
-                }
-            )+
+        /// Every contract of storages alone, with what it needs.
+        pub fn storage_contracts() -> Vec<StorageContract> {
+            vec![$($(
+                StorageContract {
+                    group: stringify!($sgroup),
+                    name: stringify!($sname),
+                    needs: &$sneeds,
+                    run: |factory| Box::pin($crate::$sgroup::$sname(factory)),
+                },
+            )+)+]
+        }
+
+        /// The ids of every contract: `<group>/<name>` for backend
+        /// contracts, `storage/<group>/<name>` for storage contracts.
+        fn contract_ids() -> Vec<String> {
+            vec![
+                $($( concat!(stringify!($bgroup), "/", stringify!($bname)).to_string(), )+)+
+                $($( concat!("storage/", stringify!($sgroup), "/", stringify!($sname)).to_string(), )+)+
+            ]
         }
     };
 }
 
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __group {
-    (keyed, $ctx:expr) => {
-        $crate::__tests!($ctx; keyed => keyed:
+contracts! {
+    backend {
+        keyed [] {
             value_absent_reads_none_or_default, value_update_get_clear, value_states_are_independent,
             list_add_get_update_clear, list_update_empty_clears_and_add_all_empty_is_noop,
             map_operations, map_remove_during_iteration_writes_through, map_empty_iterates_nothing,
@@ -171,76 +235,61 @@ macro_rules! __group {
             keys_in_namespace_and_pairs, apply_to_all_keys_may_clear, entry_count_is_exact,
             value_serializer_mismatch_is_refused, key_serializer_mismatch_is_refused_at_restore,
             handle_of_another_backend_is_refused, access_without_key_is_refused, key_outside_range_is_refused,
-            wrong_state_kind_is_invalid
-        );
-    };
-    (snapshot, $ctx:expr) => {
-        $crate::__tests!($ctx; snapshot => snapshot:
+            wrong_state_kind_is_invalid,
+        }
+        snapshot [] {
             snapshot_isolation, two_snapshots_restore_to_their_own_state, concurrent_async_phases_while_serving,
             dropped_snapshot_leaves_nothing, closing_backend_cancels_snapshot, empty_backend_snapshots_empty,
             restored_untouched_state_is_in_next_snapshot, every_state_kind_round_trips, compressed_snapshot_round_trips,
-            canonical_savepoint_restores_at_other_parallelism, restore_through_storage_pointer
-        );
-    };
-    (rescale, $ctx:expr) => {
-        $crate::__tests!($ctx; rescale => rescale:
+            canonical_savepoint_restores_at_other_parallelism, restore_through_storage_pointer,
+        }
+        rescale [] {
             rescale_4_to_2, rescale_2_to_4, rescale_1_to_3, rescale_3_to_1, rescale_15_to_77, rescale_77_to_15,
-            canonical_rescale_reads_only_owned_key_groups
-        );
-    };
-    (ttl, $ctx:expr) => {
-        $crate::__tests!($ctx; ttl => ttl:
+            canonical_rescale_reads_only_owned_key_groups,
+        }
+        ttl [] {
             on_create_and_write_is_not_refreshed_by_reads, on_read_and_write_is_refreshed_by_reads,
             return_expired_if_not_cleaned_up, expiry_boundary_is_exact, ttl_near_max_does_not_overflow,
             every_state_kind_expires, list_elements_expire_individually, map_entries_expire_individually,
             expiry_holds_across_snapshot_and_restore, full_snapshot_cleanup_leaves_expired_out,
-            ttl_flag_mismatch_is_refused
-        );
-    };
-    (ttl_incremental, $ctx:expr) => {
-        $crate::__tests!($ctx; ttl => ttl_incremental: incremental_cleanup_removes_expired_as_it_goes);
-    };
-    (corruption, $ctx:expr) => {
-        $crate::__tests!($ctx; corruption => corruption:
+            ttl_flag_mismatch_is_refused,
+        }
+        ttl [Need::TtlIncrementalCleanup] { incremental_cleanup_removes_expired_as_it_goes }
+        ttl [Need::TtlCompactionFilter] { compaction_filter_drops_expired_entries }
+        corruption [] {
             every_byte_flip_of_a_snapshot_is_refused, every_truncation_of_a_snapshot_is_refused,
-            every_byte_flip_of_metadata_is_refused, hostile_lengths_do_not_allocate
-        );
-    };
-    (storage, $ctx:expr) => {
-        $crate::__tests!($ctx; storage => storage:
-            pointer_forms_resolve_to_the_same_checkpoint, bad_pointers_give_clear_errors,
-            duplicate_checkpoint_id_is_refused, two_jobs_do_not_collide, output_stream_handles,
-            latest_checkpoint_is_the_newest
-        );
-    };
-    (lifecycle, $ctx:expr) => {
-        $crate::__tests!($ctx; lifecycle => lifecycle:
+            every_byte_flip_of_metadata_is_refused, hostile_lengths_do_not_allocate,
+        }
+        storage [Need::MaxStateSize] { memory_storage_refuses_state_above_maximum }
+        storage [Need::VolatileStorage] { memory_storage_checkpoints_end_with_the_process }
+        lifecycle [] {
             retains_newest_n_and_subsumes_the_rest, savepoints_survive_retention, cancellation_policies,
             claim_restore_subsumes_the_restored_checkpoint, no_claim_restore_never_deletes_the_restored_checkpoint,
-            fault_sweep_restores_last_completed
-        );
-    };
-    (lifecycle_files, $ctx:expr) => {
-        $crate::__tests!($ctx; lifecycle => lifecycle_files:
-            shared_files_live_while_referenced, registry_is_rebuilt_after_restart, gc_removes_only_old_orphans_of_ours
-        );
-    };
-    (concurrent, $ctx:expr) => {
-        $crate::__tests!($ctx; concurrent => concurrent:
+            fault_sweep_restores_last_completed,
+        }
+        concurrent [] {
             overlapping_checkpoints_keep_reused_files, interleaved_checkpoints_restore_exactly,
-            failed_upload_leaves_nothing_behind
-        );
-    };
-    (compat, $ctx:expr) => {
-        $crate::__tests!($ctx; compat => compat:
+            failed_upload_leaves_nothing_behind,
+        }
+        compat [] {
             restore_at_other_max_parallelism_is_refused, duplicate_handle_is_refused,
             invalid_state_names_are_refused_at_registration, hostile_state_name_in_snapshot_is_refused,
-            async_phase_and_restore_run_on_any_executor
-        );
-    };
-    (memory_storage, $ctx:expr) => {
-        $crate::__tests!($ctx; storage => memory_storage:
-            memory_storage_refuses_state_above_maximum, memory_storage_checkpoints_end_with_the_process
-        );
-    };
+            async_phase_and_restore_run_on_any_executor,
+        }
+        incremental [Need::IncrementalCheckpoints] { incremental_checkpoints_upload_only_new_files }
+        incremental [Need::IncrementalCheckpoints, Need::SharedState] {
+            shared_files_are_deleted_when_no_retained_checkpoint_uses_them,
+        }
+        incremental [Need::LocalRecovery] { local_recovery_uses_a_verified_copy_and_falls_back_to_download }
+    }
+    storage {
+        storage [] {
+            pointer_forms_resolve_to_the_same_checkpoint, bad_pointers_give_clear_errors,
+            duplicate_checkpoint_id_is_refused, two_jobs_do_not_collide, output_stream_handles,
+            latest_checkpoint_is_the_newest,
+        }
+        lifecycle [Need::SharedState, Need::FilesFrom(30_000)] {
+            shared_files_live_while_referenced, registry_is_rebuilt_after_restart, gc_removes_only_old_orphans_of_ours,
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! Lifecycle contracts: retention and subsumption, the shared-state
 //! registry, savepoints, restore modes, cancellation, garbage collection,
 //! and a fault-injection sweep over every storage operation of a checkpoint.
+//! The shared-state registry and garbage collection are contracts of
+//! storages alone (run once per storage with shared files).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +11,9 @@ use std::time::Duration;
 use flowstate_api::*;
 
 use crate::fault::{FaultMode, FaultyStorage};
-use crate::{full_config, operator_config, restore_resolved, BackendFactory, Ctx, MAX_PARALLELISM, OPERATOR};
+use crate::{
+    full_config, operator_config, restore_resolved, BackendFactory, Ctx, StorageFactory, MAX_PARALLELISM, OPERATOR,
+};
 
 const KEYS: u64 = 300;
 
@@ -187,7 +191,7 @@ pub async fn retains_newest_n_and_subsumes_the_rest<F: BackendFactory>(ctx: Ctx<
 
 /// A savepoint is never discarded by checkpoint retention, and restores at another parallelism.
 pub async fn savepoints_survive_retention<F: BackendFactory>(ctx: Ctx<F>) {
-    if !ctx.storage.durable() {
+    if !ctx.storage.capabilities().durable {
         return savepoint_on_memory_storage(ctx).await;
     }
     let storage = ctx.storage.storage(&crate::job_id("savepoint-retention"));
@@ -497,8 +501,8 @@ async fn exists(storage: &dyn CheckpointStorage, h: &StreamStateHandle) -> bool 
 const BIG: usize = 64 << 10;
 
 /// Shared files live while any retained checkpoint references them, and are deleted when none does.
-pub async fn shared_files_live_while_referenced<F: BackendFactory>(ctx: Ctx<F>) {
-    let storage = ctx.storage.storage(&crate::job_id("shared"));
+pub async fn shared_files_live_while_referenced(factory: Arc<dyn StorageFactory>) {
+    let storage = factory.storage(&crate::job_id("shared"));
     let mut store = open(Arc::clone(&storage), 1).await;
     let l1 = store.begin_checkpoint(1).await.unwrap();
     let (s1, s2) = (
@@ -544,8 +548,8 @@ pub async fn shared_files_live_while_referenced<F: BackendFactory>(ctx: Ctx<F>) 
 }
 
 /// After a restart the registry is rebuilt from the retained checkpoints' metadata.
-pub async fn registry_is_rebuilt_after_restart<F: BackendFactory>(ctx: Ctx<F>) {
-    let storage = ctx.storage.storage(&crate::job_id("registry"));
+pub async fn registry_is_rebuilt_after_restart(factory: Arc<dyn StorageFactory>) {
+    let storage = factory.storage(&crate::job_id("registry"));
     let mut store = open(Arc::clone(&storage), 2).await;
     let l1 = store.begin_checkpoint(1).await.unwrap();
     let s = file(&l1, StateScope::Shared, 1, BIG).await;
@@ -585,8 +589,8 @@ pub async fn registry_is_rebuilt_after_restart<F: BackendFactory>(ctx: Ctx<F>) {
 }
 
 /// GC deletes only our unreferenced files older than the minimum age, and only when asked.
-pub async fn gc_removes_only_old_orphans_of_ours<F: BackendFactory>(ctx: Ctx<F>) {
-    let storage = ctx.storage.storage(&crate::job_id("gc"));
+pub async fn gc_removes_only_old_orphans_of_ours(factory: Arc<dyn StorageFactory>) {
+    let storage = factory.storage(&crate::job_id("gc"));
     let mut store = open(Arc::clone(&storage), 1).await;
     let l1 = store.begin_checkpoint(1).await.unwrap();
     let s = file(&l1, StateScope::Shared, 1, BIG).await;

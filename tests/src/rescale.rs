@@ -190,7 +190,7 @@ pub async fn canonical_rescale_reads_only_owned_key_groups<F: BackendFactory>(ct
             ctx.storage.name(),
             worst as f64 / total as f64
         );
-        if ctx.storage.durable() {
+        if ctx.storage.capabilities().durable {
             let bound = total / 15 + total / 60 + 4096;
             assert!(
                 worst <= bound,

@@ -1,10 +1,12 @@
-//! Checkpoint storage contracts.
+//! Checkpoint storage contracts: those of storages alone, run once per
+//! storage, and two run with a backend on storages with a maximum state
+//! size or that end with the process.
 
 use std::sync::Arc;
 
 use flowstate_api::*;
 
-use crate::{complete, full_config, snapshot_into, BackendFactory, Ctx, OPERATOR};
+use crate::{complete, full_config, snapshot_into, BackendFactory, Ctx, StorageFactory, OPERATOR};
 
 async fn one_checkpoint(storage: &dyn CheckpointStorage, id: u64, marker: u32) -> String {
     let mut metadata = CheckpointMetadata::new(id, CheckpointKind::Checkpoint, u64::from(marker));
@@ -21,8 +23,8 @@ async fn one_checkpoint(storage: &dyn CheckpointStorage, id: u64, marker: u32) -
 }
 
 /// `chk-n/_metadata`, `chk-n` and `chk-n/` name the same checkpoint.
-pub async fn pointer_forms_resolve_to_the_same_checkpoint<F: BackendFactory>(ctx: Ctx<F>) {
-    let storage = ctx.storage.storage(&crate::job_id("pointers"));
+pub async fn pointer_forms_resolve_to_the_same_checkpoint(factory: Arc<dyn StorageFactory>) {
+    let storage = factory.storage(&crate::job_id("pointers"));
     let pointer = one_checkpoint(&*storage, 3, 1).await;
     let base = parse_pointer(&pointer).unwrap().normalized();
     for form in [base.clone(), format!("{base}/"), format!("{base}/_metadata")] {
@@ -33,8 +35,8 @@ pub async fn pointer_forms_resolve_to_the_same_checkpoint<F: BackendFactory>(ctx
 }
 
 /// Empty, garbage and missing pointers give clear errors that name them.
-pub async fn bad_pointers_give_clear_errors<F: BackendFactory>(ctx: Ctx<F>) {
-    let storage = ctx.storage.storage(&crate::job_id("bad-pointers"));
+pub async fn bad_pointers_give_clear_errors(factory: Arc<dyn StorageFactory>) {
+    let storage = factory.storage(&crate::job_id("bad-pointers"));
     let pointer = one_checkpoint(&*storage, 1, 1).await;
     let err = storage.resolve("").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
@@ -48,8 +50,8 @@ pub async fn bad_pointers_give_clear_errors<F: BackendFactory>(ctx: Ctx<F>) {
 }
 
 /// Writing the metadata of an existing checkpoint id fails and keeps the first.
-pub async fn duplicate_checkpoint_id_is_refused<F: BackendFactory>(ctx: Ctx<F>) {
-    let storage = ctx.storage.storage(&crate::job_id("duplicate"));
+pub async fn duplicate_checkpoint_id_is_refused(factory: Arc<dyn StorageFactory>) {
+    let storage = factory.storage(&crate::job_id("duplicate"));
     let pointer = one_checkpoint(&*storage, 1, 1).await;
     let mut second = CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 2);
     second.operators.clear();
@@ -63,10 +65,10 @@ pub async fn duplicate_checkpoint_id_is_refused<F: BackendFactory>(ctx: Ctx<F>) 
 }
 
 /// Two jobs writing the same checkpoint id do not collide.
-pub async fn two_jobs_do_not_collide<F: BackendFactory>(ctx: Ctx<F>) {
+pub async fn two_jobs_do_not_collide(factory: Arc<dyn StorageFactory>) {
     let job = crate::job_id("two-jobs");
-    let a = ctx.storage.storage(&format!("{job}-a"));
-    let b = ctx.storage.storage(&format!("{job}-b"));
+    let a = factory.storage(&format!("{job}-a"));
+    let b = factory.storage(&format!("{job}-b"));
     let pa = one_checkpoint(&*a, 1, 1).await;
     let pb = one_checkpoint(&*b, 1, 2).await;
     assert_ne!(pa, pb);
@@ -84,8 +86,8 @@ pub async fn two_jobs_do_not_collide<F: BackendFactory>(ctx: Ctx<F>) {
 
 /// Output streams: nothing written gives an empty handle, little is inlined,
 /// more becomes a file; the position is exact.
-pub async fn output_stream_handles<F: BackendFactory>(ctx: Ctx<F>) {
-    let storage = ctx.storage.storage(&crate::job_id("streams"));
+pub async fn output_stream_handles(factory: Arc<dyn StorageFactory>) {
+    let storage = factory.storage(&crate::job_id("streams"));
     let caps = storage.capabilities();
     let location = storage.init_checkpoint(1).await.unwrap();
     let stream = location.create_output_stream(StateScope::Exclusive).await.unwrap();
@@ -126,8 +128,8 @@ pub async fn output_stream_handles<F: BackendFactory>(ctx: Ctx<F>) {
 }
 
 /// The latest checkpoint is the one with the highest id.
-pub async fn latest_checkpoint_is_the_newest<F: BackendFactory>(ctx: Ctx<F>) {
-    let storage = ctx.storage.storage(&crate::job_id("latest"));
+pub async fn latest_checkpoint_is_the_newest(factory: Arc<dyn StorageFactory>) {
+    let storage = factory.storage(&crate::job_id("latest"));
     assert!(storage.latest_checkpoint().await.unwrap().is_none());
     for id in [1u64, 3, 2] {
         one_checkpoint(&*storage, id, id as u32).await;
@@ -144,19 +146,25 @@ pub async fn latest_checkpoint_is_the_newest<F: BackendFactory>(ctx: Ctx<F>) {
     );
 }
 
-/// The memory storage refuses state above its maximum with a clear error.
+/// A storage with a maximum state size (the memory storage's) refuses a
+/// checkpoint holding state above it with a clear error, which the
+/// backend's snapshot passes on: one value larger than the maximum, which
+/// no backend can split over several streams.
 pub async fn memory_storage_refuses_state_above_maximum<F: BackendFactory>(ctx: Ctx<F>) {
-    let storage = MemoryCheckpointStorage::new(&crate::job_id("memory-max")).with_max_state_size(4096);
+    let storage = ctx.storage.storage(&crate::job_id("memory-max"));
+    let max = storage
+        .capabilities()
+        .max_state_size
+        .expect("a storage with a maximum state size");
     let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let v = b.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
     b.set_current_key(&1).unwrap();
     b.update(&v, vec![7u8; 1000]).unwrap();
     // Small state fits.
-    snapshot_into(&mut b, &storage, 1, SnapshotOptions::checkpoint()).await;
-    for k in 2..10u64 {
-        b.set_current_key(&k).unwrap();
-        b.update(&v, vec![7u8; 1000]).unwrap();
-    }
+    snapshot_into(&mut b, &*storage, 1, SnapshotOptions::checkpoint()).await;
+    // Incompressible, so no compressing backend brings it under the maximum.
+    b.set_current_key(&2).unwrap();
+    b.update(&v, crate::noise(max as usize + 1, 2)).unwrap();
     let location = storage.init_checkpoint(2).await.unwrap();
     let err = b
         .snapshot(2, location, SnapshotOptions::checkpoint())
@@ -164,27 +172,30 @@ pub async fn memory_storage_refuses_state_above_maximum<F: BackendFactory>(ctx: 
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::LimitExceeded, "{err}");
-    assert!(err.to_string().contains("4096"), "the error must give the limit: {err}");
+    assert!(
+        err.to_string().contains(&max.to_string()),
+        "the error must give the limit: {err}"
+    );
     assert!(
         err.to_string().contains("chk-2"),
         "the error must name the checkpoint: {err}"
     );
 }
 
-/// Memory checkpoints cannot be resolved once their process has ended (a
-/// storage with a fresh memory space stands for the next process).
+/// Checkpoints of a volatile storage (the memory storage's) cannot be
+/// resolved once their process has ended, and the error says so.
 pub async fn memory_storage_checkpoints_end_with_the_process<F: BackendFactory>(ctx: Ctx<F>) {
     let job = crate::job_id("memory-process");
-    let storage = MemoryCheckpointStorage::new(&job);
+    let storage = ctx.storage.storage(&job);
     assert!(!storage.capabilities().durable);
     let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     b.set_current_key(&1).unwrap();
     b.update(&v, 1).unwrap();
-    let result = snapshot_into(&mut b, &storage, 1, SnapshotOptions::checkpoint()).await;
-    let pointer = complete(&storage, 1, CheckpointKind::Checkpoint, 1, vec![result.handle]).await;
+    let result = snapshot_into(&mut b, &*storage, 1, SnapshotOptions::checkpoint()).await;
+    let pointer = complete(&*storage, 1, CheckpointKind::Checkpoint, 1, vec![result.handle]).await;
     assert!(storage.resolve(&pointer).await.is_ok());
-    let next_process = Arc::new(MemoryCheckpointStorage::new(&job));
+    let next_process = ctx.storage.storage_after_restart(&job);
     let err = next_process.resolve(&pointer).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert!(err.to_string().contains("after that process ends"), "{err}");

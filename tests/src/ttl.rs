@@ -1,4 +1,5 @@
-//! TTL contracts, driven by a manual clock.
+//! TTL contracts, driven by a manual clock; incremental and compaction-filter
+//! cleanup run on backends that have them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -297,8 +298,8 @@ pub async fn ttl_flag_mismatch_is_refused<F: BackendFactory>(ctx: Ctx<F>) {
     assert!(err.to_string().contains("TTL"), "{err}");
 }
 
-/// Heap incremental cleanup removes expired entries as state is accessed,
-/// and never removes live ones.
+/// Incremental cleanup (a backend with `ttl_incremental_cleanup`) removes
+/// expired entries as state is accessed, and never removes live ones.
 pub async fn incremental_cleanup_removes_expired_as_it_goes<F: BackendFactory>(ctx: Ctx<F>) {
     let (mut b, clock) = setup(&ctx);
     let ttl = StateTtlConfig::new(TTL)
@@ -325,4 +326,49 @@ pub async fn incremental_cleanup_removes_expired_as_it_goes<F: BackendFactory>(c
     }
     assert_eq!(b.entry_count(&v).unwrap(), 0, "expired values were not cleaned up");
     assert_eq!(b.entry_count(&l).unwrap(), 0, "expired lists were not cleaned up");
+}
+
+/// A backend that cleans up TTL state in compaction drops expired entries
+/// when it compacts, and only those: written at 1000 with a TTL of 100 ms,
+/// an entry is gone after a compaction at 1120; written again at 1050, it
+/// stays until 1150. `entry_count` counts what the backend still stores.
+pub async fn compaction_filter_drops_expired_entries<F: BackendFactory>(ctx: Ctx<F>) {
+    let (mut b, clock) = setup(&ctx);
+    let ttl = StateTtlConfig::new(TTL)
+        .disable_cleanup_in_background()
+        .cleanup_in_compaction_filter(1000);
+    let v = b.register(ValueStateDescriptor::<u64>::new("v").with_ttl(ttl)).unwrap();
+    let l = b.register(ListStateDescriptor::<u64>::new("l").with_ttl(ttl)).unwrap();
+    let m = b
+        .register(MapStateDescriptor::<u64, u64>::new("m").with_ttl(ttl))
+        .unwrap();
+    for k in 0..100u64 {
+        b.set_current_key(&k).unwrap();
+        b.update(&v, k).unwrap();
+        b.append(&l, k).unwrap();
+        b.map_put(&m, k, k).unwrap();
+    }
+    clock.set(1050);
+    for k in 0..10u64 {
+        b.set_current_key(&k).unwrap();
+        b.update(&v, k).unwrap();
+        b.append(&l, k + 1).unwrap();
+        b.map_put(&m, k + 1000, k).unwrap();
+    }
+    b.compact().unwrap();
+    assert_eq!(b.entry_count(&v).unwrap(), 100, "nothing expired yet");
+    clock.set(1120);
+    b.compact().unwrap();
+    // Written at 1000: expired at 1100. Written at 1050: alive until 1150.
+    assert_eq!(b.entry_count(&v).unwrap(), 10);
+    assert_eq!(b.entry_count(&m).unwrap(), 10);
+    assert_eq!(b.entry_count(&l).unwrap(), 10);
+    b.set_current_key(&3).unwrap();
+    assert_eq!(b.list(&l).unwrap(), [4]);
+    assert_eq!(b.map_entries(&m).unwrap(), [(1003, 3)]);
+    clock.set(1200);
+    b.compact().unwrap();
+    for count in [b.entry_count(&v), b.entry_count(&l), b.entry_count(&m)] {
+        assert_eq!(count.unwrap(), 0);
+    }
 }

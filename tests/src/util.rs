@@ -148,3 +148,17 @@ pub fn job_id(contract: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     format!("{contract}-{}", N.fetch_add(1, Ordering::Relaxed))
 }
+
+/// `len` bytes that do not compress, the same for the same `seed`.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

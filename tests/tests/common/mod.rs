@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, dead_code)]
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use flowstate_api::{
@@ -37,39 +38,62 @@ impl StorageFactory for FsStorageFactory {
                 .with_savepoint_dir(self.dir.path().join("savepoints").display().to_string()),
         )
     }
-
-    fn durable(&self) -> bool {
-        true
-    }
 }
 
 /// The RocksDB backend's builder, its backends working under a temporary
 /// directory of its own (removed with it).
 pub struct RocksDbFactory {
-    builder: RocksDbBackendBuilder,
+    name: &'static str,
+    options: RocksDbOptions,
+    /// Where local copies go, with local recovery.
+    local: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
 impl RocksDbFactory {
-    /// Incremental checkpoints (the default).
+    /// Incremental checkpoints (the default): `rocksdb`.
     pub fn new() -> Self {
-        Self::with_incremental(true)
+        Self::with("rocksdb", true, false)
     }
 
-    /// Full canonical checkpoints.
+    /// Full canonical checkpoints: `rocksdb-full`.
     pub fn full() -> Self {
-        Self::with_incremental(false)
+        Self::with("rocksdb-full", false, false)
     }
 
-    fn with_incremental(incremental: bool) -> Self {
+    /// Incremental checkpoints with local recovery: `rocksdb-local`. A
+    /// backend's local-recovery scope is its key groups, as a subtask's
+    /// would be, so a restore of the same key groups finds its copies.
+    pub fn with_local_recovery() -> Self {
+        Self::with("rocksdb-local", true, true)
+    }
+
+    fn with(name: &'static str, incremental: bool, local_recovery: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let options = RocksDbOptions::new(dir.path())
+        let options = RocksDbOptions::new(dir.path().join("work"))
             .with_incremental(incremental)
             .with_memory(8 << 20, 8 << 20);
         RocksDbFactory {
-            builder: RocksDbBackendBuilder::new(options),
+            name,
+            options,
+            local: local_recovery.then(|| dir.path().join("local")),
             _dir: dir,
         }
+    }
+
+    /// The options of a backend whose local-recovery scope (with local
+    /// recovery) is `scope`.
+    fn scoped(&self, scope: String) -> RocksDbOptions {
+        match &self.local {
+            Some(local) => self.options.clone().with_local_recovery(vec![local.clone()], scope),
+            None => self.options.clone(),
+        }
+    }
+
+    /// The options of a backend owning the key groups of `config`.
+    fn options<K>(&self, config: &KeyedBackendConfig<K>) -> RocksDbOptions {
+        let range = config.key_group_range;
+        self.scoped(format!("kg-{}-{}", range.start(), range.end()))
     }
 }
 
@@ -77,15 +101,16 @@ impl BackendBuilder for RocksDbFactory {
     type Backend<K: 'static> = RocksDbBackend<K>;
 
     fn name(&self) -> &str {
-        self.builder.name()
+        self.name
     }
 
     fn capabilities(&self) -> BackendCapabilities {
-        self.builder.capabilities()
+        RocksDbBackendBuilder::new(self.scoped("any".into())).capabilities()
     }
 
     fn build<K: 'static>(&self, config: KeyedBackendConfig<K>) -> Result<RocksDbBackend<K>> {
-        self.builder.build(config)
+        let options = self.options(&config);
+        RocksDbBackend::new(config, options)
     }
 
     fn restore<K: 'static>(
@@ -94,6 +119,7 @@ impl BackendBuilder for RocksDbFactory {
         handles: &[KeyedStateHandle],
         reader: Arc<dyn StateReader>,
     ) -> impl Future<Output = Result<RocksDbBackend<K>>> + Send {
-        self.builder.restore(config, handles, reader)
+        let options = self.options(&config);
+        async move { RocksDbBackend::restore(config, handles, &*reader, options).await }
     }
 }
