@@ -21,8 +21,11 @@ use crate::local_recovery::link_or_copy_dir;
 use crate::snapshot::{blocking, closed, DirGuard};
 use crate::RocksDbBackend;
 
-/// Bytes written to a stream at a time.
-const CHUNK: usize = 4 << 20;
+/// Bytes of a file read and sent to storage at a time: the storage's
+/// write chunk, so each passes through without a copy. Larger buffers are
+/// slower, not faster: each is a fresh mapping whose pages fault in and
+/// whose unmapping interrupts every core.
+const CHUNK: usize = flowstate_api::DEFAULT_WRITE_CHUNK;
 
 /// What incremental checkpoints may reuse. A new checkpoint reuses a shared
 /// file only from the newest checkpoint this backend was notified complete
@@ -232,7 +235,7 @@ async fn upload_file(
         if chunk.is_empty() {
             break;
         }
-        if let Err(e) = stream.write(&chunk).await {
+        if let Err(e) = stream.write_bytes(chunk.into()).await {
             stream.abort().await;
             return Err(e.context(format!("uploading {}", path.display())));
         }

@@ -480,8 +480,9 @@ fn name_damaged_file(e: Error, name: &str, files: &[HandleFile]) -> Error {
     }
 }
 
-/// Bytes fetched from storage at a time when a file is downloaded.
-const DOWNLOAD_CHUNK: u64 = 4 << 20;
+/// Bytes fetched from storage at a time when a file is downloaded (see
+/// the upload chunk in `incremental.rs` for why not more).
+const DOWNLOAD_CHUNK: u64 = flowstate_api::DEFAULT_WRITE_CHUNK as u64;
 
 /// Puts the bytes of `f` into the new file `target`, checking size and
 /// CRC-32C: hard-linked when the storage is a local filesystem on the same

@@ -41,6 +41,9 @@ pub enum Need {
     MaxStateSize,
     /// The storage supports shared files ([`StorageCapabilities::shared_state`]).
     SharedState,
+    /// The storage takes streams of any size (no
+    /// [`StorageCapabilities::max_state_size`]).
+    UnlimitedState,
     /// Streams of this many bytes or more are files, whatever their size:
     /// the inline threshold is below it and the state size is not limited.
     FilesFrom(u64),
@@ -59,6 +62,7 @@ impl Need {
             Need::DurableStorage => storage.durable,
             Need::VolatileStorage => !storage.durable,
             Need::MaxStateSize => storage.max_state_size.is_some(),
+            Need::UnlimitedState => storage.max_state_size.is_none(),
             Need::SharedState => storage.shared_state,
             Need::FilesFrom(bytes) => (storage.inline_threshold as u64) < bytes && storage.max_state_size.is_none(),
         }
@@ -86,6 +90,7 @@ impl fmt::Display for Need {
             Need::DurableStorage => f.write_str("durable storage"),
             Need::VolatileStorage => f.write_str("volatile storage"),
             Need::MaxStateSize => f.write_str("max_state_size"),
+            Need::UnlimitedState => f.write_str("streams of any size"),
             Need::SharedState => f.write_str("shared_state"),
             Need::FilesFrom(bytes) => write!(f, "streams of {bytes} bytes in files"),
         }

@@ -65,10 +65,20 @@ impl Ticker {
     }
 }
 
-/// While a W2-sized full snapshot (a canonical savepoint) and a checkpoint
-/// (incremental where the backend has them) run their async phases, and
-/// then while both are restored, a task ticking every millisecond on the
-/// same 2-worker runtime is never delayed by more than 20 ms.
+/// Runs `task` on the runtime while a [`Ticker`] measures it; returns
+/// its output and the worst delay.
+async fn measured<T: Send + 'static>(task: impl std::future::Future<Output = T> + Send + 'static) -> (T, Duration) {
+    let ticker = Ticker::start();
+    let out = tokio::spawn(task).await.unwrap();
+    (out, ticker.stop().await)
+}
+
+/// While the async phase of a W2-sized full snapshot (a canonical
+/// savepoint) runs, then that of a checkpoint (incremental where the
+/// backend has them), then a restore of each, a task ticking every
+/// millisecond on the same 2-worker runtime is never delayed by more than
+/// 20 ms. The phases and restores run as tasks of the runtime, as an
+/// engine runs them.
 pub async fn runtime_never_stalls_during_snapshot_and_restore<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = ctx.storage.storage(&crate::job_id("stall"));
     let builder = Arc::new(ctx.backend);
@@ -78,71 +88,49 @@ pub async fn runtime_never_stalls_during_snapshot_and_restore<F: BackendFactory>
         b.set_current_key(&k).unwrap();
         b.update(&v, value_of(k)).unwrap();
     }
-
-    // The async phases run as tasks of the runtime, as an engine runs them.
-    let ticker = Ticker::start();
-    let started = Instant::now();
-    let (sp_location, ck_location) = (
-        storage.init_savepoint(1, None).await.unwrap(),
-        storage.init_checkpoint(2).await.unwrap(),
-    );
-    let savepoint = b
-        .snapshot(1, Arc::clone(&sp_location), SnapshotOptions::savepoint())
-        .unwrap();
-    let checkpoint = b
-        .snapshot(2, Arc::clone(&ck_location), SnapshotOptions::checkpoint())
-        .unwrap();
-    let (savepoint, checkpoint) = (
-        tokio::spawn(savepoint.into_future()),
-        tokio::spawn(checkpoint.into_future()),
-    );
-    let (savepoint, checkpoint) = (savepoint.await.unwrap().unwrap(), checkpoint.await.unwrap().unwrap());
-    let snapshot_stall = ticker.stop().await;
-    let snapshot_time = started.elapsed();
-    let size = savepoint.handle.state_size();
-    assert!(
-        size >= KEYS * VALUE_BYTES as u64,
-        "the savepoint holds {size} bytes, fewer than its values"
-    );
+    let mut report = Vec::new();
     let mut pointers = Vec::new();
-    for (location, kind, result) in [
-        (sp_location, CheckpointKind::Savepoint, &savepoint),
-        (ck_location, CheckpointKind::Checkpoint, &checkpoint),
-    ] {
-        let metadata = CheckpointMetadata::new(location.checkpoint_id(), kind, 0).with_operator(OperatorState::new(
+    let mut handles = Vec::new();
+    for (id, options) in [(1, SnapshotOptions::savepoint()), (2, SnapshotOptions::checkpoint())] {
+        let location = match options.kind {
+            CheckpointKind::Savepoint => storage.init_savepoint(id, None).await.unwrap(),
+            CheckpointKind::Checkpoint => storage.init_checkpoint(id).await.unwrap(),
+        };
+        let pending = b.snapshot(id, Arc::clone(&location), options).unwrap();
+        let started = Instant::now();
+        let (result, stall) = measured(pending.into_future()).await;
+        let result = result.unwrap();
+        report.push((format!("{:?} {id}", options.kind), stall, started.elapsed()));
+        if id == 1 {
+            let size = result.handle.state_size();
+            assert!(
+                size >= KEYS * VALUE_BYTES as u64,
+                "the savepoint holds {size} bytes, fewer than its values"
+            );
+        }
+        let metadata = CheckpointMetadata::new(id, options.kind, 0).with_operator(OperatorState::new(
             OPERATOR,
             1,
             crate::MAX_PARALLELISM,
             vec![result.handle.clone()],
         ));
         pointers.push(location.write_metadata(&metadata).await.unwrap());
+        handles.push(result.handle);
     }
     b.notify_checkpoint_complete(2).unwrap();
     drop(b);
 
-    let mut restores = Vec::new();
-    for (pointer, handle) in pointers.into_iter().zip([savepoint.handle, checkpoint.handle]) {
-        restores.push((storage.resolve(&pointer).await.unwrap().reader, handle));
-    }
-    let ticker = Ticker::start();
-    let started = Instant::now();
-    let restores: Vec<_> = restores
-        .into_iter()
-        .map(|(reader, handle)| {
-            let builder = Arc::clone(&builder);
-            tokio::spawn(async move {
-                let handles = [handle];
-                builder.restore(full_config::<u64>(), &handles, reader).await
-            })
+    for (pointer, handle) in pointers.into_iter().zip(handles) {
+        let reader = storage.resolve(&pointer).await.unwrap().reader;
+        let builder2 = Arc::clone(&builder);
+        let started = Instant::now();
+        let (restored, stall) = measured(async move {
+            let handles = [handle];
+            builder2.restore(full_config::<u64>(), &handles, reader).await
         })
-        .collect();
-    let mut restored = Vec::new();
-    for r in restores {
-        restored.push(r.await.unwrap().unwrap());
-    }
-    let restore_stall = ticker.stop().await;
-    let restore_time = started.elapsed();
-    for mut r in restored {
+        .await;
+        report.push((format!("restore of {pointer}"), stall, started.elapsed()));
+        let mut r = restored.unwrap();
         let v = r.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
         for k in [0, KEYS / 2, KEYS - 1] {
             r.set_current_key(&k).unwrap();
@@ -150,16 +138,13 @@ pub async fn runtime_never_stalls_during_snapshot_and_restore<F: BackendFactory>
         }
         assert_eq!(r.entry_count(&v).unwrap(), KEYS);
     }
-    eprintln!(
-        "{}: worst stall {snapshot_stall:?} during the snapshots ({snapshot_time:?}), {restore_stall:?} during the restores ({restore_time:?})",
-        builder.name()
-    );
-    assert!(
-        snapshot_stall <= MAX_STALL,
-        "a task of the runtime stalled {snapshot_stall:?} during the snapshots"
-    );
-    assert!(
-        restore_stall <= MAX_STALL,
-        "a task of the runtime stalled {restore_stall:?} during the restores"
-    );
+    for (what, stall, took) in &report {
+        eprintln!("{}: worst stall {stall:?} during the {what} ({took:?})", builder.name());
+    }
+    for (what, stall, _) in report {
+        assert!(
+            stall <= MAX_STALL,
+            "a task of the runtime stalled {stall:?} during the {what}"
+        );
+    }
 }

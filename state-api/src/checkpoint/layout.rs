@@ -535,8 +535,31 @@ struct BlobOutputStream {
 }
 
 impl BlobOutputStream {
-    /// Sends the buffer to the object, creating it first if needed.
+    /// The stream's size once `more` bytes are appended; `LimitExceeded`
+    /// above the storage's maximum state size.
+    fn check_size(&self, more: usize) -> Result<u64> {
+        let size = self.pos + more as u64;
+        if let Some(max) = self.max_state_size.filter(|m| size > *m) {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "{}: state of at least {size} bytes exceeds the {max} bytes this storage allows; use a \
+                     storage without that limit (filesystem, object store) or raise its maximum state size",
+                    self.pointer
+                ),
+            ));
+        }
+        Ok(size)
+    }
+
+    /// Sends the buffer to the object.
     async fn spill(&mut self) -> Result<()> {
+        let data = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk)));
+        self.send(data).await
+    }
+
+    /// Sends `data` to the object, creating it first if needed.
+    async fn send(&mut self, data: Bytes) -> Result<()> {
         if self.open.is_none() {
             let name = unique_file_name();
             let path = match &self.dir {
@@ -548,7 +571,6 @@ impl BlobOutputStream {
             self.open = Some((path, writer));
         }
         if let Some((_, writer)) = &mut self.open {
-            let data = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk)));
             writer.write(data).await?;
         }
         Ok(())
@@ -566,17 +588,7 @@ impl BlobOutputStream {
 #[async_trait]
 impl CheckpointOutputStream for BlobOutputStream {
     async fn write(&mut self, data: &[u8]) -> Result<()> {
-        let size = self.pos + data.len() as u64;
-        if let Some(max) = self.max_state_size.filter(|m| size > *m) {
-            return Err(Error::new(
-                ErrorKind::LimitExceeded,
-                format!(
-                    "{}: state of at least {size} bytes exceeds the {max} bytes this storage allows; use a \
-                     storage without that limit (filesystem, object store) or raise its maximum state size",
-                    self.pointer
-                ),
-            ));
-        }
+        let size = self.check_size(data.len())?;
         self.buf.extend_from_slice(data);
         self.pos = size;
         let limit = if self.open.is_some() {
@@ -594,6 +606,21 @@ impl CheckpointOutputStream for BlobOutputStream {
 
     fn position(&self) -> u64 {
         self.pos
+    }
+
+    async fn write_bytes(&mut self, data: Bytes) -> Result<()> {
+        // Buffered bytes go first, and a stream that may still be inlined
+        // stays in memory: only then is `data` copied.
+        let size = self.pos + data.len() as u64;
+        if !self.buf.is_empty() || data.len() < self.chunk || size <= self.inline_threshold as u64 {
+            return self.write(&data).await;
+        }
+        self.check_size(data.len())?;
+        self.pos = size;
+        if let Err(e) = self.send(data).await {
+            return Err(self.fail(e).await);
+        }
+        Ok(())
     }
 
     async fn close(mut self: Box<Self>) -> Result<StreamStateHandle> {

@@ -61,6 +61,13 @@ impl StorageCapabilities {
 pub trait CheckpointOutputStream: Send {
     /// Appends `data`.
     async fn write(&mut self, data: &[u8]) -> Result<()>;
+    /// Appends `data`, which the stream may keep instead of copying: large
+    /// buffers (a file chunk, a key-group frame) pass to the store without a
+    /// copy on the calling task. The default copies through
+    /// [`write`](CheckpointOutputStream::write).
+    async fn write_bytes(&mut self, data: Bytes) -> Result<()> {
+        self.write(&data).await
+    }
     /// Bytes written so far.
     fn position(&self) -> u64;
     /// Completes the stream: nothing written gives

@@ -362,7 +362,7 @@ pub async fn write_canonical_snapshot<S: KeyGroupSource + 'static>(
             stream.write(&header.encode()).await?;
             while let Some(frame) = rx.next().await {
                 offsets.push(stream.position());
-                stream.write(&frame).await?;
+                stream.write_bytes(frame.into()).await?;
             }
             Ok::<(), Error>(())
         }
