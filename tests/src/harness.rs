@@ -41,6 +41,10 @@ pub enum Need {
     MaxStateSize,
     /// The storage supports shared files ([`StorageCapabilities::shared_state`]).
     SharedState,
+    /// Runs on one storage only, the first registered: for contracts whose
+    /// subject does not depend on the storage (decoding bytes handed to a
+    /// restore in memory), so they run once per backend.
+    OneStorage,
     /// The storage takes streams of any size (no
     /// [`StorageCapabilities::max_state_size`]).
     UnlimitedState,
@@ -63,6 +67,8 @@ impl Need {
             Need::VolatileStorage => !storage.durable,
             Need::MaxStateSize => storage.max_state_size.is_some(),
             Need::UnlimitedState => storage.max_state_size.is_none(),
+            // Decided by the harness, which knows the storages' order.
+            Need::OneStorage => true,
             Need::SharedState => storage.shared_state,
             Need::FilesFrom(bytes) => (storage.inline_threshold as u64) < bytes && storage.max_state_size.is_none(),
         }
@@ -91,6 +97,7 @@ impl fmt::Display for Need {
             Need::VolatileStorage => f.write_str("volatile storage"),
             Need::MaxStateSize => f.write_str("max_state_size"),
             Need::UnlimitedState => f.write_str("streams of any size"),
+            Need::OneStorage => f.write_str("one storage only"),
             Need::SharedState => f.write_str("shared_state"),
             Need::FilesFrom(bytes) => write!(f, "streams of {bytes} bytes in files"),
         }
@@ -182,7 +189,9 @@ struct StorageEntry {
 /// A registered backend, of any factory type.
 trait BackendEntry {
     fn name(&self) -> &str;
-    fn plan(&self, storage: &StorageEntry, out: &mut Vec<Planned>);
+    /// Plans every backend contract on `storage`; `first` says whether it
+    /// is the first storage registered.
+    fn plan(&self, storage: &StorageEntry, first: bool, out: &mut Vec<Planned>);
 }
 
 struct Registered<F> {
@@ -196,13 +205,17 @@ impl<F: BackendFactory> BackendEntry for Registered<F> {
         &self.name
     }
 
-    fn plan(&self, storage: &StorageEntry, out: &mut Vec<Planned>) {
+    fn plan(&self, storage: &StorageEntry, first: bool, out: &mut Vec<Planned>) {
         for contract in crate::backend_contracts::<F>() {
-            let skip = unmet(
-                contract.needs,
-                Some((&self.name, &self.capabilities)),
-                (&storage.name, &storage.capabilities),
-            );
+            let skip = if !first && contract.needs.contains(&Need::OneStorage) {
+                Some("runs on the first storage only: the storage does not change what it checks".to_string())
+            } else {
+                unmet(
+                    contract.needs,
+                    Some((&self.name, &self.capabilities)),
+                    (&storage.name, &storage.capabilities),
+                )
+            };
             let (make, make_storage, run) = (Arc::clone(&self.make), Arc::clone(&storage.make), contract.run);
             out.push(Planned {
                 contract: format!("{}/{}", contract.group, contract.name),
@@ -342,8 +355,8 @@ impl Suite {
     pub fn trials(&self) -> Vec<Trial> {
         let mut planned = Vec::new();
         for backend in &self.backends {
-            for storage in &self.storages {
-                backend.plan(storage, &mut planned);
+            for (i, storage) in self.storages.iter().enumerate() {
+                backend.plan(storage, i == 0, &mut planned);
             }
         }
         for storage in &self.storages {

@@ -256,7 +256,7 @@ contracts! {
         }
         ttl [Need::TtlIncrementalCleanup] { incremental_cleanup_removes_expired_as_it_goes }
         ttl [Need::TtlCompactionFilter] { compaction_filter_drops_expired_entries }
-        corruption [] {
+        corruption [Need::OneStorage] {
             every_byte_flip_of_a_snapshot_is_refused, every_truncation_of_a_snapshot_is_refused,
             every_byte_flip_of_metadata_is_refused, hostile_lengths_do_not_allocate,
         }
