@@ -1,11 +1,11 @@
 //! The conformance suite on every backend configuration (heap; RocksDB with
 //! incremental checkpoints, with full checkpoints, and with local recovery)
-//! and every storage (memory, filesystem). What runs where is decided by
+//! and every storage (memory, filesystem, an object store in memory). What runs where is decided by
 //! their capabilities; every contract must run on at least one of them.
 
 mod common;
 
-use common::{FsStorageFactory, RocksDbFactory};
+use common::{FsStorageFactory, ObjectStorageFactory, RocksDbFactory};
 use flowstate_conformance::{MemoryStorageFactory, Suite};
 use flowstate_heap::HeapBackendBuilder;
 
@@ -13,6 +13,7 @@ fn main() {
     Suite::new()
         .storage(MemoryStorageFactory::new)
         .storage(FsStorageFactory::new)
+        .storage(ObjectStorageFactory::in_memory)
         .backend(|| HeapBackendBuilder)
         .backend(RocksDbFactory::new)
         .backend(RocksDbFactory::full)

@@ -40,6 +40,42 @@ impl StorageFactory for FsStorageFactory {
     }
 }
 
+/// Object-store storage over `object_store`'s in-memory store, shared by
+/// every job: `memory://bucket/checkpoints/<job>`, savepoints under
+/// `memory://bucket/savepoints`.
+pub struct ObjectStorageFactory {
+    store: Arc<dyn flowstate_object::object_store::ObjectStore>,
+}
+
+impl ObjectStorageFactory {
+    /// A factory over a fresh in-memory object store.
+    pub fn in_memory() -> Self {
+        ObjectStorageFactory {
+            store: Arc::new(flowstate_object::object_store::memory::InMemory::new()),
+        }
+    }
+}
+
+impl StorageFactory for ObjectStorageFactory {
+    fn name(&self) -> &str {
+        "object-memory"
+    }
+
+    fn storage(&self, job_id: &str) -> Arc<dyn CheckpointStorage> {
+        let store = flowstate_object::ObjectBlobStore::new(
+            Arc::clone(&self.store),
+            "memory://bucket",
+            &format!("checkpoints/{job_id}"),
+        )
+        .unwrap();
+        Arc::new(
+            flowstate_api::BlobCheckpointStorage::new(Arc::new(store), job_id)
+                .unwrap()
+                .with_savepoint_dir("memory://bucket/savepoints".to_string()),
+        )
+    }
+}
+
 /// The RocksDB backend's builder, its backends working under a temporary
 /// directory of its own (removed with it).
 pub struct RocksDbFactory {
