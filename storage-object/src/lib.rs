@@ -1,5 +1,5 @@
 //! Object-store checkpoint storage for flowstate: the checkpoint layout of
-//! [`BlobCheckpointStorage`] over [`ObjectBlobStore`], an adapter of the
+//! [`BlobCheckpointStorage`](flowstate_api::BlobCheckpointStorage) over [`ObjectBlobStore`], an adapter of the
 //! [`BlobStore`] contract to any [`ObjectStore`] (S3, GCS, Azure Blob, a
 //! local directory, memory). `object_store` is re-exported so an engine
 //! shares one version with us.
