@@ -4,10 +4,8 @@
 
 use std::sync::Arc;
 
-use flowstate_api::format::canonical::{CanonicalSnapshot, Record};
-use flowstate_api::{
-    Error, KeyGroupRange, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, Result, StateId, StateReader,
-};
+use flowstate_api::format::canonical::{restore_key_groups, CanonicalSnapshot, Record};
+use flowstate_api::{Error, KeyGroupRange, KeyedBackendConfig, KeyedStateHandle, Result, StateId, StateReader};
 
 use crate::table::{compose, packed, CompositeKey, Inline, Table};
 use crate::HeapBackend;
@@ -46,28 +44,9 @@ impl<K> HeapBackend<K> {
         if h.stream == flowstate_api::StreamStateHandle::Empty || overlap.is_empty() {
             return Ok(self);
         }
-        let name = h.describe();
-        let mut known: Option<Vec<StateId>> = None;
-        let mut this = self;
         // Only the header and the frames of the key groups this backend
         // owns are read, a bounded batch of them at a time.
-        for part in h.key_group_batches(range, flowstate_api::RESTORE_BATCH_BYTES)? {
-            let (snapshot, _) = CanonicalSnapshot::read(reader, h, part, &name)
-                .await
-                .map_err(|e| e.context(format!("restoring key groups {}", h.range)))?;
-            let (name, ids) = (name.clone(), known.clone());
-            let (back, ids) = flowstate_api::run_blocking(move || {
-                let ids = match ids {
-                    Some(ids) => ids,
-                    None => this.restore_header(snapshot.header(), &name)?,
-                };
-                this.insert_key_groups(&snapshot, part, &ids, &name)?;
-                Ok((this, ids))
-            })
-            .await?;
-            this = back;
-            known = Some(ids);
-        }
+        let (this, _) = restore_key_groups(self, h, reader, Self::insert_key_groups).await?;
         Ok(this)
     }
 

@@ -18,7 +18,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use flowstate_api::format::canonical::{check_compatible, CanonicalSnapshot, Record, SnapshotHeader};
+use flowstate_api::format::canonical::{
+    check_compatible, restore_key_groups, CanonicalSnapshot, Record, SnapshotHeader,
+};
 use flowstate_api::{
     Error, ErrorKind, HandleFile, IncrementalStateHandle, KeyGroupRange, KeyGroupsStateHandle, KeyedBackendConfig,
     KeyedStateHandle, RestoreMode, Result, SharedClock, StateMeta, StateReader, StorageKind,
@@ -260,37 +262,17 @@ impl<K: 'static> RocksDbBackend<K> {
         reader: &dyn StateReader,
         stats: &mut RestoreStats,
     ) -> Result<Self> {
-        let range = self.config().key_group_range;
-        let name = h.describe();
-        let mut known: Option<Vec<u32>> = None;
-        let mut this = self;
         stats.handles_from_storage += 1;
         // Only the header and the frames of the key groups this backend
         // owns are read, a bounded batch of them at a time.
-        for part in h.key_group_batches(range, flowstate_api::RESTORE_BATCH_BYTES)? {
-            let (snapshot, read) = CanonicalSnapshot::read(reader, h, part, &name)
-                .await
-                .map_err(|e| e.context(format!("restoring key groups {}", h.range)))?;
-            stats.downloaded_bytes += read;
-            let (name, ids) = (name.clone(), known.clone());
-            let (back, ids) = blocking(move || {
-                let ids = match ids {
-                    Some(ids) => ids,
-                    None => flowstate_api::KeyedStateBackend::restore_header(&mut this, snapshot.header(), &name)?,
-                };
-                this.insert_key_groups(&snapshot, part, &ids, &name)?;
-                Ok((this, ids))
-            })
-            .await?;
-            this = back;
-            known = Some(ids);
-        }
+        let (this, read) = restore_key_groups(self, h, reader, Self::insert_key_groups).await?;
+        stats.downloaded_bytes += read;
         Ok(this)
     }
 
     /// Writes the key groups `part` of `snapshot` (states mapped by `ids`).
     fn insert_key_groups(
-        &self,
+        &mut self,
         snapshot: &CanonicalSnapshot,
         part: KeyGroupRange,
         ids: &[u32],

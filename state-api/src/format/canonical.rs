@@ -395,6 +395,50 @@ pub async fn write_canonical_snapshot<S: KeyGroupSource + 'static>(
     })
 }
 
+/// Inserts one batch of key groups of a canonical snapshot into a backend:
+/// the backend, the snapshot, the key groups of the batch, the backend's
+/// id of each state of the snapshot (in header order), and the snapshot's
+/// name for errors.
+pub type InsertKeyGroups<B> = fn(&mut B, &CanonicalSnapshot, KeyGroupRange, &[crate::StateId], &str) -> Result<()>;
+
+/// Restores the key groups of `backend`'s range held by the canonical
+/// snapshot `handle`: reads its header and owned frames a bounded batch
+/// ([`RESTORE_BATCH_BYTES`](crate::RESTORE_BATCH_BYTES)) at a time on the
+/// calling task, and checks the header
+/// ([`restore_header`](crate::KeyedStateBackend::restore_header)) and runs
+/// `insert` for each batch on a blocking thread. Returns the backend and
+/// the bytes read.
+pub async fn restore_key_groups<B: crate::KeyedStateBackend + Send + 'static>(
+    backend: B,
+    handle: &KeyGroupsStateHandle,
+    reader: &dyn StateReader,
+    insert: InsertKeyGroups<B>,
+) -> Result<(B, u64)> {
+    let range = backend.core().key_group_range();
+    let name = handle.describe();
+    let mut known: Option<Vec<crate::StateId>> = None;
+    let (mut this, mut bytes) = (backend, 0);
+    for part in handle.key_group_batches(range, crate::RESTORE_BATCH_BYTES)? {
+        let (snapshot, read) = CanonicalSnapshot::read(reader, handle, part, &name)
+            .await
+            .map_err(|e| e.context(format!("restoring key groups {}", handle.range)))?;
+        bytes += read;
+        let (name, ids) = (name.clone(), known.clone());
+        let (back, ids) = crate::run_blocking(move || {
+            let ids = match ids {
+                Some(ids) => ids,
+                None => this.restore_header(snapshot.header(), &name)?,
+            };
+            insert(&mut this, &snapshot, part, &ids, &name)?;
+            Ok((this, ids))
+        })
+        .await?;
+        this = back;
+        known = Some(ids);
+    }
+    Ok((this, bytes))
+}
+
 /// One record of a key group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record<'a> {
