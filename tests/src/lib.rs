@@ -276,7 +276,9 @@ contracts! {
             invalid_state_names_are_refused_at_registration, hostile_state_name_in_snapshot_is_refused,
             async_phase_and_restore_run_on_any_executor,
         }
-        runtime [Need::UnlimitedState] { runtime_never_stalls_during_snapshot_and_restore }
+        // Measures our code on the runtime, not a store's: `object_store`'s in-memory
+        // store copies on the calling task by design. Once, on the first storage (fs).
+        runtime [Need::OneStorage, Need::UnlimitedState] { runtime_never_stalls_during_snapshot_and_restore }
         incremental [Need::IncrementalCheckpoints] { incremental_checkpoints_upload_only_new_files }
         incremental [Need::IncrementalCheckpoints, Need::SharedState] {
             shared_files_are_deleted_when_no_retained_checkpoint_uses_them,

@@ -11,8 +11,8 @@ use flowstate_heap::HeapBackendBuilder;
 
 fn main() {
     Suite::new()
-        .storage(MemoryStorageFactory::new)
         .storage(FsStorageFactory::new)
+        .storage(MemoryStorageFactory::new)
         .storage(ObjectStorageFactory::in_memory)
         .backend(|| HeapBackendBuilder)
         .backend(RocksDbFactory::new)
