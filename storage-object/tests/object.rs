@@ -9,6 +9,7 @@ use flowstate_api::{BlobPath, BlobStore, ErrorKind};
 use flowstate_object::object_store::memory::InMemory;
 use flowstate_object::object_store::{ObjectStore, ObjectStoreExt};
 use flowstate_object::ObjectBlobStore;
+use futures::TryStreamExt;
 
 fn store() -> (Arc<dyn ObjectStore>, ObjectBlobStore) {
     let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
@@ -92,4 +93,173 @@ async fn open_stays_in_the_same_store() {
     for bad in ["s3://other/x", "memory://bucketx/y", "/tmp/x", "memory://bucket/../x"] {
         assert!(blob.open(bad).is_err(), "{bad}");
     }
+}
+
+/// Every scheme builds, and its root is the URL pointers name.
+#[tokio::test]
+async fn urls_build_every_scheme() {
+    use flowstate_object::ObjectStoreBuilder;
+    let dir = tempfile::tempdir().unwrap();
+    let file_url = format!("file://{}/ckpt", dir.path().display());
+    let cases = [
+        (ObjectStoreBuilder::new("s3://bucket/a/b").with_option("region", "eu-west-1"), "s3://bucket/a/b"),
+        (ObjectStoreBuilder::new("s3a://bucket").with_option("aws_region", "eu-west-1"), "s3a://bucket"),
+        (ObjectStoreBuilder::new("gs://bucket/a"), "gs://bucket/a"),
+        (ObjectStoreBuilder::new("az://container/a").with_option("account_name", "acct"), "az://container/a"),
+        (ObjectStoreBuilder::new(file_url.as_str()), file_url.as_str()),
+        (ObjectStoreBuilder::new("memory://name/a/"), "memory://name/a"),
+    ];
+    for (builder, root) in cases {
+        let store = builder.without_env().build().unwrap();
+        assert_eq!(store.root(), root);
+    }
+    // A file URL is a real directory: what is written is a file there.
+    let store = ObjectStoreBuilder::new(file_url.as_str()).build().unwrap();
+    store.put_if_absent(&path("chk-1/_metadata"), Bytes::from_static(b"m")).await.unwrap();
+    assert_eq!(std::fs::read(dir.path().join("ckpt/chk-1/_metadata")).unwrap(), b"m");
+    let other = store.open(&format!("file://{}/savepoints", dir.path().display())).unwrap();
+    assert_eq!(other.root(), format!("file://{}/savepoints", dir.path().display()));
+}
+
+/// A misspelt or foreign option key is refused by name, never ignored; so
+/// are bad values and unknown schemes.
+#[test]
+fn unknown_options_are_refused_by_name() {
+    use flowstate_object::ObjectStoreBuilder;
+    let refused = |b: ObjectStoreBuilder, needle: &str| {
+        let e = b.without_env().build().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+        assert!(e.to_string().contains(needle), "{e} should name {needle}");
+    };
+    refused(ObjectStoreBuilder::new("s3://b/x").with_option("regoin", "eu-west-1"), "regoin");
+    refused(ObjectStoreBuilder::new("gs://b/x").with_option("aws_region", "eu-west-1"), "aws_region");
+    refused(ObjectStoreBuilder::new("az://c/x").with_option("bucket_nmae", "x"), "bucket_nmae");
+    refused(ObjectStoreBuilder::new("memory://b").with_option("region", "x"), "region");
+    refused(ObjectStoreBuilder::new("s3://b/x").with_option("max_retries", "many"), "max_retries");
+    refused(ObjectStoreBuilder::new("s3://b/x").with_option("retry_timeout", "1 fortnight"), "retry_timeout");
+    refused(ObjectStoreBuilder::new("s3://b/x").with_option("part_size", "1024"), "5 MiB");
+    refused(ObjectStoreBuilder::new("ftp://b/x"), "ftp");
+    refused(ObjectStoreBuilder::new("not a url"), "not a url");
+    refused(ObjectStoreBuilder::new("memory://b/x").with_entropy(2), "_entropy_");
+    refused(ObjectStoreBuilder::new("memory://b/_entropy_/x").with_entropy(9), "entropy length");
+}
+
+/// Secrets given as options appear neither in `Debug` output nor in the
+/// errors of a store that cannot be reached.
+#[tokio::test]
+async fn credentials_never_appear_in_debug_output_or_errors() {
+    use flowstate_api::{BlobCheckpointStorage, CheckpointKind, CheckpointMetadata, CheckpointStorage};
+    use flowstate_object::ObjectStoreBuilder;
+    const KEY: &str = "AKIAFLOWSTATEKEYID42";
+    const SECRET: &str = "flowstate-secret-7c1d9e0b55aa";
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let builder = ObjectStoreBuilder::new("s3://bucket/ckpt/job")
+        .without_env()
+        .with_option("endpoint", format!("http://127.0.0.1:{port}"))
+        .with_option("allow_http", "true")
+        .with_option("region", "us-east-1")
+        .with_option("access_key_id", KEY)
+        .with_option("secret_access_key", SECRET)
+        .with_option("max_retries", "1")
+        .with_option("retry_timeout", "2s");
+    let debug = format!("{builder:?}");
+    assert!(!debug.contains(SECRET) && !debug.contains(KEY), "{debug}");
+    let store = builder.build().unwrap();
+    let debug = format!("{store:?}");
+    assert!(!debug.contains(SECRET) && !debug.contains(KEY), "{debug}");
+    let storage = BlobCheckpointStorage::new(Arc::new(store), "job").unwrap();
+    let e = match storage.init_checkpoint(1).await {
+        Err(e) => e,
+        Ok(location) => location
+            .write_metadata(&CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 0))
+            .await
+            .unwrap_err(),
+    };
+    let e2 = storage.latest_checkpoint().await.unwrap_err();
+    for text in [e.to_string(), format!("{e:?}"), e2.to_string(), format!("{e2:?}")] {
+        assert!(text.contains("chk-1") || text.contains("listing"), "errors name what failed: {text}");
+        assert!(!text.contains(SECRET) && !text.contains(KEY), "{text}");
+    }
+}
+
+/// With entropy, checkpoint data files spread over hex prefixes and
+/// `_metadata` stays at the plain path; everything lists, resolves, reads
+/// and deletes through the plain root; savepoint files get no entropy.
+#[tokio::test]
+async fn entropy_spreads_data_files_and_keeps_metadata_plain() {
+    use flowstate_api::{BlobCheckpointStorage, CheckpointKind, CheckpointMetadata, CheckpointStorage, StateScope};
+    let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let blob = ObjectBlobStore::new(Arc::clone(&inner), "memory://bucket", "ckpt/_entropy_/job")
+        .unwrap()
+        .with_entropy(2)
+        .unwrap();
+    assert_eq!(blob.root(), "memory://bucket/ckpt/job");
+    let storage = BlobCheckpointStorage::new(Arc::new(blob), "job")
+        .unwrap()
+        .with_inline_threshold(0)
+        .unwrap()
+        .with_savepoint_dir("memory://bucket/ckpt/savepoints");
+    let location = storage.init_checkpoint(1).await.unwrap();
+    let mut handles = Vec::new();
+    for (i, scope) in [StateScope::Shared, StateScope::Exclusive, StateScope::TaskOwned, StateScope::Shared]
+        .into_iter()
+        .enumerate()
+    {
+        let mut s = location.create_output_stream(scope).await.unwrap();
+        s.write(&vec![i as u8; 100 + i]).await.unwrap();
+        handles.push(s.close().await.unwrap());
+    }
+    let pointer = location
+        .write_metadata(&CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 0))
+        .await
+        .unwrap();
+    assert_eq!(pointer, "memory://bucket/ckpt/job/chk-1");
+    let keys: Vec<String> = inner
+        .list(None)
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(keys.contains(&"ckpt/job/chk-1/_metadata".to_string()), "{keys:?}");
+    let data: Vec<&String> = keys.iter().filter(|k| !k.ends_with("_metadata")).collect();
+    assert_eq!(data.len(), 4, "{keys:?}");
+    for k in &data {
+        let parts: Vec<&str> = k.split('/').collect();
+        assert_eq!(parts[0], "ckpt");
+        assert!(parts[1].len() == 2 && parts[1].bytes().all(|b| b.is_ascii_hexdigit()), "{k}");
+        assert_eq!(parts[2], "job", "{k}");
+    }
+    let latest = storage.latest_checkpoint().await.unwrap().unwrap();
+    assert_eq!(latest.metadata.checkpoint_id, 1);
+    for (i, h) in handles.iter().enumerate() {
+        assert_eq!(latest.reader.read(h).await.unwrap().as_ref(), &vec![i as u8; 100 + i][..]);
+    }
+    // Listing through the store sees the data files under their plain paths.
+    let store = storage.store();
+    let listed = store.list(None).await.unwrap();
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    assert!(listed.iter().any(|m| m.path.as_str().starts_with("shared/")));
+    let level = store.list_level(None).await.unwrap();
+    let dirs: Vec<&str> = level.dirs.iter().map(|d| d.as_str()).collect();
+    assert_eq!(dirs, ["chk-1", "shared", "taskowned"]);
+    let paths: Vec<BlobPath> = listed.iter().map(|m| m.path.clone()).collect();
+    store.delete(&paths).await.unwrap();
+    assert_eq!(inner.list(None).try_collect::<Vec<_>>().await.unwrap().len(), 0);
+    // A savepoint is one directory: no entropy in its keys.
+    let sp = storage.init_savepoint(2, None).await.unwrap();
+    let mut s = sp.create_output_stream(StateScope::Shared).await.unwrap();
+    s.write(&[1; 10]).await.unwrap();
+    s.close().await.unwrap();
+    sp.write_metadata(&CheckpointMetadata::new(2, CheckpointKind::Savepoint, 0))
+        .await
+        .unwrap();
+    let keys: Vec<String> = inner
+        .list(None)
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().all(|k| k.starts_with("ckpt/savepoints/savepoint-job-2-")), "{keys:?}");
 }

@@ -40,38 +40,137 @@ impl StorageFactory for FsStorageFactory {
     }
 }
 
-/// Object-store storage over `object_store`'s in-memory store, shared by
-/// every job: `memory://bucket/checkpoints/<job>`, savepoints under
-/// `memory://bucket/savepoints`.
+/// Object-store storage: every job under `<base>/<run>/checkpoints/<job>`
+/// (with an `_entropy_` segment when entropy is on), savepoints under
+/// `<base>/<run>/savepoints`, where `<run>` is unique to the factory so
+/// processes sharing one bucket never meet.
 pub struct ObjectStorageFactory {
+    name: &'static str,
     store: Arc<dyn flowstate_object::object_store::ObjectStore>,
+    base: String,
+    run: String,
+    entropy: Option<usize>,
+}
+
+/// The S3-compatible server the object-store tests use, from the
+/// environment `scripts/s3-server.sh` sets.
+pub struct S3Server {
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+    /// The bucket.
+    pub bucket: String,
+    /// Access key id.
+    pub key: String,
+    /// Secret access key.
+    pub secret: String,
+}
+
+impl S3Server {
+    /// The server of the environment, if one is set. Under CI a missing
+    /// server is an error: the object-store tests must not silently skip.
+    pub fn from_env() -> Option<S3Server> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        match var("FLOWSTATE_S3_ENDPOINT") {
+            Some(endpoint) => Some(S3Server {
+                endpoint,
+                bucket: var("FLOWSTATE_S3_BUCKET").unwrap_or_else(|| "flowstate".into()),
+                key: var("FLOWSTATE_S3_ACCESS_KEY_ID").unwrap_or_default(),
+                secret: var("FLOWSTATE_S3_SECRET_ACCESS_KEY").unwrap_or_default(),
+            }),
+            None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("CI runs the object-store tests against a real server: run them through scripts/test.sh")
+            }
+            None => None,
+        }
+    }
+
+    /// A builder for `s3://<bucket>/<prefix>` on this server.
+    pub fn builder(&self, prefix: &str) -> flowstate_object::ObjectStoreBuilder {
+        self.builder_at(&self.endpoint, prefix)
+    }
+
+    /// A builder for `s3://<bucket>/<prefix>` at `endpoint` (a proxy in front of the server).
+    pub fn builder_at(&self, endpoint: &str, prefix: &str) -> flowstate_object::ObjectStoreBuilder {
+        flowstate_object::ObjectStoreBuilder::new(format!("s3://{}/{prefix}", self.bucket))
+            .without_env()
+            .with_option("endpoint", endpoint)
+            .with_option("access_key_id", &self.key)
+            .with_option("secret_access_key", &self.secret)
+            .with_option("region", "us-east-1")
+            .with_option("allow_http", "true")
+    }
+}
+
+/// A name no other process or factory uses.
+pub fn unique_run() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("run-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 impl ObjectStorageFactory {
-    /// A factory over a fresh in-memory object store.
+    /// A factory over a fresh in-memory object store: `object-memory`.
     pub fn in_memory() -> Self {
         ObjectStorageFactory {
+            name: "object-memory",
             store: Arc::new(flowstate_object::object_store::memory::InMemory::new()),
+            base: "memory://bucket".into(),
+            run: unique_run(),
+            entropy: None,
+        }
+    }
+
+    /// In memory, with one hex digit of entropy in data-file keys: `object-entropy`.
+    pub fn in_memory_with_entropy() -> Self {
+        ObjectStorageFactory {
+            name: "object-entropy",
+            entropy: Some(1),
+            ..Self::in_memory()
+        }
+    }
+
+    /// On the S3-compatible server of the environment: `s3`.
+    pub fn s3() -> Self {
+        let server = S3Server::from_env().expect("FLOWSTATE_S3_ENDPOINT is set when the s3 storage is registered");
+        let store = server.builder("").with_option("max_retries", "3").build().unwrap();
+        ObjectStorageFactory {
+            name: "s3",
+            store: Arc::clone(store.store()),
+            base: format!("s3://{}", server.bucket),
+            run: unique_run(),
+            entropy: None,
         }
     }
 }
 
 impl StorageFactory for ObjectStorageFactory {
     fn name(&self) -> &str {
-        "object-memory"
+        self.name
     }
 
     fn storage(&self, job_id: &str) -> Arc<dyn CheckpointStorage> {
-        let store = flowstate_object::ObjectBlobStore::new(
-            Arc::clone(&self.store),
-            "memory://bucket",
-            &format!("checkpoints/{job_id}"),
-        )
-        .unwrap();
+        let run = &self.run;
+        let store = match self.entropy {
+            Some(length) => flowstate_object::ObjectBlobStore::new(
+                Arc::clone(&self.store),
+                &self.base,
+                &format!("{run}/_entropy_/checkpoints/{job_id}"),
+            )
+            .unwrap()
+            .with_entropy(length)
+            .unwrap(),
+            None => {
+                flowstate_object::ObjectBlobStore::new(Arc::clone(&self.store), &self.base, &format!("{run}/checkpoints/{job_id}"))
+                    .unwrap()
+            }
+        };
         Arc::new(
             flowstate_api::BlobCheckpointStorage::new(Arc::new(store), job_id)
                 .unwrap()
-                .with_savepoint_dir("memory://bucket/savepoints".to_string()),
+                .with_savepoint_dir(format!("{}/{run}/savepoints", self.base)),
         )
     }
 }
