@@ -31,3 +31,8 @@ done
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
+
+# The S3-compatible server the object-store tests run against (cached outside the clone).
+# shellcheck source=scripts/s3-server.sh
+source "$(dirname "$0")/s3-server.sh"
+s3_server_install
