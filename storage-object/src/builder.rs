@@ -8,11 +8,13 @@ use std::time::Duration;
 use flowstate_api::{Error, Result};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::client::SpawnedReqwestConnector;
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::limit::LimitStore;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::{ObjectStore, RetryConfig};
+use tokio::runtime::Handle;
 
 use crate::entropy::ENTROPY_MARKER;
 use crate::store::ObjectBlobStore;
@@ -70,6 +72,7 @@ pub struct ObjectStoreBuilder {
     parts: Option<(usize, usize)>,
     max_requests: Option<usize>,
     from_env: bool,
+    io: Option<Handle>,
 }
 
 impl fmt::Debug for ObjectStoreBuilder {
@@ -96,6 +99,7 @@ impl ObjectStoreBuilder {
             parts: None,
             max_requests: None,
             from_env: true,
+            io: None,
         }
     }
 
@@ -140,6 +144,15 @@ impl ObjectStoreBuilder {
         self
     }
 
+    /// With the HTTP requests of cloud stores running on `runtime`. Without
+    /// it they run on the Tokio runtime the store is built on, or, built
+    /// outside one, on a small runtime of flowstate's own, so engines on any
+    /// executor can use the store.
+    pub fn with_io_runtime(mut self, runtime: Handle) -> Self {
+        self.io = Some(runtime);
+        self
+    }
+
     /// Without reading credentials or settings from the environment.
     pub fn without_env(mut self) -> Self {
         self.from_env = false;
@@ -148,7 +161,8 @@ impl ObjectStoreBuilder {
 
     /// The store.
     pub fn build(mut self) -> Result<ObjectBlobStore> {
-        let url = url::Url::parse(&self.url).map_err(|e| Error::invalid(format!("object store URL {:?}: {e}", self.url)))?;
+        let url =
+            url::Url::parse(&self.url).map_err(|e| Error::invalid(format!("object store URL {:?}: {e}", self.url)))?;
         let own: Vec<(String, String)> = {
             let (own, rest) = std::mem::take(&mut self.options)
                 .into_iter()
@@ -172,6 +186,9 @@ impl ObjectStoreBuilder {
                 }
                 .with_url(url.as_str())
                 .with_retry(self.retry.clone());
+                if let Some(io) = self.io_runtime() {
+                    b = b.with_http_connector(SpawnedReqwestConnector::new(io));
+                }
                 for (k, v) in &self.options {
                     b = b.with_config(key::<AmazonS3ConfigKey>(&scheme, k)?, v);
                 }
@@ -187,6 +204,9 @@ impl ObjectStoreBuilder {
                 }
                 .with_url(url.as_str())
                 .with_retry(self.retry.clone());
+                if let Some(io) = self.io_runtime() {
+                    b = b.with_http_connector(SpawnedReqwestConnector::new(io));
+                }
                 for (k, v) in &self.options {
                     b = b.with_config(key::<GoogleConfigKey>(&scheme, k)?, v);
                 }
@@ -202,6 +222,9 @@ impl ObjectStoreBuilder {
                 }
                 .with_url(url.as_str())
                 .with_retry(self.retry.clone());
+                if let Some(io) = self.io_runtime() {
+                    b = b.with_http_connector(SpawnedReqwestConnector::new(io));
+                }
                 for (k, v) in &self.options {
                     b = b.with_config(key::<AzureConfigKey>(&scheme, k)?, v);
                 }
@@ -227,12 +250,10 @@ impl ObjectStoreBuilder {
                 self.refuse_options("memory")?;
                 (Arc::new(InMemory::new()), format!("memory://{host}"), path)
             }
-            other => {
-                return Err(Error::invalid(format!(
-                    "object store URL {:?}: unknown scheme {other:?} (s3, s3a, gs, az, azure, abfs, abfss, file, memory)",
-                    self.url
-                )))
-            }
+            other => return Err(Error::invalid(format!(
+                "object store URL {:?}: unknown scheme {other:?} (s3, s3a, gs, az, azure, abfs, abfss, file, memory)",
+                self.url
+            ))),
         };
         let store: Arc<dyn ObjectStore> = match self.max_requests {
             Some(n) => Arc::new(LimitStore::new(store, n)),
@@ -251,12 +272,23 @@ impl ObjectStoreBuilder {
         Ok(blob)
     }
 
+    /// Where HTTP requests run, when not on the caller's runtime.
+    fn io_runtime(&self) -> Option<Handle> {
+        match (&self.io, Handle::try_current()) {
+            (Some(io), _) => Some(io.clone()),
+            (None, Ok(_)) => None,
+            (None, Err(_)) => io_runtime(),
+        }
+    }
+
     fn apply_own(&mut self, key: &str, value: &str) -> Result<()> {
         let bad = |what: &str| Error::invalid(format!("object store option {key}: {value:?} is not {what}"));
         let number = |what: &str| value.parse::<usize>().map_err(|_| bad(what));
         match key {
             "max_retries" => self.retry.max_retries = number("a number")?,
-            "retry_timeout" => self.retry.retry_timeout = parse_duration(value).ok_or_else(|| bad("a duration such as 30s"))?,
+            "retry_timeout" => {
+                self.retry.retry_timeout = parse_duration(value).ok_or_else(|| bad("a duration such as 30s"))?
+            }
             "entropy_length" => self.entropy = Some(number("a number")?),
             "part_size" => {
                 let concurrency = self.parts.map_or(crate::DEFAULT_PART_CONCURRENCY, |p| p.1);
@@ -313,6 +345,23 @@ fn parse_duration(s: &str) -> Option<Duration> {
         "m" | "min" => Some(Duration::from_secs(n.checked_mul(60)?)),
         _ => None,
     }
+}
+
+/// flowstate's own I/O runtime (two worker threads), started the first time
+/// a cloud store is built outside a Tokio runtime. `None` if it cannot start.
+fn io_runtime() -> Option<Handle> {
+    static IO: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    IO.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("flowstate-object-io")
+            .enable_all()
+            .build()
+            .map_err(|e| tracing::warn!(error = %e, "no I/O runtime for object stores"))
+            .ok()
+    })
+    .as_ref()
+    .map(|rt| rt.handle().clone())
 }
 
 /// HTTPS goes through rustls with `ring`: the process-wide provider is

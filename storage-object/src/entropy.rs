@@ -144,7 +144,10 @@ mod tests {
         assert_eq!(e.prefix(None).as_ref(), "a/b/c");
         assert!(Entropy::applies("shared/x") && Entropy::applies("chk-1/f"));
         assert!(!Entropy::applies("chk-1/_metadata") && !Entropy::applies("_metadata"));
-        assert!(!Entropy::applies("savepoint-file"), "a savepoint's files move with its directory");
+        assert!(
+            !Entropy::applies("savepoint-file"),
+            "a savepoint's files move with its directory"
+        );
         let other = e.for_prefix("a/x/y").unwrap();
         assert_eq!(other.prefix(Some("00")).as_ref(), "a/00/x/y");
         assert_eq!(e.for_prefix("b/x"), None);

@@ -38,7 +38,6 @@
 //! # Ok(()) }
 //! ```
 
-
 mod builder;
 mod entropy;
 mod store;

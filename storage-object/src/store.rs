@@ -124,7 +124,8 @@ impl ObjectBlobStore {
     /// The key of `path` without entropy (where data files were written
     /// before entropy was turned on), if that differs from [`Self::key`].
     fn plain_key(&self, path: &BlobPath) -> Option<Path> {
-        (self.entropy.is_some() && Entropy::applies(path.as_str())).then(|| join(&self.prefix, path.as_str().split('/')))
+        (self.entropy.is_some() && Entropy::applies(path.as_str()))
+            .then(|| join(&self.prefix, path.as_str().split('/')))
     }
 
     /// The blob path of `key` under `prefix`, if it is a valid path and,
@@ -197,6 +198,9 @@ fn root_of(base: &str, prefix: &str) -> String {
         (false, false) => format!("{base}/{prefix}"),
     }
 }
+
+/// Attempts of a create-if-absent whose outcome is unknown.
+const PUT_IF_ABSENT_ATTEMPTS: u32 = 5;
 
 /// Listings of this many trees run at once.
 const LIST_CONCURRENCY: usize = 16;
@@ -274,13 +278,11 @@ impl BlobWriter for ObjectWriter {
                 }
             }
             None => {
+                // Names of written objects are unique, so an overwrite is
+                // safe, and, being idempotent, retried when a response is lost.
                 let payload = PutPayload::from_iter(self.buf.drain(..));
-                let opts = PutOptions {
-                    mode: PutMode::Create,
-                    ..Default::default()
-                };
                 self.store
-                    .put_opts(&self.key, payload, opts)
+                    .put_opts(&self.key, payload, PutOptions::default())
                     .await
                     .map_err(|e| store_err(format!("writing {}", self.name), e))?;
             }
@@ -330,25 +332,35 @@ impl BlobStore for ObjectBlobStore {
     async fn put_if_absent(&self, path: &BlobPath, data: Bytes) -> Result<()> {
         let key = self.key(path);
         let name = format!("{}/{}", self.root, path.as_str());
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match self.store.put_opts(&key, data.clone().into(), opts).await {
-            Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                // A create retried after a lost response finds its own
-                // write: the same bytes are not a conflict.
-                let existing = match self.store.get(&key).await {
-                    Ok(r) => r.bytes().await,
-                    Err(e) => Err(e),
-                };
-                match existing {
-                    Ok(bytes) if bytes == data => Ok(()),
-                    _ => Err(Error::new(ErrorKind::Conflict, format!("{name} already exists"))),
-                }
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            let error = match self.store.put_opts(&key, data.clone().into(), opts).await {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            // A create whose response was lost may have happened: the
+            // store does not retry it blind, so read back. The same bytes
+            // are our own write (also when a retried create finds it);
+            // other bytes are a conflict; nothing there means it can be
+            // tried again.
+            let exists = matches!(error, object_store::Error::AlreadyExists { .. });
+            match self.store.get(&key).await {
+                Ok(r) => match r.bytes().await {
+                    Ok(bytes) if bytes == data => return Ok(()),
+                    Ok(_) => return Err(Error::new(ErrorKind::Conflict, format!("{name} already exists"))),
+                    Err(_) if attempt < PUT_IF_ABSENT_ATTEMPTS => {}
+                    Err(e) => return Err(store_err(format!("reading back {name}"), e)),
+                },
+                Err(object_store::Error::NotFound { .. }) if !exists && attempt < PUT_IF_ABSENT_ATTEMPTS => {}
+                Err(_) if attempt < PUT_IF_ABSENT_ATTEMPTS => {}
+                Err(_) => return Err(store_err(format!("writing {name}"), error)),
             }
-            Err(e) => Err(store_err(format!("writing {name}"), e)),
+            tokio::time::sleep(std::time::Duration::from_millis(50 << attempt.min(6))).await;
         }
     }
 

@@ -102,10 +102,19 @@ async fn urls_build_every_scheme() {
     let dir = tempfile::tempdir().unwrap();
     let file_url = format!("file://{}/ckpt", dir.path().display());
     let cases = [
-        (ObjectStoreBuilder::new("s3://bucket/a/b").with_option("region", "eu-west-1"), "s3://bucket/a/b"),
-        (ObjectStoreBuilder::new("s3a://bucket").with_option("aws_region", "eu-west-1"), "s3a://bucket"),
+        (
+            ObjectStoreBuilder::new("s3://bucket/a/b").with_option("region", "eu-west-1"),
+            "s3://bucket/a/b",
+        ),
+        (
+            ObjectStoreBuilder::new("s3a://bucket").with_option("aws_region", "eu-west-1"),
+            "s3a://bucket",
+        ),
         (ObjectStoreBuilder::new("gs://bucket/a"), "gs://bucket/a"),
-        (ObjectStoreBuilder::new("az://container/a").with_option("account_name", "acct"), "az://container/a"),
+        (
+            ObjectStoreBuilder::new("az://container/a").with_option("account_name", "acct"),
+            "az://container/a",
+        ),
         (ObjectStoreBuilder::new(file_url.as_str()), file_url.as_str()),
         (ObjectStoreBuilder::new("memory://name/a/"), "memory://name/a"),
     ];
@@ -115,9 +124,14 @@ async fn urls_build_every_scheme() {
     }
     // A file URL is a real directory: what is written is a file there.
     let store = ObjectStoreBuilder::new(file_url.as_str()).build().unwrap();
-    store.put_if_absent(&path("chk-1/_metadata"), Bytes::from_static(b"m")).await.unwrap();
+    store
+        .put_if_absent(&path("chk-1/_metadata"), Bytes::from_static(b"m"))
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(dir.path().join("ckpt/chk-1/_metadata")).unwrap(), b"m");
-    let other = store.open(&format!("file://{}/savepoints", dir.path().display())).unwrap();
+    let other = store
+        .open(&format!("file://{}/savepoints", dir.path().display()))
+        .unwrap();
     assert_eq!(other.root(), format!("file://{}/savepoints", dir.path().display()));
 }
 
@@ -131,17 +145,41 @@ fn unknown_options_are_refused_by_name() {
         assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
         assert!(e.to_string().contains(needle), "{e} should name {needle}");
     };
-    refused(ObjectStoreBuilder::new("s3://b/x").with_option("regoin", "eu-west-1"), "regoin");
-    refused(ObjectStoreBuilder::new("gs://b/x").with_option("aws_region", "eu-west-1"), "aws_region");
-    refused(ObjectStoreBuilder::new("az://c/x").with_option("bucket_nmae", "x"), "bucket_nmae");
-    refused(ObjectStoreBuilder::new("memory://b").with_option("region", "x"), "region");
-    refused(ObjectStoreBuilder::new("s3://b/x").with_option("max_retries", "many"), "max_retries");
-    refused(ObjectStoreBuilder::new("s3://b/x").with_option("retry_timeout", "1 fortnight"), "retry_timeout");
-    refused(ObjectStoreBuilder::new("s3://b/x").with_option("part_size", "1024"), "5 MiB");
+    refused(
+        ObjectStoreBuilder::new("s3://b/x").with_option("regoin", "eu-west-1"),
+        "regoin",
+    );
+    refused(
+        ObjectStoreBuilder::new("gs://b/x").with_option("aws_region", "eu-west-1"),
+        "aws_region",
+    );
+    refused(
+        ObjectStoreBuilder::new("az://c/x").with_option("bucket_nmae", "x"),
+        "bucket_nmae",
+    );
+    refused(
+        ObjectStoreBuilder::new("memory://b").with_option("region", "x"),
+        "region",
+    );
+    refused(
+        ObjectStoreBuilder::new("s3://b/x").with_option("max_retries", "many"),
+        "max_retries",
+    );
+    refused(
+        ObjectStoreBuilder::new("s3://b/x").with_option("retry_timeout", "1 fortnight"),
+        "retry_timeout",
+    );
+    refused(
+        ObjectStoreBuilder::new("s3://b/x").with_option("part_size", "1024"),
+        "5 MiB",
+    );
     refused(ObjectStoreBuilder::new("ftp://b/x"), "ftp");
     refused(ObjectStoreBuilder::new("not a url"), "not a url");
     refused(ObjectStoreBuilder::new("memory://b/x").with_entropy(2), "_entropy_");
-    refused(ObjectStoreBuilder::new("memory://b/_entropy_/x").with_entropy(9), "entropy length");
+    refused(
+        ObjectStoreBuilder::new("memory://b/_entropy_/x").with_entropy(9),
+        "entropy length",
+    );
 }
 
 /// Secrets given as options appear neither in `Debug` output nor in the
@@ -153,7 +191,11 @@ async fn credentials_never_appear_in_debug_output_or_errors() {
     const KEY: &str = "AKIAFLOWSTATEKEYID42";
     const SECRET: &str = "flowstate-secret-7c1d9e0b55aa";
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let builder = ObjectStoreBuilder::new("s3://bucket/ckpt/job")
         .without_env()
         .with_option("endpoint", format!("http://127.0.0.1:{port}"))
@@ -178,7 +220,10 @@ async fn credentials_never_appear_in_debug_output_or_errors() {
     };
     let e2 = storage.latest_checkpoint().await.unwrap_err();
     for text in [e.to_string(), format!("{e:?}"), e2.to_string(), format!("{e2:?}")] {
-        assert!(text.contains("chk-1") || text.contains("listing"), "errors name what failed: {text}");
+        assert!(
+            text.contains("chk-1") || text.contains("listing"),
+            "errors name what failed: {text}"
+        );
         assert!(!text.contains(SECRET) && !text.contains(KEY), "{text}");
     }
 }
@@ -202,9 +247,14 @@ async fn entropy_spreads_data_files_and_keeps_metadata_plain() {
         .with_savepoint_dir("memory://bucket/ckpt/savepoints");
     let location = storage.init_checkpoint(1).await.unwrap();
     let mut handles = Vec::new();
-    for (i, scope) in [StateScope::Shared, StateScope::Exclusive, StateScope::TaskOwned, StateScope::Shared]
-        .into_iter()
-        .enumerate()
+    for (i, scope) in [
+        StateScope::Shared,
+        StateScope::Exclusive,
+        StateScope::TaskOwned,
+        StateScope::Shared,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut s = location.create_output_stream(scope).await.unwrap();
         s.write(&vec![i as u8; 100 + i]).await.unwrap();
@@ -227,13 +277,19 @@ async fn entropy_spreads_data_files_and_keeps_metadata_plain() {
     for k in &data {
         let parts: Vec<&str> = k.split('/').collect();
         assert_eq!(parts[0], "ckpt");
-        assert!(parts[1].len() == 2 && parts[1].bytes().all(|b| b.is_ascii_hexdigit()), "{k}");
+        assert!(
+            parts[1].len() == 2 && parts[1].bytes().all(|b| b.is_ascii_hexdigit()),
+            "{k}"
+        );
         assert_eq!(parts[2], "job", "{k}");
     }
     let latest = storage.latest_checkpoint().await.unwrap().unwrap();
     assert_eq!(latest.metadata.checkpoint_id, 1);
     for (i, h) in handles.iter().enumerate() {
-        assert_eq!(latest.reader.read(h).await.unwrap().as_ref(), &vec![i as u8; 100 + i][..]);
+        assert_eq!(
+            latest.reader.read(h).await.unwrap().as_ref(),
+            &vec![i as u8; 100 + i][..]
+        );
     }
     // Listing through the store sees the data files under their plain paths.
     let store = storage.store();
@@ -261,5 +317,8 @@ async fn entropy_spreads_data_files_and_keeps_metadata_plain() {
         .await
         .unwrap();
     assert_eq!(keys.len(), 2, "{keys:?}");
-    assert!(keys.iter().all(|k| k.starts_with("ckpt/savepoints/savepoint-job-2-")), "{keys:?}");
+    assert!(
+        keys.iter().all(|k| k.starts_with("ckpt/savepoints/savepoint-job-2-")),
+        "{keys:?}"
+    );
 }

@@ -98,6 +98,13 @@ pub trait StorageFactory: Send + Sync + 'static {
     fn storage_after_restart(&self, job_id: &str) -> Arc<dyn CheckpointStorage> {
         self.storage(job_id)
     }
+    /// Every how many storage operations a fault sweep injects a fault: 1
+    /// (the default) sweeps every one; a storage whose operations are
+    /// network round trips samples every `n`th, and still every one of the
+    /// last `n`, where a checkpoint completes.
+    fn sweep_stride(&self) -> u64 {
+        1
+    }
 }
 
 /// The memory ("JobManager memory") storage.

@@ -1,5 +1,5 @@
 //! Flowstate's own storages, and the RocksDB backend's builder as the suite runs it.
-#![allow(clippy::unwrap_used, dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -73,7 +73,7 @@ impl S3Server {
         match var("FLOWSTATE_S3_ENDPOINT") {
             Some(endpoint) => Some(S3Server {
                 endpoint,
-                bucket: var("FLOWSTATE_S3_BUCKET").unwrap_or_else(|| "flowstate".into()),
+                bucket: process_bucket(var("FLOWSTATE_S3_ROOT"), var("FLOWSTATE_S3_BUCKET")),
                 key: var("FLOWSTATE_S3_ACCESS_KEY_ID").unwrap_or_default(),
                 secret: var("FLOWSTATE_S3_SECRET_ACCESS_KEY").unwrap_or_default(),
             }),
@@ -101,14 +101,32 @@ impl S3Server {
     }
 }
 
+/// The bucket of this process. s3s-fs lists by walking its bucket's whole
+/// directory, so on it (whose root is `FLOWSTATE_S3_ROOT`, where a bucket is
+/// a directory) every test process makes a bucket of its own; on another
+/// server all share `FLOWSTATE_S3_BUCKET`.
+fn process_bucket(root: Option<String>, shared: Option<String>) -> String {
+    static BUCKET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BUCKET
+        .get_or_init(|| match root {
+            Some(root) => {
+                let name = unique_run().to_ascii_lowercase();
+                std::fs::create_dir(std::path::Path::new(&root).join(&name)).unwrap();
+                name
+            }
+            None => shared.unwrap_or_else(|| "flowstate".into()),
+        })
+        .clone()
+}
+
 /// A name no other process or factory uses.
 pub fn unique_run() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("run-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    // A temporary directory's name is unique on this machine while it exists.
+    let dir = tempfile::tempdir().unwrap();
+    let tag = dir.path().file_name().unwrap().to_string_lossy().replace('.', "");
+    format!("run-{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 impl ObjectStorageFactory {
@@ -151,6 +169,14 @@ impl StorageFactory for ObjectStorageFactory {
         self.name
     }
 
+    fn sweep_stride(&self) -> u64 {
+        if self.name == "s3" {
+            8
+        } else {
+            1
+        }
+    }
+
     fn storage(&self, job_id: &str) -> Arc<dyn CheckpointStorage> {
         let run = &self.run;
         let store = match self.entropy {
@@ -162,10 +188,12 @@ impl StorageFactory for ObjectStorageFactory {
             .unwrap()
             .with_entropy(length)
             .unwrap(),
-            None => {
-                flowstate_object::ObjectBlobStore::new(Arc::clone(&self.store), &self.base, &format!("{run}/checkpoints/{job_id}"))
-                    .unwrap()
-            }
+            None => flowstate_object::ObjectBlobStore::new(
+                Arc::clone(&self.store),
+                &self.base,
+                &format!("{run}/checkpoints/{job_id}"),
+            )
+            .unwrap(),
         };
         Arc::new(
             flowstate_api::BlobCheckpointStorage::new(Arc::new(store), job_id)
