@@ -2,7 +2,9 @@
 //! snapshots, one tab-separated line per figure:
 //! `flowstate <workload> <backend> <metric> <value> <unit>`.
 //!
-//! `workload [W1|W2|all] [--quick]`; `--quick` shrinks every size 10x.
+//! `workload [W1|W2|all] [--quick] [--storage s3]`; `--quick` shrinks every
+//! size 10x; `--storage s3` runs W2's RocksDB checkpoints against the
+//! S3-compatible server of `FLOWSTATE_S3_*` (see `scripts/s3-server.sh`).
 
 mod w1;
 mod w2;
@@ -44,10 +46,25 @@ fn main() -> ExitCode {
         .map(String::as_str)
         .unwrap_or("all");
     let scale = if quick { 10 } else { 1 };
+    let object = match args.windows(2).find(|w| w[0] == "--storage").map(|w| w[1].as_str()) {
+        None | Some("fs") => None,
+        Some("s3") => match w2::ObjectTarget::from_env() {
+            Ok(o) => Some(o),
+            Err(e) => {
+                eprintln!("workload: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Some(other) => {
+            eprintln!("workload: unknown storage {other:?} (fs, s3)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let which = if which == "s3" || which == "fs" { "all" } else { which };
     let result = match which {
         "W1" => w1::run(scale),
-        "W2" => w2::run(scale),
-        "all" => w1::run(scale).and_then(|_| w2::run(scale)),
+        "W2" => w2::run(scale, object.as_ref()),
+        "all" => w1::run(scale).and_then(|_| w2::run(scale, object.as_ref())),
         other => {
             eprintln!("usage: workload [W1|W2|all] [--quick] (unknown workload {other:?})");
             return ExitCode::FAILURE;

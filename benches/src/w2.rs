@@ -191,7 +191,7 @@ fn emit_stats(backend: &str, id: u64, st: &SnapshotStats) {
     );
 }
 
-async fn rocksdb(scale: usize, mode: RocksMode) -> Result<()> {
+async fn rocksdb(scale: usize, mode: RocksMode, object: Option<&ObjectTarget>) -> Result<()> {
     use flowstate_rocksdb::RocksDbBackend;
     let name = match mode {
         RocksMode::Full => "rocksdb-full",
@@ -200,10 +200,17 @@ async fn rocksdb(scale: usize, mode: RocksMode) -> Result<()> {
     let keys = 2_000_000 / scale as u64;
     let updates = 20_000 / scale;
     let dir = tempfile::tempdir().map_err(|e| Error::io("temporary directory", e))?;
-    let storage: Arc<dyn CheckpointStorage> = Arc::new(
-        flowstate_fs::FsCheckpointStorage::open(dir.path().join("checkpoints"), "w2")?
-            .with_savepoint_dir(dir.path().join("savepoints").display().to_string()),
-    );
+    let (storage, name) = match object {
+        None => {
+            let fs: Arc<dyn CheckpointStorage> = Arc::new(
+                flowstate_fs::FsCheckpointStorage::open(dir.path().join("checkpoints"), "w2")?
+                    .with_savepoint_dir(dir.path().join("savepoints").display().to_string()),
+            );
+            (fs, name.to_string())
+        }
+        Some(o) => (o.storage(name)?, format!("{name}@s3")),
+    };
+    let name = name.as_str();
     let mut store = CheckpointStore::open(Arc::clone(&storage), CheckpointStoreConfig::default()).await?;
     let mut rng = XorShift::new(42);
     let mut b = RocksDbBackend::new(config()?, rocks_options(dir.path(), mode, true))?;
@@ -212,6 +219,7 @@ async fn rocksdb(scale: usize, mode: RocksMode) -> Result<()> {
     let mut expected = load(&mut b, &s, keys, &mut rng)?;
     emit("W2", name, "load", started.elapsed().as_secs_f64() * 1e3, "ms");
     let mut last_key = 0;
+    let mut savepoint = None;
     for id in 1..=7u64 {
         if (2..=6).contains(&id) {
             last_key = update_round(&mut b, &s, updates, &mut rng, &mut expected)?;
@@ -228,8 +236,9 @@ async fn rocksdb(scale: usize, mode: RocksMode) -> Result<()> {
             128,
             vec![result.handle.clone()],
         ));
-        store.complete(&location, metadata).await?;
+        let completed = store.complete(&location, metadata).await?;
         if id == 7 {
+            savepoint = Some(completed.pointer.clone());
             // The savepoint is measured once, on the incremental run's backend.
             if mode == RocksMode::Incremental {
                 emit_stats("rocksdb-canonical-savepoint", id, &result.stats);
@@ -281,7 +290,80 @@ async fn rocksdb(scale: usize, mode: RocksMode) -> Result<()> {
         }
         check_restored(&mut r, &s, &expected)?;
     }
+    if mode == RocksMode::Incremental {
+        // A rescaled restore: subtask 0 of 4 from the canonical savepoint
+        // reads only its key groups' byte ranges.
+        let savepoint = savepoint.ok_or_else(|| Error::not_found("savepoint 7"))?;
+        let started = Instant::now();
+        let resolved = storage.resolve(&savepoint).await?;
+        let handles = resolved.metadata.operators[0].keyed.clone();
+        let total: u64 = handles.iter().map(|h| h.state_size()).sum();
+        let range = KeyGroupRange::for_operator(128, 4, 0)?;
+        let r = RocksDbBackend::restore(
+            KeyedBackendConfig::<u64>::new(range, 128),
+            &handles,
+            &*resolved.reader,
+            rocks_options(dir.path(), RocksMode::Full, false),
+        )
+        .await?;
+        emit(
+            "W2",
+            name,
+            "rescale.subtask0_of_4_ms",
+            started.elapsed().as_secs_f64() * 1e3,
+            "ms",
+        );
+        emit(
+            "W2",
+            name,
+            "rescale.subtask0_of_4.read_bytes",
+            r.restore_stats().downloaded_bytes as f64,
+            "bytes",
+        );
+        emit("W2", name, "rescale.savepoint_bytes", total as f64, "bytes");
+    }
     Ok(())
+}
+
+/// Checkpoints to an S3-compatible server instead of a directory
+/// (`--storage s3`, with the server of `FLOWSTATE_S3_*`).
+pub struct ObjectTarget {
+    endpoint: String,
+    bucket: String,
+    key: String,
+    secret: String,
+}
+
+impl ObjectTarget {
+    /// The server of the environment.
+    pub fn from_env() -> Result<ObjectTarget> {
+        let var = |k: &str| std::env::var(k).map_err(|_| Error::invalid(format!("--storage s3 needs {k}")));
+        Ok(ObjectTarget {
+            endpoint: var("FLOWSTATE_S3_ENDPOINT")?,
+            bucket: var("FLOWSTATE_S3_BUCKET")?,
+            key: var("FLOWSTATE_S3_ACCESS_KEY_ID")?,
+            secret: var("FLOWSTATE_S3_SECRET_ACCESS_KEY")?,
+        })
+    }
+
+    fn storage(&self, run: &str) -> Result<Arc<dyn CheckpointStorage>> {
+        // Short keys: s3s-fs names a file after each key in base64, so keys
+        // beyond ~140 bytes exceed the filesystem's 255-byte names.
+        let tag = unique_file_name();
+        let store =
+            flowstate_object::ObjectStoreBuilder::new(format!("s3://{}/{run}-{}", self.bucket, &tag[tag.len() - 4..]))
+                .without_env()
+                .with_option("endpoint", &self.endpoint)
+                .with_option("access_key_id", &self.key)
+                .with_option("secret_access_key", &self.secret)
+                .with_option("region", "us-east-1")
+                .with_option("allow_http", "true")
+                .build()?;
+        let savepoints = format!("s3://{}/sp", self.bucket);
+        Ok(Arc::new(
+            BlobCheckpointStorage::new(Arc::new(store), "w2")?.with_savepoint_dir(savepoints),
+        ))
+    }
 }
 
 /// Resets this process's peak resident set size to the current one (Linux:
@@ -339,13 +421,18 @@ fn disk(bytes: u64) -> Result<()> {
 }
 
 /// Runs W2 for every backend and the disk limit.
-pub fn run(scale: usize) -> Result<()> {
+pub fn run(scale: usize, object: Option<&ObjectTarget>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::internal(format!("runtime: {e}")))?;
+    if object.is_some() {
+        // Only the RocksDB runs depend on the storage.
+        rt.block_on(rocksdb(scale, RocksMode::Full, object))?;
+        return rt.block_on(rocksdb(scale, RocksMode::Incremental, object));
+    }
     let full = rt.block_on(heap_full(scale))?;
-    rt.block_on(rocksdb(scale, RocksMode::Full))?;
-    rt.block_on(rocksdb(scale, RocksMode::Incremental))?;
+    rt.block_on(rocksdb(scale, RocksMode::Full, None))?;
+    rt.block_on(rocksdb(scale, RocksMode::Incremental, None))?;
     disk(full)
 }

@@ -250,10 +250,12 @@ impl ObjectStoreBuilder {
                 self.refuse_options("memory")?;
                 (Arc::new(InMemory::new()), format!("memory://{host}"), path)
             }
-            other => return Err(Error::invalid(format!(
+            other => {
+                return Err(Error::invalid(format!(
                 "object store URL {:?}: unknown scheme {other:?} (s3, s3a, gs, az, azure, abfs, abfss, file, memory)",
                 self.url
-            ))),
+            )))
+            }
         };
         let store: Arc<dyn ObjectStore> = match self.max_requests {
             Some(n) => Arc::new(LimitStore::new(store, n)),
