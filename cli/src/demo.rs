@@ -10,6 +10,7 @@ use clap::Args;
 use flowstate_api::*;
 use flowstate_fs::FsCheckpointStorage;
 use flowstate_heap::HeapBackend;
+use flowstate_object::ObjectStoreBuilder;
 use flowstate_rocksdb::{RocksDbBackend, RocksDbOptions};
 
 /// Options of `flowstate demo`.
@@ -37,9 +38,16 @@ pub struct DemoArgs {
     /// under the system's temporary directory). It is left in place.
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Checkpoint storage.
-    #[arg(long, value_enum, default_value_t = StorageKind::Fs)]
-    storage: StorageKind,
+    /// Checkpoint storage: `fs` (under `--dir`), `memory`, or an object
+    /// store URL (`s3://bucket/prefix`, `gs://…`, `az://…`, `file:///path`),
+    /// with credentials from the environment (`AWS_*`, …) or
+    /// `--storage-option`.
+    #[arg(long, default_value = "fs")]
+    storage: String,
+    /// An option of the object store, `key=value` (e.g.
+    /// `endpoint=http://127.0.0.1:9000`, `allow_http=true`); repeatable.
+    #[arg(long = "storage-option", value_name = "KEY=VALUE")]
+    storage_options: Vec<String>,
     /// Completed checkpoints to retain.
     #[arg(long, default_value_t = 1)]
     retain: usize,
@@ -126,12 +134,24 @@ impl DemoBackend for RocksDbBackend<u64> {
 }
 
 /// Where checkpoints go.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StorageKind {
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StorageKind {
     /// Filesystem storage under `--dir`.
     Fs,
     /// In-memory ("JobManager memory") storage; lost when the process ends.
     Memory,
+    /// An object store at this URL.
+    Object(String),
+}
+
+impl StorageKind {
+    fn parse(s: &str) -> StorageKind {
+        match s {
+            "fs" => StorageKind::Fs,
+            "memory" => StorageKind::Memory,
+            url => StorageKind::Object(url.to_string()),
+        }
+    }
 }
 
 const MAX_PARALLELISM: u32 = 128;
@@ -424,7 +444,21 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
         local: root.join("local-recovery"),
         incremental: !args.full,
     };
-    let (storage, dir): (Arc<dyn CheckpointStorage>, Option<PathBuf>) = match args.storage {
+    let kind = StorageKind::parse(&args.storage);
+    let (storage, dir): (Arc<dyn CheckpointStorage>, Option<PathBuf>) = match &kind {
+        StorageKind::Object(url) => {
+            let mut builder = ObjectStoreBuilder::new(url.as_str());
+            for option in &args.storage_options {
+                let Some((key, value)) = option.split_once('=') else {
+                    return Err(Error::invalid(format!("--storage-option {option:?} is not KEY=VALUE")));
+                };
+                builder = builder.with_option(key, value);
+            }
+            let store = builder.build()?;
+            let savepoints = format!("{}/savepoints", store.root());
+            let storage = BlobCheckpointStorage::new(Arc::new(store), JOB)?.with_savepoint_dir(savepoints);
+            (Arc::new(storage), None)
+        }
         StorageKind::Fs => {
             let dir = root.clone();
             let fs = FsCheckpointStorage::open(dir.join("checkpoints"), JOB)?
@@ -446,9 +480,10 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
         } else {
             "incremental"
         },
-        match args.storage {
+        match &kind {
             StorageKind::Fs => "filesystem",
             StorageKind::Memory => "memory",
+            StorageKind::Object(url) => url.as_str(),
         },
         args.events,
         args.keys,
@@ -566,7 +601,8 @@ mod tests {
             parallelism: 3,
             seed: 7,
             dir: None,
-            storage: StorageKind::Memory,
+            storage: "memory".into(),
+            storage_options: Vec::new(),
             retain: 1,
             backend: BackendKind::Heap,
             full: false,
@@ -585,7 +621,8 @@ mod tests {
             parallelism: 2,
             seed: 7,
             dir: Some(dir.path().to_path_buf()),
-            storage: StorageKind::Fs,
+            storage: "fs".into(),
+            storage_options: Vec::new(),
             retain: 2,
             backend: BackendKind::Rocksdb,
             full: false,
@@ -607,6 +644,75 @@ mod tests {
         let sp = savepoints.into_iter().next().unwrap().unwrap();
         assert!(sp.file_name().to_string_lossy().starts_with("savepoint-flowst-7-"));
         assert!(sp.path().join(METADATA_FILE).is_file());
+    }
+
+    /// On the S3-compatible server of `scripts/test.sh`, with RocksDB's
+    /// incremental checkpoints: recovery from the bucket is exactly-once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_on_s3_recovers_exactly_once() {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let Some(endpoint) = var("FLOWSTATE_S3_ENDPOINT") else {
+            assert!(
+                var("CI").is_none_or(|v| v != "true"),
+                "CI runs this against a server: use scripts/test.sh"
+            );
+            return;
+        };
+        let bucket = var("FLOWSTATE_S3_BUCKET").unwrap_or_else(|| "flowstate".into());
+        let dir = tempfile::tempdir().unwrap();
+        let args = DemoArgs {
+            events: 20_000,
+            keys: 2_000,
+            checkpoint_every: 3_000,
+            crash_after: 10_000,
+            parallelism: 2,
+            seed: 7,
+            dir: Some(dir.path().to_path_buf()),
+            storage: format!("s3://{bucket}/demo-{}", unique_file_name()),
+            storage_options: vec![
+                format!("endpoint={endpoint}"),
+                format!(
+                    "access_key_id={}",
+                    var("FLOWSTATE_S3_ACCESS_KEY_ID").unwrap_or_default()
+                ),
+                format!(
+                    "secret_access_key={}",
+                    var("FLOWSTATE_S3_SECRET_ACCESS_KEY").unwrap_or_default()
+                ),
+                "region=us-east-1".into(),
+                "allow_http=true".into(),
+            ],
+            retain: 2,
+            backend: BackendKind::Rocksdb,
+            full: false,
+        };
+        assert!(run(args).await.unwrap());
+    }
+
+    #[test]
+    fn bad_storage_options_are_refused() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for (storage, option) in [("s3://b/x", "regoin=eu"), ("s3://b/x", "no-equals-sign")] {
+            let args = DemoArgs {
+                events: 10,
+                keys: 10,
+                checkpoint_every: 5,
+                crash_after: 7,
+                parallelism: 1,
+                seed: 7,
+                dir: None,
+                storage: storage.into(),
+                storage_options: vec![option.into()],
+                retain: 1,
+                backend: BackendKind::Heap,
+                full: false,
+            };
+            let e = rt.block_on(run(args)).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+        }
     }
 
     #[test]

@@ -64,7 +64,10 @@ async fn large_objects_stream_in_parts_and_ranges_are_clamped() {
     assert!(parts[3].is_empty());
     // One range at a time: the same answers.
     assert_eq!(blob.get_range(&p, 3..9).await.unwrap().as_ref(), &data[3..9]);
-    assert_eq!(blob.get_range(&p, n - 4..n + 100).await.unwrap().as_ref(), &data[data.len() - 4..]);
+    assert_eq!(
+        blob.get_range(&p, n - 4..n + 100).await.unwrap().as_ref(),
+        &data[data.len() - 4..]
+    );
     assert!(blob.get_range(&p, n + 5..n + 9).await.unwrap().is_empty());
     assert!(blob.get_range(&p, 7..7).await.unwrap().is_empty());
     let e = blob.get_range(&path("shared/absent"), 0..1).await.unwrap_err();
