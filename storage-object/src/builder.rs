@@ -351,7 +351,7 @@ fn parse_duration(s: &str) -> Option<Duration> {
 
 /// flowstate's own I/O runtime (two worker threads), started the first time
 /// a cloud store is built outside a Tokio runtime. `None` if it cannot start.
-fn io_runtime() -> Option<Handle> {
+pub(crate) fn io_runtime() -> Option<Handle> {
     static IO: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
     IO.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()

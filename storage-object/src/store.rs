@@ -261,9 +261,7 @@ impl BlobWriter for ObjectWriter {
                 .wait_for_capacity(self.part_concurrency)
                 .await
                 .map_err(|e| store_err(format!("uploading {}", self.name), e))?;
-            for b in self.buf.drain(..) {
-                upload.put(b);
-            }
+            put_parts(upload, self.buf.drain(..));
             self.buffered = 0;
         }
         Ok(())
@@ -272,10 +270,8 @@ impl BlobWriter for ObjectWriter {
     async fn finish(mut self: Box<Self>) -> Result<()> {
         match self.upload.take() {
             Some(mut upload) => {
-                for b in self.buf.drain(..) {
-                    upload.put(b);
-                }
-                if let Err(e) = upload.finish().await {
+                put_parts(&mut upload, self.buf.drain(..));
+                if let Err(e) = on_tokio(upload.finish()).await? {
                     return Err(store_err(format!("completing the upload of {}", self.name), e));
                 }
             }
@@ -294,17 +290,46 @@ impl BlobWriter for ObjectWriter {
 
     async fn abort(mut self: Box<Self>) {
         if let Some(upload) = self.upload.take() {
-            if let Err(e) = upload.abort().await {
+            if let Ok(Err(e)) = on_tokio(upload.abort()).await {
                 tracing::warn!(object = %self.name, error = %e, "an aborted upload was left for the store to expire");
             }
         }
     }
 }
 
+/// Hands `chunks` to `upload`, which spawns part uploads on Tokio: on the
+/// caller's runtime, or outside one (an engine on another executor) on the
+/// I/O runtime of this crate.
+fn put_parts(upload: &mut WriteMultipart, chunks: impl Iterator<Item = Bytes>) {
+    let io = match tokio::runtime::Handle::try_current() {
+        Ok(_) => None,
+        Err(_) => crate::builder::io_runtime(),
+    };
+    let _context = io.as_ref().map(|h| h.enter());
+    for b in chunks {
+        upload.put(b);
+    }
+}
+
+/// Runs `fut`, which may spawn on Tokio, on the caller's runtime, or outside
+/// one on the I/O runtime of this crate.
+async fn on_tokio<T: Send + 'static>(fut: impl std::future::Future<Output = T> + Send + 'static) -> Result<T> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Ok(fut.await);
+    }
+    let io = crate::builder::io_runtime().ok_or_else(|| Error::internal("no runtime for object store uploads"))?;
+    io.spawn(fut)
+        .await
+        .map_err(|e| Error::internal(format!("an object store upload task ended: {e}")))
+}
+
 impl Drop for ObjectWriter {
     /// A writer dropped mid-upload aborts the upload in the background.
     fn drop(&mut self) {
-        if let (Some(upload), Ok(handle)) = (self.upload.take(), tokio::runtime::Handle::try_current()) {
+        let handle = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(crate::builder::io_runtime);
+        if let (Some(upload), Some(handle)) = (self.upload.take(), handle) {
             handle.spawn(async move {
                 let _ = upload.abort().await;
             });

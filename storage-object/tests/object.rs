@@ -330,3 +330,24 @@ async fn entropy_spreads_data_files_and_keeps_metadata_plain() {
         "{keys:?}"
     );
 }
+
+/// An engine on another executor (no Tokio runtime) streams an object
+/// larger than a part: the part uploads run on the store's own runtime.
+#[test]
+fn multipart_uploads_work_outside_tokio() {
+    let (_, blob) = store();
+    let blob = blob.with_parts(5 << 20, 2).unwrap();
+    let data: Vec<u8> = (0..(11u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let p = path("shared/outside");
+    futures::executor::block_on(async {
+        let mut w = blob.create(&p).await.unwrap();
+        for chunk in data.chunks(1 << 20) {
+            w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        w.finish().await.unwrap();
+        assert_eq!(
+            blob.get_range(&p, 0..data.len() as u64 + 1).await.unwrap().as_ref(),
+            &data[..]
+        );
+    });
+}

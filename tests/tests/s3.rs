@@ -335,7 +335,7 @@ async fn a_failing_store_fails_the_checkpoint_cleanly() {
     let text = e.to_string();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{text}");
     assert!(
-        text.contains(&prefix) && text.contains("SlowDown") || text.contains("503"),
+        text.contains(&prefix) && (text.contains("SlowDown") || text.contains("503")),
         "{text}"
     );
     assert_eq!(healthy.latest_checkpoint().await.unwrap().unwrap().pointer, first);
