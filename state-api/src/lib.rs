@@ -47,6 +47,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod format;
 pub mod lifecycle;
+pub mod operator;
 
 pub use access::{KeyedStateBackendExt, MergeableState};
 pub use descriptor::{
