@@ -52,6 +52,9 @@ pub struct SubtaskState<E> {
 /// The operator states of one subtask, by state name.
 pub type SubtaskStates<E> = BTreeMap<String, SubtaskState<E>>;
 
+/// A state's mode and each old subtask's entries (`None` where it has none).
+type Named<'a, E> = (DistributionMode, Vec<Option<&'a Vec<E>>>);
+
 /// Assigns the states of the old subtasks `old` (index = old subtask) to
 /// `new_parallelism` new subtasks. A state name whose mode differs between
 /// old subtasks is refused (`Invalid`), as is a new parallelism of 0.
@@ -61,7 +64,7 @@ pub fn repartition<E: Clone>(old: &[SubtaskStates<E>], new_parallelism: u32) -> 
     }
     let p = new_parallelism as usize;
     // Per name: its mode and each old subtask's entries (None where absent).
-    let mut by_name: BTreeMap<&str, (DistributionMode, Vec<Option<&Vec<E>>>)> = BTreeMap::new();
+    let mut by_name: BTreeMap<&str, Named<'_, E>> = BTreeMap::new();
     for (i, subtask) in old.iter().enumerate() {
         for (name, state) in subtask {
             let slot = by_name
