@@ -1,6 +1,6 @@
 //! Object-store checkpoint storage for flowstate: the checkpoint layout of
 //! [`BlobCheckpointStorage`](flowstate_api::BlobCheckpointStorage) over [`ObjectBlobStore`], an adapter of the
-//! [`BlobStore`] contract to any [`ObjectStore`] (S3, GCS, Azure Blob, a
+//! [`BlobStore`](flowstate_api::BlobStore) contract to any [`ObjectStore`](object_store::ObjectStore) (S3, GCS, Azure Blob, a
 //! local directory, memory). `object_store` is re-exported so an engine
 //! shares one version with us.
 //!
