@@ -48,7 +48,9 @@ use flowstate_api::{
     SnapshotOptions, StateId, StateMeta, StateReader, StateScope, StorageKind,
 };
 
-use table::{elements, pack, packed, split_composite, CompositeKey, FrozenTables, HeapState, Inline, Table};
+use table::{
+    elements, pack, packed, split_composite, CompositeKey, FrozenTables, HeapState, Inline, Table, TimerQueues,
+};
 
 /// The in-memory keyed state backend.
 pub struct HeapBackend<K> {
@@ -120,6 +122,29 @@ impl<K> HeapBackend<K> {
         self.composite.extend_from_slice(access.key);
         self.composite.extend_from_slice(access.state.namespace());
         Ok((state, access.state.meta(), kg, &self.composite))
+    }
+}
+
+impl<K> HeapBackend<K> {
+    /// The timers of timer state `id`, the current key's key-group index and the current key.
+    fn timers(&mut self, id: StateId) -> Result<(&mut TimerQueues, usize, &[u8])> {
+        let access = self.core.access(id)?;
+        let kg = (access.key_group - self.core.key_group_range().start()) as usize;
+        let meta = access.state.meta();
+        match self.states.get_mut(id as usize).map(|s| &mut s.table) {
+            Some(Table::Timers(t)) => Ok((t, kg, access.key)),
+            Some(_) => Err(meta.wrong_kind(StorageKind::Timers)),
+            None => Err(Error::internal(format!("state {id} has no tables"))),
+        }
+    }
+
+    /// The timers of timer state `id`.
+    fn timer_queues(&mut self, id: StateId) -> Result<&mut TimerQueues> {
+        let meta = self.core.state(id)?.meta().clone();
+        match &mut self.tables(id)?.table {
+            Table::Timers(t) => Ok(t),
+            _ => Err(meta.wrong_kind(StorageKind::Timers)),
+        }
     }
 }
 
@@ -221,8 +246,9 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
     }
 
     fn raw_clear(&mut self, state: StateId) -> Result<()> {
-        let (s, _, kg, ck) = self.target(state)?;
+        let (s, meta, kg, ck) = self.target(state)?;
         match &mut s.table {
+            Table::Timers(_) => return Err(meta.wrong_kind(StorageKind::Value)),
             Table::Value(m) => {
                 m[kg].remove(ck);
             }
@@ -366,6 +392,14 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
     }
 
     fn raw_for_each_key(&mut self, state: StateId, namespace: Option<&[u8]>, f: &mut KeyVisitor<'_>) -> Result<()> {
+        if let Table::Timers(t) = &self.tables(state)?.table {
+            for (_, key, ns) in t.sets.iter().flat_map(|s| s.iter()) {
+                if namespace.is_none_or(|want| want == &ns[..]) {
+                    f(key, ns)?;
+                }
+            }
+            return Ok(());
+        }
         self.tables(state)?.table.for_each_composite(|ck| {
             let (key, ns) = split_composite(ck)?;
             if namespace.is_none_or(|want| want == ns) {
@@ -377,6 +411,29 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
 
     fn raw_entry_count(&mut self, state: StateId) -> Result<u64> {
         Ok(self.tables(state)?.table.len())
+    }
+
+    fn raw_timer_register(&mut self, state: StateId, timestamp: i64, namespace: &[u8]) -> Result<()> {
+        let (timers, kg, key) = self.timers(state)?;
+        timers.insert(kg, timestamp, key, namespace);
+        Ok(())
+    }
+
+    fn raw_timer_delete(&mut self, state: StateId, timestamp: i64, namespace: &[u8]) -> Result<()> {
+        let (timers, kg, key) = self.timers(state)?;
+        timers.remove(kg, timestamp, key, namespace);
+        Ok(())
+    }
+
+    fn raw_timer_peek(&mut self, state: StateId) -> Result<Option<i64>> {
+        Ok(self.timer_queues(state)?.peek())
+    }
+
+    fn raw_timer_poll(&mut self, state: StateId, time: i64) -> Result<Option<(i64, Vec<u8>, Vec<u8>)>> {
+        Ok(self
+            .timer_queues(state)?
+            .poll(time)
+            .map(|(ts, key, ns)| (ts, key.into_vec(), ns.into_vec())))
     }
 
     fn snapshot(

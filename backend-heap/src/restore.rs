@@ -125,6 +125,15 @@ pub(crate) fn insert_record(table: &mut Table, kg: usize, record: &Record<'_>, s
                 }
             }
         }
+        (
+            Table::Timers(timers),
+            Record::Timer {
+                key,
+                namespace,
+                timestamp,
+                ..
+            },
+        ) => timers.insert(kg, *timestamp, key, namespace),
         _ => return Err(Error::corrupted("record does not match its state's kind")),
     }
     Ok(())

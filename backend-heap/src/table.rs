@@ -30,12 +30,95 @@ pub(crate) type UserMap = Arc<std::collections::BTreeMap<Inline, Inline>>;
 /// Short byte strings (values, user keys) kept inline.
 pub(crate) type Inline = smallvec::SmallVec<[u8; 24]>;
 
+/// One timer: `(timestamp, key, namespace)`, ordered field by field (key
+/// and namespace bytes lexicographically).
+pub(crate) type TimerEntry = (i64, Inline, Inline);
+
+/// The timers of one timer service: a persistent ordered set per key group
+/// (cloned in O(1) by a snapshot) and the head-of-queues index, the first
+/// timestamp of every non-empty key group, so the next timer of the whole
+/// service is found in O(log key groups).
+#[derive(Clone)]
+pub(crate) struct TimerQueues {
+    pub(crate) sets: Vec<imbl::OrdSet<TimerEntry>>,
+    heads: std::collections::BTreeSet<(i64, usize)>,
+    len: u64,
+}
+
+impl TimerQueues {
+    fn new(key_groups: usize) -> Self {
+        TimerQueues {
+            sets: vec![imbl::OrdSet::new(); key_groups],
+            heads: std::collections::BTreeSet::new(),
+            len: 0,
+        }
+    }
+
+    /// Changes key group `kg`'s set with `f`, keeping the index current.
+    #[inline]
+    fn change<R>(&mut self, kg: usize, f: impl FnOnce(&mut imbl::OrdSet<TimerEntry>) -> R) -> R {
+        let before = self.sets[kg].get_min().map(|e| e.0);
+        let r = f(&mut self.sets[kg]);
+        let after = self.sets[kg].get_min().map(|e| e.0);
+        if before != after {
+            if let Some(ts) = before {
+                self.heads.remove(&(ts, kg));
+            }
+            if let Some(ts) = after {
+                self.heads.insert((ts, kg));
+            }
+        }
+        r
+    }
+
+    /// Adds a timer; an existing one is left as it is.
+    pub(crate) fn insert(&mut self, kg: usize, timestamp: i64, key: &[u8], namespace: &[u8]) {
+        let entry = (timestamp, Inline::from_slice(key), Inline::from_slice(namespace));
+        if !self.sets[kg].contains(&entry) {
+            self.change(kg, |s| s.insert(entry));
+            self.len += 1;
+        }
+    }
+
+    /// Removes a timer, if present.
+    pub(crate) fn remove(&mut self, kg: usize, timestamp: i64, key: &[u8], namespace: &[u8]) {
+        let entry = (timestamp, Inline::from_slice(key), Inline::from_slice(namespace));
+        if self.sets[kg].contains(&entry) {
+            self.change(kg, |s| s.remove(&entry));
+            self.len -= 1;
+        }
+    }
+
+    /// The first timestamp of all key groups.
+    pub(crate) fn peek(&self) -> Option<i64> {
+        self.heads.first().map(|h| h.0)
+    }
+
+    /// Removes and returns the first timer if it is due at `time`.
+    pub(crate) fn poll(&mut self, time: i64) -> Option<TimerEntry> {
+        let &(ts, kg) = self.heads.first()?;
+        if ts > time {
+            return None;
+        }
+        let entry = self.change(kg, |s| s.remove_min());
+        if entry.is_some() {
+            self.len -= 1;
+        }
+        entry
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+}
+
 /// The maps of one state, one per key group of the backend's range.
 #[derive(Clone)]
 pub(crate) enum Table {
     Value(Vec<Map<Inline>>),
     List(Vec<Map<ListValue>>),
     Map(Vec<Map<UserMap>>),
+    Timers(TimerQueues),
 }
 
 impl Table {
@@ -44,6 +127,7 @@ impl Table {
             StorageKind::Value => Table::Value(vec![Map::default(); key_groups]),
             StorageKind::List => Table::List(vec![Map::default(); key_groups]),
             StorageKind::Map => Table::Map(vec![Map::default(); key_groups]),
+            StorageKind::Timers => Table::Timers(TimerQueues::new(key_groups)),
         }
     }
 
@@ -52,6 +136,7 @@ impl Table {
             Table::Value(m) => m.iter().map(|m| m.len() as u64).sum(),
             Table::List(m) => m.iter().map(|m| m.len() as u64).sum(),
             Table::Map(m) => m.iter().map(|m| m.len() as u64).sum(),
+            Table::Timers(t) => t.len(),
         }
     }
 
@@ -60,6 +145,7 @@ impl Table {
             Table::Value(m) => m[kg].keys().cloned().collect(),
             Table::List(m) => m[kg].keys().cloned().collect(),
             Table::Map(m) => m[kg].keys().cloned().collect(),
+            Table::Timers(_) => Vec::new(),
         }
     }
 
@@ -68,6 +154,13 @@ impl Table {
             Table::Value(maps) => maps.iter().flat_map(|m| m.keys()).try_for_each(&mut f),
             Table::List(maps) => maps.iter().flat_map(|m| m.keys()).try_for_each(&mut f),
             Table::Map(maps) => maps.iter().flat_map(|m| m.keys()).try_for_each(&mut f),
+            Table::Timers(t) => {
+                let mut composite = Vec::new();
+                t.sets.iter().flat_map(|s| s.iter()).try_for_each(|(_, key, ns)| {
+                    compose(&mut composite, key, ns);
+                    f(&CompositeKey::from_slice(&composite))
+                })
+            }
         }
     }
 }
@@ -151,6 +244,7 @@ impl HeapState {
             Table::Value(m) => m.len(),
             Table::List(m) => m.len(),
             Table::Map(m) => m.len(),
+            Table::Timers(_) => 0,
         };
         if key_groups == 0 {
             return;
@@ -211,6 +305,7 @@ fn clean_entry(table: &mut Table, kg: usize, ck: &[u8], ttl: u64, now: u64) {
                 maps[kg].insert(CompositeKey::from_slice(ck), Arc::new(kept));
             }
         }
+        Table::Timers(_) => {}
     }
 }
 
@@ -251,6 +346,11 @@ impl KeyGroupSource for FrozenTables {
                         for (uk, v) in user_map.iter() {
                             out.map_entry(state, key, ns, uk, v);
                         }
+                    }
+                }
+                Table::Timers(t) => {
+                    for (ts, key, ns) in t.sets[i].iter() {
+                        out.timer(state, key, ns, *ts);
                     }
                 }
             }

@@ -40,6 +40,7 @@ mod local_recovery;
 mod options;
 mod restore;
 mod snapshot;
+mod timers;
 mod ttl_filter;
 
 use std::path::{Path, PathBuf};
@@ -75,6 +76,8 @@ pub(crate) fn db_err(what: impl std::fmt::Display) -> impl FnOnce(rocksdb::Error
 pub(crate) struct RState {
     pub(crate) cf: String,
     pub(crate) ttl_slot: Arc<TtlSlot>,
+    /// The timer cache of a timer service (unused for other states).
+    pub(crate) timers: timers::TimerCache,
 }
 
 /// The column family name of a state.
@@ -168,6 +171,7 @@ impl<K> RocksDbBackend<K> {
             states.push(RState {
                 cf: cf_name(&meta.name),
                 ttl_slot: slot,
+                timers: Default::default(),
             });
         }
         let db = DB::open_cf_descriptors(&resources.db_options(), &db_dir, cfs)
@@ -323,7 +327,11 @@ impl<K> KeyedStateBackend for RocksDbBackend<K> {
             .create_cf(&cf, &options)
             .map_err(db_err(format!("creating the column family of state {:?}", meta.name)))?;
         self.cf_options.push(options);
-        self.states.push(RState { cf, ttl_slot: slot });
+        self.states.push(RState {
+            cf,
+            ttl_slot: slot,
+            timers: Default::default(),
+        });
         Ok(())
     }
 
@@ -373,6 +381,7 @@ impl<K> KeyedStateBackend for RocksDbBackend<K> {
                 .db
                 .delete_cf_opt(cf, k, &self.write)
                 .map_err(db_err(format_args!("clearing state {:?}", meta.name))),
+            StorageKind::Timers => Err(meta.wrong_kind(StorageKind::Value)),
             StorageKind::Map => {
                 let mut batch = WriteBatch::default();
                 match prefix_end(k) {
@@ -526,7 +535,20 @@ impl<K> KeyedStateBackend for RocksDbBackend<K> {
         // Collected first: the visitor may modify the state.
         let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut last: Vec<u8> = Vec::new();
+        if meta.kind.storage() == StorageKind::Timers {
+            Self::scan(&self.db, cf, name, &[], |key, _| {
+                let t = keys::decode_timer_key(key, name)?;
+                if namespace.is_none_or(|want| want == t.namespace) {
+                    pairs.push((t.key, t.namespace));
+                }
+                Ok(true)
+            })?;
+        }
+        let timers = meta.kind.storage() == StorageKind::Timers;
         Self::scan(&self.db, cf, name, &[], |key, value| {
+            if timers {
+                return Ok(false);
+            }
             if list && value.is_empty() {
                 return Ok(true);
             }
@@ -552,7 +574,12 @@ impl<K> KeyedStateBackend for RocksDbBackend<K> {
         let list = meta.kind.storage() == StorageKind::List;
         let mut n = 0;
         let mut last: Vec<u8> = Vec::new();
+        let timers = meta.kind.storage() == StorageKind::Timers;
         Self::scan(&self.db, cf, name, &[], |key, value| {
+            if timers {
+                n += 1;
+                return Ok(true);
+            }
             let d = decode_key(key, name)?;
             // Lists whose elements all expired in a merge are empty values.
             if list && value.is_empty() {
@@ -565,6 +592,28 @@ impl<K> KeyedStateBackend for RocksDbBackend<K> {
             Ok(true)
         })?;
         Ok(n)
+    }
+
+    fn raw_timer_register(&mut self, state: StateId, timestamp: i64, namespace: &[u8]) -> Result<()> {
+        self.with_timers(state, |cache, db, range, current| {
+            let (kg, key) = current()?;
+            cache.register(db, range, kg, (timestamp, key, namespace))
+        })
+    }
+
+    fn raw_timer_delete(&mut self, state: StateId, timestamp: i64, namespace: &[u8]) -> Result<()> {
+        self.with_timers(state, |cache, db, range, current| {
+            let (kg, key) = current()?;
+            cache.delete(db, range, kg, (timestamp, key, namespace))
+        })
+    }
+
+    fn raw_timer_peek(&mut self, state: StateId) -> Result<Option<i64>> {
+        self.with_timers(state, |cache, db, range, _| cache.peek(db, range))
+    }
+
+    fn raw_timer_poll(&mut self, state: StateId, time: i64) -> Result<Option<(i64, Vec<u8>, Vec<u8>)>> {
+        self.with_timers(state, |cache, db, range, _| cache.poll(db, range, time))
     }
 
     fn snapshot(
@@ -590,7 +639,45 @@ impl<K> KeyedStateBackend for RocksDbBackend<K> {
     }
 }
 
+/// The current key's key group and bytes, or the error of an access without one.
+type CurrentAccess<'a> = &'a dyn Fn() -> Result<(u32, &'a [u8])>;
+
 impl<K> RocksDbBackend<K> {
+    /// Runs `f` with the timer cache of timer service `id`, its column
+    /// family, the backend's key groups and the current key.
+    fn with_timers<R>(
+        &mut self,
+        id: StateId,
+        f: impl FnOnce(
+            &mut timers::TimerCache,
+            &timers::Db<'_>,
+            flowstate_api::KeyGroupRange,
+            CurrentAccess<'_>,
+        ) -> Result<R>,
+    ) -> Result<R> {
+        let core = &self.core;
+        let meta = core.state(id)?.meta();
+        if meta.kind.storage() != StorageKind::Timers {
+            return Err(meta.wrong_kind(StorageKind::Timers));
+        }
+        let s = self
+            .states
+            .get_mut(id as usize)
+            .ok_or_else(|| Error::internal(format!("state {id} has no column family")))?;
+        let cf = self
+            .db
+            .cf_handle(&s.cf)
+            .ok_or_else(|| Error::internal(format!("column family {:?} is missing", s.cf)))?;
+        let db = timers::Db {
+            db: &self.db,
+            cf,
+            write: &self.write,
+            name: &meta.name,
+        };
+        let current = || core.access(id).map(|a| (a.key_group, a.key));
+        f(&mut s.timers, &db, core.key_group_range(), &current)
+    }
+
     pub(crate) fn config(&self) -> &KeyedBackendConfig<K> {
         self.core.config()
     }

@@ -28,7 +28,7 @@ use flowstate_api::{
 use futures::{StreamExt, TryStreamExt};
 use rocksdb::{ReadOptions, WriteBatch};
 
-use crate::keys::{decode_key, key_part, kg_prefix, pack, put_namespace};
+use crate::keys::{key_group_of, key_part, kg_prefix, pack, put_namespace, timer_key};
 use crate::local_recovery::{file_crc32c, link_or_copy_dir, local_dir, verify_local};
 use crate::options::Resources;
 use crate::snapshot::{blocking, open_read_only, DirGuard};
@@ -230,8 +230,7 @@ impl<K: 'static> RocksDbBackend<K> {
                 let (Some(k), Some(v)) = (it.key(), it.value()) else {
                     break;
                 };
-                let d = decode_key(k, &meta.name)?;
-                if d.kg >= overlap.end() {
+                if key_group_of(k, &meta.name)? >= overlap.end() {
                     break;
                 }
                 batch.put_cf(dst, k, v);
@@ -306,6 +305,10 @@ impl<K: 'static> RocksDbBackend<K> {
                         (Record::MapEntry { user_key, value, .. }, StorageKind::Map) => {
                             k.extend_from_slice(user_key);
                             batch.put_cf(cf, &k, value);
+                        }
+                        (Record::Timer { timestamp, .. }, StorageKind::Timers) => {
+                            timer_key(&mut k, kg, *timestamp, key, namespace);
+                            batch.put_cf(cf, &k, []);
                         }
                         _ => {
                             return Err(Error::corrupted(format!(

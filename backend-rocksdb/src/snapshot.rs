@@ -225,11 +225,18 @@ impl KeyGroupSource for FullSource {
                 if !k.starts_with(&prefix) {
                     break;
                 }
+                if *kind == StorageKind::Timers {
+                    let t = crate::keys::decode_timer_key(k, name)?;
+                    out.timer(state, &t.key, &t.namespace, t.timestamp);
+                    it.next();
+                    continue;
+                }
                 let d = decode_key(k, name)?;
                 match kind {
                     StorageKind::Value => out.value(state, d.key, d.namespace, v),
                     StorageKind::List => out.list(state, d.key, d.namespace, elements(v, name)?),
                     StorageKind::Map => out.map_entry(state, d.key, d.namespace, d.user_key, v),
+                    StorageKind::Timers => {}
                 }
                 it.next();
             }

@@ -44,6 +44,7 @@ pub(crate) fn install(o: &mut Options, kind: StorageKind, ttl: Arc<TtlSlot>, clo
         let drop = match kind {
             StorageKind::Value | StorageKind::Map => expired(value),
             StorageKind::List => elements(value, "list").is_ok_and(|e| e.iter().all(|v| expired(v))),
+            StorageKind::Timers => false,
         };
         if drop {
             Decision::Remove

@@ -27,6 +27,8 @@ pub enum StateKind {
     Reducing,
     /// An accumulator folded by an aggregate function.
     Aggregating,
+    /// A timer service: a set of `(timestamp, key, namespace)` timers.
+    Timers,
 }
 
 impl StateKind {
@@ -37,6 +39,7 @@ impl StateKind {
             StateKind::Value | StateKind::Reducing | StateKind::Aggregating => StorageKind::Value,
             StateKind::List => StorageKind::List,
             StateKind::Map => StorageKind::Map,
+            StateKind::Timers => StorageKind::Timers,
         }
     }
 }
@@ -49,6 +52,7 @@ impl fmt::Display for StateKind {
             StateKind::Map => "map",
             StateKind::Reducing => "reducing",
             StateKind::Aggregating => "aggregating",
+            StateKind::Timers => "timers",
         };
         f.write_str(s)
     }
@@ -63,6 +67,8 @@ pub enum StorageKind {
     List,
     /// A map of byte strings per (key, namespace).
     Map,
+    /// A set of timers `(timestamp, key, namespace)`, fired in order.
+    Timers,
 }
 
 /// The longest state name, in bytes.
@@ -154,6 +160,7 @@ impl StateMeta {
             StorageKind::Value => "value",
             StorageKind::List => "list",
             StorageKind::Map => "map",
+            StorageKind::Timers => "timers",
         };
         let article = if self.kind == StateKind::Aggregating { "an" } else { "a" };
         Error::invalid(format!(

@@ -41,6 +41,7 @@ mod error;
 mod keygroup;
 mod serializer;
 mod snapshot;
+mod timer;
 pub mod ttl;
 
 pub mod backend;
@@ -66,6 +67,7 @@ pub use serializer::{
     VoidNamespaceSerializer,
 };
 pub use snapshot::{AsyncOutput, PendingSnapshot, SnapshotOptions, SnapshotResult, SnapshotStats};
+pub use timer::{decode_timestamp, encode_timestamp, TimeDomain, Timer, TimerService, TimerServiceDescriptor};
 pub use ttl::{
     Clock, ManualClock, SharedClock, StateTtlConfig, SystemClock, TtlCleanup, TtlStateVisibility, TtlUpdateType,
 };

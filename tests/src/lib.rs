@@ -56,6 +56,7 @@ pub mod rescale;
 pub mod runtime;
 pub mod snapshot;
 pub mod storage;
+pub mod timers;
 pub mod ttl;
 mod util;
 
@@ -253,6 +254,11 @@ contracts! {
         rescale [] {
             rescale_4_to_2, rescale_2_to_4, rescale_1_to_3, rescale_3_to_1, rescale_15_to_77, rescale_77_to_15,
             canonical_rescale_reads_only_owned_key_groups,
+        }
+        timers [] {
+            duplicate_register_fires_once_and_missing_delete_is_noop, timers_fire_in_total_order,
+            timers_survive_checkpoint_and_savepoint, timer_after_sync_phase_is_not_in_snapshot,
+            timer_service_mismatches_are_refused, timers_rescale_15_to_77, timers_rescale_77_to_15,
         }
         ttl [] {
             on_create_and_write_is_not_refreshed_by_reads, on_read_and_write_is_refreshed_by_reads,

@@ -85,3 +85,82 @@ async fn heap_savepoint_restores_into_rocksdb() {
 async fn rocksdb_savepoint_restores_into_heap() {
     transfer(RocksDbFactory::new(), HeapBackendBuilder).await;
 }
+
+/// `n` timers `(timestamp, key, namespace)`, negative and equal timestamps
+/// included.
+fn timer_workload(n: u64) -> Vec<(i64, u64, u32)> {
+    (0..n)
+        .map(|i| (((i * 7919) % 1000) as i64 - 300, i % 500, (i % 3) as u32))
+        .collect()
+}
+
+/// `timers` without duplicates, in firing order: by timestamp, key group,
+/// key bytes and namespace bytes.
+fn firing_order(timers: &[(i64, u64, u32)]) -> Vec<(i64, u64, u32)> {
+    let bytes = |v: &dyn Fn(&mut Vec<u8>)| {
+        let mut out = Vec::new();
+        v(&mut out);
+        out
+    };
+    let mut sorted: Vec<_> = timers
+        .iter()
+        .map(|&(ts, k, ns)| {
+            let kb = bytes(&|o| Serializer::serialize(&Bincode::<u64>::new(), &k, o).unwrap());
+            let nb = bytes(&|o| Serializer::serialize(&Bincode::<u32>::new(), &ns, o).unwrap());
+            let kg = key_group_for_key_bytes(&kb, 128);
+            ((ts, kg, kb, nb), (ts, k, ns))
+        })
+        .collect();
+    sorted.sort();
+    sorted.dedup();
+    sorted.into_iter().map(|(_, t)| t).collect()
+}
+
+/// A canonical savepoint moves timers heap → RocksDB → heap; each hop fires
+/// the timers in the same total order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_move_heap_rocksdb_heap() {
+    let storage = FsStorageFactory::new().storage("cross-timers");
+    let desc = || TimerServiceDescriptor::event_time("t").in_namespace::<u32>();
+    let timers = timer_workload(3_000);
+    let mut heap = HeapBackendBuilder.build(full_config::<u64>()).unwrap();
+    let t = heap.register(desc()).unwrap();
+    for &(ts, k, ns) in &timers {
+        heap.set_current_key(&k).unwrap();
+        t.register(&mut heap, ts, &ns).unwrap();
+    }
+    let (_, p1) = snapshot_and_complete(&mut heap, &*storage, 1, SnapshotOptions::savepoint()).await;
+    let rocks_ctx = flowstate_conformance::Ctx::new(RocksDbFactory::new(), FsStorageFactory::new());
+    let mut rocks = restore_from(&rocks_ctx, &*storage, full_config::<u64>(), &p1)
+        .await
+        .unwrap();
+    let (_, p2) = snapshot_and_complete(&mut rocks, &*storage, 2, SnapshotOptions::savepoint()).await;
+    let heap_ctx = flowstate_conformance::Ctx::new(HeapBackendBuilder, FsStorageFactory::new());
+    let mut back = restore_from(&heap_ctx, &*storage, full_config::<u64>(), &p2)
+        .await
+        .unwrap();
+    let want = firing_order(&timers);
+    let fire = |fired: Vec<Timer<u64, u32>>| {
+        fired
+            .into_iter()
+            .map(|t| (t.timestamp, t.key, t.namespace))
+            .collect::<Vec<_>>()
+    };
+    let t_rocks = rocks.register(desc()).unwrap();
+    assert_eq!(
+        fire(t_rocks.advance_watermark(&mut rocks, i64::MAX).unwrap()),
+        want,
+        "in RocksDB"
+    );
+    let t_back = back.register(desc()).unwrap();
+    assert_eq!(
+        fire(t_back.advance_watermark(&mut back, i64::MAX).unwrap()),
+        want,
+        "back in the heap"
+    );
+    assert_eq!(
+        fire(t.advance_watermark(&mut heap, i64::MAX).unwrap()),
+        want,
+        "in the first heap"
+    );
+}

@@ -335,6 +335,33 @@ pub trait KeyedStateBackend: Send {
         options: SnapshotOptions,
     ) -> Result<PendingSnapshot>;
 
+    // ------------------------------------------------------------ timers
+
+    /// Registers the timer `(timestamp, current key, namespace)` of timer
+    /// state `state`; a timer that exists is left as it is. By default
+    /// timers are unsupported.
+    fn raw_timer_register(&mut self, state: StateId, timestamp: i64, namespace: &[u8]) -> Result<()> {
+        let _ = (timestamp, namespace);
+        Err(timers_unsupported(self.core(), state))
+    }
+    /// Deletes the timer `(timestamp, current key, namespace)`; a timer
+    /// that does not exist is a no-op.
+    fn raw_timer_delete(&mut self, state: StateId, timestamp: i64, namespace: &[u8]) -> Result<()> {
+        let _ = (timestamp, namespace);
+        Err(timers_unsupported(self.core(), state))
+    }
+    /// The timestamp of the first timer of `state`, if any.
+    fn raw_timer_peek(&mut self, state: StateId) -> Result<Option<i64>> {
+        Err(timers_unsupported(self.core(), state))
+    }
+    /// Removes and returns the first timer of `state` in the total order
+    /// (timestamp, key group, key bytes, namespace bytes) if its timestamp
+    /// is at most `time`: `(timestamp, key, namespace)`.
+    fn raw_timer_poll(&mut self, state: StateId, time: i64) -> Result<Option<(i64, Vec<u8>, Vec<u8>)>> {
+        let _ = time;
+        Err(timers_unsupported(self.core(), state))
+    }
+
     // ------------------------------------------------------------ derived from the core
 
     /// This backend's process-unique id.
@@ -515,6 +542,11 @@ pub trait KeyedStateBackend: Send {
             .map(|meta| self.restore_state(meta, &source))
             .collect()
     }
+}
+
+fn timers_unsupported<K>(core: &BackendCore<K>, state: StateId) -> Error {
+    let name = core.state(state).map(|s| s.meta().name.clone()).unwrap_or_default();
+    Error::unsupported(format!("timer service {name:?}: this backend does not store timers"))
 }
 
 /// Creates and restores backends of one kind, so an engine (and the

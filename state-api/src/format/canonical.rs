@@ -49,6 +49,7 @@ fn kind_tag(kind: StateKind) -> u8 {
         StateKind::Map => 2,
         StateKind::Reducing => 3,
         StateKind::Aggregating => 4,
+        StateKind::Timers => 5,
     }
 }
 
@@ -59,6 +60,7 @@ fn kind_from_tag(tag: u8) -> Result<StateKind> {
         2 => StateKind::Map,
         3 => StateKind::Reducing,
         4 => StateKind::Aggregating,
+        5 => StateKind::Timers,
         t => return Err(Error::corrupted(format!("unknown state kind {t}"))),
     })
 }
@@ -110,6 +112,9 @@ pub(crate) fn read_state_meta(r: &mut Reader<'_>) -> Result<StateMeta> {
         return Err(Error::corrupted(format!(
             "state {name:?}: user-key serializer does not match kind {kind}"
         )));
+    }
+    if kind == StateKind::Timers && ttl {
+        return Err(Error::corrupted(format!("timer service {name:?} cannot have a TTL")));
     }
     Ok(StateMeta {
         name,
@@ -254,6 +259,13 @@ impl KeyGroupWriter {
                 put_bytes(&mut self.buf, e);
             }
         }
+    }
+
+    /// One timer of a timer service.
+    #[inline]
+    pub fn timer(&mut self, state: u32, key: &[u8], namespace: &[u8], timestamp: i64) {
+        self.record_head(state, key, namespace);
+        self.buf.extend_from_slice(&crate::timer::encode_timestamp(timestamp));
     }
 
     /// One entry of a map.
@@ -477,29 +489,47 @@ pub enum Record<'a> {
         /// The value bytes.
         value: &'a [u8],
     },
+    /// One timer.
+    Timer {
+        /// State index into the header.
+        state: u32,
+        /// Serialized key.
+        key: &'a [u8],
+        /// Serialized namespace.
+        namespace: &'a [u8],
+        /// When it fires.
+        timestamp: i64,
+    },
 }
 
 impl<'a> Record<'a> {
     /// The state index into the header.
     pub fn state(&self) -> u32 {
         match self {
-            Record::Value { state, .. } | Record::List { state, .. } | Record::MapEntry { state, .. } => *state,
+            Record::Value { state, .. }
+            | Record::List { state, .. }
+            | Record::MapEntry { state, .. }
+            | Record::Timer { state, .. } => *state,
         }
     }
 
     /// The serialized key.
     pub fn key(&self) -> &'a [u8] {
         match self {
-            Record::Value { key, .. } | Record::List { key, .. } | Record::MapEntry { key, .. } => key,
+            Record::Value { key, .. }
+            | Record::List { key, .. }
+            | Record::MapEntry { key, .. }
+            | Record::Timer { key, .. } => key,
         }
     }
 
     /// The serialized namespace.
     pub fn namespace(&self) -> &'a [u8] {
         match self {
-            Record::Value { namespace, .. } | Record::List { namespace, .. } | Record::MapEntry { namespace, .. } => {
-                namespace
-            }
+            Record::Value { namespace, .. }
+            | Record::List { namespace, .. }
+            | Record::MapEntry { namespace, .. }
+            | Record::Timer { namespace, .. } => namespace,
         }
     }
 }
@@ -779,6 +809,12 @@ impl KeyGroupRecords<'_> {
                 namespace,
                 user_key: r.bytes("map user key")?,
                 value: r.bytes("map value")?,
+            },
+            StorageKind::Timers => Record::Timer {
+                state,
+                key,
+                namespace,
+                timestamp: crate::timer::decode_timestamp(r.array::<8>("timer timestamp")?),
             },
         })
     }
