@@ -1,11 +1,12 @@
-//! The standard workload runner (`BENCHMARKS.md`): W1 state access and W2
-//! snapshots, one tab-separated line per figure:
+//! The standard workload runner (`BENCHMARKS.md`): W1 state access, W2
+//! snapshots and T1 timers, one tab-separated line per figure:
 //! `flowstate <workload> <backend> <metric> <value> <unit>`.
 //!
-//! `workload [W1|W2|all] [--quick] [--storage s3]`; `--quick` shrinks every
+//! `workload [W1|W2|T1|all] [--quick] [--storage s3]`; `--quick` shrinks every
 //! size 10x; `--storage s3` runs W2's RocksDB checkpoints against the
 //! S3-compatible server of `FLOWSTATE_S3_*` (see `scripts/s3-server.sh`).
 
+mod timers;
 mod w1;
 mod w2;
 
@@ -64,9 +65,12 @@ fn main() -> ExitCode {
     let result = match which {
         "W1" => w1::run(scale),
         "W2" => w2::run(scale, object.as_ref()),
-        "all" => w1::run(scale).and_then(|_| w2::run(scale, object.as_ref())),
+        "T1" => timers::run(scale),
+        "all" => w1::run(scale)
+            .and_then(|_| w2::run(scale, object.as_ref()))
+            .and_then(|_| timers::run(scale)),
         other => {
-            eprintln!("usage: workload [W1|W2|all] [--quick] (unknown workload {other:?})");
+            eprintln!("usage: workload [W1|W2|T1|all] [--quick] (unknown workload {other:?})");
             return ExitCode::FAILURE;
         }
     };
