@@ -429,7 +429,7 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
         Ok(self.timer_queues(state)?.peek())
     }
 
-    fn raw_timer_poll(&mut self, state: StateId, time: i64) -> Result<Option<(i64, Vec<u8>, Vec<u8>)>> {
+    fn raw_timer_poll(&mut self, state: StateId, time: i64) -> Result<Option<flowstate_api::backend::RawTimer>> {
         Ok(self
             .timer_queues(state)?
             .poll(time)

@@ -612,7 +612,7 @@ impl<K> KeyedStateBackend for RocksDbBackend<K> {
         self.with_timers(state, |cache, db, range, _| cache.peek(db, range))
     }
 
-    fn raw_timer_poll(&mut self, state: StateId, time: i64) -> Result<Option<(i64, Vec<u8>, Vec<u8>)>> {
+    fn raw_timer_poll(&mut self, state: StateId, time: i64) -> Result<Option<flowstate_api::backend::RawTimer>> {
         self.with_timers(state, |cache, db, range, _| cache.poll(db, range, time))
     }
 

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 
+use flowstate_api::backend::RawTimer;
 use flowstate_api::{KeyGroupRange, Result};
 use rocksdb::{ColumnFamily, ReadOptions, WriteOptions, DB};
 
@@ -208,12 +209,7 @@ impl TimerCache {
     }
 
     /// Removes and returns the first timer if it is due at `time`, with its key group.
-    pub(crate) fn poll(
-        &mut self,
-        db: &Db<'_>,
-        range: KeyGroupRange,
-        time: i64,
-    ) -> Result<Option<(i64, Vec<u8>, Vec<u8>)>> {
+    pub(crate) fn poll(&mut self, db: &Db<'_>, range: KeyGroupRange, time: i64) -> Result<Option<RawTimer>> {
         self.load(db, range)?;
         let Some(&(ts, i)) = self.heads.first() else {
             return Ok(None);

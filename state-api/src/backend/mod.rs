@@ -102,6 +102,9 @@ pub enum MapVisit {
 /// (user key, value) and says what to do with it.
 pub type MapVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<MapVisit> + 'a;
 
+/// A timer as a backend stores it: `(timestamp, serialized key, serialized namespace)`.
+pub type RawTimer = (i64, Vec<u8>, Vec<u8>);
+
 /// The callback of [`KeyedStateBackend::raw_for_each_key`]: sees each (key, namespace).
 pub type KeyVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
 
@@ -357,7 +360,7 @@ pub trait KeyedStateBackend: Send {
     /// Removes and returns the first timer of `state` in the total order
     /// (timestamp, key group, key bytes, namespace bytes) if its timestamp
     /// is at most `time`: `(timestamp, key, namespace)`.
-    fn raw_timer_poll(&mut self, state: StateId, time: i64) -> Result<Option<(i64, Vec<u8>, Vec<u8>)>> {
+    fn raw_timer_poll(&mut self, state: StateId, time: i64) -> Result<Option<RawTimer>> {
         let _ = time;
         Err(timers_unsupported(self.core(), state))
     }
