@@ -4,17 +4,24 @@
 //! in `docs/format.md`: the common envelope (magic `FSMD`, version,
 //! checksum) around hand-encoded fields, so every count and length is
 //! checked against the bytes present.
+//!
+//! Version 2 adds each operator's operator-state handles after its keyed
+//! handles; version 1 files (without them) are still read.
 
 use bytes::Bytes;
 
-use crate::checkpoint::handle::KeyedStateHandle;
+use std::collections::BTreeSet;
+
+use crate::checkpoint::handle::{KeyedStateHandle, StreamStateHandle};
 use crate::error::{Error, Result};
 use crate::format::codec::{decode_envelope, encode_envelope, put_str, put_varint, Reader};
+use crate::operator::OperatorStateHandle;
 
 /// First four bytes of a `_metadata` file.
 pub const METADATA_MAGIC: [u8; 4] = *b"FSMD";
-/// The metadata format version written.
-pub const METADATA_VERSION: u16 = 1;
+/// The metadata format version written: 2 (operator state). Version 1 is
+/// still read.
+pub const METADATA_VERSION: u16 = 2;
 
 /// What a completed checkpoint is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,7 +32,7 @@ pub enum CheckpointKind {
     Savepoint,
 }
 
-/// The keyed state of one operator.
+/// The state of one operator: keyed and operator (non-keyed) state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OperatorState {
     /// The operator's id, stable across restarts.
@@ -36,6 +43,9 @@ pub struct OperatorState {
     pub max_parallelism: u32,
     /// One handle per subtask that had state.
     pub keyed: Vec<KeyedStateHandle>,
+    /// One operator-state handle per subtask that had operator state, each
+    /// naming its subtask.
+    pub operator_state: Vec<OperatorStateHandle>,
 }
 
 impl OperatorState {
@@ -46,7 +56,22 @@ impl OperatorState {
             parallelism,
             max_parallelism,
             keyed,
+            operator_state: Vec::new(),
         }
+    }
+
+    /// Sets the operator (non-keyed) state handles, one per subtask that had any.
+    pub fn with_operator_state(mut self, operator_state: Vec<OperatorStateHandle>) -> Self {
+        self.operator_state = operator_state;
+        self
+    }
+
+    /// Every stream the operator's keyed and operator-state handles reference.
+    pub fn streams(&self) -> impl Iterator<Item = &StreamStateHandle> {
+        self.keyed
+            .iter()
+            .flat_map(KeyedStateHandle::streams)
+            .chain(self.operator_state.iter().map(|h| &h.stream))
     }
 }
 
@@ -85,12 +110,12 @@ impl CheckpointMetadata {
         self.operators.iter().find(|o| o.operator_id == id)
     }
 
-    /// Total size of all referenced state.
+    /// Total size of all referenced state, keyed and operator state.
     pub fn state_size(&self) -> u64 {
         self.operators
             .iter()
-            .flat_map(|o| o.keyed.iter())
-            .map(KeyedStateHandle::state_size)
+            .flat_map(OperatorState::streams)
+            .map(StreamStateHandle::size)
             .sum()
     }
 
@@ -100,8 +125,8 @@ impl CheckpointMetadata {
         let mut paths: Vec<String> = self
             .operators
             .iter()
-            .flat_map(|o| o.keyed.iter())
-            .flat_map(KeyedStateHandle::file_paths)
+            .flat_map(OperatorState::streams)
+            .filter_map(StreamStateHandle::file_path)
             .map(str::to_string)
             .collect();
         paths.sort_unstable();
@@ -127,6 +152,10 @@ impl CheckpointMetadata {
             for h in &op.keyed {
                 h.encode(&mut p);
             }
+            put_varint(&mut p, op.operator_state.len() as u64);
+            for h in &op.operator_state {
+                h.encode(&mut p);
+            }
         }
         encode_envelope(METADATA_MAGIC, METADATA_VERSION, 0, &p)
     }
@@ -141,9 +170,9 @@ impl CheckpointMetadata {
             return Err(Error::corrupted("file is empty"));
         }
         let env = decode_envelope(data, METADATA_MAGIC, "flowstate checkpoint metadata")?;
-        if env.version != METADATA_VERSION || env.flags != 0 {
+        if !(1..=METADATA_VERSION).contains(&env.version) || env.flags != 0 {
             return Err(Error::unsupported(format!(
-                "metadata format version {} flags {:#x}; this build reads version {METADATA_VERSION}",
+                "metadata format version {} flags {:#x}; this build reads versions 1 to {METADATA_VERSION}",
                 env.version, env.flags
             )));
         }
@@ -175,11 +204,18 @@ impl CheckpointMetadata {
             }
             crate::checkpoint::handle::check_restore_handles(&keyed, max_parallelism)
                 .map_err(|e| Error::corrupted(format!("operator {operator_id:?}: {}", e.message())))?;
+            let operator_state = if env.version >= 2 {
+                decode_operator_state(&mut r, &payload, parallelism)
+                    .map_err(|e| e.context(format!("operator {operator_id:?}")))?
+            } else {
+                Vec::new()
+            };
             operators.push(OperatorState {
                 operator_id,
                 parallelism,
                 max_parallelism,
                 keyed,
+                operator_state,
             });
         }
         r.finish("checkpoint metadata")?;
@@ -190,4 +226,30 @@ impl CheckpointMetadata {
             operators,
         })
     }
+}
+
+/// The operator-state handles of an operator of `parallelism`: each of a
+/// distinct subtask below it.
+fn decode_operator_state(r: &mut Reader<'_>, payload: &Bytes, parallelism: u32) -> Result<Vec<OperatorStateHandle>> {
+    // subtask (1) + stream tag (1) + state count (1)
+    let n = r.count(3, "operator-state handle count")?;
+    let mut handles = Vec::with_capacity(n);
+    let mut subtasks = BTreeSet::new();
+    for _ in 0..n {
+        let h = OperatorStateHandle::decode(r, payload)?;
+        if h.subtask_index >= parallelism {
+            return Err(Error::corrupted(format!(
+                "operator-state handle of subtask {} at parallelism {parallelism}",
+                h.subtask_index
+            )));
+        }
+        if !subtasks.insert(h.subtask_index) {
+            return Err(Error::corrupted(format!(
+                "two operator-state handles of subtask {}",
+                h.subtask_index
+            )));
+        }
+        handles.push(h);
+    }
+    Ok(handles)
 }
