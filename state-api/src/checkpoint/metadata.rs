@@ -253,3 +253,98 @@ fn decode_operator_state(r: &mut Reader<'_>, payload: &Bytes, parallelism: u32) 
     }
     Ok(handles)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::operator::{DistributionMode, OperatorStateBlock};
+    use crate::serializer::SerializerId;
+
+    fn op_handle(subtask_index: u32, path: &str) -> OperatorStateHandle {
+        OperatorStateHandle {
+            subtask_index,
+            stream: StreamStateHandle::File {
+                path: path.into(),
+                size: 50,
+            },
+            states: vec![OperatorStateBlock {
+                name: "offsets".into(),
+                mode: DistributionMode::Union,
+                value_serializer: SerializerId::new("bincode2:u64", 1),
+                key_serializer: None,
+                offset: 0,
+                length: 50,
+                entries: 10,
+                crc32c: 7,
+            }],
+        }
+    }
+
+    fn sample() -> CheckpointMetadata {
+        CheckpointMetadata::new(4, CheckpointKind::Checkpoint, 99).with_operator(
+            OperatorState::new("op", 3, 128, Vec::new())
+                .with_operator_state(vec![op_handle(2, "chk-4/b"), op_handle(0, "chk-4/a")]),
+        )
+    }
+
+    #[test]
+    fn operator_state_round_trips_and_is_referenced() {
+        let m = sample();
+        let bytes = Bytes::from(m.encode());
+        assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 2);
+        assert_eq!(CheckpointMetadata::decode(&bytes, "m").unwrap(), m);
+        assert_eq!(m.file_paths(), ["chk-4/a", "chk-4/b"]);
+        assert_eq!(m.state_size(), 100);
+    }
+
+    #[test]
+    fn version_1_is_read_and_later_versions_are_not() {
+        let mut p = Vec::new();
+        put_varint(&mut p, 4);
+        p.push(0);
+        put_varint(&mut p, 99);
+        put_varint(&mut p, 1);
+        put_str(&mut p, "op");
+        put_varint(&mut p, 3);
+        put_varint(&mut p, 128);
+        put_varint(&mut p, 0);
+        let v1 = Bytes::from(encode_envelope(METADATA_MAGIC, 1, 0, &p));
+        let m = CheckpointMetadata::decode(&v1, "v1").unwrap();
+        assert_eq!(m.operators[0], OperatorState::new("op", 3, 128, Vec::new()));
+        // Version 2 needs the operator-state count.
+        let short = Bytes::from(encode_envelope(METADATA_MAGIC, 2, 0, &p));
+        let e = CheckpointMetadata::decode(&short, "v2").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+        p.push(0);
+        let v3 = Bytes::from(encode_envelope(METADATA_MAGIC, 3, 0, &p));
+        let e = CheckpointMetadata::decode(&v3, "v3").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    }
+
+    #[test]
+    fn bad_operator_state_subtasks_are_corrupted() {
+        for handles in [
+            vec![op_handle(3, "chk-4/a")],
+            vec![op_handle(1, "chk-4/a"), op_handle(1, "chk-4/b")],
+        ] {
+            let mut m = sample();
+            m.operators[0].operator_state = handles;
+            let e = CheckpointMetadata::decode(&Bytes::from(m.encode()), "m").unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+            assert!(e.message().contains("\"op\"") && e.message().contains("subtask"), "{e}");
+        }
+    }
+
+    #[test]
+    fn truncated_metadata_is_refused() {
+        let bytes = sample().encode();
+        // Every shorter payload, in a valid envelope: never a panic, always an error.
+        let payload = &bytes[16..];
+        for len in 0..payload.len() {
+            let cut = Bytes::from(encode_envelope(METADATA_MAGIC, METADATA_VERSION, 0, &payload[..len]));
+            let e = CheckpointMetadata::decode(&cut, "m").unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Corrupted, "{len}: {e}");
+        }
+    }
+}

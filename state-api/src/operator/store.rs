@@ -831,7 +831,18 @@ async fn write_views(
             }
         }
     }
-    let stream = w.close().await?;
+    let (stream, written) = w.close().await?;
+    if stream.size() != written {
+        let e = Error::internal(format!(
+            "operator state stream {} holds {} bytes but {written} were written",
+            stream.describe(),
+            stream.size()
+        ));
+        if let Err(d) = location.discard(std::slice::from_ref(&stream)).await {
+            tracing::warn!(error = %d, "could not discard an operator state stream");
+        }
+        return Err(e);
+    }
     Ok(OperatorStateHandle {
         subtask_index,
         stream,
@@ -895,7 +906,8 @@ impl BlockWriter {
         Ok(block_of(view, offset, self.position() - offset, crc))
     }
 
-    async fn close(mut self) -> Result<StreamStateHandle> {
+    /// Closes the stream: its handle and the bytes written.
+    async fn close(mut self) -> Result<(StreamStateHandle, u64)> {
         if !self.buf.is_empty() {
             if let Err(e) = self.flush().await {
                 self.stream.abort().await;
@@ -903,15 +915,7 @@ impl BlockWriter {
             }
         }
         let written = self.flushed;
-        let handle = self.stream.close().await?;
-        if handle.size() != written {
-            return Err(Error::internal(format!(
-                "operator state stream {} holds {} bytes but {written} were written",
-                handle.describe(),
-                handle.size()
-            )));
-        }
-        Ok(handle)
+        Ok((self.stream.close().await?, written))
     }
 }
 
@@ -1182,5 +1186,712 @@ fn assemble(
             }
             Ok(Data::Map(Arc::new(map)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::checkpoint::{
+        BlobCheckpointStorage, CheckpointKind, CheckpointMetadata, CheckpointStorage, InlineReader, MemoryBlobStore,
+        MemoryCheckpointStorage, OperatorState, ResolvedCheckpoint,
+    };
+    use crate::ttl::StateTtlConfig;
+
+    fn list(name: &str) -> ListStateDescriptor<String> {
+        ListStateDescriptor::new(name)
+    }
+
+    fn map(name: &str) -> MapStateDescriptor<String, u64> {
+        MapStateDescriptor::new(name)
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Subtask `i` of `p` holding `values` in split state `s`.
+    fn split_store(i: u32, p: u32, values: &[&str]) -> OperatorStateStore {
+        let mut store = OperatorStateStore::new(i, p).unwrap();
+        let s = store.list_state(&list("s")).unwrap();
+        s.update(&mut store, strings(values)).unwrap();
+        store
+    }
+
+    fn memory() -> Arc<dyn CheckpointStorage> {
+        Arc::new(MemoryCheckpointStorage::new("job"))
+    }
+
+    /// Storage that inlines streams of at most 64 bytes and writes larger ones as files.
+    fn files() -> Arc<dyn CheckpointStorage> {
+        Arc::new(
+            BlobCheckpointStorage::new(Arc::new(MemoryBlobStore::new("memory://job")), "job")
+                .unwrap()
+                .with_inline_threshold(64)
+                .unwrap(),
+        )
+    }
+
+    /// Checkpoint `id` of operator "op" whose subtasks are `stores`,
+    /// resolved back from storage.
+    async fn checkpoint(
+        storage: &Arc<dyn CheckpointStorage>,
+        id: u64,
+        stores: &[OperatorStateStore],
+    ) -> ResolvedCheckpoint {
+        let location = storage.init_checkpoint(id).await.unwrap();
+        let mut handles = Vec::new();
+        for s in stores {
+            let h = s.snapshot(id, Arc::clone(&location)).unwrap().await.unwrap();
+            if !h.is_empty() {
+                handles.push(h);
+            }
+        }
+        let op = OperatorState::new("op", stores.len() as u32, 128, Vec::new()).with_operator_state(handles);
+        let m = CheckpointMetadata::new(id, CheckpointKind::Checkpoint, 0).with_operator(op);
+        location.write_metadata(&m).await.unwrap();
+        storage.resolve(&storage.checkpoint_pointer(id)).await.unwrap()
+    }
+
+    async fn restore_all(resolved: &ResolvedCheckpoint, p: u32) -> Vec<OperatorStateStore> {
+        let op = resolved.metadata.operator("op").unwrap();
+        let mut out = Vec::new();
+        for i in 0..p {
+            let store = OperatorStateStore::restore(i, p, &op.operator_state, op.parallelism, &*resolved.reader)
+                .await
+                .unwrap();
+            out.push(store);
+        }
+        out
+    }
+
+    fn lists(stores: &mut [OperatorStateStore], name: &str, union: bool) -> Vec<Vec<String>> {
+        stores
+            .iter_mut()
+            .map(|s| {
+                let h = if union {
+                    s.union_list_state(&list(name))
+                } else {
+                    s.list_state(&list(name))
+                };
+                h.unwrap().get(s).unwrap()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn each_kind_round_trips() {
+        for storage in [memory(), files()] {
+            let mut store = OperatorStateStore::new(0, 1).unwrap();
+            let s = store.list_state(&list("s")).unwrap();
+            let u = store.union_list_state(&list("u")).unwrap();
+            let b = store.broadcast_state(&map("b")).unwrap();
+            store.list_state(&list("empty")).unwrap();
+            s.add(&mut store, "a".to_string()).unwrap();
+            s.add_all(&mut store, strings(&["b", "c"])).unwrap();
+            u.update(&mut store, strings(&["x"])).unwrap();
+            b.put(&mut store, "k1".to_string(), 1).unwrap();
+            b.put_all(&mut store, [("k2".to_string(), 2), ("k3".to_string(), 3)])
+                .unwrap();
+            assert!(b.remove(&mut store, &"k3".to_string()).unwrap());
+            assert!(!b.remove(&mut store, &"k3".to_string()).unwrap());
+
+            let resolved = checkpoint(&storage, 1, &[store]).await;
+            let mut r = restore_all(&resolved, 1).await.remove(0);
+            assert_eq!(r.state_names().collect::<Vec<_>>(), ["b", "empty", "s", "u"]);
+            assert_eq!(r.mode("empty"), Some(DistributionMode::Split));
+            let s = r.list_state(&list("s")).unwrap();
+            let u = r.union_list_state(&list("u")).unwrap();
+            let b = r.broadcast_state(&map("b")).unwrap();
+            assert_eq!(s.get(&r).unwrap(), strings(&["a", "b", "c"]));
+            assert_eq!(u.get(&r).unwrap(), strings(&["x"]));
+            assert_eq!(b.entries(&r).unwrap(), [("k1".to_string(), 1), ("k2".to_string(), 2)]);
+            assert_eq!(b.get(&r, &"k2".to_string()).unwrap(), Some(2));
+            assert_eq!(b.get(&r, &"k3".to_string()).unwrap(), None);
+            assert!(b.contains(&r, &"k1".to_string()).unwrap());
+            assert_eq!((b.len(&r).unwrap(), s.len(&r).unwrap()), (2, 3));
+            let empty = r.list_state(&list("empty")).unwrap();
+            assert!(empty.is_empty(&r).unwrap());
+            // Restored state is live state.
+            s.clear(&mut r).unwrap();
+            b.clear(&mut r).unwrap();
+            assert!(s.is_empty(&r).unwrap() && b.is_empty(&r).unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn split_3_to_2_and_back() {
+        let storage = memory();
+        let old = [
+            split_store(0, 3, &["a", "b"]),
+            split_store(1, 3, &["c"]),
+            split_store(2, 3, &["d", "e"]),
+        ];
+        let resolved = checkpoint(&storage, 1, &old).await;
+        let mut new = restore_all(&resolved, 2).await;
+        assert_eq!(
+            lists(&mut new, "s", false),
+            [strings(&["a", "b", "c"]), strings(&["d", "e"])]
+        );
+        // Unchanged parallelism: each subtask gets its own back.
+        let mut same = restore_all(&resolved, 3).await;
+        assert_eq!(
+            lists(&mut same, "s", false),
+            [strings(&["a", "b"]), strings(&["c"]), strings(&["d", "e"])]
+        );
+        // And 2 → 3 from the restored pair.
+        let resolved = checkpoint(&storage, 2, &new).await;
+        let mut three = restore_all(&resolved, 3).await;
+        assert_eq!(
+            lists(&mut three, "s", false),
+            [strings(&["a", "b"]), strings(&["c", "d"]), strings(&["e"])]
+        );
+    }
+
+    #[tokio::test]
+    async fn split_1_to_2() {
+        let resolved = checkpoint(&memory(), 1, &[split_store(0, 1, &["e1", "e2"])]).await;
+        let mut new = restore_all(&resolved, 2).await;
+        assert_eq!(lists(&mut new, "s", false), [strings(&["e1"]), strings(&["e2"])]);
+    }
+
+    #[tokio::test]
+    async fn union_gives_every_entry_to_every_subtask() {
+        let old: Vec<OperatorStateStore> = (0..2)
+            .map(|i| {
+                let mut store = OperatorStateStore::new(i, 2).unwrap();
+                let u = store.union_list_state(&list("u")).unwrap();
+                u.add_all(&mut store, [format!("{i}a"), format!("{i}b")]).unwrap();
+                store
+            })
+            .collect();
+        let resolved = checkpoint(&memory(), 1, &old).await;
+        let all = strings(&["0a", "0b", "1a", "1b"]);
+        for p in [2, 3] {
+            let mut new = restore_all(&resolved, p).await;
+            assert_eq!(lists(&mut new, "u", true), vec![all.clone(); p as usize], "p = {p}");
+        }
+        // The metadata records one block per subtask, not one offset per entry.
+        let op = resolved.metadata.operator("op").unwrap();
+        assert_eq!(op.operator_state.len(), 2);
+        assert!(op.operator_state.iter().all(|h| h.states.len() == 1));
+    }
+
+    #[tokio::test]
+    async fn broadcast_3_to_5_follows_i_mod_3() {
+        let old: Vec<OperatorStateStore> = (0..3)
+            .map(|i| {
+                let mut store = OperatorStateStore::new(i, 3).unwrap();
+                let b = store.broadcast_state(&map("b")).unwrap();
+                b.put(&mut store, format!("copy{i}"), u64::from(i)).unwrap();
+                b.put(&mut store, "shared".to_string(), 7).unwrap();
+                store
+            })
+            .collect();
+        let resolved = checkpoint(&memory(), 1, &old).await;
+        let mut new = restore_all(&resolved, 5).await;
+        for (i, s) in new.iter_mut().enumerate() {
+            let b = s.broadcast_state(&map("b")).unwrap();
+            let old = (i % 3) as u64;
+            assert_eq!(
+                b.entries(s).unwrap(),
+                [(format!("copy{old}"), old), ("shared".to_string(), 7)],
+                "subtask {i}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn restored_mode_and_serializers_are_checked_on_registration() {
+        let resolved = checkpoint(&memory(), 1, &[split_store(0, 1, &["a"])]).await;
+        let mut r = restore_all(&resolved, 1).await.remove(0);
+
+        let e = r.union_list_state(&list("s")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
+        let m = e.message();
+        assert!(
+            m.contains("\"s\"") && m.contains("restored as split") && m.contains("union"),
+            "{e}"
+        );
+        let e = r.broadcast_state(&map("s")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
+
+        let e = r.list_state(&ListStateDescriptor::<u64>::new("s")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
+        let (wanted, restored) = (Bincode::<u64>::new().id(), Bincode::<String>::new().id());
+        assert!(
+            e.message().contains(&wanted.to_string()) && e.message().contains(&restored.to_string()),
+            "{e}"
+        );
+
+        // The right descriptor still gets the state.
+        let s = r.list_state(&list("s")).unwrap();
+        assert_eq!(s.get(&r).unwrap(), strings(&["a"]));
+
+        // Broadcast key serializers are checked too.
+        let mut store = OperatorStateStore::new(0, 1).unwrap();
+        store.broadcast_state(&map("b")).unwrap();
+        let resolved = checkpoint(&memory(), 2, &[store]).await;
+        let mut r = restore_all(&resolved, 1).await.remove(0);
+        let e = r
+            .broadcast_state(&MapStateDescriptor::<u64, u64>::new("b"))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
+        assert!(e.message().contains("key serializer"), "{e}");
+    }
+
+    use crate::serializer::{Bincode, Serializer};
+
+    #[test]
+    fn registration_rules() {
+        let mut store = OperatorStateStore::new(1, 2).unwrap();
+        let a = store.list_state(&list("s")).unwrap();
+        let b = store.list_state(&list("s")).unwrap();
+        a.add(&mut store, "x".to_string()).unwrap();
+        assert_eq!(b.get(&store).unwrap(), strings(&["x"]));
+        let c = b.clone();
+        assert_eq!(c.name(), "s");
+        assert_eq!(c.mode(), DistributionMode::Split);
+
+        let e = store.union_list_state(&list("s")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
+        assert!(e.message().contains("registered as split"), "{e}");
+        let e = store.list_state(&ListStateDescriptor::<u64>::new("s")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
+
+        let ttl = list("t").with_ttl(StateTtlConfig::new(Duration::from_secs(1)));
+        let e = store.list_state(&ttl).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+        assert!(e.message().contains("TTL"), "{e}");
+        assert_eq!(store.mode("t"), None);
+
+        let e = store.list_state(&list("a\0b")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+
+        let mut other = OperatorStateStore::new(0, 2).unwrap();
+        let e = a.add(&mut other, "y".to_string()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+        assert!(a.get(&other).is_err());
+
+        for (i, p) in [(0, 0), (2, 2), (0, MAX_PARALLELISM_UPPER_BOUND + 1)] {
+            let e = OperatorStateStore::new(i, p).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+        }
+        assert_eq!((store.subtask_index(), store.parallelism()), (1, 2));
+        assert!(format!("{store:?}").contains("\"s\""));
+    }
+
+    #[tokio::test]
+    async fn writes_after_the_sync_phase_are_not_in_the_snapshot() {
+        let storage = memory();
+        let mut store = OperatorStateStore::new(0, 1).unwrap();
+        let s = store.list_state(&list("s")).unwrap();
+        let b = store.broadcast_state(&map("b")).unwrap();
+        s.add(&mut store, "before".to_string()).unwrap();
+        b.put(&mut store, "k".to_string(), 1).unwrap();
+
+        let location = storage.init_checkpoint(1).await.unwrap();
+        let pending = store.snapshot(1, Arc::clone(&location)).unwrap();
+        assert_eq!(pending.checkpoint_id(), 1);
+        // The sync phase shares the entries; it copies nothing.
+        let Data::List(l) = &store.slots[0].data else { panic!() };
+        assert_eq!(Arc::strong_count(l), 2);
+
+        s.add(&mut store, "after".to_string()).unwrap();
+        b.put(&mut store, "k".to_string(), 2).unwrap();
+        b.put(&mut store, "k2".to_string(), 3).unwrap();
+        let Data::List(l) = &store.slots[0].data else { panic!() };
+        assert_eq!(Arc::strong_count(l), 1, "the first write copied the list");
+
+        let handle = pending.await.unwrap();
+        let r = OperatorStateStore::restore(0, 1, &[handle], 1, &InlineReader)
+            .await
+            .unwrap();
+        let mut r = r;
+        let s2 = r.list_state(&list("s")).unwrap();
+        let b2 = r.broadcast_state(&map("b")).unwrap();
+        assert_eq!(s2.get(&r).unwrap(), strings(&["before"]));
+        assert_eq!(b2.entries(&r).unwrap(), [("k".to_string(), 1)]);
+        // The live store has the later writes.
+        assert_eq!(s.get(&store).unwrap(), strings(&["before", "after"]));
+        assert_eq!(b.len(&store).unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn empty_stores_write_nothing() {
+        let storage = files();
+        let location = storage.init_checkpoint(1).await.unwrap();
+        let store = OperatorStateStore::new(0, 1).unwrap();
+        let h = store.snapshot(1, Arc::clone(&location)).unwrap().await.unwrap();
+        assert!(h.is_empty());
+        assert_eq!(h.stream, StreamStateHandle::Empty);
+
+        // States without entries: nothing written, but their modes are kept.
+        let mut store = OperatorStateStore::new(0, 1).unwrap();
+        store.union_list_state(&list("u")).unwrap();
+        store.broadcast_state(&map("b")).unwrap();
+        let h = store.snapshot(1, Arc::clone(&location)).unwrap().await.unwrap();
+        assert!(!h.is_empty());
+        assert_eq!(h.stream, StreamStateHandle::Empty);
+        assert_eq!(h.states.len(), 2);
+        assert!(storage.list_files().await.unwrap().is_empty());
+        let r = OperatorStateStore::restore(0, 3, &[h], 1, &InlineReader).await.unwrap();
+        assert_eq!(r.mode("u"), Some(DistributionMode::Union));
+        assert_eq!(r.mode("b"), Some(DistributionMode::Broadcast));
+    }
+
+    #[tokio::test]
+    async fn snapshot_refuses_another_checkpoint_s_location() {
+        let location = memory().init_checkpoint(2).await.unwrap();
+        let e = OperatorStateStore::new(0, 1)
+            .unwrap()
+            .snapshot(1, location)
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    }
+
+    /// Handle of one subtask with split state "s" = `[a, b]` and union "u" = `[x]`.
+    async fn inline_handle() -> OperatorStateHandle {
+        let mut store = split_store(0, 1, &["a", "b"]);
+        let u = store.union_list_state(&list("u")).unwrap();
+        u.add(&mut store, "x".to_string()).unwrap();
+        let location = memory().init_checkpoint(1).await.unwrap();
+        store.snapshot(1, location).unwrap().await.unwrap()
+    }
+
+    fn with_stream(h: &OperatorStateHandle, f: impl FnOnce(&mut Vec<u8>)) -> OperatorStateHandle {
+        let StreamStateHandle::Inline(b) = &h.stream else {
+            panic!()
+        };
+        let mut b = b.to_vec();
+        f(&mut b);
+        OperatorStateHandle {
+            stream: StreamStateHandle::Inline(Bytes::from(b)),
+            ..h.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn corrupted_blocks_are_refused_naming_the_state() {
+        let h = inline_handle().await;
+        let s = h.state("s").unwrap().clone();
+        // Every byte of the block of "s", flipped.
+        for at in s.range() {
+            let bad = with_stream(&h, |b| b[at as usize] ^= 0x40);
+            let e = OperatorStateStore::restore(0, 1, &[bad], 1, &InlineReader)
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+            assert!(e.message().contains("\"s\"") && e.message().contains("checksum"), "{e}");
+            assert!(e.message().contains("subtask 0"), "{e}");
+        }
+        // A wrong entry count with a matching checksum.
+        let mut bad = h.clone();
+        bad.states.iter_mut().find(|b| b.name == "s").unwrap().entries = 1;
+        let e = OperatorStateStore::restore(0, 1, &[bad], 1, &InlineReader)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+        assert!(e.message().contains("\"s\""), "{e}");
+        // A block the stream does not hold.
+        let bad = with_stream(&h, |b| b.truncate(3));
+        let e = OperatorStateStore::restore(0, 1, &[bad], 1, &InlineReader)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+        // Every subtask reads union state: a corrupted union block fails
+        // subtask 1 of 2 too, naming it.
+        let u = h.state("u").unwrap().clone();
+        let bad = with_stream(&h, |b| b[u.offset as usize] ^= 1);
+        let e = OperatorStateStore::restore(1, 2, &[bad], 1, &InlineReader)
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("\"u\""), "{e}");
+    }
+
+    #[tokio::test]
+    async fn inconsistent_handles_are_refused() {
+        let h = inline_handle().await;
+        let restore = |old: Vec<OperatorStateHandle>, p_old: u32| async move {
+            OperatorStateStore::restore(0, 1, &old, p_old, &InlineReader)
+                .await
+                .unwrap_err()
+        };
+        let e = restore(vec![h.clone(), h.clone()], 2).await;
+        assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+        let e = restore(vec![h.clone()], 0).await;
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+        let mut other = h.clone();
+        other.subtask_index = 1;
+        let e = restore(vec![other.clone()], 1).await;
+        assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+        // "s" split in subtask 0 but union in subtask 1.
+        other.states.iter_mut().find(|b| b.name == "s").unwrap().mode = DistributionMode::Union;
+        let e = restore(vec![h.clone(), other.clone()], 2).await;
+        assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+        assert!(e.message().contains("\"s\"") && e.message().contains("union"), "{e}");
+        other.states.iter_mut().find(|b| b.name == "s").unwrap().mode = DistributionMode::Split;
+        other
+            .states
+            .iter_mut()
+            .find(|b| b.name == "s")
+            .unwrap()
+            .value_serializer = SerializerId::new("x", 1);
+        let e = restore(vec![h.clone(), other], 2).await;
+        assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+        assert!(e.message().contains("serializer"), "{e}");
+        let e = OperatorStateStore::restore(2, 2, &[h], 1, &InlineReader)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    }
+
+    /// A reader that records what it is asked to read.
+    #[derive(Debug)]
+    struct Recording {
+        inner: Arc<dyn StateReader>,
+        reads: Mutex<Vec<(String, Vec<Range<u64>>)>>,
+    }
+
+    #[async_trait]
+    impl StateReader for Recording {
+        async fn read(&self, handle: &StreamStateHandle) -> Result<Bytes> {
+            let size = handle.size();
+            let whole = std::iter::once(0..size).collect();
+            self.reads.lock().unwrap().push((handle.describe(), whole));
+            self.inner.read(handle).await
+        }
+
+        async fn read_ranges(&self, handle: &StreamStateHandle, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+            self.reads.lock().unwrap().push((handle.describe(), ranges.to_vec()));
+            self.inner.read_ranges(handle, ranges).await
+        }
+    }
+
+    #[tokio::test]
+    async fn inline_and_file_handles_restore_reading_only_assigned_blocks() {
+        let storage = files();
+        let big: Vec<String> = (0..200).map(|i| format!("element {i}")).collect();
+        let mut stores = vec![
+            split_store(0, 3, &["a", "b"]),
+            split_store(1, 3, &["c"]),
+            OperatorStateStore::new(2, 3).unwrap(),
+        ];
+        let s = stores[2].list_state(&list("s")).unwrap();
+        s.update(&mut stores[2], &big).unwrap();
+        let b = stores[2].broadcast_state(&map("b")).unwrap();
+        b.put(&mut stores[2], "k".to_string(), 1).unwrap();
+        let resolved = checkpoint(&storage, 1, &stores).await;
+        let op = resolved.metadata.operator("op").unwrap();
+        let kinds: Vec<bool> = op
+            .operator_state
+            .iter()
+            .map(|h| matches!(h.stream, StreamStateHandle::Inline(_)))
+            .collect();
+        assert_eq!(kinds, [true, true, false], "small state inline, large state in a file");
+        let file = op.operator_state[2].stream.file_path().unwrap().to_string();
+        assert!(file.starts_with("chk-1/"), "{file}");
+        assert_eq!(resolved.metadata.file_paths(), std::slice::from_ref(&file));
+        assert_eq!(
+            resolved.metadata.state_size(),
+            op.operator_state.iter().map(|h| h.stream.size()).sum::<u64>()
+        );
+
+        // 3 → 2: 203 entries, 102 and 101. Subtask 1 gets its entries from the file only.
+        let reader = Recording {
+            inner: Arc::clone(&resolved.reader),
+            reads: Mutex::default(),
+        };
+        let mut r1 = OperatorStateStore::restore(1, 2, &op.operator_state, 3, &reader)
+            .await
+            .unwrap();
+        let reads = reader.reads.lock().unwrap().clone();
+        let h2 = &op.operator_state[2];
+        // One ranged read of the file: its split block only (broadcast "b" goes to
+        // subtask 2 % 3 = 2, which does not exist at parallelism 2).
+        assert_eq!(reads, [(file.clone(), vec![h2.state("s").unwrap().range()])]);
+        let s1 = r1.list_state(&list("s")).unwrap();
+        assert_eq!(s1.get(&r1).unwrap(), big[99..].to_vec());
+        let b1 = r1.broadcast_state(&map("b")).unwrap();
+        assert!(b1.is_empty(&r1).unwrap());
+
+        let mut all = restore_all(&resolved, 2).await;
+        let mut expected = strings(&["a", "b", "c"]);
+        expected.extend_from_slice(&big[..99]);
+        assert_eq!(lists(&mut all, "s", false)[0], expected);
+        // Unchanged parallelism: subtask 2 gets its file back, broadcast included.
+        let mut same = restore_all(&resolved, 3).await;
+        assert_eq!(lists(&mut same, "s", false)[2], big);
+        let b2 = same[2].broadcast_state(&map("b")).unwrap();
+        assert_eq!(b2.entries(&same[2]).unwrap(), [("k".to_string(), 1)]);
+    }
+
+    #[test]
+    fn handles_and_snapshots_move_between_threads() {
+        fn send_static<T: Send + Sync + 'static>() {}
+        send_static::<OperatorStateStore>();
+        send_static::<OperatorListState<String>>();
+        send_static::<BroadcastState<String, u64>>();
+        fn send<T: Send + 'static>() {}
+        send::<PendingOperatorSnapshot>();
+        send::<<PendingOperatorSnapshot as IntoFuture>::IntoFuture>();
+    }
+
+    /// A small deterministic generator for the property test.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    /// Through storage, every assignment is exactly what `repartition`
+    /// (Flink's) gives for the same entries.
+    #[tokio::test]
+    async fn restores_match_repartition() {
+        let storage = files();
+        let mut rng = Lcg(7);
+        for round in 0..40u64 {
+            let p_old = 1 + rng.below(5) as u32;
+            let p_new = 1 + rng.below(6) as u32;
+            let names = [
+                ("a", DistributionMode::Split),
+                ("b", DistributionMode::Union),
+                ("c", DistributionMode::Split),
+                ("d", DistributionMode::Broadcast),
+            ];
+            let mut stores = Vec::new();
+            let mut expected_in: Vec<SubtaskStates<String>> = Vec::new();
+            for i in 0..p_old {
+                let mut store = OperatorStateStore::new(i, p_old).unwrap();
+                let mut states = BTreeMap::new();
+                for (name, mode) in names {
+                    let n = rng.below(if round % 3 == 0 { 40 } else { 5 });
+                    let entries: Vec<String> = (0..n).map(|e| format!("{name}{i}.{e}")).collect();
+                    match mode {
+                        DistributionMode::Split => store.list_state(&list(name)).unwrap().update(&mut store, &entries),
+                        DistributionMode::Union => store
+                            .union_list_state(&list(name))
+                            .unwrap()
+                            .update(&mut store, &entries),
+                        DistributionMode::Broadcast => {
+                            let b = store.broadcast_state(&map(name)).unwrap();
+                            b.put_all(&mut store, entries.iter().map(|e| (e, 0u64)))
+                        }
+                    }
+                    .unwrap();
+                    states.insert(name.to_string(), SubtaskState { mode, entries });
+                }
+                stores.push(store);
+                expected_in.push(states);
+            }
+            let expected = repartition(&expected_in, p_new).unwrap();
+            let resolved = checkpoint(&storage, round + 1, &stores).await;
+            let mut new = restore_all(&resolved, p_new).await;
+            for (i, (store, want)) in new.iter_mut().zip(&expected).enumerate() {
+                for (name, mode) in names {
+                    let mut got = match mode {
+                        DistributionMode::Split => store.list_state(&list(name)).unwrap().get(store).unwrap(),
+                        DistributionMode::Union => store.union_list_state(&list(name)).unwrap().get(store).unwrap(),
+                        DistributionMode::Broadcast => {
+                            let b = store.broadcast_state(&map(name)).unwrap();
+                            b.entries(store).unwrap().into_iter().map(|(k, _)| k).collect()
+                        }
+                    };
+                    let mut want = want[name].entries.clone();
+                    if mode == DistributionMode::Broadcast {
+                        got.sort();
+                        want.sort();
+                    }
+                    assert_eq!(got, want, "round {round}: {p_old} → {p_new}, subtask {i}, state {name}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn too_many_split_entries_to_reassign_are_refused() {
+        let h = OperatorStateHandle {
+            subtask_index: 0,
+            stream: StreamStateHandle::File {
+                path: "chk-1/x".into(),
+                size: u64::MAX / 2,
+            },
+            states: vec![OperatorStateBlock {
+                name: "s".into(),
+                mode: DistributionMode::Split,
+                value_serializer: SerializerId::new("x", 1),
+                key_serializer: None,
+                offset: 0,
+                length: u64::MAX / 2,
+                entries: u64::MAX / 2,
+                crc32c: 0,
+            }],
+        };
+        let e = OperatorStateStore::restore(0, 2, &[h], 1, &InlineReader)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::LimitExceeded, "{e}");
+    }
+
+    /// Begins checkpoint `id` and snapshots `store` into it: the location,
+    /// the metadata to complete it with and the operator-state file.
+    async fn take(
+        cs: &mut crate::lifecycle::CheckpointStore,
+        store: &OperatorStateStore,
+        id: u64,
+    ) -> (Arc<dyn CheckpointLocation>, CheckpointMetadata, String) {
+        let location = cs.begin_checkpoint(id).await.unwrap();
+        let h = store.snapshot(id, Arc::clone(&location)).unwrap().await.unwrap();
+        let path = h.stream.file_path().unwrap().to_string();
+        let op = OperatorState::new("op", 1, 128, Vec::new()).with_operator_state(vec![h]);
+        let m = CheckpointMetadata::new(id, CheckpointKind::Checkpoint, 0).with_operator(op);
+        (location, m, path)
+    }
+
+    #[tokio::test]
+    async fn checkpoint_store_keeps_and_disposes_operator_state_files() {
+        use crate::lifecycle::{CheckpointStore, CheckpointStoreConfig, GcOptions};
+        let storage = files();
+        let mut cs = CheckpointStore::open(Arc::clone(&storage), CheckpointStoreConfig::default())
+            .await
+            .unwrap();
+        let big: Vec<String> = (0..100).map(|i| format!("element {i}")).collect();
+        let mut store = OperatorStateStore::new(0, 1).unwrap();
+        let s = store.list_state(&list("s")).unwrap();
+        s.update(&mut store, &big).unwrap();
+
+        let (location, m, first) = take(&mut cs, &store, 1).await;
+        cs.complete(&location, m).await.unwrap();
+        assert!(cs.latest().unwrap().files().contains(&first));
+        // Garbage collection sees the file as live.
+        let report = cs
+            .collect_garbage(&GcOptions::new(Duration::ZERO).delete())
+            .await
+            .unwrap();
+        assert!(report.orphans.is_empty(), "{report:?}");
+        assert!(storage.stat_file(&first).await.unwrap().is_some());
+
+        // A checkpoint whose operator-state file is missing is not completed.
+        let (location, m, second) = take(&mut cs, &store, 2).await;
+        storage.delete_files(std::slice::from_ref(&second)).await.unwrap();
+        let e = cs.complete(&location, m).await.unwrap_err();
+        assert!(e.message().contains(&second), "{e}");
+        cs.abort(&location, &[]).await.unwrap();
+
+        // Subsuming checkpoint 1 deletes its operator-state file.
+        let (location, m, third) = take(&mut cs, &store, 3).await;
+        cs.complete(&location, m).await.unwrap();
+        assert!(storage.stat_file(&first).await.unwrap().is_none());
+        assert!(storage.stat_file(&third).await.unwrap().is_some());
     }
 }
