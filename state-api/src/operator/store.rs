@@ -21,9 +21,12 @@
 //! let location = storage.init_checkpoint(1).await?;
 //! let handle = store.snapshot(1, Arc::clone(&location))?.await?;
 //!
-//! // Restored at parallelism 2 from the one old subtask's handle.
-//! let restored = OperatorStateStore::restore(1, 2, &[handle], 1, &InlineReader).await?;
+//! // Subtask 0 of 2, restored from the one old subtask's handle, gets the
+//! // one element of the split state.
+//! let mut restored = OperatorStateStore::restore(0, 2, &[handle], 1, &InlineReader).await?;
 //! assert_eq!(restored.mode("offsets"), Some(DistributionMode::Split));
+//! let offsets = restored.list_state(&ListStateDescriptor::<u64>::new("offsets"))?;
+//! assert_eq!(offsets.get(&restored)?, [42]);
 //! # Ok(()) }
 //! ```
 
@@ -38,6 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::checkpoint::{CheckpointLocation, CheckpointOutputStream, StateReader, StateScope, StreamStateHandle};
 use crate::descriptor::{validate_state_name, ListStateDescriptor, MapStateDescriptor, StateDescriptor};
@@ -51,6 +55,9 @@ use crate::serializer::{SerializerId, SharedSerializer};
 /// The most split-state entries a restore that changes the parallelism
 /// assigns (2^26): each is referenced on its own while being assigned.
 pub const MAX_RESTORE_SPLIT_ENTRIES: u64 = 1 << 26;
+
+/// Streams a restore reads at once.
+const READ_CONCURRENCY: usize = 16;
 
 /// Bytes a snapshot buffers before handing them to its stream.
 const WRITE_CHUNK: usize = 256 << 10;
@@ -1090,11 +1097,11 @@ async fn read_blocks(
         }
         Ok::<_, Error>(out)
     });
-    let mut decoded = BTreeMap::new();
-    for blocks in futures::future::try_join_all(reads).await? {
-        decoded.extend(blocks);
-    }
-    Ok(decoded)
+    let read: Vec<Vec<((u32, u32), Decoded)>> = futures::stream::iter(reads)
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(read.into_iter().flatten().collect())
 }
 
 /// Checks a block's length, checksum and entry count, and slices its entries.
@@ -1739,6 +1746,8 @@ mod tests {
         fn send<T: Send + 'static>() {}
         send::<PendingOperatorSnapshot>();
         send::<<PendingOperatorSnapshot as IntoFuture>::IntoFuture>();
+        fn send_future<F: Future + Send>(_: &F) {}
+        send_future(&OperatorStateStore::restore(0, 1, &[], 1, &InlineReader));
     }
 
     /// A small deterministic generator for the property test.
