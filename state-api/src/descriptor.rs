@@ -644,3 +644,19 @@ impl<IN, ACC, OUT, N> StateDescriptor for AggregatingStateDescriptor<IN, ACC, OU
         }))
     }
 }
+
+// ---------------------------------------------------------------- operator state
+
+impl<V, N> ListStateDescriptor<V, N> {
+    /// The element serializer, for operator list state.
+    pub(crate) fn element_serializer(&self) -> &SharedSerializer<V> {
+        &self.element
+    }
+}
+
+impl<UK, UV, N> MapStateDescriptor<UK, UV, N> {
+    /// The user-key and value serializers, for broadcast state.
+    pub(crate) fn map_serializers(&self) -> (&SharedSerializer<UK>, &SharedSerializer<UV>) {
+        (&self.user_key, &self.value)
+    }
+}

@@ -62,6 +62,10 @@ pub use keygroup::{
     check_parallelism, default_max_parallelism, key_group_for_key_bytes, murmur3_32, operator_index_for_key_group,
     KeyGroupRange, MAX_PARALLELISM_UPPER_BOUND,
 };
+pub use operator::{
+    BroadcastState, DistributionMode, OperatorListState, OperatorStateBlock, OperatorStateHandle, OperatorStateStore,
+    PendingOperatorSnapshot, MAX_RESTORE_SPLIT_ENTRIES,
+};
 pub use serializer::{
     default_serializer, Bincode, RawBytes, Serializer, SerializerId, SharedSerializer, VoidNamespace,
     VoidNamespaceSerializer,

@@ -1,5 +1,5 @@
 //! The test vectors of `docs/format.md`: the bytes below are part of the
-//! format and must never change for version 1.
+//! format and must never change for their version.
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
@@ -31,13 +31,25 @@ const SNAPSHOT: &str = concat!(
     "6465323a75363401000006000000227fa06a00012a000107"
 );
 
-/// `_metadata` of checkpoint 1 with operator "op" (parallelism 1, max 128)
-/// whose one keyed handle inlines `SNAPSHOT`.
-const METADATA: &str = concat!(
+/// `_metadata` version 1 of checkpoint 1 with operator "op" (parallelism 1,
+/// max 128) whose one keyed handle inlines `SNAPSHOT`: still read.
+const METADATA_V1: &str = concat!(
     "46534d44010000006a000000ec2ece4901000001026f7001800101011c1d014a",
     "015846534b47020000003a00000074b40b0e1c1d80010c62696e636f6465323a",
     "753634010105636f756e74000e766f69642d6e616d657370616365010c62696e",
     "636f6465323a75363401000006000000227fa06a00012a000107"
+);
+
+/// The same metadata as written now (version 2): version, length and
+/// checksum differ, and an operator-state handle count (0) follows the
+/// keyed handles.
+const METADATA: &str = concat!(
+    "46534d44 0200 0000 6b000000 6b263d3c ",
+    "01000001026f7001800101011c1d014a",
+    "015846534b47020000003a00000074b40b0e1c1d80010c62696e636f6465323a",
+    "753634010105636f756e74000e766f69642d6e616d657370616365010c62696e",
+    "636f6465323a75363401000006000000227fa06a00012a000107 ",
+    "00",
 );
 
 async fn snapshot_bytes() -> (KeyGroupsStateHandle, Vec<u8>) {
@@ -126,15 +138,28 @@ async fn metadata_vector() {
     let bytes = m.encode();
     assert_eq!(hex(&bytes), hex(&unhex(METADATA)));
     assert_eq!(CheckpointMetadata::decode(&Bytes::from(bytes), "vector").unwrap(), m);
+    let v1 = Bytes::from(unhex(METADATA_V1));
+    assert_eq!(CheckpointMetadata::decode(&v1, "vector v1").unwrap(), m);
 }
 
-/// Checkpoint 2 with one incremental handle (see docs/format.md).
-const INCREMENTAL_METADATA: &str = concat!(
+/// Checkpoint 2 with one incremental handle (see docs/format.md), version 1.
+const INCREMENTAL_METADATA_V1: &str = concat!(
     "46534d44 0100 0000 4f000000 1741954d ",
     "02 00 00 01 02 6f70 01 8001 01 ",
     "02 00 8001 01 62 02 ",
     "01 0a 3030303030392e737374 04030201 02 09 7368617265642f7331 ac02 ",
     "01 07 43555252454e54 ddccbbaa 01 10 4d414e49464553542d3030303030350a ",
+    "00",
+);
+
+/// The same as written now (version 2).
+const INCREMENTAL_METADATA: &str = concat!(
+    "46534d44 0200 0000 50000000 510b63b2 ",
+    "02 00 00 01 02 6f70 01 8001 01 ",
+    "02 00 8001 01 62 02 ",
+    "01 0a 3030303030392e737374 04030201 02 09 7368617265642f7331 ac02 ",
+    "01 07 43555252454e54 ddccbbaa 01 10 4d414e49464553542d3030303030350a ",
+    "00 ",
     "00",
 );
 
@@ -173,4 +198,68 @@ fn incremental_metadata_vector() {
     let bytes = m.encode();
     assert_eq!(hex(&bytes), hex(&unhex(INCREMENTAL_METADATA)));
     assert_eq!(CheckpointMetadata::decode(&Bytes::from(bytes), "vector").unwrap(), m);
+    let v1 = Bytes::from(unhex(INCREMENTAL_METADATA_V1));
+    assert_eq!(CheckpointMetadata::decode(&v1, "vector v1").unwrap(), m);
+}
+
+/// The operator state stream of one subtask: broadcast state "b" (raw bytes
+/// `k` -> `v`), split list state "l" (`a`, `bc`) and empty union state "u".
+const OPERATOR_STATE_STREAM: &str = "016b0176 0161026263";
+
+/// `_metadata` of checkpoint 1 with operator "op" (parallelism 1, max 128),
+/// no keyed state, and the operator state above inlined.
+const OPERATOR_STATE_METADATA: &str = concat!(
+    "46534d44 0200 0000 63000000 42f95f47 ",
+    "01 00 00 01 02 6f70 01 8001 00 ",
+    "01 00 01 09 016b0176 0161026263 03 ",
+    "01 62 02 09 7261772d6279746573 01 09 7261772d6279746573 01 00 04 01 964fe725 ",
+    "01 6c 00 09 7261772d6279746573 01 04 05 02 3edf8546 ",
+    "01 75 01 09 7261772d6279746573 01 09 00 00 00000000",
+);
+
+#[tokio::test]
+async fn operator_state_vector() {
+    let raw = || -> SharedSerializer<Vec<u8>> { std::sync::Arc::new(RawBytes) };
+    let mut store = OperatorStateStore::new(0, 1).unwrap();
+    let b = store
+        .broadcast_state(&MapStateDescriptor::with_serializers("b", raw(), raw()))
+        .unwrap();
+    let l = store
+        .list_state(&ListStateDescriptor::with_serializer("l", raw()))
+        .unwrap();
+    store
+        .union_list_state(&ListStateDescriptor::with_serializer("u", raw()))
+        .unwrap();
+    b.put(&mut store, b"k".to_vec(), b"v".to_vec()).unwrap();
+    l.add_all(&mut store, [b"a".to_vec(), b"bc".to_vec()]).unwrap();
+
+    let storage = MemoryCheckpointStorage::new("vectors");
+    let location = storage.init_checkpoint(1).await.unwrap();
+    let handle = store.snapshot(1, location).unwrap().await.unwrap();
+    let StreamStateHandle::Inline(stream) = &handle.stream else {
+        panic!("{handle:?}")
+    };
+    assert_eq!(hex(stream), hex(&unhex(OPERATOR_STATE_STREAM)));
+    assert_eq!(handle.state("b").unwrap().crc32c, 0x25e7_4f96);
+    assert_eq!(handle.state("l").unwrap().crc32c, 0x4685_df3e);
+
+    let m = CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 0)
+        .with_operator(OperatorState::new("op", 1, 128, Vec::new()).with_operator_state(vec![handle]));
+    let bytes = m.encode();
+    assert_eq!(hex(&bytes), hex(&unhex(OPERATOR_STATE_METADATA)));
+    let decoded = CheckpointMetadata::decode(&Bytes::from(bytes), "vector").unwrap();
+    assert_eq!(decoded, m);
+
+    // And back: the restored subtask holds the same entries.
+    let old = &decoded.operator("op").unwrap().operator_state;
+    let mut restored = OperatorStateStore::restore(0, 1, old, 1, &InlineReader).await.unwrap();
+    let b = restored
+        .broadcast_state(&MapStateDescriptor::with_serializers("b", raw(), raw()))
+        .unwrap();
+    let l = restored
+        .list_state(&ListStateDescriptor::with_serializer("l", raw()))
+        .unwrap();
+    assert_eq!(b.entries(&restored).unwrap(), [(b"k".to_vec(), b"v".to_vec())]);
+    assert_eq!(l.get(&restored).unwrap(), [b"a".to_vec(), b"bc".to_vec()]);
+    assert_eq!(restored.mode("u"), Some(DistributionMode::Union));
 }

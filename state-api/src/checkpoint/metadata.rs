@@ -4,17 +4,24 @@
 //! in `docs/format.md`: the common envelope (magic `FSMD`, version,
 //! checksum) around hand-encoded fields, so every count and length is
 //! checked against the bytes present.
+//!
+//! Version 2 adds each operator's operator-state handles after its keyed
+//! handles; version 1 files (without them) are still read.
 
 use bytes::Bytes;
 
-use crate::checkpoint::handle::KeyedStateHandle;
+use std::collections::BTreeSet;
+
+use crate::checkpoint::handle::{KeyedStateHandle, StreamStateHandle};
 use crate::error::{Error, Result};
 use crate::format::codec::{decode_envelope, encode_envelope, put_str, put_varint, Reader};
+use crate::operator::OperatorStateHandle;
 
 /// First four bytes of a `_metadata` file.
 pub const METADATA_MAGIC: [u8; 4] = *b"FSMD";
-/// The metadata format version written.
-pub const METADATA_VERSION: u16 = 1;
+/// The metadata format version written: 2 (operator state). Version 1 is
+/// still read.
+pub const METADATA_VERSION: u16 = 2;
 
 /// What a completed checkpoint is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,7 +32,7 @@ pub enum CheckpointKind {
     Savepoint,
 }
 
-/// The keyed state of one operator.
+/// The state of one operator: keyed and operator (non-keyed) state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OperatorState {
     /// The operator's id, stable across restarts.
@@ -36,6 +43,9 @@ pub struct OperatorState {
     pub max_parallelism: u32,
     /// One handle per subtask that had state.
     pub keyed: Vec<KeyedStateHandle>,
+    /// One operator-state handle per subtask that had operator state, each
+    /// naming its subtask.
+    pub operator_state: Vec<OperatorStateHandle>,
 }
 
 impl OperatorState {
@@ -46,7 +56,22 @@ impl OperatorState {
             parallelism,
             max_parallelism,
             keyed,
+            operator_state: Vec::new(),
         }
+    }
+
+    /// Sets the operator (non-keyed) state handles, one per subtask that had any.
+    pub fn with_operator_state(mut self, operator_state: Vec<OperatorStateHandle>) -> Self {
+        self.operator_state = operator_state;
+        self
+    }
+
+    /// Every stream the operator's keyed and operator-state handles reference.
+    pub fn streams(&self) -> impl Iterator<Item = &StreamStateHandle> {
+        self.keyed
+            .iter()
+            .flat_map(KeyedStateHandle::streams)
+            .chain(self.operator_state.iter().map(|h| &h.stream))
     }
 }
 
@@ -85,12 +110,12 @@ impl CheckpointMetadata {
         self.operators.iter().find(|o| o.operator_id == id)
     }
 
-    /// Total size of all referenced state.
+    /// Total size of all referenced state, keyed and operator state.
     pub fn state_size(&self) -> u64 {
         self.operators
             .iter()
-            .flat_map(|o| o.keyed.iter())
-            .map(KeyedStateHandle::state_size)
+            .flat_map(OperatorState::streams)
+            .map(StreamStateHandle::size)
             .sum()
     }
 
@@ -100,8 +125,8 @@ impl CheckpointMetadata {
         let mut paths: Vec<String> = self
             .operators
             .iter()
-            .flat_map(|o| o.keyed.iter())
-            .flat_map(KeyedStateHandle::file_paths)
+            .flat_map(OperatorState::streams)
+            .filter_map(StreamStateHandle::file_path)
             .map(str::to_string)
             .collect();
         paths.sort_unstable();
@@ -127,6 +152,10 @@ impl CheckpointMetadata {
             for h in &op.keyed {
                 h.encode(&mut p);
             }
+            put_varint(&mut p, op.operator_state.len() as u64);
+            for h in &op.operator_state {
+                h.encode(&mut p);
+            }
         }
         encode_envelope(METADATA_MAGIC, METADATA_VERSION, 0, &p)
     }
@@ -141,9 +170,9 @@ impl CheckpointMetadata {
             return Err(Error::corrupted("file is empty"));
         }
         let env = decode_envelope(data, METADATA_MAGIC, "flowstate checkpoint metadata")?;
-        if env.version != METADATA_VERSION || env.flags != 0 {
+        if !(1..=METADATA_VERSION).contains(&env.version) || env.flags != 0 {
             return Err(Error::unsupported(format!(
-                "metadata format version {} flags {:#x}; this build reads version {METADATA_VERSION}",
+                "metadata format version {} flags {:#x}; this build reads versions 1 to {METADATA_VERSION}",
                 env.version, env.flags
             )));
         }
@@ -175,11 +204,18 @@ impl CheckpointMetadata {
             }
             crate::checkpoint::handle::check_restore_handles(&keyed, max_parallelism)
                 .map_err(|e| Error::corrupted(format!("operator {operator_id:?}: {}", e.message())))?;
+            let operator_state = if env.version >= 2 {
+                decode_operator_state(&mut r, &payload, parallelism)
+                    .map_err(|e| e.context(format!("operator {operator_id:?}")))?
+            } else {
+                Vec::new()
+            };
             operators.push(OperatorState {
                 operator_id,
                 parallelism,
                 max_parallelism,
                 keyed,
+                operator_state,
             });
         }
         r.finish("checkpoint metadata")?;
@@ -189,5 +225,126 @@ impl CheckpointMetadata {
             timestamp_millis,
             operators,
         })
+    }
+}
+
+/// The operator-state handles of an operator of `parallelism`: each of a
+/// distinct subtask below it.
+fn decode_operator_state(r: &mut Reader<'_>, payload: &Bytes, parallelism: u32) -> Result<Vec<OperatorStateHandle>> {
+    // subtask (1) + stream tag (1) + state count (1)
+    let n = r.count(3, "operator-state handle count")?;
+    let mut handles = Vec::with_capacity(n);
+    let mut subtasks = BTreeSet::new();
+    for _ in 0..n {
+        let h = OperatorStateHandle::decode(r, payload)?;
+        if h.subtask_index >= parallelism {
+            return Err(Error::corrupted(format!(
+                "operator-state handle of subtask {} at parallelism {parallelism}",
+                h.subtask_index
+            )));
+        }
+        if !subtasks.insert(h.subtask_index) {
+            return Err(Error::corrupted(format!(
+                "two operator-state handles of subtask {}",
+                h.subtask_index
+            )));
+        }
+        handles.push(h);
+    }
+    Ok(handles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::operator::{DistributionMode, OperatorStateBlock};
+    use crate::serializer::SerializerId;
+
+    fn op_handle(subtask_index: u32, path: &str) -> OperatorStateHandle {
+        OperatorStateHandle {
+            subtask_index,
+            stream: StreamStateHandle::File {
+                path: path.into(),
+                size: 50,
+            },
+            states: vec![OperatorStateBlock {
+                name: "offsets".into(),
+                mode: DistributionMode::Union,
+                value_serializer: SerializerId::new("bincode2:u64", 1),
+                key_serializer: None,
+                offset: 0,
+                length: 50,
+                entries: 10,
+                crc32c: 7,
+            }],
+        }
+    }
+
+    fn sample() -> CheckpointMetadata {
+        CheckpointMetadata::new(4, CheckpointKind::Checkpoint, 99).with_operator(
+            OperatorState::new("op", 3, 128, Vec::new())
+                .with_operator_state(vec![op_handle(2, "chk-4/b"), op_handle(0, "chk-4/a")]),
+        )
+    }
+
+    #[test]
+    fn operator_state_round_trips_and_is_referenced() {
+        let m = sample();
+        let bytes = Bytes::from(m.encode());
+        assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 2);
+        assert_eq!(CheckpointMetadata::decode(&bytes, "m").unwrap(), m);
+        assert_eq!(m.file_paths(), ["chk-4/a", "chk-4/b"]);
+        assert_eq!(m.state_size(), 100);
+    }
+
+    #[test]
+    fn version_1_is_read_and_later_versions_are_not() {
+        let mut p = Vec::new();
+        put_varint(&mut p, 4);
+        p.push(0);
+        put_varint(&mut p, 99);
+        put_varint(&mut p, 1);
+        put_str(&mut p, "op");
+        put_varint(&mut p, 3);
+        put_varint(&mut p, 128);
+        put_varint(&mut p, 0);
+        let v1 = Bytes::from(encode_envelope(METADATA_MAGIC, 1, 0, &p));
+        let m = CheckpointMetadata::decode(&v1, "v1").unwrap();
+        assert_eq!(m.operators[0], OperatorState::new("op", 3, 128, Vec::new()));
+        // Version 2 needs the operator-state count.
+        let short = Bytes::from(encode_envelope(METADATA_MAGIC, 2, 0, &p));
+        let e = CheckpointMetadata::decode(&short, "v2").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+        p.push(0);
+        let v3 = Bytes::from(encode_envelope(METADATA_MAGIC, 3, 0, &p));
+        let e = CheckpointMetadata::decode(&v3, "v3").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    }
+
+    #[test]
+    fn bad_operator_state_subtasks_are_corrupted() {
+        for handles in [
+            vec![op_handle(3, "chk-4/a")],
+            vec![op_handle(1, "chk-4/a"), op_handle(1, "chk-4/b")],
+        ] {
+            let mut m = sample();
+            m.operators[0].operator_state = handles;
+            let e = CheckpointMetadata::decode(&Bytes::from(m.encode()), "m").unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+            assert!(e.message().contains("\"op\"") && e.message().contains("subtask"), "{e}");
+        }
+    }
+
+    #[test]
+    fn truncated_metadata_is_refused() {
+        let bytes = sample().encode();
+        // Every shorter payload, in a valid envelope: never a panic, always an error.
+        let payload = &bytes[16..];
+        for len in 0..payload.len() {
+            let cut = Bytes::from(encode_envelope(METADATA_MAGIC, METADATA_VERSION, 0, &payload[..len]));
+            let e = CheckpointMetadata::decode(&cut, "m").unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Corrupted, "{len}: {e}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::registry::SharedStateRegistry;
 use crate::checkpoint::{
     metadata_path, metadata_path_id, CheckpointKind, CheckpointLocation, CheckpointMetadata, CheckpointStorage,
-    KeyedStateHandle, ResolvedCheckpoint, StoredFile,
+    KeyedStateHandle, OperatorState, ResolvedCheckpoint, StoredFile,
 };
 use crate::error::{Error, ErrorKind, Result};
 
@@ -343,8 +343,7 @@ impl CheckpointStore {
         let mut wanted: Vec<(&str, u64)> = metadata
             .operators
             .iter()
-            .flat_map(|o| o.keyed.iter())
-            .flat_map(KeyedStateHandle::streams)
+            .flat_map(OperatorState::streams)
             .filter_map(|s| s.file_path().map(|p| (p, s.size())))
             .filter(|(p, _)| !self.registry.is_referenced(p))
             .collect();

@@ -1,0 +1,1906 @@
+//! The operator state of one subtask: list state (split or union on
+//! restore) and broadcast state, registered by descriptor as in Flink,
+//! snapshotted in two phases through checkpoint storage and restored with
+//! Flink's assignment ([`repartition`]).
+//!
+//! Elements are kept serialized, copy-on-write: the synchronous phase of a
+//! snapshot takes a reference to each state's data (O(number of states)),
+//! and the first write to a state afterwards copies it once.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use flowstate_api::*;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<()> {
+//! let mut store = OperatorStateStore::new(0, 1)?;
+//! let offsets = store.list_state(&ListStateDescriptor::<u64>::new("offsets"))?;
+//! offsets.add(&mut store, 42)?;
+//!
+//! let storage = MemoryCheckpointStorage::new("job");
+//! let location = storage.init_checkpoint(1).await?;
+//! let handle = store.snapshot(1, Arc::clone(&location))?.await?;
+//!
+//! // Subtask 0 of 2, restored from the one old subtask's handle, gets the
+//! // one element of the split state.
+//! let mut restored = OperatorStateStore::restore(0, 2, &[handle], 1, &InlineReader).await?;
+//! assert_eq!(restored.mode("offsets"), Some(DistributionMode::Split));
+//! let offsets = restored.list_state(&ListStateDescriptor::<u64>::new("offsets"))?;
+//! assert_eq!(offsets.get(&restored)?, [42]);
+//! # Ok(()) }
+//! ```
+
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::checkpoint::{CheckpointLocation, CheckpointOutputStream, StateReader, StateScope, StreamStateHandle};
+use crate::descriptor::{validate_state_name, ListStateDescriptor, MapStateDescriptor, StateDescriptor};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::codec::{crc32c, crc32c_append, put_bytes, Reader};
+use crate::keygroup::MAX_PARALLELISM_UPPER_BOUND;
+use crate::operator::handle::{OperatorStateBlock, OperatorStateHandle};
+use crate::operator::repartition::{repartition, DistributionMode, SubtaskState, SubtaskStates};
+use crate::serializer::{SerializerId, SharedSerializer};
+
+/// The most split-state entries a restore that changes the parallelism
+/// assigns (2^26): each is referenced on its own while being assigned.
+pub const MAX_RESTORE_SPLIT_ENTRIES: u64 = 1 << 26;
+
+/// Streams a restore reads at once.
+const READ_CONCURRENCY: usize = 16;
+
+/// Bytes a snapshot buffers before handing them to its stream.
+const WRITE_CHUNK: usize = 256 << 10;
+
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What a state is, shared by the store and the snapshots it takes.
+#[derive(Debug)]
+struct Meta {
+    name: Arc<str>,
+    mode: DistributionMode,
+    value: SerializerId,
+    key: Option<SerializerId>,
+}
+
+/// A state's serialized entries, copy-on-write.
+#[derive(Debug, Clone)]
+enum Data {
+    /// List elements, in order.
+    List(Arc<Vec<Bytes>>),
+    /// Broadcast map entries, by key bytes.
+    Map(Arc<BTreeMap<Vec<u8>, Vec<u8>>>),
+}
+
+impl Data {
+    fn empty(mode: DistributionMode) -> Self {
+        match mode {
+            DistributionMode::Split | DistributionMode::Union => Data::List(Arc::default()),
+            DistributionMode::Broadcast => Data::Map(Arc::default()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Data::List(l) => l.len(),
+            Data::Map(m) => m.len(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    meta: Arc<Meta>,
+    /// False for a restored state not registered since.
+    registered: bool,
+    data: Data,
+}
+
+/// Where a typed handle's state is: its store and index there.
+#[derive(Debug)]
+struct StateRef {
+    store: u64,
+    index: usize,
+    name: Arc<str>,
+}
+
+/// The operator (non-keyed) state of one operator subtask.
+///
+/// States are registered by descriptor and become typed handles
+/// ([`OperatorListState`], [`BroadcastState`]) whose operations take the
+/// store. Operator state has no namespace and no TTL. A state keeps its
+/// mode and serializers for its whole life, across restores: registering a
+/// name again with another mode or serializer is refused as
+/// [`Incompatible`](ErrorKind::Incompatible).
+pub struct OperatorStateStore {
+    id: u64,
+    subtask_index: u32,
+    parallelism: u32,
+    slots: Vec<Slot>,
+    by_name: BTreeMap<Arc<str>, usize>,
+}
+
+impl fmt::Debug for OperatorStateStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OperatorStateStore")
+            .field("subtask_index", &self.subtask_index)
+            .field("parallelism", &self.parallelism)
+            .field("states", &self.by_name.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn check_subtask(subtask_index: u32, parallelism: u32) -> Result<()> {
+    if parallelism == 0 || parallelism > MAX_PARALLELISM_UPPER_BOUND {
+        return Err(Error::invalid(format!(
+            "parallelism {parallelism} is outside 1..={MAX_PARALLELISM_UPPER_BOUND}"
+        )));
+    }
+    if subtask_index >= parallelism {
+        return Err(Error::invalid(format!(
+            "subtask index {subtask_index} is not below the parallelism {parallelism}"
+        )));
+    }
+    Ok(())
+}
+
+impl OperatorStateStore {
+    /// The empty operator state of subtask `subtask_index` of `parallelism`.
+    pub fn new(subtask_index: u32, parallelism: u32) -> Result<Self> {
+        check_subtask(subtask_index, parallelism)?;
+        Ok(OperatorStateStore {
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
+            subtask_index,
+            parallelism,
+            slots: Vec::new(),
+            by_name: BTreeMap::new(),
+        })
+    }
+
+    /// The subtask's index.
+    pub fn subtask_index(&self) -> u32 {
+        self.subtask_index
+    }
+
+    /// The operator's parallelism.
+    pub fn parallelism(&self) -> u32 {
+        self.parallelism
+    }
+
+    /// The names of every state, registered or restored, in name order.
+    pub fn state_names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(|n| &**n)
+    }
+
+    /// The mode of state `name`, registered or restored.
+    pub fn mode(&self, name: &str) -> Option<DistributionMode> {
+        self.by_name.get(name).map(|&i| self.slots[i].meta.mode)
+    }
+
+    /// Registers list state whose elements are split over the subtasks on
+    /// restore (Flink's `getListState`).
+    pub fn list_state<T>(&mut self, descriptor: &ListStateDescriptor<T>) -> Result<OperatorListState<T>> {
+        self.register_list(descriptor, DistributionMode::Split)
+    }
+
+    /// Registers list state of which every subtask gets every element on
+    /// restore (Flink's `getUnionListState`).
+    pub fn union_list_state<T>(&mut self, descriptor: &ListStateDescriptor<T>) -> Result<OperatorListState<T>> {
+        self.register_list(descriptor, DistributionMode::Union)
+    }
+
+    /// Registers broadcast state: a map every subtask holds a copy of
+    /// (Flink's `getBroadcastState`).
+    pub fn broadcast_state<K, V>(&mut self, descriptor: &MapStateDescriptor<K, V>) -> Result<BroadcastState<K, V>> {
+        let (key, value) = descriptor.map_serializers();
+        let (key, value) = (Arc::clone(key), Arc::clone(value));
+        let index = self.register(
+            descriptor.name(),
+            StateDescriptor::ttl(descriptor).is_some(),
+            DistributionMode::Broadcast,
+            value.id(),
+            Some(key.id()),
+        )?;
+        Ok(BroadcastState(Arc::new(BroadcastInner {
+            at: self.state_ref(index),
+            key,
+            value,
+        })))
+    }
+
+    fn register_list<T>(
+        &mut self,
+        descriptor: &ListStateDescriptor<T>,
+        mode: DistributionMode,
+    ) -> Result<OperatorListState<T>> {
+        let element = Arc::clone(descriptor.element_serializer());
+        let index = self.register(
+            descriptor.name(),
+            StateDescriptor::ttl(descriptor).is_some(),
+            mode,
+            element.id(),
+            None,
+        )?;
+        Ok(OperatorListState(Arc::new(ListInner {
+            at: self.state_ref(index),
+            mode,
+            element,
+        })))
+    }
+
+    fn state_ref(&self, index: usize) -> StateRef {
+        StateRef {
+            store: self.id,
+            index,
+            name: Arc::clone(&self.slots[index].meta.name),
+        }
+    }
+
+    fn register(
+        &mut self,
+        name: &str,
+        ttl: bool,
+        mode: DistributionMode,
+        value: SerializerId,
+        key: Option<SerializerId>,
+    ) -> Result<usize> {
+        validate_state_name(name)?;
+        if ttl {
+            return Err(Error::invalid(format!(
+                "operator state {name:?} has a TTL: operator state cannot expire (as in Flink); remove the TTL from \
+                 its descriptor"
+            )));
+        }
+        let Some(&index) = self.by_name.get(name) else {
+            let meta = Arc::new(Meta {
+                name: Arc::from(name),
+                mode,
+                value,
+                key,
+            });
+            let index = self.slots.len();
+            self.by_name.insert(Arc::clone(&meta.name), index);
+            self.slots.push(Slot {
+                data: Data::empty(mode),
+                meta,
+                registered: true,
+            });
+            return Ok(index);
+        };
+        let slot = &mut self.slots[index];
+        let how = if slot.registered { "registered" } else { "restored" };
+        let m = &slot.meta;
+        if m.mode != mode {
+            return Err(Error::incompatible(format!(
+                "operator state {name:?} was {how} as {} state and cannot be registered as {} state",
+                m.mode.name(),
+                mode.name()
+            )));
+        }
+        let what = if mode == DistributionMode::Broadcast {
+            "value"
+        } else {
+            "element"
+        };
+        if m.value != value {
+            return Err(Error::incompatible(format!(
+                "operator state {name:?}: {what} serializer {value} does not match the {how} {}",
+                m.value
+            )));
+        }
+        if m.key != key {
+            let show = |k: &Option<SerializerId>| k.as_ref().map_or_else(|| "none".to_string(), |k| k.to_string());
+            return Err(Error::incompatible(format!(
+                "operator state {name:?}: key serializer {} does not match the {how} {}",
+                show(&key),
+                show(&m.key)
+            )));
+        }
+        slot.registered = true;
+        Ok(index)
+    }
+
+    fn slot(&self, at: &StateRef) -> Result<&Slot> {
+        if at.store != self.id {
+            return Err(foreign(&at.name));
+        }
+        self.slots
+            .get(at.index)
+            .ok_or_else(|| Error::internal(format!("operator state {:?} has no slot", at.name)))
+    }
+
+    fn data_mut(&mut self, at: &StateRef) -> Result<&mut Data> {
+        if at.store != self.id {
+            return Err(foreign(&at.name));
+        }
+        self.slots
+            .get_mut(at.index)
+            .map(|s| &mut s.data)
+            .ok_or_else(|| Error::internal(format!("operator state {:?} has no slot", at.name)))
+    }
+
+    fn list(&self, at: &StateRef) -> Result<&Arc<Vec<Bytes>>> {
+        match &self.slot(at)?.data {
+            Data::List(l) => Ok(l),
+            Data::Map(_) => Err(wrong_data(&at.name)),
+        }
+    }
+
+    fn list_mut(&mut self, at: &StateRef) -> Result<&mut Arc<Vec<Bytes>>> {
+        match self.data_mut(at)? {
+            Data::List(l) => Ok(l),
+            Data::Map(_) => Err(wrong_data(&at.name)),
+        }
+    }
+
+    fn map(&self, at: &StateRef) -> Result<&Arc<BTreeMap<Vec<u8>, Vec<u8>>>> {
+        match &self.slot(at)?.data {
+            Data::Map(m) => Ok(m),
+            Data::List(_) => Err(wrong_data(&at.name)),
+        }
+    }
+
+    fn map_mut(&mut self, at: &StateRef) -> Result<&mut Arc<BTreeMap<Vec<u8>, Vec<u8>>>> {
+        match self.data_mut(at)? {
+            Data::Map(m) => Ok(m),
+            Data::List(_) => Err(wrong_data(&at.name)),
+        }
+    }
+
+    /// The synchronous phase of a snapshot for checkpoint `checkpoint_id`,
+    /// written to `location`: takes a reference to each state's entries
+    /// (O(number of states), nothing is copied) and returns the
+    /// asynchronous phase, which writes them. Writes to the store after
+    /// this call are not in the snapshot.
+    pub fn snapshot(
+        &self,
+        checkpoint_id: u64,
+        location: Arc<dyn CheckpointLocation>,
+    ) -> Result<PendingOperatorSnapshot> {
+        let started = Instant::now();
+        if location.checkpoint_id() != checkpoint_id {
+            return Err(Error::invalid(format!(
+                "operator state snapshot of checkpoint {checkpoint_id} given the location of checkpoint {} ({})",
+                location.checkpoint_id(),
+                location.pointer()
+            )));
+        }
+        let views = self
+            .by_name
+            .values()
+            .map(|&i| View {
+                meta: Arc::clone(&self.slots[i].meta),
+                data: self.slots[i].data.clone(),
+            })
+            .collect();
+        Ok(PendingOperatorSnapshot {
+            checkpoint_id,
+            subtask_index: self.subtask_index,
+            views,
+            location,
+            sync_duration: started.elapsed(),
+        })
+    }
+
+    /// Restores the operator state of subtask `subtask_index` of
+    /// `parallelism` from the handles `old` of an operator that ran at
+    /// `old_parallelism` (at most one handle per old subtask; subtasks
+    /// without one had no operator state).
+    ///
+    /// Entries are assigned exactly as Flink assigns them ([`repartition`]):
+    /// at unchanged parallelism each subtask gets its own split and
+    /// broadcast state back; union state always gives every subtask every
+    /// entry. Only the blocks this subtask is given are read, and each is
+    /// checked against its checksum and entry count. States are typed when
+    /// registered again, which checks their mode and serializers.
+    ///
+    /// Changing the parallelism references each split-state entry on its
+    /// own while assigning; more than [`MAX_RESTORE_SPLIT_ENTRIES`] are
+    /// refused (`LimitExceeded`).
+    pub async fn restore(
+        subtask_index: u32,
+        parallelism: u32,
+        old: &[OperatorStateHandle],
+        old_parallelism: u32,
+        reader: &dyn StateReader,
+    ) -> Result<Self> {
+        let mut store = Self::new(subtask_index, parallelism)?;
+        if old_parallelism == 0 || old_parallelism > MAX_PARALLELISM_UPPER_BOUND {
+            return Err(Error::invalid(format!(
+                "old parallelism {old_parallelism} is outside 1..={MAX_PARALLELISM_UPPER_BOUND}"
+            )));
+        }
+        let metas = check_restore(old, old_parallelism)?;
+        let input = repartition_input(old, old_parallelism, old_parallelism != parallelism)?;
+        let mine = repartition(&input, parallelism)
+            .map_err(|e| Error::corrupted(e.message().to_string()))?
+            .into_iter()
+            .nth(subtask_index as usize)
+            .ok_or_else(|| Error::internal("no assignment for this subtask"))?;
+        drop(input);
+        let mine: Vec<(String, DistributionMode, Vec<Run>)> = mine
+            .into_iter()
+            .map(|(name, s)| (name, s.mode, coalesce(s.entries)))
+            .collect();
+        let decoded = read_blocks(old, &mine, reader).await?;
+        for (name, mode, runs) in mine {
+            let Some(&(hi, bi)) = metas.get(name.as_str()) else {
+                return Err(Error::internal(format!(
+                    "operator state {name:?} was assigned but not found"
+                )));
+            };
+            let first = &old[hi].states[bi];
+            let data = assemble(&name, mode, &runs, old, &decoded)?;
+            let meta = Arc::new(Meta {
+                name: Arc::from(name.as_str()),
+                mode,
+                value: first.value_serializer.clone(),
+                key: first.key_serializer.clone(),
+            });
+            store.by_name.insert(Arc::clone(&meta.name), store.slots.len());
+            store.slots.push(Slot {
+                meta,
+                registered: false,
+                data,
+            });
+        }
+        Ok(store)
+    }
+}
+
+fn foreign(name: &str) -> Error {
+    Error::invalid(format!(
+        "operator state {name:?} was registered with another operator state store"
+    ))
+}
+
+fn wrong_data(name: &str) -> Error {
+    Error::internal(format!(
+        "operator state {name:?} holds data of another kind than its handle"
+    ))
+}
+
+// ---------------------------------------------------------------- typed handles
+
+struct ListInner<T> {
+    at: StateRef,
+    mode: DistributionMode,
+    element: SharedSerializer<T>,
+}
+
+/// A registered operator list state (split or union): a cheap, clonable
+/// handle whose operations take the store.
+pub struct OperatorListState<T>(Arc<ListInner<T>>);
+
+impl<T> Clone for OperatorListState<T> {
+    fn clone(&self) -> Self {
+        OperatorListState(Arc::clone(&self.0))
+    }
+}
+
+impl<T> fmt::Debug for OperatorListState<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OperatorListState")
+            .field("name", &self.0.at.name)
+            .field("mode", &self.0.mode)
+            .finish()
+    }
+}
+
+impl<T> OperatorListState<T> {
+    /// The state's name.
+    pub fn name(&self) -> &str {
+        &self.0.at.name
+    }
+
+    /// How its elements are distributed on restore: split or union.
+    pub fn mode(&self) -> DistributionMode {
+        self.0.mode
+    }
+
+    fn encode(&self, element: &T) -> Result<Bytes> {
+        let mut buf = Vec::new();
+        self.0
+            .element
+            .serialize(element, &mut buf)
+            .map_err(|e| e.context(format!("operator state {:?}", self.name())))?;
+        Ok(Bytes::from(buf))
+    }
+
+    fn encode_all<I>(&self, elements: I) -> Result<Vec<Bytes>>
+    where
+        I: IntoIterator,
+        I::Item: Borrow<T>,
+    {
+        elements.into_iter().map(|e| self.encode(e.borrow())).collect()
+    }
+
+    /// Every element, in order.
+    pub fn get(&self, store: &OperatorStateStore) -> Result<Vec<T>> {
+        store
+            .list(&self.0.at)?
+            .iter()
+            .map(|b| {
+                self.0
+                    .element
+                    .deserialize(b)
+                    .map_err(|e| e.context(format!("operator state {:?}", self.name())))
+            })
+            .collect()
+    }
+
+    /// Appends `element`.
+    pub fn add(&self, store: &mut OperatorStateStore, element: impl Borrow<T>) -> Result<()> {
+        let bytes = self.encode(element.borrow())?;
+        Arc::make_mut(store.list_mut(&self.0.at)?).push(bytes);
+        Ok(())
+    }
+
+    /// Appends every element of `elements`; none if one fails to serialize.
+    pub fn add_all<I>(&self, store: &mut OperatorStateStore, elements: I) -> Result<()>
+    where
+        I: IntoIterator,
+        I::Item: Borrow<T>,
+    {
+        let encoded = self.encode_all(elements)?;
+        let list = store.list_mut(&self.0.at)?;
+        if !encoded.is_empty() {
+            Arc::make_mut(list).extend(encoded);
+        }
+        Ok(())
+    }
+
+    /// Replaces the elements with `elements`; nothing changes if one fails
+    /// to serialize.
+    pub fn update<I>(&self, store: &mut OperatorStateStore, elements: I) -> Result<()>
+    where
+        I: IntoIterator,
+        I::Item: Borrow<T>,
+    {
+        let encoded = self.encode_all(elements)?;
+        *store.list_mut(&self.0.at)? = Arc::new(encoded);
+        Ok(())
+    }
+
+    /// Removes every element.
+    pub fn clear(&self, store: &mut OperatorStateStore) -> Result<()> {
+        *store.list_mut(&self.0.at)? = Arc::default();
+        Ok(())
+    }
+
+    /// The number of elements.
+    pub fn len(&self, store: &OperatorStateStore) -> Result<usize> {
+        Ok(store.list(&self.0.at)?.len())
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self, store: &OperatorStateStore) -> Result<bool> {
+        Ok(self.len(store)? == 0)
+    }
+}
+
+struct BroadcastInner<K, V> {
+    at: StateRef,
+    key: SharedSerializer<K>,
+    value: SharedSerializer<V>,
+}
+
+/// A registered broadcast state: a map every subtask holds a copy of. A
+/// cheap, clonable handle whose operations take the store; entries are
+/// ordered by their serialized keys.
+pub struct BroadcastState<K, V>(Arc<BroadcastInner<K, V>>);
+
+impl<K, V> Clone for BroadcastState<K, V> {
+    fn clone(&self) -> Self {
+        BroadcastState(Arc::clone(&self.0))
+    }
+}
+
+impl<K, V> fmt::Debug for BroadcastState<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BroadcastState").field("name", &self.0.at.name).finish()
+    }
+}
+
+impl<K, V> BroadcastState<K, V> {
+    /// The state's name.
+    pub fn name(&self) -> &str {
+        &self.0.at.name
+    }
+
+    fn context(&self, e: Error) -> Error {
+        e.context(format!("broadcast state {:?}", self.name()))
+    }
+
+    fn encode_key(&self, key: &K) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.0.key.serialize(key, &mut buf).map_err(|e| self.context(e))?;
+        Ok(buf)
+    }
+
+    fn encode_value(&self, value: &V) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.0.value.serialize(value, &mut buf).map_err(|e| self.context(e))?;
+        Ok(buf)
+    }
+
+    fn decode_entry(&self, key: &[u8], value: &[u8]) -> Result<(K, V)> {
+        let k = self.0.key.deserialize(key).map_err(|e| self.context(e))?;
+        let v = self.0.value.deserialize(value).map_err(|e| self.context(e))?;
+        Ok((k, v))
+    }
+
+    /// The value of `key`, if present.
+    pub fn get(&self, store: &OperatorStateStore, key: &K) -> Result<Option<V>> {
+        let k = self.encode_key(key)?;
+        match store.map(&self.0.at)?.get(&k) {
+            Some(v) => Ok(Some(self.0.value.deserialize(v).map_err(|e| self.context(e))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// True if `key` is present.
+    pub fn contains(&self, store: &OperatorStateStore, key: &K) -> Result<bool> {
+        let k = self.encode_key(key)?;
+        Ok(store.map(&self.0.at)?.contains_key(&k))
+    }
+
+    /// Sets the value of `key`.
+    pub fn put(&self, store: &mut OperatorStateStore, key: impl Borrow<K>, value: impl Borrow<V>) -> Result<()> {
+        let k = self.encode_key(key.borrow())?;
+        let v = self.encode_value(value.borrow())?;
+        Arc::make_mut(store.map_mut(&self.0.at)?).insert(k, v);
+        Ok(())
+    }
+
+    /// Sets every entry of `entries`; none if one fails to serialize.
+    pub fn put_all<I, K2, V2>(&self, store: &mut OperatorStateStore, entries: I) -> Result<()>
+    where
+        I: IntoIterator<Item = (K2, V2)>,
+        K2: Borrow<K>,
+        V2: Borrow<V>,
+    {
+        let encoded = entries
+            .into_iter()
+            .map(|(k, v)| Ok((self.encode_key(k.borrow())?, self.encode_value(v.borrow())?)))
+            .collect::<Result<Vec<_>>>()?;
+        let map = store.map_mut(&self.0.at)?;
+        if !encoded.is_empty() {
+            Arc::make_mut(map).extend(encoded);
+        }
+        Ok(())
+    }
+
+    /// Removes `key`; returns whether it was present.
+    pub fn remove(&self, store: &mut OperatorStateStore, key: &K) -> Result<bool> {
+        let k = self.encode_key(key)?;
+        let map = store.map_mut(&self.0.at)?;
+        if !map.contains_key(&k) {
+            return Ok(false);
+        }
+        Ok(Arc::make_mut(map).remove(&k).is_some())
+    }
+
+    /// Every entry, in the order of the serialized keys.
+    pub fn entries(&self, store: &OperatorStateStore) -> Result<Vec<(K, V)>> {
+        self.iter(store)?.collect()
+    }
+
+    /// Iterates over the entries, in the order of the serialized keys,
+    /// decoding each as it is reached.
+    pub fn iter<'a>(&'a self, store: &'a OperatorStateStore) -> Result<impl Iterator<Item = Result<(K, V)>> + 'a> {
+        Ok(store.map(&self.0.at)?.iter().map(|(k, v)| self.decode_entry(k, v)))
+    }
+
+    /// Removes every entry.
+    pub fn clear(&self, store: &mut OperatorStateStore) -> Result<()> {
+        *store.map_mut(&self.0.at)? = Arc::default();
+        Ok(())
+    }
+
+    /// The number of entries.
+    pub fn len(&self, store: &OperatorStateStore) -> Result<usize> {
+        Ok(store.map(&self.0.at)?.len())
+    }
+
+    /// True when there are no entries.
+    pub fn is_empty(&self, store: &OperatorStateStore) -> Result<bool> {
+        Ok(self.len(store)? == 0)
+    }
+}
+
+// ---------------------------------------------------------------- snapshot
+
+/// One state as the synchronous phase saw it.
+struct View {
+    meta: Arc<Meta>,
+    data: Data,
+}
+
+/// An operator state snapshot whose synchronous phase is done: each state's
+/// entries as they were are referenced, and the store is free to change.
+/// Await it (or call [`run`](PendingOperatorSnapshot::run)) on any runtime
+/// to write them; dropping it writes nothing.
+#[must_use = "a pending snapshot does nothing until awaited"]
+pub struct PendingOperatorSnapshot {
+    checkpoint_id: u64,
+    subtask_index: u32,
+    views: Vec<View>,
+    location: Arc<dyn CheckpointLocation>,
+    sync_duration: Duration,
+}
+
+impl fmt::Debug for PendingOperatorSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingOperatorSnapshot")
+            .field("checkpoint_id", &self.checkpoint_id)
+            .field("subtask_index", &self.subtask_index)
+            .field("states", &self.views.len())
+            .field("sync_duration", &self.sync_duration)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingOperatorSnapshot {
+    /// The checkpoint id.
+    pub fn checkpoint_id(&self) -> u64 {
+        self.checkpoint_id
+    }
+
+    /// How long the synchronous phase took.
+    pub fn sync_duration(&self) -> Duration {
+        self.sync_duration
+    }
+
+    /// The asynchronous phase: writes every state's block, in name order,
+    /// into one exclusive stream of the location and returns the handle.
+    /// A store without entries writes nothing (the stream is
+    /// [`Empty`](StreamStateHandle::Empty)); one without states gives an
+    /// [empty](OperatorStateHandle::is_empty) handle.
+    pub async fn run(self) -> Result<OperatorStateHandle> {
+        let (id, subtask) = (self.checkpoint_id, self.subtask_index);
+        let handle = write_views(subtask, &self.views, &*self.location).await.map_err(|e| {
+            e.context(format!(
+                "operator state snapshot of subtask {subtask} for checkpoint {id}"
+            ))
+        })?;
+        tracing::debug!(
+            checkpoint_id = id,
+            subtask,
+            states = handle.states.len(),
+            bytes = handle.state_size(),
+            "operator state snapshot complete"
+        );
+        Ok(handle)
+    }
+}
+
+impl IntoFuture for PendingOperatorSnapshot {
+    type Output = Result<OperatorStateHandle>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<OperatorStateHandle>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+fn block_of(view: &View, offset: u64, length: u64, crc32c: u32) -> OperatorStateBlock {
+    OperatorStateBlock {
+        name: view.meta.name.to_string(),
+        mode: view.meta.mode,
+        value_serializer: view.meta.value.clone(),
+        key_serializer: view.meta.key.clone(),
+        offset,
+        length,
+        entries: view.data.len() as u64,
+        crc32c,
+    }
+}
+
+async fn write_views(
+    subtask_index: u32,
+    views: &[View],
+    location: &dyn CheckpointLocation,
+) -> Result<OperatorStateHandle> {
+    let mut states = Vec::with_capacity(views.len());
+    if views.iter().all(|v| v.data.len() == 0) {
+        states.extend(views.iter().map(|v| block_of(v, 0, 0, crc32c(&[]))));
+        return Ok(OperatorStateHandle {
+            subtask_index,
+            stream: StreamStateHandle::Empty,
+            states,
+        });
+    }
+    let stream = location.create_output_stream(StateScope::Exclusive).await?;
+    let mut w = BlockWriter {
+        stream,
+        buf: Vec::with_capacity(WRITE_CHUNK),
+        flushed: 0,
+        crc: 0,
+        crc_from: 0,
+    };
+    for view in views {
+        match w.block(view).await {
+            Ok(b) => states.push(b),
+            Err(e) => {
+                w.stream.abort().await;
+                return Err(e.context(format!("operator state {:?}", view.meta.name)));
+            }
+        }
+    }
+    let (stream, written) = w.close().await?;
+    if stream.size() != written {
+        let e = Error::internal(format!(
+            "operator state stream {} holds {} bytes but {written} were written",
+            stream.describe(),
+            stream.size()
+        ));
+        if let Err(d) = location.discard(std::slice::from_ref(&stream)).await {
+            tracing::warn!(error = %d, "could not discard an operator state stream");
+        }
+        return Err(e);
+    }
+    Ok(OperatorStateHandle {
+        subtask_index,
+        stream,
+        states,
+    })
+}
+
+/// Writes blocks into a stream through a buffer, computing each block's
+/// checksum on the way.
+struct BlockWriter {
+    stream: Box<dyn CheckpointOutputStream>,
+    buf: Vec<u8>,
+    /// Bytes handed to the stream.
+    flushed: u64,
+    /// Checksum of the current block up to `buf[crc_from..]`.
+    crc: u32,
+    crc_from: usize,
+}
+
+impl BlockWriter {
+    fn position(&self) -> u64 {
+        self.flushed + self.buf.len() as u64
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.crc = crc32c_append(self.crc, &self.buf[self.crc_from..]);
+        self.crc_from = 0;
+        let data = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_CHUNK)));
+        self.flushed += data.len() as u64;
+        self.stream.write_bytes(data).await
+    }
+
+    async fn entry_done(&mut self) -> Result<()> {
+        if self.buf.len() >= WRITE_CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn block(&mut self, view: &View) -> Result<OperatorStateBlock> {
+        let offset = self.position();
+        self.crc = 0;
+        self.crc_from = self.buf.len();
+        match &view.data {
+            Data::List(list) => {
+                for e in list.iter() {
+                    put_bytes(&mut self.buf, e);
+                    self.entry_done().await?;
+                }
+            }
+            Data::Map(map) => {
+                for (k, v) in map.iter() {
+                    put_bytes(&mut self.buf, k);
+                    put_bytes(&mut self.buf, v);
+                    self.entry_done().await?;
+                }
+            }
+        }
+        let crc = crc32c_append(self.crc, &self.buf[self.crc_from..]);
+        self.crc_from = self.buf.len();
+        Ok(block_of(view, offset, self.position() - offset, crc))
+    }
+
+    /// Closes the stream: its handle and the bytes written.
+    async fn close(mut self) -> Result<(StreamStateHandle, u64)> {
+        if !self.buf.is_empty() {
+            if let Err(e) = self.flush().await {
+                self.stream.abort().await;
+                return Err(e);
+            }
+        }
+        let written = self.flushed;
+        Ok((self.stream.close().await?, written))
+    }
+}
+
+// ---------------------------------------------------------------- restore
+
+/// Entries `start..end` of block `block` of handle `handle`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    handle: u32,
+    block: u32,
+    start: u64,
+    end: u64,
+}
+
+/// Checks the handles of a restore; returns, per state name, the handle and
+/// block that first lists it.
+fn check_restore(old: &[OperatorStateHandle], old_parallelism: u32) -> Result<BTreeMap<&str, (usize, usize)>> {
+    let mut seen = BTreeSet::new();
+    let mut metas: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for (hi, h) in old.iter().enumerate() {
+        h.validate().map_err(|e| e.context(h.describe()))?;
+        if h.subtask_index >= old_parallelism {
+            return Err(Error::corrupted(format!(
+                "{}: subtask index {} is not below the old parallelism {old_parallelism}",
+                h.describe(),
+                h.subtask_index
+            )));
+        }
+        if !seen.insert(h.subtask_index) {
+            return Err(Error::corrupted(format!(
+                "two operator state handles of subtask {}",
+                h.subtask_index
+            )));
+        }
+        for (bi, b) in h.states.iter().enumerate() {
+            let &mut (fh, fb) = metas.entry(b.name.as_str()).or_insert((hi, bi));
+            let first = &old[fh].states[fb];
+            let at = |h: &OperatorStateHandle| format!("subtask {}", h.subtask_index);
+            let differs = if first.mode != b.mode {
+                Some(("mode", first.mode.name().to_string(), b.mode.name().to_string()))
+            } else if first.value_serializer != b.value_serializer {
+                Some((
+                    "value serializer",
+                    first.value_serializer.to_string(),
+                    b.value_serializer.to_string(),
+                ))
+            } else if first.key_serializer != b.key_serializer {
+                let show = |k: &Option<SerializerId>| k.as_ref().map_or_else(String::new, |k| k.to_string());
+                Some(("key serializer", show(&first.key_serializer), show(&b.key_serializer)))
+            } else {
+                None
+            };
+            if let Some((what, a, z)) = differs {
+                return Err(Error::corrupted(format!(
+                    "operator state {:?} has {what} {a} in {} but {z} in {}",
+                    b.name,
+                    at(&old[fh]),
+                    at(h)
+                )));
+            }
+        }
+    }
+    Ok(metas)
+}
+
+/// The states of each old subtask, as runs of entries: one per entry of
+/// split state when the parallelism changes (entries are assigned one by
+/// one), one per block otherwise.
+fn repartition_input(
+    old: &[OperatorStateHandle],
+    old_parallelism: u32,
+    per_entry: bool,
+) -> Result<Vec<SubtaskStates<Run>>> {
+    let mut input: Vec<SubtaskStates<Run>> = vec![BTreeMap::new(); old_parallelism as usize];
+    let mut split_entries = 0u64;
+    for (hi, h) in old.iter().enumerate() {
+        for (bi, b) in h.states.iter().enumerate() {
+            let run = |start, end| Run {
+                handle: hi as u32,
+                block: bi as u32,
+                start,
+                end,
+            };
+            let entries = if b.entries == 0 {
+                Vec::new()
+            } else if per_entry && b.mode == DistributionMode::Split {
+                split_entries = split_entries.saturating_add(b.entries);
+                if split_entries > MAX_RESTORE_SPLIT_ENTRIES {
+                    return Err(Error::new(
+                        ErrorKind::LimitExceeded,
+                        format!(
+                            "operator state {:?}: more than {MAX_RESTORE_SPLIT_ENTRIES} split-state entries to \
+                             assign to a new parallelism",
+                            b.name
+                        ),
+                    ));
+                }
+                (0..b.entries).map(|e| run(e, e + 1)).collect()
+            } else {
+                vec![run(0, b.entries)]
+            };
+            let subtask = input
+                .get_mut(h.subtask_index as usize)
+                .ok_or_else(|| Error::internal("subtask index out of range"))?;
+            subtask.insert(b.name.clone(), SubtaskState { mode: b.mode, entries });
+        }
+    }
+    Ok(input)
+}
+
+/// Merges consecutive runs of the same block.
+fn coalesce(entries: Vec<Run>) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::new();
+    for r in entries {
+        match out.last_mut() {
+            Some(last) if last.handle == r.handle && last.block == r.block && last.end == r.start => last.end = r.end,
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// A block's entries, as slices of the bytes read.
+enum Decoded {
+    List(Vec<Bytes>),
+    Map(Vec<(Bytes, Bytes)>),
+}
+
+type DecodedBlocks = BTreeMap<(u32, u32), Decoded>;
+
+/// Reads and decodes the blocks the runs reference: one ranged read per handle.
+async fn read_blocks(
+    old: &[OperatorStateHandle],
+    assigned: &[(String, DistributionMode, Vec<Run>)],
+    reader: &dyn StateReader,
+) -> Result<DecodedBlocks> {
+    let mut wanted: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+    for r in assigned.iter().flat_map(|(_, _, runs)| runs) {
+        wanted.entry(r.handle).or_default().insert(r.block);
+    }
+    let reads = wanted.into_iter().map(|(hi, blocks)| async move {
+        let h = old
+            .get(hi as usize)
+            .ok_or_else(|| Error::internal("handle index out of range"))?;
+        let blocks: Vec<(u32, &OperatorStateBlock)> = blocks
+            .into_iter()
+            .map(|bi| {
+                h.states
+                    .get(bi as usize)
+                    .map(|b| (bi, b))
+                    .ok_or_else(|| Error::internal("block index out of range"))
+            })
+            .collect::<Result<_>>()?;
+        let ranges: Vec<Range<u64>> = blocks.iter().map(|(_, b)| b.range()).collect();
+        let parts = reader
+            .read_ranges(&h.stream, &ranges)
+            .await
+            .map_err(|e| e.context(format!("restoring {}", h.describe())))?;
+        if parts.len() != ranges.len() {
+            return Err(Error::corrupted(format!(
+                "{}: {} byte ranges read as {}",
+                h.describe(),
+                ranges.len(),
+                parts.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(blocks.len());
+        for ((bi, b), data) in blocks.into_iter().zip(parts) {
+            let decoded = decode_block(b, &data)
+                .map_err(|e| e.context(format!("operator state {:?} in {}", b.name, h.describe())))?;
+            out.push(((hi, bi), decoded));
+        }
+        Ok::<_, Error>(out)
+    });
+    let read: Vec<Vec<((u32, u32), Decoded)>> = futures::stream::iter(reads)
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(read.into_iter().flatten().collect())
+}
+
+/// Checks a block's length, checksum and entry count, and slices its entries.
+fn decode_block(b: &OperatorStateBlock, data: &Bytes) -> Result<Decoded> {
+    if data.len() as u64 != b.length {
+        return Err(Error::corrupted(format!(
+            "block of {} bytes read as {} bytes",
+            b.length,
+            data.len()
+        )));
+    }
+    let actual = crc32c(data);
+    if actual != b.crc32c {
+        return Err(Error::corrupted(format!(
+            "block checksum mismatch (stored {:#010x}, computed {actual:#010x})",
+            b.crc32c
+        )));
+    }
+    let mut r = Reader::new(data);
+    let mut next = |what: &str| -> Result<Bytes> {
+        let s = r.bytes(what)?;
+        let end = r.position();
+        Ok(data.slice(end - s.len()..end))
+    };
+    // The entry count was checked against the block length.
+    let n = usize::try_from(b.entries).map_err(|_| Error::corrupted("entry count overflows"))?;
+    let decoded = match b.mode {
+        DistributionMode::Split | DistributionMode::Union => {
+            let mut list = Vec::with_capacity(n);
+            for _ in 0..n {
+                list.push(next("list element")?);
+            }
+            Decoded::List(list)
+        }
+        DistributionMode::Broadcast => {
+            let mut map = Vec::with_capacity(n);
+            for _ in 0..n {
+                let k = next("broadcast key")?;
+                let v = next("broadcast value")?;
+                map.push((k, v));
+            }
+            Decoded::Map(map)
+        }
+    };
+    if !r.is_empty() {
+        return Err(Error::corrupted(format!(
+            "{} bytes follow the {n} entries the block should hold",
+            r.remaining()
+        )));
+    }
+    Ok(decoded)
+}
+
+/// Builds a restored state's data from the runs it was assigned.
+fn assemble(
+    name: &str,
+    mode: DistributionMode,
+    runs: &[Run],
+    old: &[OperatorStateHandle],
+    decoded: &DecodedBlocks,
+) -> Result<Data> {
+    let missing = || Error::internal(format!("operator state {name:?}: an assigned block was not read"));
+    let range = |r: &Run| r.start as usize..r.end as usize;
+    match mode {
+        DistributionMode::Split | DistributionMode::Union => {
+            let mut list = Vec::new();
+            for r in runs {
+                let Some(Decoded::List(entries)) = decoded.get(&(r.handle, r.block)) else {
+                    return Err(missing());
+                };
+                list.extend_from_slice(entries.get(range(r)).ok_or_else(missing)?);
+            }
+            Ok(Data::List(Arc::new(list)))
+        }
+        DistributionMode::Broadcast => {
+            let mut map = BTreeMap::new();
+            for r in runs {
+                let Some(Decoded::Map(entries)) = decoded.get(&(r.handle, r.block)) else {
+                    return Err(missing());
+                };
+                for (k, v) in entries.get(range(r)).ok_or_else(missing)? {
+                    if map.insert(k.to_vec(), v.to_vec()).is_some() {
+                        let h = old.get(r.handle as usize).map_or_else(String::new, |h| h.describe());
+                        return Err(Error::corrupted(format!(
+                            "broadcast state {name:?} in {h} holds a key twice"
+                        )));
+                    }
+                }
+            }
+            Ok(Data::Map(Arc::new(map)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::checkpoint::{
+        BlobCheckpointStorage, CheckpointKind, CheckpointMetadata, CheckpointStorage, InlineReader, MemoryBlobStore,
+        MemoryCheckpointStorage, OperatorState, ResolvedCheckpoint,
+    };
+    use crate::ttl::StateTtlConfig;
+
+    fn list(name: &str) -> ListStateDescriptor<String> {
+        ListStateDescriptor::new(name)
+    }
+
+    fn map(name: &str) -> MapStateDescriptor<String, u64> {
+        MapStateDescriptor::new(name)
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Subtask `i` of `p` holding `values` in split state `s`.
+    fn split_store(i: u32, p: u32, values: &[&str]) -> OperatorStateStore {
+        let mut store = OperatorStateStore::new(i, p).unwrap();
+        let s = store.list_state(&list("s")).unwrap();
+        s.update(&mut store, strings(values)).unwrap();
+        store
+    }
+
+    fn memory() -> Arc<dyn CheckpointStorage> {
+        Arc::new(MemoryCheckpointStorage::new("job"))
+    }
+
+    /// Storage that inlines streams of at most 64 bytes and writes larger ones as files.
+    fn files() -> Arc<dyn CheckpointStorage> {
+        Arc::new(
+            BlobCheckpointStorage::new(Arc::new(MemoryBlobStore::new("memory://job")), "job")
+                .unwrap()
+                .with_inline_threshold(64)
+                .unwrap(),
+        )
+    }
+
+    /// Checkpoint `id` of operator "op" whose subtasks are `stores`,
+    /// resolved back from storage.
+    async fn checkpoint(
+        storage: &Arc<dyn CheckpointStorage>,
+        id: u64,
+        stores: &[OperatorStateStore],
+    ) -> ResolvedCheckpoint {
+        let location = storage.init_checkpoint(id).await.unwrap();
+        let mut handles = Vec::new();
+        for s in stores {
+            let h = s.snapshot(id, Arc::clone(&location)).unwrap().await.unwrap();
+            if !h.is_empty() {
+                handles.push(h);
+            }
+        }
+        let op = OperatorState::new("op", stores.len() as u32, 128, Vec::new()).with_operator_state(handles);
+        let m = CheckpointMetadata::new(id, CheckpointKind::Checkpoint, 0).with_operator(op);
+        location.write_metadata(&m).await.unwrap();
+        storage.resolve(&storage.checkpoint_pointer(id)).await.unwrap()
+    }
+
+    async fn restore_all(resolved: &ResolvedCheckpoint, p: u32) -> Vec<OperatorStateStore> {
+        let op = resolved.metadata.operator("op").unwrap();
+        let mut out = Vec::new();
+        for i in 0..p {
+            let store = OperatorStateStore::restore(i, p, &op.operator_state, op.parallelism, &*resolved.reader)
+                .await
+                .unwrap();
+            out.push(store);
+        }
+        out
+    }
+
+    fn lists(stores: &mut [OperatorStateStore], name: &str, union: bool) -> Vec<Vec<String>> {
+        stores
+            .iter_mut()
+            .map(|s| {
+                let h = if union {
+                    s.union_list_state(&list(name))
+                } else {
+                    s.list_state(&list(name))
+                };
+                h.unwrap().get(s).unwrap()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn each_kind_round_trips() {
+        for storage in [memory(), files()] {
+            let mut store = OperatorStateStore::new(0, 1).unwrap();
+            let s = store.list_state(&list("s")).unwrap();
+            let u = store.union_list_state(&list("u")).unwrap();
+            let b = store.broadcast_state(&map("b")).unwrap();
+            store.list_state(&list("empty")).unwrap();
+            s.add(&mut store, "a".to_string()).unwrap();
+            s.add_all(&mut store, strings(&["b", "c"])).unwrap();
+            u.update(&mut store, strings(&["x"])).unwrap();
+            b.put(&mut store, "k1".to_string(), 1).unwrap();
+            b.put_all(&mut store, [("k2".to_string(), 2), ("k3".to_string(), 3)])
+                .unwrap();
+            assert!(b.remove(&mut store, &"k3".to_string()).unwrap());
+            assert!(!b.remove(&mut store, &"k3".to_string()).unwrap());
+
+            let resolved = checkpoint(&storage, 1, &[store]).await;
+            let mut r = restore_all(&resolved, 1).await.remove(0);
+            assert_eq!(r.state_names().collect::<Vec<_>>(), ["b", "empty", "s", "u"]);
+            assert_eq!(r.mode("empty"), Some(DistributionMode::Split));
+            let s = r.list_state(&list("s")).unwrap();
+            let u = r.union_list_state(&list("u")).unwrap();
+            let b = r.broadcast_state(&map("b")).unwrap();
+            assert_eq!(s.get(&r).unwrap(), strings(&["a", "b", "c"]));
+            assert_eq!(u.get(&r).unwrap(), strings(&["x"]));
+            assert_eq!(b.entries(&r).unwrap(), [("k1".to_string(), 1), ("k2".to_string(), 2)]);
+            assert_eq!(b.get(&r, &"k2".to_string()).unwrap(), Some(2));
+            assert_eq!(b.get(&r, &"k3".to_string()).unwrap(), None);
+            assert!(b.contains(&r, &"k1".to_string()).unwrap());
+            assert_eq!((b.len(&r).unwrap(), s.len(&r).unwrap()), (2, 3));
+            let empty = r.list_state(&list("empty")).unwrap();
+            assert!(empty.is_empty(&r).unwrap());
+            // Restored state is live state.
+            s.clear(&mut r).unwrap();
+            b.clear(&mut r).unwrap();
+            assert!(s.is_empty(&r).unwrap() && b.is_empty(&r).unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn split_3_to_2_and_back() {
+        let storage = memory();
+        let old = [
+            split_store(0, 3, &["a", "b"]),
+            split_store(1, 3, &["c"]),
+            split_store(2, 3, &["d", "e"]),
+        ];
+        let resolved = checkpoint(&storage, 1, &old).await;
+        let mut new = restore_all(&resolved, 2).await;
+        assert_eq!(
+            lists(&mut new, "s", false),
+            [strings(&["a", "b", "c"]), strings(&["d", "e"])]
+        );
+        // Unchanged parallelism: each subtask gets its own back.
+        let mut same = restore_all(&resolved, 3).await;
+        assert_eq!(
+            lists(&mut same, "s", false),
+            [strings(&["a", "b"]), strings(&["c"]), strings(&["d", "e"])]
+        );
+        // And 2 → 3 from the restored pair.
+        let resolved = checkpoint(&storage, 2, &new).await;
+        let mut three = restore_all(&resolved, 3).await;
+        assert_eq!(
+            lists(&mut three, "s", false),
+            [strings(&["a", "b"]), strings(&["c", "d"]), strings(&["e"])]
+        );
+    }
+
+    #[tokio::test]
+    async fn split_1_to_2() {
+        let resolved = checkpoint(&memory(), 1, &[split_store(0, 1, &["e1", "e2"])]).await;
+        let mut new = restore_all(&resolved, 2).await;
+        assert_eq!(lists(&mut new, "s", false), [strings(&["e1"]), strings(&["e2"])]);
+    }
+
+    #[tokio::test]
+    async fn union_gives_every_entry_to_every_subtask() {
+        let old: Vec<OperatorStateStore> = (0..2)
+            .map(|i| {
+                let mut store = OperatorStateStore::new(i, 2).unwrap();
+                let u = store.union_list_state(&list("u")).unwrap();
+                u.add_all(&mut store, [format!("{i}a"), format!("{i}b")]).unwrap();
+                store
+            })
+            .collect();
+        let resolved = checkpoint(&memory(), 1, &old).await;
+        let all = strings(&["0a", "0b", "1a", "1b"]);
+        for p in [2, 3] {
+            let mut new = restore_all(&resolved, p).await;
+            assert_eq!(lists(&mut new, "u", true), vec![all.clone(); p as usize], "p = {p}");
+        }
+        // The metadata records one block per subtask, not one offset per entry.
+        let op = resolved.metadata.operator("op").unwrap();
+        assert_eq!(op.operator_state.len(), 2);
+        assert!(op.operator_state.iter().all(|h| h.states.len() == 1));
+    }
+
+    #[tokio::test]
+    async fn broadcast_3_to_5_follows_i_mod_3() {
+        let old: Vec<OperatorStateStore> = (0..3)
+            .map(|i| {
+                let mut store = OperatorStateStore::new(i, 3).unwrap();
+                let b = store.broadcast_state(&map("b")).unwrap();
+                b.put(&mut store, format!("copy{i}"), u64::from(i)).unwrap();
+                b.put(&mut store, "shared".to_string(), 7).unwrap();
+                store
+            })
+            .collect();
+        let resolved = checkpoint(&memory(), 1, &old).await;
+        let mut new = restore_all(&resolved, 5).await;
+        for (i, s) in new.iter_mut().enumerate() {
+            let b = s.broadcast_state(&map("b")).unwrap();
+            let old = (i % 3) as u64;
+            assert_eq!(
+                b.entries(s).unwrap(),
+                [(format!("copy{old}"), old), ("shared".to_string(), 7)],
+                "subtask {i}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn restored_mode_and_serializers_are_checked_on_registration() {
+        let resolved = checkpoint(&memory(), 1, &[split_store(0, 1, &["a"])]).await;
+        let mut r = restore_all(&resolved, 1).await.remove(0);
+
+        let e = r.union_list_state(&list("s")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
+        let m = e.message();
+        assert!(
+            m.contains("\"s\"") && m.contains("restored as split") && m.contains("union"),
+            "{e}"
+        );
+        let e = r.broadcast_state(&map("s")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
+
+        let e = r.list_state(&ListStateDescriptor::<u64>::new("s")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
+        let (wanted, restored) = (Bincode::<u64>::new().id(), Bincode::<String>::new().id());
+        assert!(
+            e.message().contains(&wanted.to_string()) && e.message().contains(&restored.to_string()),
+            "{e}"
+        );
+
+        // The right descriptor still gets the state.
+        let s = r.list_state(&list("s")).unwrap();
+        assert_eq!(s.get(&r).unwrap(), strings(&["a"]));
+
+        // Broadcast key serializers are checked too.
+        let mut store = OperatorStateStore::new(0, 1).unwrap();
+        store.broadcast_state(&map("b")).unwrap();
+        let resolved = checkpoint(&memory(), 2, &[store]).await;
+        let mut r = restore_all(&resolved, 1).await.remove(0);
+        let e = r
+            .broadcast_state(&MapStateDescriptor::<u64, u64>::new("b"))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
+        assert!(e.message().contains("key serializer"), "{e}");
+    }
+
+    use crate::serializer::{Bincode, Serializer};
+
+    #[test]
+    fn registration_rules() {
+        let mut store = OperatorStateStore::new(1, 2).unwrap();
+        let a = store.list_state(&list("s")).unwrap();
+        let b = store.list_state(&list("s")).unwrap();
+        a.add(&mut store, "x".to_string()).unwrap();
+        assert_eq!(b.get(&store).unwrap(), strings(&["x"]));
+        let c = b.clone();
+        assert_eq!(c.name(), "s");
+        assert_eq!(c.mode(), DistributionMode::Split);
+
+        let e = store.union_list_state(&list("s")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
+        assert!(e.message().contains("registered as split"), "{e}");
+        let e = store.list_state(&ListStateDescriptor::<u64>::new("s")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
+
+        let ttl = list("t").with_ttl(StateTtlConfig::new(Duration::from_secs(1)));
+        let e = store.list_state(&ttl).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+        assert!(e.message().contains("TTL"), "{e}");
+        assert_eq!(store.mode("t"), None);
+
+        let e = store.list_state(&list("a\0b")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+
+        let mut other = OperatorStateStore::new(0, 2).unwrap();
+        let e = a.add(&mut other, "y".to_string()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+        assert!(a.get(&other).is_err());
+
+        for (i, p) in [(0, 0), (2, 2), (0, MAX_PARALLELISM_UPPER_BOUND + 1)] {
+            let e = OperatorStateStore::new(i, p).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+        }
+        assert_eq!((store.subtask_index(), store.parallelism()), (1, 2));
+        assert!(format!("{store:?}").contains("\"s\""));
+    }
+
+    #[tokio::test]
+    async fn writes_after_the_sync_phase_are_not_in_the_snapshot() {
+        let storage = memory();
+        let mut store = OperatorStateStore::new(0, 1).unwrap();
+        let s = store.list_state(&list("s")).unwrap();
+        let b = store.broadcast_state(&map("b")).unwrap();
+        s.add(&mut store, "before".to_string()).unwrap();
+        b.put(&mut store, "k".to_string(), 1).unwrap();
+
+        let location = storage.init_checkpoint(1).await.unwrap();
+        let pending = store.snapshot(1, Arc::clone(&location)).unwrap();
+        assert_eq!(pending.checkpoint_id(), 1);
+        // The sync phase shares the entries; it copies nothing.
+        let Data::List(l) = &store.slots[0].data else { panic!() };
+        assert_eq!(Arc::strong_count(l), 2);
+
+        s.add(&mut store, "after".to_string()).unwrap();
+        b.put(&mut store, "k".to_string(), 2).unwrap();
+        b.put(&mut store, "k2".to_string(), 3).unwrap();
+        let Data::List(l) = &store.slots[0].data else { panic!() };
+        assert_eq!(Arc::strong_count(l), 1, "the first write copied the list");
+
+        let handle = pending.await.unwrap();
+        let r = OperatorStateStore::restore(0, 1, &[handle], 1, &InlineReader)
+            .await
+            .unwrap();
+        let mut r = r;
+        let s2 = r.list_state(&list("s")).unwrap();
+        let b2 = r.broadcast_state(&map("b")).unwrap();
+        assert_eq!(s2.get(&r).unwrap(), strings(&["before"]));
+        assert_eq!(b2.entries(&r).unwrap(), [("k".to_string(), 1)]);
+        // The live store has the later writes.
+        assert_eq!(s.get(&store).unwrap(), strings(&["before", "after"]));
+        assert_eq!(b.len(&store).unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn empty_stores_write_nothing() {
+        let storage = files();
+        let location = storage.init_checkpoint(1).await.unwrap();
+        let store = OperatorStateStore::new(0, 1).unwrap();
+        let h = store.snapshot(1, Arc::clone(&location)).unwrap().await.unwrap();
+        assert!(h.is_empty());
+        assert_eq!(h.stream, StreamStateHandle::Empty);
+
+        // States without entries: nothing written, but their modes are kept.
+        let mut store = OperatorStateStore::new(0, 1).unwrap();
+        store.union_list_state(&list("u")).unwrap();
+        store.broadcast_state(&map("b")).unwrap();
+        let h = store.snapshot(1, Arc::clone(&location)).unwrap().await.unwrap();
+        assert!(!h.is_empty());
+        assert_eq!(h.stream, StreamStateHandle::Empty);
+        assert_eq!(h.states.len(), 2);
+        assert!(storage.list_files().await.unwrap().is_empty());
+        let r = OperatorStateStore::restore(0, 3, &[h], 1, &InlineReader).await.unwrap();
+        assert_eq!(r.mode("u"), Some(DistributionMode::Union));
+        assert_eq!(r.mode("b"), Some(DistributionMode::Broadcast));
+    }
+
+    #[tokio::test]
+    async fn snapshot_refuses_another_checkpoint_s_location() {
+        let location = memory().init_checkpoint(2).await.unwrap();
+        let e = OperatorStateStore::new(0, 1)
+            .unwrap()
+            .snapshot(1, location)
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    }
+
+    /// Handle of one subtask with split state "s" = `[a, b]` and union "u" = `[x]`.
+    async fn inline_handle() -> OperatorStateHandle {
+        let mut store = split_store(0, 1, &["a", "b"]);
+        let u = store.union_list_state(&list("u")).unwrap();
+        u.add(&mut store, "x".to_string()).unwrap();
+        let location = memory().init_checkpoint(1).await.unwrap();
+        store.snapshot(1, location).unwrap().await.unwrap()
+    }
+
+    fn with_stream(h: &OperatorStateHandle, f: impl FnOnce(&mut Vec<u8>)) -> OperatorStateHandle {
+        let StreamStateHandle::Inline(b) = &h.stream else {
+            panic!()
+        };
+        let mut b = b.to_vec();
+        f(&mut b);
+        OperatorStateHandle {
+            stream: StreamStateHandle::Inline(Bytes::from(b)),
+            ..h.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn corrupted_blocks_are_refused_naming_the_state() {
+        let h = inline_handle().await;
+        let s = h.state("s").unwrap().clone();
+        // Every byte of the block of "s", flipped.
+        for at in s.range() {
+            let bad = with_stream(&h, |b| b[at as usize] ^= 0x40);
+            let e = OperatorStateStore::restore(0, 1, &[bad], 1, &InlineReader)
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+            assert!(e.message().contains("\"s\"") && e.message().contains("checksum"), "{e}");
+            assert!(e.message().contains("subtask 0"), "{e}");
+        }
+        // A wrong entry count with a matching checksum.
+        let mut bad = h.clone();
+        bad.states.iter_mut().find(|b| b.name == "s").unwrap().entries = 1;
+        let e = OperatorStateStore::restore(0, 1, &[bad], 1, &InlineReader)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+        assert!(e.message().contains("\"s\""), "{e}");
+        // A block the stream does not hold.
+        let bad = with_stream(&h, |b| b.truncate(3));
+        let e = OperatorStateStore::restore(0, 1, &[bad], 1, &InlineReader)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+        // Every subtask reads union state: a corrupted union block fails
+        // subtask 1 of 2 too, naming it.
+        let u = h.state("u").unwrap().clone();
+        let bad = with_stream(&h, |b| b[u.offset as usize] ^= 1);
+        let e = OperatorStateStore::restore(1, 2, &[bad], 1, &InlineReader)
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("\"u\""), "{e}");
+    }
+
+    #[tokio::test]
+    async fn inconsistent_handles_are_refused() {
+        let h = inline_handle().await;
+        let restore = |old: Vec<OperatorStateHandle>, p_old: u32| async move {
+            OperatorStateStore::restore(0, 1, &old, p_old, &InlineReader)
+                .await
+                .unwrap_err()
+        };
+        let e = restore(vec![h.clone(), h.clone()], 2).await;
+        assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+        let e = restore(vec![h.clone()], 0).await;
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+        let mut other = h.clone();
+        other.subtask_index = 1;
+        let e = restore(vec![other.clone()], 1).await;
+        assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+        // "s" split in subtask 0 but union in subtask 1.
+        other.states.iter_mut().find(|b| b.name == "s").unwrap().mode = DistributionMode::Union;
+        let e = restore(vec![h.clone(), other.clone()], 2).await;
+        assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+        assert!(e.message().contains("\"s\"") && e.message().contains("union"), "{e}");
+        other.states.iter_mut().find(|b| b.name == "s").unwrap().mode = DistributionMode::Split;
+        other
+            .states
+            .iter_mut()
+            .find(|b| b.name == "s")
+            .unwrap()
+            .value_serializer = SerializerId::new("x", 1);
+        let e = restore(vec![h.clone(), other], 2).await;
+        assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+        assert!(e.message().contains("serializer"), "{e}");
+        let e = OperatorStateStore::restore(2, 2, &[h], 1, &InlineReader)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    }
+
+    /// A reader that records what it is asked to read.
+    #[derive(Debug)]
+    struct Recording {
+        inner: Arc<dyn StateReader>,
+        reads: Mutex<Vec<(String, Vec<Range<u64>>)>>,
+    }
+
+    #[async_trait]
+    impl StateReader for Recording {
+        async fn read(&self, handle: &StreamStateHandle) -> Result<Bytes> {
+            let size = handle.size();
+            let whole = std::iter::once(0..size).collect();
+            self.reads.lock().unwrap().push((handle.describe(), whole));
+            self.inner.read(handle).await
+        }
+
+        async fn read_ranges(&self, handle: &StreamStateHandle, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+            self.reads.lock().unwrap().push((handle.describe(), ranges.to_vec()));
+            self.inner.read_ranges(handle, ranges).await
+        }
+    }
+
+    #[tokio::test]
+    async fn inline_and_file_handles_restore_reading_only_assigned_blocks() {
+        let storage = files();
+        let big: Vec<String> = (0..200).map(|i| format!("element {i}")).collect();
+        let mut stores = vec![
+            split_store(0, 3, &["a", "b"]),
+            split_store(1, 3, &["c"]),
+            OperatorStateStore::new(2, 3).unwrap(),
+        ];
+        let s = stores[2].list_state(&list("s")).unwrap();
+        s.update(&mut stores[2], &big).unwrap();
+        let b = stores[2].broadcast_state(&map("b")).unwrap();
+        b.put(&mut stores[2], "k".to_string(), 1).unwrap();
+        let resolved = checkpoint(&storage, 1, &stores).await;
+        let op = resolved.metadata.operator("op").unwrap();
+        let kinds: Vec<bool> = op
+            .operator_state
+            .iter()
+            .map(|h| matches!(h.stream, StreamStateHandle::Inline(_)))
+            .collect();
+        assert_eq!(kinds, [true, true, false], "small state inline, large state in a file");
+        let file = op.operator_state[2].stream.file_path().unwrap().to_string();
+        assert!(file.starts_with("chk-1/"), "{file}");
+        assert_eq!(resolved.metadata.file_paths(), std::slice::from_ref(&file));
+        assert_eq!(
+            resolved.metadata.state_size(),
+            op.operator_state.iter().map(|h| h.stream.size()).sum::<u64>()
+        );
+
+        // 3 → 2: 203 entries, 102 and 101. Subtask 1 gets its entries from the file only.
+        let reader = Recording {
+            inner: Arc::clone(&resolved.reader),
+            reads: Mutex::default(),
+        };
+        let mut r1 = OperatorStateStore::restore(1, 2, &op.operator_state, 3, &reader)
+            .await
+            .unwrap();
+        let reads = reader.reads.lock().unwrap().clone();
+        let h2 = &op.operator_state[2];
+        // One ranged read of the file: its split block only (broadcast "b" goes to
+        // subtask 2 % 3 = 2, which does not exist at parallelism 2).
+        assert_eq!(reads, [(file.clone(), vec![h2.state("s").unwrap().range()])]);
+        let s1 = r1.list_state(&list("s")).unwrap();
+        assert_eq!(s1.get(&r1).unwrap(), big[99..].to_vec());
+        let b1 = r1.broadcast_state(&map("b")).unwrap();
+        assert!(b1.is_empty(&r1).unwrap());
+
+        let mut all = restore_all(&resolved, 2).await;
+        let mut expected = strings(&["a", "b", "c"]);
+        expected.extend_from_slice(&big[..99]);
+        assert_eq!(lists(&mut all, "s", false)[0], expected);
+        // Unchanged parallelism: subtask 2 gets its file back, broadcast included.
+        let mut same = restore_all(&resolved, 3).await;
+        assert_eq!(lists(&mut same, "s", false)[2], big);
+        let b2 = same[2].broadcast_state(&map("b")).unwrap();
+        assert_eq!(b2.entries(&same[2]).unwrap(), [("k".to_string(), 1)]);
+    }
+
+    #[test]
+    fn handles_and_snapshots_move_between_threads() {
+        fn send_static<T: Send + Sync + 'static>() {}
+        send_static::<OperatorStateStore>();
+        send_static::<OperatorListState<String>>();
+        send_static::<BroadcastState<String, u64>>();
+        fn send<T: Send + 'static>() {}
+        send::<PendingOperatorSnapshot>();
+        send::<<PendingOperatorSnapshot as IntoFuture>::IntoFuture>();
+        fn send_future<F: Future + Send>(_: &F) {}
+        send_future(&OperatorStateStore::restore(0, 1, &[], 1, &InlineReader));
+    }
+
+    /// A small deterministic generator for the property test.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    /// Through storage, every assignment is exactly what `repartition`
+    /// (Flink's) gives for the same entries.
+    #[tokio::test]
+    async fn restores_match_repartition() {
+        let storage = files();
+        let mut rng = Lcg(7);
+        for round in 0..40u64 {
+            let p_old = 1 + rng.below(5) as u32;
+            let p_new = 1 + rng.below(6) as u32;
+            let names = [
+                ("a", DistributionMode::Split),
+                ("b", DistributionMode::Union),
+                ("c", DistributionMode::Split),
+                ("d", DistributionMode::Broadcast),
+            ];
+            let mut stores = Vec::new();
+            let mut expected_in: Vec<SubtaskStates<String>> = Vec::new();
+            for i in 0..p_old {
+                let mut store = OperatorStateStore::new(i, p_old).unwrap();
+                let mut states = BTreeMap::new();
+                for (name, mode) in names {
+                    let n = rng.below(if round % 3 == 0 { 40 } else { 5 });
+                    let entries: Vec<String> = (0..n).map(|e| format!("{name}{i}.{e}")).collect();
+                    match mode {
+                        DistributionMode::Split => store.list_state(&list(name)).unwrap().update(&mut store, &entries),
+                        DistributionMode::Union => store
+                            .union_list_state(&list(name))
+                            .unwrap()
+                            .update(&mut store, &entries),
+                        DistributionMode::Broadcast => {
+                            let b = store.broadcast_state(&map(name)).unwrap();
+                            b.put_all(&mut store, entries.iter().map(|e| (e, 0u64)))
+                        }
+                    }
+                    .unwrap();
+                    states.insert(name.to_string(), SubtaskState { mode, entries });
+                }
+                stores.push(store);
+                expected_in.push(states);
+            }
+            let expected = repartition(&expected_in, p_new).unwrap();
+            let resolved = checkpoint(&storage, round + 1, &stores).await;
+            let mut new = restore_all(&resolved, p_new).await;
+            for (i, (store, want)) in new.iter_mut().zip(&expected).enumerate() {
+                for (name, mode) in names {
+                    let mut got = match mode {
+                        DistributionMode::Split => store.list_state(&list(name)).unwrap().get(store).unwrap(),
+                        DistributionMode::Union => store.union_list_state(&list(name)).unwrap().get(store).unwrap(),
+                        DistributionMode::Broadcast => {
+                            let b = store.broadcast_state(&map(name)).unwrap();
+                            b.entries(store).unwrap().into_iter().map(|(k, _)| k).collect()
+                        }
+                    };
+                    let mut want = want[name].entries.clone();
+                    if mode == DistributionMode::Broadcast {
+                        got.sort();
+                        want.sort();
+                    }
+                    assert_eq!(got, want, "round {round}: {p_old} → {p_new}, subtask {i}, state {name}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn too_many_split_entries_to_reassign_are_refused() {
+        let h = OperatorStateHandle {
+            subtask_index: 0,
+            stream: StreamStateHandle::File {
+                path: "chk-1/x".into(),
+                size: u64::MAX / 2,
+            },
+            states: vec![OperatorStateBlock {
+                name: "s".into(),
+                mode: DistributionMode::Split,
+                value_serializer: SerializerId::new("x", 1),
+                key_serializer: None,
+                offset: 0,
+                length: u64::MAX / 2,
+                entries: u64::MAX / 2,
+                crc32c: 0,
+            }],
+        };
+        let e = OperatorStateStore::restore(0, 2, &[h], 1, &InlineReader)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::LimitExceeded, "{e}");
+    }
+
+    /// Begins checkpoint `id` and snapshots `store` into it: the location,
+    /// the metadata to complete it with and the operator-state file.
+    async fn take(
+        cs: &mut crate::lifecycle::CheckpointStore,
+        store: &OperatorStateStore,
+        id: u64,
+    ) -> (Arc<dyn CheckpointLocation>, CheckpointMetadata, String) {
+        let location = cs.begin_checkpoint(id).await.unwrap();
+        let h = store.snapshot(id, Arc::clone(&location)).unwrap().await.unwrap();
+        let path = h.stream.file_path().unwrap().to_string();
+        let op = OperatorState::new("op", 1, 128, Vec::new()).with_operator_state(vec![h]);
+        let m = CheckpointMetadata::new(id, CheckpointKind::Checkpoint, 0).with_operator(op);
+        (location, m, path)
+    }
+
+    #[tokio::test]
+    async fn checkpoint_store_keeps_and_disposes_operator_state_files() {
+        use crate::lifecycle::{CheckpointStore, CheckpointStoreConfig, GcOptions};
+        let storage = files();
+        let mut cs = CheckpointStore::open(Arc::clone(&storage), CheckpointStoreConfig::default())
+            .await
+            .unwrap();
+        let big: Vec<String> = (0..100).map(|i| format!("element {i}")).collect();
+        let mut store = OperatorStateStore::new(0, 1).unwrap();
+        let s = store.list_state(&list("s")).unwrap();
+        s.update(&mut store, &big).unwrap();
+
+        let (location, m, first) = take(&mut cs, &store, 1).await;
+        cs.complete(&location, m).await.unwrap();
+        assert!(cs.latest().unwrap().files().contains(&first));
+        // Garbage collection sees the file as live.
+        let report = cs
+            .collect_garbage(&GcOptions::new(Duration::ZERO).delete())
+            .await
+            .unwrap();
+        assert!(report.orphans.is_empty(), "{report:?}");
+        assert!(storage.stat_file(&first).await.unwrap().is_some());
+
+        // A checkpoint whose operator-state file is missing is not completed.
+        let (location, m, second) = take(&mut cs, &store, 2).await;
+        storage.delete_files(std::slice::from_ref(&second)).await.unwrap();
+        let e = cs.complete(&location, m).await.unwrap_err();
+        assert!(e.message().contains(&second), "{e}");
+        cs.abort(&location, &[]).await.unwrap();
+
+        // Subsuming checkpoint 1 deletes its operator-state file.
+        let (location, m, third) = take(&mut cs, &store, 3).await;
+        cs.complete(&location, m).await.unwrap();
+        assert!(storage.stat_file(&first).await.unwrap().is_none());
+        assert!(storage.stat_file(&third).await.unwrap().is_some());
+    }
+}
