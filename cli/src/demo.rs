@@ -156,6 +156,11 @@ impl StorageKind {
 
 const MAX_PARALLELISM: u32 = 128;
 const OPERATOR: &str = "count-by-user";
+/// The source operator, whose offsets are operator list state.
+const SOURCE: &str = "source";
+/// Partitions of the event stream: event `g` is at position
+/// `g / PARTITIONS` of partition `g % PARTITIONS`.
+const PARTITIONS: u32 = 4;
 const JOB: &str = "flowstate-demo";
 
 /// The files under `dir`, relative, with sizes; runs of state files in one
@@ -201,6 +206,43 @@ fn layout(dir: &Path) -> Result<Vec<String>> {
 struct Event {
     user: u64,
     amount: u64,
+    /// Event time, in milliseconds.
+    time: i64,
+}
+
+/// Milliseconds of event time between two events.
+const EVENT_SPACING_MS: i64 = 10;
+/// The length of the event-time tumbling windows.
+const WINDOW_MS: i64 = 50_000;
+/// Events between two watermarks.
+const WATERMARK_EVERY: u64 = 1_000;
+
+/// The window an event time falls in.
+fn window_of(time: i64) -> i64 {
+    time.div_euclid(WINDOW_MS)
+}
+
+/// A window's result: (user, window) → sum of amounts.
+type WindowResults = HashMap<(u64, i64), u64>;
+
+/// The sink of window results: what a checkpoint's sync phase has seen is
+/// committed once that checkpoint completes (a two-phase-commit sink), so
+/// after a crash nothing is emitted twice or lost.
+#[derive(Default)]
+struct Sink {
+    pending: Vec<((u64, i64), u64)>,
+    committed: WindowResults,
+    duplicates: u64,
+}
+
+impl Sink {
+    fn commit(&mut self) {
+        for (k, v) in self.pending.drain(..) {
+            if self.committed.insert(k, v).is_some() {
+                self.duplicates += 1;
+            }
+        }
+    }
 }
 
 /// The deterministic event stream (xorshift64*).
@@ -212,33 +254,63 @@ fn events(seed: u64, keys: u64, n: u64) -> Vec<Event> {
         x ^= x >> 27;
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     };
-    (0..n)
-        .map(|_| Event {
+    (0..n as i64)
+        .map(|i| Event {
             user: next() % keys,
             amount: next() % 1000,
+            time: i * EVENT_SPACING_MS,
         })
         .collect()
 }
 
-/// One parallel instance of the keyed operator.
+/// One parallel instance of the keyed operator: per-user counts and sums,
+/// and per-user sums over event-time tumbling windows, closed by timers.
 struct Subtask<B> {
     backend: B,
     count: ValueState<u64>,
     total: ReducingState<u64>,
+    window_sum: ReducingState<u64, i64>,
+    window_end: TimerService<i64>,
 }
 
 impl<B: DemoBackend> Subtask<B> {
     fn open(mut backend: B) -> Result<Self> {
         let count = backend.register(ValueStateDescriptor::<u64>::new("count"))?;
         let total = backend.register(ReducingStateDescriptor::<u64>::new("total", |a, b| a + b))?;
-        Ok(Subtask { backend, count, total })
+        let window_sum =
+            backend.register(ReducingStateDescriptor::<u64>::new("window-sum", |a, b| a + b).in_namespace::<i64>())?;
+        let window_end = backend.register(TimerServiceDescriptor::event_time("window-end").in_namespace::<i64>())?;
+        Ok(Subtask {
+            backend,
+            count,
+            total,
+            window_sum,
+            window_end,
+        })
     }
 
     fn process(&mut self, e: &Event) -> Result<()> {
         self.backend.set_current_key(&e.user)?;
         let n = self.backend.value(&self.count)?.unwrap_or(0);
         self.backend.update(&self.count, n + 1)?;
-        self.backend.reduce(&self.total, e.amount)
+        self.backend.reduce(&self.total, e.amount)?;
+        let window = window_of(e.time);
+        self.backend.set_namespace(&self.window_sum, &window)?;
+        self.backend.reduce(&self.window_sum, e.amount)?;
+        self.window_end
+            .register(&mut self.backend, (window + 1) * WINDOW_MS - 1, &window)
+    }
+
+    /// Fires the windows the watermark closed: each result goes to the sink
+    /// and the window's state is cleared.
+    fn advance_watermark(&mut self, watermark: i64, sink: &mut Sink) -> Result<()> {
+        while let Some(timer) = self.window_end.poll(&mut self.backend, watermark)? {
+            self.backend.set_namespace(&self.window_sum, &timer.namespace)?;
+            let sum = self.backend.reduced(&self.window_sum)?.unwrap_or(0);
+            self.backend.clear(&self.window_sum)?;
+            sink.pending.push(((timer.key, timer.namespace), sum));
+        }
+        Ok(())
     }
 
     fn results(&mut self, out: &mut HashMap<u64, (u64, u64)>) -> Result<()> {
@@ -252,8 +324,120 @@ impl<B: DemoBackend> Subtask<B> {
     }
 }
 
-/// The keyed operator at some parallelism, routing events by key group.
+/// One parallel instance of the source: the partitions it reads and its
+/// position in each, kept in operator list state (split redistribution) so
+/// that a restored source resumes exactly where the checkpoint was taken.
+struct SourceSubtask {
+    store: OperatorStateStore,
+    offsets_state: OperatorListState<(u32, u64)>,
+    offsets: std::collections::BTreeMap<u32, u64>,
+}
+
+impl SourceSubtask {
+    fn open(mut store: OperatorStateStore) -> Result<Self> {
+        let offsets_state = store.list_state(&ListStateDescriptor::<(u32, u64)>::new("offsets"))?;
+        let offsets = offsets_state.get(&store)?.into_iter().collect();
+        Ok(SourceSubtask {
+            store,
+            offsets_state,
+            offsets,
+        })
+    }
+}
+
+/// The source operator: reads the stream's partitions.
+struct Source {
+    subtasks: Vec<SourceSubtask>,
+    /// Which subtask reads each partition.
+    owner: Vec<usize>,
+}
+
+impl Source {
+    /// A fresh source: subtask `i` reads the partitions `p` with `p % parallelism == i`, from the start.
+    fn new(parallelism: u32) -> Result<Self> {
+        let mut subtasks = Vec::new();
+        for i in 0..parallelism {
+            let mut s = SourceSubtask::open(OperatorStateStore::new(i, parallelism)?)?;
+            s.offsets = (0..PARTITIONS)
+                .filter(|p| p % parallelism == i)
+                .map(|p| (p, 0))
+                .collect();
+            subtasks.push(s);
+        }
+        Self::from_subtasks(subtasks)
+    }
+
+    /// The source of `checkpoint`, its offsets redistributed over `parallelism` subtasks.
+    async fn restore(parallelism: u32, checkpoint: &ResolvedCheckpoint) -> Result<Self> {
+        let op = checkpoint
+            .metadata
+            .operator(SOURCE)
+            .ok_or_else(|| Error::not_found(format!("checkpoint {} has no source offsets", checkpoint.pointer)))?;
+        let mut subtasks = Vec::new();
+        for i in 0..parallelism {
+            let store =
+                OperatorStateStore::restore(i, parallelism, &op.operator_state, op.parallelism, &*checkpoint.reader)
+                    .await?;
+            subtasks.push(SourceSubtask::open(store)?);
+        }
+        Self::from_subtasks(subtasks)
+    }
+
+    fn from_subtasks(subtasks: Vec<SourceSubtask>) -> Result<Self> {
+        let mut owner = vec![usize::MAX; PARTITIONS as usize];
+        for (i, s) in subtasks.iter().enumerate() {
+            for &p in s.offsets.keys() {
+                match owner.get_mut(p as usize) {
+                    Some(o) if *o == usize::MAX => *o = i,
+                    _ => {
+                        return Err(Error::corrupted(format!(
+                            "source partition {p} is unknown or read twice"
+                        )))
+                    }
+                }
+            }
+        }
+        if let Some(p) = owner.iter().position(|o| *o == usize::MAX) {
+            return Err(Error::corrupted(format!("no source subtask reads partition {p}")));
+        }
+        Ok(Source { subtasks, owner })
+    }
+
+    /// Reads event `g`: it must be next in its partition.
+    fn read(&mut self, g: u64) -> Result<()> {
+        let p = (g % u64::from(PARTITIONS)) as u32;
+        let s = &mut self.subtasks[self.owner[p as usize]];
+        let offset = s.offsets.entry(p).or_default();
+        if *offset != g / u64::from(PARTITIONS) {
+            return Err(Error::internal(format!(
+                "event {g} read at offset {offset} of partition {p}"
+            )));
+        }
+        *offset += 1;
+        Ok(())
+    }
+
+    /// The number of events read: where the stream resumes.
+    fn position(&self) -> u64 {
+        self.subtasks.iter().flat_map(|s| s.offsets.values()).sum()
+    }
+
+    /// The sync phase of a checkpoint of every source subtask.
+    fn snapshot(&mut self, id: u64, location: &Arc<dyn CheckpointLocation>) -> Result<Vec<PendingOperatorSnapshot>> {
+        let mut pending = Vec::new();
+        for s in &mut self.subtasks {
+            let offsets: Vec<(u32, u64)> = s.offsets.iter().map(|(p, o)| (*p, *o)).collect();
+            s.offsets_state.update(&mut s.store, offsets)?;
+            pending.push(s.store.snapshot(id, Arc::clone(location))?);
+        }
+        Ok(pending)
+    }
+}
+
+/// The job: the source, and the keyed operator at some parallelism,
+/// routing events by key group.
 struct Job<B> {
+    source: Source,
     subtasks: Vec<Subtask<B>>,
     ranges: Vec<KeyGroupRange>,
     key_serializer: SharedSerializer<u64>,
@@ -272,11 +456,12 @@ impl<B: DemoBackend> Job<B> {
             .collect()
     }
 
-    fn from_backends(backends: Vec<B>) -> Result<Self> {
+    fn from_backends(source: Source, backends: Vec<B>) -> Result<Self> {
         let ranges = backends.iter().map(|b| b.key_group_range()).collect();
         let key_serializer = default_serializer::<u64>();
         let subtasks = backends.into_iter().map(Subtask::open).collect::<Result<_>>()?;
         Ok(Job {
+            source,
             subtasks,
             ranges,
             key_serializer,
@@ -290,7 +475,7 @@ impl<B: DemoBackend> Job<B> {
             .zip(0..)
             .map(|(config, i)| B::create(config, env, i))
             .collect::<Result<_>>()?;
-        Self::from_backends(backends)
+        Self::from_backends(Source::new(parallelism)?, backends)
     }
 
     async fn restore(parallelism: u32, checkpoint: &ResolvedCheckpoint, env: &Env) -> Result<Self> {
@@ -307,10 +492,15 @@ impl<B: DemoBackend> Job<B> {
                 .map_err(|e| e.context(format!("restoring subtask {i} from checkpoint {}", checkpoint.pointer)))?;
             backends.push(backend);
         }
-        Self::from_backends(backends)
+        let source = Source::restore(parallelism, checkpoint)
+            .await
+            .map_err(|e| e.context(format!("restoring the source from checkpoint {}", checkpoint.pointer)))?;
+        Self::from_backends(source, backends)
     }
 
-    fn process(&mut self, e: &Event) -> Result<()> {
+    /// Reads event `g` from the source and processes it.
+    fn process(&mut self, g: u64, e: &Event) -> Result<()> {
+        self.source.read(g)?;
         self.key_buf.clear();
         self.key_serializer.serialize(&e.user, &mut self.key_buf)?;
         let kg = key_group_for_key_bytes(&self.key_buf, MAX_PARALLELISM);
@@ -322,6 +512,14 @@ impl<B: DemoBackend> Job<B> {
         self.subtasks[i].process(e)
     }
 
+    /// Advances every subtask's watermark to `watermark`.
+    fn advance_watermark(&mut self, watermark: i64, sink: &mut Sink) -> Result<()> {
+        for s in &mut self.subtasks {
+            s.advance_watermark(watermark, sink)?;
+        }
+        Ok(())
+    }
+
     /// Takes checkpoint (or savepoint) `id` of every subtask: sync phases
     /// in turn, async phases concurrently, then the metadata, last. A
     /// checkpoint that fails is aborted.
@@ -330,13 +528,18 @@ impl<B: DemoBackend> Job<B> {
         store: &mut CheckpointStore,
         id: u64,
         kind: CheckpointKind,
+        sink: &mut Sink,
     ) -> Result<CheckpointReport> {
         let (location, options) = match kind {
             CheckpointKind::Checkpoint => (store.begin_checkpoint(id).await?, SnapshotOptions::checkpoint()),
             CheckpointKind::Savepoint => (store.begin_savepoint(id, None).await?, SnapshotOptions::savepoint()),
         };
         match self.snapshot(store, &location, options).await {
-            Ok(report) => Ok(report),
+            Ok(report) => {
+                // The results fired before this checkpoint's sync phase are final now.
+                sink.commit();
+                Ok(report)
+            }
             Err(e) => {
                 if let Err(abort) = store.abort(&location, &[]).await {
                     eprintln!("flowstate demo: aborting checkpoint {id} failed too: {abort}");
@@ -361,8 +564,10 @@ impl<B: DemoBackend> Job<B> {
         for s in &mut self.subtasks {
             pending.push(s.backend.snapshot(id, Arc::clone(location), options)?);
         }
+        let source_pending = self.source.snapshot(id, location)?;
         let sync = sync_started.elapsed();
         let async_started = Instant::now();
+        let source_tasks: Vec<_> = source_pending.into_iter().map(|p| tokio::spawn(p.run())).collect();
         let tasks: Vec<_> = pending.into_iter().map(|p| tokio::spawn(p.run())).collect();
         let mut results = Vec::new();
         for t in tasks {
@@ -371,9 +576,21 @@ impl<B: DemoBackend> Job<B> {
                     .map_err(|e| Error::internal(format!("snapshot task failed: {e}")))??,
             );
         }
+        let mut offsets = Vec::new();
+        for t in source_tasks {
+            offsets.push(
+                t.await
+                    .map_err(|e| Error::internal(format!("source snapshot task failed: {e}")))??,
+            );
+        }
         let async_elapsed = async_started.elapsed();
-        let metadata =
-            CheckpointMetadata::new(id, options.kind, SystemClock.now_millis()).with_operator(OperatorState::new(
+        let offsets_size: u64 = offsets.iter().map(|h| h.state_size()).sum();
+        let metadata = CheckpointMetadata::new(id, options.kind, SystemClock.now_millis())
+            .with_operator(
+                OperatorState::new(SOURCE, self.source.subtasks.len() as u32, MAX_PARALLELISM, Vec::new())
+                    .with_operator_state(offsets),
+            )
+            .with_operator(OperatorState::new(
                 OPERATOR,
                 self.subtasks.len() as u32,
                 MAX_PARALLELISM,
@@ -390,8 +607,8 @@ impl<B: DemoBackend> Job<B> {
             pointer: completion.pointer,
             sync_ms: sync.as_secs_f64() * 1e3,
             async_ms: async_elapsed.as_secs_f64() * 1e3,
-            bytes: results.iter().map(|r| r.stats.bytes_written).sum(),
-            full_size: results.iter().map(|r| r.stats.full_size).sum(),
+            bytes: results.iter().map(|r| r.stats.bytes_written).sum::<u64>() + offsets_size,
+            full_size: results.iter().map(|r| r.stats.full_size).sum::<u64>() + offsets_size,
         })
     }
 
@@ -501,17 +718,28 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
     // First attempt: runs until the crash.
     let mut store = CheckpointStore::open(Arc::clone(&storage), config).await?;
     let mut job = Job::<B>::new(args.parallelism, &env)?;
+    let mut sink = Sink::default();
     let mut next_id = 1;
     for (i, e) in stream.iter().enumerate().take(args.crash_after as usize) {
-        job.process(e)?;
+        job.process(i as u64, e)?;
         let done = i as u64 + 1;
+        if done.is_multiple_of(WATERMARK_EVERY) {
+            job.advance_watermark(e.time, &mut sink)?;
+        }
         if done.is_multiple_of(args.checkpoint_every) {
-            print_report(&job.checkpoint(&mut store, next_id, CheckpointKind::Checkpoint).await?);
+            print_report(
+                &job.checkpoint(&mut store, next_id, CheckpointKind::Checkpoint, &mut sink)
+                    .await?,
+            );
             next_id += 1;
         }
     }
     drop((job, store));
-    println!("crash after event {}: in-memory state lost", args.crash_after);
+    let lost = std::mem::take(&mut sink.pending).len();
+    println!(
+        "crash after event {}: in-memory state and {lost} uncommitted window results lost",
+        args.crash_after
+    );
 
     // Recovery: reopen the checkpoint store, restore its latest checkpoint
     // (claiming it) and replay from its offset.
@@ -523,26 +751,44 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
         .ok_or_else(|| Error::not_found("no complete checkpoint to recover from"))?;
     let latest = store.restore(&pointer, RestoreMode::Claim).await?;
     let id = latest.metadata.checkpoint_id;
-    let offset = id * args.checkpoint_every;
     let mut job = Job::<B>::restore(args.parallelism, &latest, &env).await?;
+    // The source's restored offsets say where to resume.
+    let offset = job.source.position();
     let local = job.subtasks.iter().filter(|s| s.backend.restored_locally()).count();
     println!(
-        "restored checkpoint {id} ({}) in {:.3} ms, {local} of {} subtasks from local copies; replaying from event {offset}",
+        "restored checkpoint {id} ({}) in {:.3} ms, {local} of {} subtasks from local copies; the source resumes \
+         at event {offset}",
         latest.pointer,
         started.elapsed().as_secs_f64() * 1e3,
         args.parallelism
     );
     next_id = id + 1;
     for (i, e) in stream.iter().enumerate().skip(offset as usize) {
-        job.process(e)?;
+        job.process(i as u64, e)?;
         let done = i as u64 + 1;
+        if done.is_multiple_of(WATERMARK_EVERY) {
+            job.advance_watermark(e.time, &mut sink)?;
+        }
         if done.is_multiple_of(args.checkpoint_every) {
-            print_report(&job.checkpoint(&mut store, next_id, CheckpointKind::Checkpoint).await?);
+            print_report(
+                &job.checkpoint(&mut store, next_id, CheckpointKind::Checkpoint, &mut sink)
+                    .await?,
+            );
             next_id += 1;
         }
     }
+    // End of input: the final watermark closes every window, and a last
+    // checkpoint commits their results.
+    job.advance_watermark(i64::MAX, &mut sink)?;
+    print_report(
+        &job.checkpoint(&mut store, next_id, CheckpointKind::Checkpoint, &mut sink)
+            .await?,
+    );
+    next_id += 1;
     if dir.is_some() {
-        let savepoint = job.checkpoint(&mut store, next_id, CheckpointKind::Savepoint).await?;
+        let savepoint = job
+            .checkpoint(&mut store, next_id, CheckpointKind::Savepoint, &mut sink)
+            .await?;
         println!("savepoint (canonical, self-contained):");
         print_report(&savepoint);
         let gc = store.collect_garbage(&GcOptions::new(Duration::ZERO)).await?;
@@ -557,10 +803,12 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
     // The check: the recovered job's state equals a failure-free computation.
     let got = job.results()?;
     let mut want: HashMap<u64, (u64, u64)> = HashMap::new();
+    let mut want_windows = WindowResults::new();
     for e in &stream {
         let entry = want.entry(e.user).or_default();
         entry.0 += 1;
         entry.1 += e.amount;
+        *want_windows.entry((e.user, window_of(e.time))).or_default() += e.amount;
     }
     drop(job);
     if let Some(dir) = &dir {
@@ -569,19 +817,30 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
             println!("  {line}");
         }
     }
-    let passed = got == want;
+    let windows_passed = sink.committed == want_windows && sink.duplicates == 0;
+    let passed = got == want && windows_passed;
     if passed {
         println!(
-            "exactly-once check: PASSED: {} keys, counts and sums equal a failure-free run of {} events",
+            "exactly-once check: PASSED: {} keys, counts and sums, and {} fired window results, equal a \
+             failure-free run of {} events",
             want.len(),
+            want_windows.len(),
             args.events
         );
     } else {
         let wrong = want.iter().filter(|(k, v)| got.get(k) != Some(v)).count();
+        let wrong_windows = want_windows
+            .iter()
+            .filter(|(k, v)| sink.committed.get(k) != Some(v))
+            .count();
         println!(
-            "exactly-once check: FAILED: {wrong} of {} keys differ from a failure-free run ({} keys recovered)",
+            "exactly-once check: FAILED: {wrong} of {} keys differ from a failure-free run ({} keys recovered); \
+             {wrong_windows} of {} window results missing or wrong, {} extra, {} emitted twice",
             want.len(),
-            got.len()
+            got.len(),
+            want_windows.len(),
+            sink.committed.len().saturating_sub(want_windows.len() - wrong_windows),
+            sink.duplicates
         );
     }
     Ok(passed)
@@ -634,15 +893,15 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         top.sort();
-        // 6 checkpoints in all; the newest two are retained.
-        assert_eq!(top, ["chk-5", "chk-6", "shared", "taskowned"]);
-        for chk in ["chk-5", "chk-6"] {
+        // 7 checkpoints in all (the last at the end of input); the newest two are retained.
+        assert_eq!(top, ["chk-6", "chk-7", "shared", "taskowned"]);
+        for chk in ["chk-6", "chk-7"] {
             assert!(job.join(chk).join(METADATA_FILE).is_file());
         }
         let savepoints: Vec<_> = std::fs::read_dir(dir.path().join("savepoints")).unwrap().collect();
         assert_eq!(savepoints.len(), 1);
         let sp = savepoints.into_iter().next().unwrap().unwrap();
-        assert!(sp.file_name().to_string_lossy().starts_with("savepoint-flowst-7-"));
+        assert!(sp.file_name().to_string_lossy().starts_with("savepoint-flowst-8-"));
         assert!(sp.path().join(METADATA_FILE).is_file());
     }
 

@@ -4,7 +4,8 @@
 //! - **Engine authors** use the crate root: state descriptors and the typed
 //!   state handles they become ([`ValueStateDescriptor`], [`ValueState`],
 //!   ...), typed access through [`KeyedStateBackendExt`], TTL ([`ttl`]),
-//!   serializers ([`Serializer`]), key groups ([`KeyGroupRange`]), the
+//!   serializers ([`Serializer`]), key groups ([`KeyGroupRange`]), timers
+//!   ([`TimerService`]), operator state ([`OperatorStateStore`]), the
 //!   two-phase snapshot ([`PendingSnapshot`]) and the error type
 //!   ([`Error`]). Running a job's checkpoints (completion, retention,
 //!   restore modes, the shared-state registry and garbage collection) is

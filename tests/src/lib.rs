@@ -52,6 +52,7 @@ mod harness;
 pub mod incremental;
 pub mod keyed;
 pub mod lifecycle;
+pub mod operator;
 pub mod rescale;
 pub mod runtime;
 pub mod snapshot;
@@ -299,6 +300,10 @@ contracts! {
         incremental [Need::LocalRecovery] { local_recovery_uses_a_verified_copy_and_falls_back_to_download }
     }
     storage {
+        operator [] {
+            split_state_restores_with_flinks_assignment, union_and_broadcast_state_restore_through_storage,
+            operator_state_mode_switch_is_refused,
+        }
         storage [] {
             pointer_forms_resolve_to_the_same_checkpoint, bad_pointers_give_clear_errors,
             duplicate_checkpoint_id_is_refused, two_jobs_do_not_collide, output_stream_handles,
