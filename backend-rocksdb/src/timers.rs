@@ -139,6 +139,24 @@ impl TimerCache {
         Ok(r)
     }
 
+    /// Loads the cache if needed; returns key group `kg`'s index and the
+    /// timer as cached, with its RocksDB key in `self.key`.
+    fn locate(
+        &mut self,
+        db: &Db<'_>,
+        range: KeyGroupRange,
+        kg: u32,
+        entry: (i64, &[u8], &[u8]),
+    ) -> Result<(usize, Entry)> {
+        self.load(db, range)?;
+        let (timestamp, key, namespace) = entry;
+        timer_key(&mut self.key, kg, timestamp, key, namespace);
+        Ok((
+            (kg - range.start()) as usize,
+            (timestamp, key.to_vec(), namespace.to_vec()),
+        ))
+    }
+
     /// Registers `(timestamp, key, namespace)` in key group `kg`.
     pub(crate) fn register(
         &mut self,
@@ -147,18 +165,11 @@ impl TimerCache {
         kg: u32,
         entry: (i64, &[u8], &[u8]),
     ) -> Result<()> {
-        self.load(db, range)?;
-        let i = (kg - range.start()) as usize;
-        let (timestamp, key, namespace) = entry;
-        let entry: Entry = (timestamp, key.to_vec(), namespace.to_vec());
+        let (i, entry) = self.locate(db, range, kg, entry)?;
         if self.groups[i].entries.contains(&entry) {
             return Ok(());
         }
-        let mut k = std::mem::take(&mut self.key);
-        timer_key(&mut k, kg, timestamp, key, namespace);
-        let put = db.put(&k);
-        self.key = k;
-        put?;
+        db.put(&self.key)?;
         let key = std::mem::take(&mut self.key);
         let r = self.change(db, i, |g| {
             if g.floor.as_ref().is_some_and(|f| key < *f) {
@@ -185,17 +196,13 @@ impl TimerCache {
         kg: u32,
         entry: (i64, &[u8], &[u8]),
     ) -> Result<()> {
-        self.load(db, range)?;
-        let i = (kg - range.start()) as usize;
-        let (timestamp, key, namespace) = entry;
-        let entry: Entry = (timestamp, key.to_vec(), namespace.to_vec());
+        let (i, entry) = self.locate(db, range, kg, entry)?;
         let g = &self.groups[i];
         let cached = g.entries.contains(&entry);
         if !cached && (g.complete || g.entries.last().is_some_and(|last| entry < *last)) {
             // Within the cached prefix, so not in the column family either.
             return Ok(());
         }
-        timer_key(&mut self.key, kg, timestamp, key, namespace);
         db.delete(&self.key)?;
         self.change(db, i, |g| {
             g.entries.remove(&entry);
