@@ -16,9 +16,66 @@ use flowstate_api::{Error, ErrorKind, Result, StorageKind};
 /// A composite key, stored inline in the map node when it is short (so
 /// comparing keys touches no other memory).
 pub(crate) type CompositeKey = smallvec::SmallVec<[u8; 24]>;
-/// A persistent map from composite keys.
-pub(crate) type Map<V> =
-    imbl::GenericHashMap<CompositeKey, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+/// The map of one key group: a flat hash table (one probe, no pointer
+/// chasing) shared with the snapshots taken since its last write. The first
+/// write after a snapshot copies the key group's table (its entries are
+/// inline byte strings or reference-counted, so the copy is one pass of
+/// memory copies); a snapshot itself only clones one pointer per key group.
+pub(crate) struct Map<V>(Arc<std::collections::HashMap<CompositeKey, V, foldhash::fast::RandomState>>);
+
+impl<V> Default for Map<V> {
+    fn default() -> Self {
+        Map(Arc::default())
+    }
+}
+
+impl<V> Clone for Map<V> {
+    fn clone(&self) -> Self {
+        Map(Arc::clone(&self.0))
+    }
+}
+
+impl<V: Clone> Map<V> {
+    #[inline]
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&V> {
+        self.0.get(key)
+    }
+
+    #[inline]
+    pub(crate) fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
+        // Shared with a snapshot: copy only if the key is there to write.
+        if Arc::get_mut(&mut self.0).is_none() && !self.0.contains_key(key) {
+            return None;
+        }
+        Arc::make_mut(&mut self.0).get_mut(key)
+    }
+
+    #[inline]
+    pub(crate) fn insert(&mut self, key: CompositeKey, value: V) -> Option<V> {
+        Arc::make_mut(&mut self.0).insert(key, value)
+    }
+
+    #[inline]
+    pub(crate) fn remove(&mut self, key: &[u8]) -> Option<V> {
+        if Arc::get_mut(&mut self.0).is_none() && !self.0.contains_key(key) {
+            return None;
+        }
+        Arc::make_mut(&mut self.0).remove(key)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&CompositeKey, &V)> {
+        self.0.iter()
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &CompositeKey> {
+        self.0.keys()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// A list's elements packed into one buffer, each as `varint(len) | bytes`,
 /// so reading a list touches one allocation; shared until written after a
 /// snapshot.

@@ -61,6 +61,19 @@ pub use local_recovery::LocalRecovery;
 use options::Resources;
 pub use options::{RocksDbOptions, DEFAULT_BLOCK_CACHE, DEFAULT_UPLOAD_CONCURRENCY, DEFAULT_WRITE_BUFFER};
 pub use restore::RestoreStats;
+/// The RocksDB bindings this backend is built on.
+pub use rocksdb;
+
+/// The options a backend configured with `options` opens its database and
+/// the column family of a value state with: the same tuning, for measuring
+/// raw RocksDB against the backend. Both share one block cache and one
+/// memtable budget, sized by `options`.
+pub fn raw_options(options: &RocksDbOptions) -> (rocksdb::Options, rocksdb::Options) {
+    let resources = Resources::new(options, Arc::new(flowstate_api::SystemClock));
+    let db = resources.db_options();
+    let cf = resources.cf_options(StorageKind::Value, Arc::new(TtlSlot::default()));
+    (db, cf)
+}
 use ttl_filter::TtlSlot;
 
 /// Converts a RocksDB error, naming what was being done (the message is
