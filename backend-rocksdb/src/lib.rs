@@ -491,6 +491,29 @@ impl<K> KeyedStateBackend for RocksDbBackend<K> {
             .map_err(db_err(format_args!("writing an entry of map state {:?}", meta.name)))
     }
 
+    /// One write batch for all entries.
+    fn raw_map_put_all(&mut self, state: StateId, entries: &[(&[u8], &[u8])]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.build(state, &[])?;
+        let mut k = std::mem::take(&mut self.composite);
+        let prefix = k.len();
+        let (_, cf, meta) = self.state_cf(state)?;
+        Self::check_kind(meta, StorageKind::Map)?;
+        let mut batch = WriteBatch::default();
+        for (user_key, value) in entries {
+            k.truncate(prefix);
+            k.extend_from_slice(user_key);
+            batch.put_cf(cf, &k, value);
+        }
+        let written = self.db
+            .write_opt(batch, &self.write)
+            .map_err(db_err(format_args!("writing entries of map state {:?}", meta.name)));
+        self.composite = k;
+        written
+    }
+
     fn raw_map_remove(&mut self, state: StateId, user_key: &[u8]) -> Result<()> {
         self.build(state, user_key)?;
         let (meta, cf, k) = self.view(state)?;

@@ -2,7 +2,7 @@
 //! snapshots and T1 timers, one tab-separated line per figure:
 //! `flowstate <workload> <backend> <metric> <value> <unit>`.
 //!
-//! `workload [W1|W2|T1|all] [--quick] [--storage s3]`; `--quick` shrinks every
+//! `workload [W1|W2|T1|all] [--quick] [--storage s3] [--only heap|rocksdb]`; `--quick` shrinks every
 //! size 10x; `--storage s3` runs W2's RocksDB checkpoints against the
 //! S3-compatible server of `FLOWSTATE_S3_*` (see `scripts/s3-server.sh`).
 
@@ -41,10 +41,12 @@ pub fn emit(workload: &str, backend: &str, metric: &str, value: f64, unit: &str)
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
+    // The first argument that is neither a flag nor a flag's value.
     let which = args
         .iter()
-        .find(|a| !a.starts_with("--"))
-        .map(String::as_str)
+        .enumerate()
+        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || !["--only", "--storage"].contains(&args[i - 1].as_str())))
+        .map(|(_, a)| a.as_str())
         .unwrap_or("all");
     let scale = if quick { 10 } else { 1 };
     let object = match args.windows(2).find(|w| w[0] == "--storage").map(|w| w[1].as_str()) {
@@ -61,12 +63,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let only = args.windows(2).find(|w| w[0] == "--only").map(|w| w[1].as_str());
     let which = if which == "s3" || which == "fs" { "all" } else { which };
     let result = match which {
-        "W1" => w1::run(scale),
+        "W1" => w1::run(scale, only),
         "W2" => w2::run(scale, object.as_ref()),
         "T1" => timers::run(scale),
-        "all" => w1::run(scale)
+        "all" => w1::run(scale, only)
             .and_then(|_| w2::run(scale, object.as_ref()))
             .and_then(|_| timers::run(scale)),
         other => {

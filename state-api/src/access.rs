@@ -574,10 +574,22 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
         K2: Borrow<UK>,
         V2: Borrow<UV>,
     {
+        let i = &state.0;
+        let name = &*i.core.common.name;
+        let id = state_id(self, i.core.slot, name)?;
+        let stamp = stamp_time(self, i.core.common.ttl.as_ref());
+        // Every user key and value in one buffer, then one write of all of them.
+        let mut buf = Vec::new();
+        let mut bounds = Vec::new();
         for (k, v) in entries {
-            KeyedStateBackendExt::map_put(self, state, k, v)?;
+            let start = buf.len();
+            encode_into(&mut buf, &i.user_key, k.borrow(), None, name)?;
+            let split = buf.len();
+            encode_into(&mut buf, &i.value, v.borrow(), stamp, name)?;
+            bounds.push((start, split, buf.len()));
         }
-        Ok(())
+        let pairs: Vec<(&[u8], &[u8])> = bounds.iter().map(|&(a, b, c)| (&buf[a..b], &buf[b..c])).collect();
+        KeyedStateBackend::raw_map_put_all(self, id, &pairs)
     }
 
     /// Removes an entry.

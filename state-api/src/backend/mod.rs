@@ -456,6 +456,15 @@ pub trait KeyedStateBackend: Send {
         all.extend(elements.iter().map(|e| e.as_ref().to_vec()));
         self.raw_list_replace(state, &all)
     }
+    /// Puts map entries, in order (a later entry of the same user key wins).
+    /// By default one [`raw_map_put`](Self::raw_map_put) each; a backend
+    /// may write them at once.
+    fn raw_map_put_all(&mut self, state: StateId, entries: &[(&[u8], &[u8])]) -> Result<()> {
+        for (user_key, value) in entries {
+            self.raw_map_put(state, user_key, value)?;
+        }
+        Ok(())
+    }
     /// True when the map has no entry. By default visits the first entry.
     fn raw_map_is_empty(&mut self, state: StateId) -> Result<bool> {
         let mut empty = true;
