@@ -269,10 +269,7 @@ impl<K: 'static> RocksDbBackend<K> {
         Ok(this)
     }
 
-    /// Writes the key groups `part` of `snapshot` (states mapped by `ids`):
-    /// the entries of each state are sorted into one SST file, which is
-    /// ingested (no memtable inserts, no flush, no compaction of the
-    /// restored data).
+    /// Writes the key groups `part` of `snapshot` (states mapped by `ids`).
     fn insert_key_groups(
         &mut self,
         snapshot: &CanonicalSnapshot,
@@ -281,38 +278,37 @@ impl<K: 'static> RocksDbBackend<K> {
         name: &str,
     ) -> Result<()> {
         let max = self.config().max_parallelism;
-        let mut entries: Vec<Vec<(Vec<u8>, Vec<u8>)>> = vec![Vec::new(); self.states.len()];
+        let mut batch = WriteBatch::default();
         let mut k = Vec::new();
+        let mut v = Vec::new();
         for kg in part.iter() {
             let records = snapshot.key_group(kg)?;
             records
                 .for_each_verified(max, |record| {
                     let (state, key, namespace) = (record.state(), record.key(), record.namespace());
-                    let (id, entry) = ids
+                    let (s, entry) = ids
                         .get(state as usize)
-                        .and_then(|id| self.core.states().get(*id as usize).map(|e| (*id as usize, e)))
+                        .and_then(|id| self.states.get(*id as usize).zip(self.core.states().get(*id as usize)))
                         .ok_or_else(|| Error::corrupted(format!("snapshot {name}: unknown state {state}")))?;
+                    let cf = self.cf(s)?;
                     key_part(&mut k, kg, key);
                     put_namespace(&mut k, namespace);
-                    let value = match (&record, entry.meta().kind.storage()) {
-                        (Record::Value { value, .. }, StorageKind::Value) => value.to_vec(),
+                    match (&record, entry.meta().kind.storage()) {
+                        (Record::Value { value, .. }, StorageKind::Value) => batch.put_cf(cf, &k, value),
                         (Record::List { elements, .. }, StorageKind::List) => {
-                            if elements.is_empty() {
-                                return Ok(());
-                            }
-                            let mut v = Vec::new();
+                            v.clear();
                             for e in elements {
                                 pack(&mut v, e);
                             }
-                            v
+                            batch.merge_cf(cf, &k, &v);
                         }
                         (Record::MapEntry { user_key, value, .. }, StorageKind::Map) => {
                             k.extend_from_slice(user_key);
-                            value.to_vec()
+                            batch.put_cf(cf, &k, value);
                         }
                         (Record::Timer { timestamp, .. }, StorageKind::Timers) => {
                             timer_key(&mut k, kg, *timestamp, key, namespace);
-                            Vec::new()
+                            batch.put_cf(cf, &k, []);
                         }
                         _ => {
                             return Err(Error::corrupted(format!(
@@ -320,67 +316,17 @@ impl<K: 'static> RocksDbBackend<K> {
                                 entry.meta().name
                             )))
                         }
-                    };
-                    entries[id].push((k.clone(), value));
+                    }
+                    if batch.size_in_bytes() >= BATCH_BYTES {
+                        self.db
+                            .write(std::mem::take(&mut batch))
+                            .map_err(db_err(format!("restoring {name}")))?;
+                    }
                     Ok(())
                 })
                 .map_err(|e| e.context(format!("key group {kg}")))?;
         }
-        for (id, mut entries) in entries.into_iter().enumerate() {
-            if entries.is_empty() {
-                continue;
-            }
-            // Stable, so that of two records of one key the later wins.
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            entries.reverse();
-            entries.dedup_by(|a, b| a.0 == b.0);
-            entries.reverse();
-            self.ingest(id, &entries, name)?;
-        }
-        Ok(())
-    }
-
-    /// Writes sorted, unique `entries` of state `id` into an SST file and
-    /// ingests it.
-    fn ingest(&self, id: usize, entries: &[(Vec<u8>, Vec<u8>)], name: &str) -> Result<()> {
-        let meta = self.core.states()[id].meta();
-        let options = self.resources().cf_options(
-            meta.kind.storage(),
-            std::sync::Arc::new(crate::ttl_filter::TtlSlot::default()),
-        );
-        let path = self.temp_path("ingest").with_extension("sst");
-        let result = self.write_and_ingest(id, &options, &path, entries, name);
-        // A moved file is gone already; a failed one is removed here.
-        let _ = std::fs::remove_file(&path);
-        result
-    }
-
-    fn write_and_ingest(
-        &self,
-        id: usize,
-        options: &rocksdb::Options,
-        path: &Path,
-        entries: &[(Vec<u8>, Vec<u8>)],
-        name: &str,
-    ) -> Result<()> {
-        let meta = self.core.states()[id].meta();
-        let what = || format!("restoring state {:?} of {name}: writing {}", meta.name, path.display());
-        let mut writer = rocksdb::SstFileWriter::create(options);
-        writer.open(path).map_err(db_err(what()))?;
-        for (k, v) in entries {
-            writer.put(k, v).map_err(db_err(what()))?;
-        }
-        writer.finish().map_err(db_err(what()))?;
-        let mut ingest = rocksdb::IngestExternalFileOptions::default();
-        ingest.set_move_files(true);
-        let cf = self.cf(&self.states[id])?;
-        self.db
-            .ingest_external_file_cf_opts(cf, &ingest, vec![path])
-            .map_err(db_err(format!(
-                "restoring state {:?} of {name}: ingesting {}",
-                meta.name,
-                path.display()
-            )))
+        self.db.write(batch).map_err(db_err(format!("restoring {name}")))
     }
 }
 
