@@ -507,7 +507,8 @@ impl<K> KeyedStateBackend for RocksDbBackend<K> {
             k.extend_from_slice(user_key);
             batch.put_cf(cf, &k, value);
         }
-        let written = self.db
+        let written = self
+            .db
             .write_opt(batch, &self.write)
             .map_err(db_err(format_args!("writing entries of map state {:?}", meta.name)));
         self.composite = k;
