@@ -162,25 +162,37 @@ const SOURCE: &str = "source";
 /// `g / PARTITIONS` of partition `g % PARTITIONS`.
 const PARTITIONS: u32 = 4;
 const JOB: &str = "flowstate-demo";
+/// The RocksDB working directory under the demo's directory.
+const WORKING_DIR: &str = "rocksdb";
 
 /// The files under `dir`, relative, with sizes; runs of state files in one
-/// directory are summarized.
+/// directory are summarized. The RocksDB working directory is left out: the
+/// backends just dropped are removing theirs in the background, and
+/// anything else that vanishes during the walk is skipped.
 fn layout(dir: &Path) -> Result<Vec<String>> {
     fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|e| Error::io(dir.display(), e))?
-            .filter_map(|e| e.ok())
-            .collect();
+        let mut entries: Vec<_> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries.filter_map(|e| e.ok()).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !rel.is_empty() => return Ok(()),
+            Err(e) => return Err(Error::io(dir.display(), e)),
+        };
         entries.sort_by_key(|e| e.file_name());
         let (mut state_files, mut state_bytes) = (0, 0);
         for e in entries {
             let name = e.file_name().to_string_lossy().into_owned();
+            if rel.is_empty() && name == WORKING_DIR {
+                continue;
+            }
             let path = if rel.is_empty() {
                 name.clone()
             } else {
                 format!("{rel}/{name}")
             };
-            let meta = e.metadata().map_err(|err| Error::io(e.path().display(), err))?;
+            let meta = match e.metadata() {
+                Ok(meta) => meta,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(Error::io(e.path().display(), err)),
+            };
             if meta.is_dir() {
                 out.push(format!("{path}/"));
                 walk(&e.path(), &path, out)?;
@@ -657,7 +669,7 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
         None => std::env::temp_dir().join(format!("flowstate-demo-{}", unique_file_name())),
     };
     let env = Env {
-        work: root.join("rocksdb"),
+        work: root.join(WORKING_DIR),
         local: root.join("local-recovery"),
         incremental: !args.full,
     };
