@@ -1,11 +1,13 @@
 //! The standard workload runner (`BENCHMARKS.md`): W1 state access, W2
-//! snapshots and T1 timers, one tab-separated line per figure:
+//! snapshots, T1 timers and S1 (W2's snapshot and restore at 200k, 2M and
+//! 20M keys), one tab-separated line per figure:
 //! `flowstate <workload> <backend> <metric> <value> <unit>`.
 //!
-//! `workload [W1|W2|T1|all] [--quick] [--storage s3] [--only heap|rocksdb]`; `--quick` shrinks every
+//! `workload [W1|W2|T1|S1|all] [--quick] [--storage s3] [--only heap|rocksdb]`; `--quick` shrinks every
 //! size 10x; `--storage s3` runs W2's RocksDB checkpoints against the
 //! S3-compatible server of `FLOWSTATE_S3_*` (see `scripts/s3-server.sh`).
 
+mod scale;
 mod timers;
 mod w1;
 mod w2;
@@ -69,11 +71,13 @@ fn main() -> ExitCode {
         "W1" => w1::run(scale, only),
         "W2" => w2::run(scale, object.as_ref()),
         "T1" => timers::run(scale),
+        "S1" => scale::run(scale),
         "all" => w1::run(scale, only)
             .and_then(|_| w2::run(scale, object.as_ref()))
-            .and_then(|_| timers::run(scale)),
+            .and_then(|_| timers::run(scale))
+            .and_then(|_| scale::run(scale)),
         other => {
-            eprintln!("usage: workload [W1|W2|T1|all] [--quick] (unknown workload {other:?})");
+            eprintln!("usage: workload [W1|W2|T1|S1|all] [--quick] (unknown workload {other:?})");
             return ExitCode::FAILURE;
         }
     };

@@ -73,11 +73,11 @@ fn check_restored<B: KeyedStateBackend<Key = u64>>(
     Ok(())
 }
 
-fn config() -> Result<KeyedBackendConfig<u64>> {
+pub(crate) fn config() -> Result<KeyedBackendConfig<u64>> {
     Ok(KeyedBackendConfig::new(KeyGroupRange::all(128)?, 128))
 }
 
-fn descriptor() -> ValueStateDescriptor<Vec<u8>> {
+pub(crate) fn descriptor() -> ValueStateDescriptor<Vec<u8>> {
     ValueStateDescriptor::with_serializer("w2-value", Arc::new(RawBytes))
 }
 
@@ -141,7 +141,7 @@ async fn heap_full(scale: usize) -> Result<u64> {
 
 /// Which RocksDB checkpoints W2 takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RocksMode {
+pub(crate) enum RocksMode {
     /// Canonical full checkpoints, key group by key group.
     Full,
     /// Incremental checkpoints through shared SST files, with local recovery.
@@ -149,7 +149,7 @@ enum RocksMode {
 }
 
 /// 512 MiB, as Flink's managed memory for one slot: block cache and memtables.
-fn rocks_options(dir: &std::path::Path, mode: RocksMode, local: bool) -> flowstate_rocksdb::RocksDbOptions {
+pub(crate) fn rocks_options(dir: &std::path::Path, mode: RocksMode, local: bool) -> flowstate_rocksdb::RocksDbOptions {
     let o = flowstate_rocksdb::RocksDbOptions::new(dir.join("work"))
         .with_incremental(mode == RocksMode::Incremental)
         .with_memory(384 << 20, 128 << 20);
