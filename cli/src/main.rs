@@ -1,5 +1,7 @@
-//! `flowstate`: the command line of the flowstate state layer.
+//! The `flowstate` command line: operator commands on checkpoints in
+//! directories and buckets, and a demo job.
 
+mod admin;
 mod demo;
 
 use std::process::ExitCode;
@@ -11,7 +13,9 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "flowstate",
     version,
-    about = "State backends and checkpoint storage for stream processing"
+    about = "State backends and checkpoint storage for stream processing",
+    after_help = "Exit codes: 0 ok; 1 a finding (a damaged checkpoint, orphaned files, a failed check); 2 bad usage \
+                  or unreadable input."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -20,6 +24,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Lists a job's checkpoints (and savepoints): id, complete or not,
+    /// time, state size, files shared with other checkpoints, the latest.
+    Checkpoints(admin::CheckpointsArgs),
+    /// Shows what a checkpoint or savepoint holds; `--verify` checks every
+    /// file it references.
+    Inspect(admin::InspectArgs),
+    /// Finds the files of a job's checkpoint directory that no checkpoint
+    /// references (a dry run unless `--delete`).
+    Gc(admin::GcArgs),
     /// Runs a keyed counting job with periodic checkpoints, crashes it,
     /// restores it from its latest checkpoint and checks the result equals a
     /// failure-free run (exactly-once state).
@@ -32,18 +45,27 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("flowstate: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(2);
         }
     };
     let result = match cli.command {
-        Command::Demo(args) => runtime.block_on(demo::run(args)),
+        Command::Checkpoints(args) => runtime.block_on(admin::checkpoints(args)),
+        Command::Inspect(args) => runtime.block_on(admin::inspect(args)),
+        Command::Gc(args) => runtime.block_on(admin::gc(args)),
+        Command::Demo(args) => runtime.block_on(demo::run(args)).map(|passed| {
+            if passed {
+                admin::Outcome::Clean
+            } else {
+                admin::Outcome::Findings
+            }
+        }),
     };
     match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(admin::Outcome::Clean) => ExitCode::SUCCESS,
+        Ok(admin::Outcome::Findings) => ExitCode::from(1),
         Err(e) => {
             eprintln!("flowstate: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }

@@ -1,0 +1,866 @@
+//! The operator commands: `checkpoints`, `inspect` and `gc`, on a
+//! filesystem directory or an object-store URL.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use flowstate_api::format::canonical::{CanonicalSnapshot, SnapshotHeader};
+use flowstate_api::*;
+use flowstate_fs::FsBlobStore;
+use flowstate_object::ObjectStoreBuilder;
+use serde::Serialize;
+
+/// What a command found: its exit code is 0 for `Clean` and 1 for
+/// `Findings` (a damaged checkpoint, orphans); errors exit with 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing to report.
+    Clean,
+    /// Something an operator must look at.
+    Findings,
+}
+
+/// Options every command that reads storage takes.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StoreArgs {
+    /// An option of the object store (`KEY=VALUE`, e.g.
+    /// `aws_endpoint=http://127.0.0.1:9000`); repeatable.
+    #[arg(long = "storage-option", value_name = "KEY=VALUE")]
+    pub storage_options: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// True when `location` is an object-store URL rather than a path.
+fn is_url(location: &str) -> bool {
+    location.contains("://")
+}
+
+/// The store rooted at `location`: a directory that must exist, or an
+/// object-store URL.
+fn open_store(location: &str, args: &StoreArgs) -> Result<Arc<dyn BlobStore>> {
+    if is_url(location) {
+        let mut builder = ObjectStoreBuilder::new(location);
+        for option in &args.storage_options {
+            let Some((key, value)) = option.split_once('=') else {
+                return Err(Error::invalid(format!("--storage-option {option:?} is not KEY=VALUE")));
+            };
+            builder = builder.with_option(key, value);
+        }
+        return Ok(Arc::new(builder.build()?));
+    }
+    let path = Path::new(location);
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(location, e))?;
+    if !meta.is_dir() {
+        return Err(Error::invalid(format!("{location}: not a directory")));
+    }
+    let path = path.canonicalize().map_err(|e| Error::io(location, e))?;
+    Ok(Arc::new(
+        FsBlobStore::new(&path).keeping(&[flowstate_fs::SHARED_DIR, flowstate_fs::TASK_OWNED_DIR]),
+    ))
+}
+
+/// The last path segment of `location`, as a job id.
+fn job_of(location: &str) -> String {
+    let name = location.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+    if name.is_empty() || name.contains(['\0', '\\']) || name == "." || name == ".." {
+        "job".into()
+    } else {
+        name.to_string()
+    }
+}
+
+fn storage_at(location: &str, args: &StoreArgs) -> Result<(Arc<dyn BlobStore>, Arc<dyn CheckpointStorage>)> {
+    let store = open_store(location, args)?;
+    let storage = BlobCheckpointStorage::new(Arc::clone(&store), &job_of(location))?;
+    Ok((store, Arc::new(storage)))
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of milliseconds since the Unix epoch.
+fn utc(millis: u64) -> String {
+    let secs = millis / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Bytes in a unit a person reads at a glance.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+// ---------------------------------------------------------------- checkpoints
+
+/// `flowstate checkpoints`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  flowstate checkpoints /tmp/demo/checkpoints/flowstate-demo\n  flowstate checkpoints \
+                        s3://bucket/checkpoints/my-job --savepoints s3://bucket/savepoints --json"
+)]
+pub struct CheckpointsArgs {
+    /// The job's checkpoint directory (holding `chk-<n>/`, `shared/`,
+    /// `taskowned/`), or its object-store URL.
+    pub target: String,
+    /// Also list the savepoints under this directory or URL.
+    #[arg(long, value_name = "DIR|URL")]
+    pub savepoints: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// One checkpoint or savepoint of a listing.
+#[derive(Debug, Serialize)]
+struct Listed {
+    id: Option<u64>,
+    kind: &'static str,
+    /// `complete`, `incomplete` (no `_metadata`) or `unreadable`.
+    status: &'static str,
+    latest: bool,
+    pointer: String,
+    time: Option<String>,
+    state_size: Option<u64>,
+    files: Option<usize>,
+    /// Files also referenced by another checkpoint of the listing.
+    shared_files: Option<usize>,
+    error: Option<String>,
+}
+
+/// The checkpoint and savepoint directories directly under `store`'s root.
+async fn list_under(store: &Arc<dyn BlobStore>, storage: &dyn CheckpointStorage) -> Result<Vec<(Listed, Vec<String>)>> {
+    let mut out = Vec::new();
+    let mut dirs = store.list_level(None).await?.dirs;
+    dirs.sort_by_key(|d| {
+        let name = d.as_str();
+        (
+            name.strip_prefix("chk-")
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(u64::MAX),
+            name.to_string(),
+        )
+    });
+    for dir in dirs {
+        let name = dir.as_str();
+        let (id, kind) = match name.strip_prefix("chk-").map(str::parse::<u64>) {
+            Some(Ok(id)) => (Some(id), "checkpoint"),
+            Some(Err(_)) => continue,
+            None if name.starts_with("savepoint-") => (None, "savepoint"),
+            None => continue,
+        };
+        let pointer = format!("{}/{name}", store.root());
+        let mut listed = Listed {
+            id,
+            kind,
+            status: "incomplete",
+            latest: false,
+            pointer: pointer.clone(),
+            time: None,
+            state_size: None,
+            files: None,
+            shared_files: None,
+            error: None,
+        };
+        if store.head(&dir.join(METADATA_FILE)?).await?.is_none() {
+            out.push((listed, Vec::new()));
+            continue;
+        }
+        match storage.resolve(&pointer).await {
+            Ok(resolved) => {
+                let m = &resolved.metadata;
+                listed.status = "complete";
+                listed.id = Some(m.checkpoint_id);
+                listed.kind = match m.kind {
+                    CheckpointKind::Checkpoint => "checkpoint",
+                    CheckpointKind::Savepoint => "savepoint",
+                };
+                listed.time = Some(utc(m.timestamp_millis));
+                listed.state_size = Some(m.state_size());
+                let files = m.file_paths();
+                listed.files = Some(files.len());
+                out.push((listed, files));
+            }
+            Err(e) => {
+                listed.status = "unreadable";
+                listed.error = Some(e.to_string());
+                out.push((listed, Vec::new()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Lists checkpoints and savepoints.
+pub async fn checkpoints(args: CheckpointsArgs) -> Result<Outcome> {
+    let (store, storage) = storage_at(&args.target, &args.store)?;
+    let mut rows = list_under(&store, &*storage).await?;
+    if let Some(sp) = &args.savepoints {
+        let (store, storage) = storage_at(sp, &args.store)?;
+        rows.extend(list_under(&store, &*storage).await?.into_iter().filter(|(l, _)| {
+            l.pointer
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with("savepoint-"))
+        }));
+    }
+    // Files referenced by more than one checkpoint (paths are relative to
+    // the job directory, so only checkpoints of this job share them).
+    let mut refs: HashMap<&str, usize> = HashMap::new();
+    for (l, files) in &rows {
+        if l.kind == "checkpoint" {
+            for f in files {
+                *refs.entry(f.as_str()).or_default() += 1;
+            }
+        }
+    }
+    let shared: Vec<Option<usize>> = rows
+        .iter()
+        .map(|(l, files)| {
+            (l.status == "complete").then(|| {
+                files
+                    .iter()
+                    .filter(|f| l.kind == "checkpoint" && refs[f.as_str()] > 1)
+                    .count()
+            })
+        })
+        .collect();
+    let latest = rows
+        .iter()
+        .filter(|(l, _)| l.status == "complete" && l.kind == "checkpoint")
+        .filter_map(|(l, _)| l.id)
+        .max();
+    let mut rows: Vec<Listed> = rows.into_iter().map(|(l, _)| l).collect();
+    for (l, s) in rows.iter_mut().zip(shared) {
+        l.shared_files = s;
+        l.latest = l.kind == "checkpoint" && l.status == "complete" && l.id == latest;
+    }
+    let findings = rows.iter().any(|l| l.status == "unreadable");
+    if args.store.json {
+        println!("{}", json(&rows)?);
+    } else {
+        println!(
+            "{:>6}  {:10}  {:18}  {:19}  {:>10}  {:>5}  {:>6}  where",
+            "id", "kind", "status", "time (UTC)", "state", "files", "shared"
+        );
+        for l in &rows {
+            let dash = || "-".to_string();
+            let status = match (l.status, l.latest) {
+                ("complete", true) => "complete, latest".to_string(),
+                (s, _) => s.to_string(),
+            };
+            println!(
+                "{:>6}  {:10}  {:18}  {:19}  {:>10}  {:>5}  {:>6}  {}",
+                l.id.map_or_else(dash, |i| i.to_string()),
+                l.kind,
+                status,
+                l.time.clone().unwrap_or_else(dash),
+                l.state_size.map_or_else(dash, size),
+                l.files.map_or_else(dash, |n| n.to_string()),
+                l.shared_files.map_or_else(dash, |n| n.to_string()),
+                l.pointer
+            );
+            if let Some(e) = &l.error {
+                println!("        {e}");
+            }
+        }
+        match latest {
+            Some(id) => println!("latest complete checkpoint: {id}"),
+            None => println!("no complete checkpoint"),
+        }
+    }
+    Ok(if findings { Outcome::Findings } else { Outcome::Clean })
+}
+
+fn json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string_pretty(value).map_err(|e| Error::internal(format!("JSON output: {e}")))
+}
+
+// -------------------------------------------------------------------- inspect
+
+/// `flowstate inspect`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  flowstate inspect /tmp/demo/checkpoints/flowstate-demo/chk-7\n  flowstate inspect \
+                        s3://bucket/savepoints/savepoint-flowst-8-0a1b2c --verify"
+)]
+pub struct InspectArgs {
+    /// A checkpoint (`.../chk-<n>`), a savepoint (`.../savepoint-...`) or
+    /// their `_metadata` file, as a path or an object-store URL.
+    pub pointer: String,
+    /// Read every referenced file and check its size and checksums.
+    #[arg(long)]
+    pub verify: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Serialize)]
+struct Inspected {
+    pointer: String,
+    metadata_version: u16,
+    checkpoint_id: u64,
+    kind: &'static str,
+    time: String,
+    state_size: u64,
+    operators: Vec<InspectedOperator>,
+    /// With `--verify`: each missing or damaged file (empty when whole).
+    problems: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize)]
+struct InspectedOperator {
+    id: String,
+    parallelism: u32,
+    max_parallelism: u32,
+    states: Vec<InspectedState>,
+    keyed: Vec<InspectedHandle>,
+    operator_state: Vec<InspectedOperatorState>,
+}
+
+#[derive(Debug, Serialize)]
+struct InspectedState {
+    name: String,
+    kind: String,
+    namespace_serializer: String,
+    value_serializer: String,
+    user_key_serializer: Option<String>,
+    ttl: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct InspectedHandle {
+    /// `key-groups` (the canonical format) or `incremental` (RocksDB files).
+    format: &'static str,
+    key_groups: String,
+    files: Vec<InspectedFile>,
+    inline_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct InspectedFile {
+    path: String,
+    size: u64,
+    crc32c: Option<String>,
+    /// Referenced from `shared/` (reused across checkpoints).
+    shared: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct InspectedOperatorState {
+    subtask: u32,
+    file: String,
+    states: Vec<String>,
+}
+
+fn stream_file(stream: &StreamStateHandle, crc32c: Option<u32>) -> Option<InspectedFile> {
+    match stream {
+        StreamStateHandle::File { path, size } => Some(InspectedFile {
+            path: path.clone(),
+            size: *size,
+            crc32c: crc32c.map(|c| format!("{c:08x}")),
+            shared: path.starts_with(&format!("{SHARED_DIR}/")),
+        }),
+        _ => None,
+    }
+}
+
+fn inline_bytes(stream: &StreamStateHandle) -> u64 {
+    match stream {
+        StreamStateHandle::Inline(b) => b.len() as u64,
+        _ => 0,
+    }
+}
+
+/// The header at the start of a canonical stream, reading as little as it can.
+async fn canonical_header(reader: &dyn StateReader, stream: &StreamStateHandle) -> Result<SnapshotHeader> {
+    let size = stream.size();
+    if size > 1 << 16 {
+        if let Ok(bytes) = reader.read_ranges(stream, std::slice::from_ref(&(0..1 << 16))).await {
+            if let Some(first) = bytes.first() {
+                if let Ok((header, _)) = SnapshotHeader::decode(first) {
+                    return Ok(header);
+                }
+            }
+        }
+    }
+    let data = reader.read(stream).await?;
+    Ok(SnapshotHeader::decode(&data)?.0)
+}
+
+async fn header_of(reader: &dyn StateReader, h: &KeyedStateHandle) -> Result<Option<SnapshotHeader>> {
+    match h {
+        KeyedStateHandle::KeyGroups(k) if !matches!(k.stream, StreamStateHandle::Empty) => {
+            Ok(Some(canonical_header(reader, &k.stream).await?))
+        }
+        KeyedStateHandle::Incremental(i) => {
+            let data = reader.read(&i.meta).await?;
+            Ok(Some(SnapshotHeader::decode(&data)?.0))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Splits a pointer into the location its store is rooted at and the
+/// checkpoint's directory name.
+fn split_pointer(pointer: &str) -> Result<(String, String)> {
+    let p = pointer.trim_end_matches('/');
+    let p = p.strip_suffix(METADATA_FILE).unwrap_or(p).trim_end_matches('/');
+    let p = if is_url(p) {
+        p.to_string()
+    } else {
+        Path::new(p)
+            .canonicalize()
+            .map_err(|e| Error::io(pointer, e))?
+            .display()
+            .to_string()
+    };
+    match p.rsplit_once('/') {
+        Some((parent, dir)) if !dir.is_empty() => {
+            Ok((if parent.is_empty() { "/".into() } else { parent.into() }, dir.into()))
+        }
+        _ => Err(Error::invalid(format!("{pointer}: not a checkpoint or savepoint"))),
+    }
+}
+
+/// Describes a checkpoint or savepoint, and with `--verify` checks it whole.
+pub async fn inspect(args: InspectArgs) -> Result<Outcome> {
+    let (parent, dir) = split_pointer(&args.pointer)?;
+    let (store, storage) = storage_at(&parent, &args.store)?;
+    let pointer = format!("{}/{dir}", store.root());
+    let resolved = storage.resolve(&pointer).await?;
+    let metadata_path = BlobPath::new(&dir)?.join(METADATA_FILE)?;
+    let head = store.get_range(&metadata_path, 0..6).await?;
+    let metadata_version = match head.get(4..6) {
+        Some(v) => u16::from_le_bytes([v[0], v[1]]),
+        None => 0,
+    };
+    let m = &resolved.metadata;
+    let reader = &*resolved.reader;
+    let mut operators = Vec::new();
+    for op in &m.operators {
+        let mut states = Vec::new();
+        for h in &op.keyed {
+            if let Some(header) = header_of(reader, h)
+                .await
+                .map_err(|e| e.context(format!("operator {}", op.operator_id)))?
+            {
+                states = header
+                    .states
+                    .iter()
+                    .map(|s| InspectedState {
+                        name: s.name.clone(),
+                        kind: s.kind.to_string(),
+                        namespace_serializer: s.namespace_serializer.to_string(),
+                        value_serializer: s.value_serializer.to_string(),
+                        user_key_serializer: s.user_key_serializer.as_ref().map(|s| s.to_string()),
+                        ttl: s.ttl,
+                    })
+                    .collect();
+                break;
+            }
+        }
+        let keyed = op
+            .keyed
+            .iter()
+            .map(|h| match h {
+                KeyedStateHandle::KeyGroups(k) => InspectedHandle {
+                    format: "key-groups",
+                    key_groups: k.range.to_string(),
+                    files: stream_file(&k.stream, None).into_iter().collect(),
+                    inline_bytes: inline_bytes(&k.stream),
+                },
+                KeyedStateHandle::Incremental(i) => InspectedHandle {
+                    format: "incremental",
+                    key_groups: i.range.to_string(),
+                    files: i
+                        .shared
+                        .iter()
+                        .chain(&i.private)
+                        .filter_map(|f| stream_file(&f.stream, Some(f.crc32c)))
+                        .chain(stream_file(&i.meta, None))
+                        .collect(),
+                    inline_bytes: i
+                        .shared
+                        .iter()
+                        .chain(&i.private)
+                        .map(|f| inline_bytes(&f.stream))
+                        .sum::<u64>()
+                        + inline_bytes(&i.meta),
+                },
+                other => InspectedHandle {
+                    format: "unknown",
+                    key_groups: other.key_group_range().to_string(),
+                    files: Vec::new(),
+                    inline_bytes: 0,
+                },
+            })
+            .collect();
+        let operator_state = op
+            .operator_state
+            .iter()
+            .map(|h| InspectedOperatorState {
+                subtask: h.subtask_index,
+                file: h.stream.describe(),
+                states: h
+                    .states
+                    .iter()
+                    .map(|b| format!("{} ({:?}, {} entries)", b.name, b.mode, b.entries))
+                    .collect(),
+            })
+            .collect();
+        operators.push(InspectedOperator {
+            id: op.operator_id.clone(),
+            parallelism: op.parallelism,
+            max_parallelism: op.max_parallelism,
+            states,
+            keyed,
+            operator_state,
+        });
+    }
+    let problems = if args.verify {
+        Some(verify(m, reader).await)
+    } else {
+        None
+    };
+    let report = Inspected {
+        pointer: resolved.pointer.clone(),
+        metadata_version,
+        checkpoint_id: m.checkpoint_id,
+        kind: match m.kind {
+            CheckpointKind::Checkpoint => "checkpoint",
+            CheckpointKind::Savepoint => "savepoint",
+        },
+        time: utc(m.timestamp_millis),
+        state_size: m.state_size(),
+        operators,
+        problems,
+    };
+    let findings = report.problems.as_ref().is_some_and(|p| !p.is_empty());
+    if args.store.json {
+        println!("{}", json(&report)?);
+    } else {
+        print_inspected(&report);
+    }
+    Ok(if findings { Outcome::Findings } else { Outcome::Clean })
+}
+
+fn print_inspected(r: &Inspected) {
+    println!("{} {} ({})", r.kind, r.checkpoint_id, r.pointer);
+    println!(
+        "  metadata format version {}, taken {} UTC, state {}",
+        r.metadata_version,
+        r.time,
+        size(r.state_size)
+    );
+    for op in &r.operators {
+        println!(
+            "  operator {:?}: parallelism {}, max parallelism {}",
+            op.id, op.parallelism, op.max_parallelism
+        );
+        for s in &op.states {
+            let user_key = s
+                .user_key_serializer
+                .as_ref()
+                .map(|u| format!(", user keys {u}"))
+                .unwrap_or_default();
+            let ttl = if s.ttl { ", TTL" } else { "" };
+            println!(
+                "    state {:?}: {}, namespace {}, values {}{user_key}{ttl}",
+                s.name, s.kind, s.namespace_serializer, s.value_serializer
+            );
+        }
+        for h in &op.keyed {
+            println!(
+                "    keyed state, key groups {} ({}), {} files, {} inline bytes",
+                h.key_groups,
+                h.format,
+                h.files.len(),
+                h.inline_bytes
+            );
+            for f in &h.files {
+                let crc = f.crc32c.as_ref().map(|c| format!("  crc32c {c}")).unwrap_or_default();
+                println!("      {:>10}  {}{crc}", size(f.size), f.path);
+            }
+        }
+        for o in &op.operator_state {
+            println!(
+                "    operator state of subtask {} ({}): {}",
+                o.subtask,
+                o.file,
+                o.states.join(", ")
+            );
+        }
+    }
+    if let Some(problems) = &r.problems {
+        if problems.is_empty() {
+            println!("verified: every referenced file is present, of its size, and its checksums match");
+        } else {
+            println!("verification FAILED: {} problems", problems.len());
+            for p in problems {
+                println!("  {p}");
+            }
+        }
+    }
+}
+
+/// Reads every file `m` references and checks sizes and checksums; returns
+/// one line per missing or damaged file.
+async fn verify(m: &CheckpointMetadata, reader: &dyn StateReader) -> Vec<String> {
+    let mut problems = Vec::new();
+    for op in &m.operators {
+        for h in &op.keyed {
+            match h {
+                KeyedStateHandle::KeyGroups(k) => {
+                    if let Err(e) = verify_canonical(reader, k, op.max_parallelism).await {
+                        problems.push(format!("{}: {e}", k.stream.describe()));
+                    }
+                }
+                KeyedStateHandle::Incremental(i) => {
+                    for f in i.shared.iter().chain(&i.private) {
+                        match reader.read(&f.stream).await {
+                            Ok(data) if data.len() as u64 != f.stream.size() => problems.push(format!(
+                                "{}: {} bytes, the metadata says {}",
+                                f.stream.describe(),
+                                data.len(),
+                                f.stream.size()
+                            )),
+                            Ok(data) if crc32c::crc32c(&data) != f.crc32c => {
+                                problems.push(format!("{}: CRC-32C does not match the metadata", f.stream.describe()))
+                            }
+                            Ok(_) => {}
+                            Err(e) => problems.push(format!("{}: {e}", f.stream.describe())),
+                        }
+                    }
+                    let header = reader
+                        .read(&i.meta)
+                        .await
+                        .and_then(|data| SnapshotHeader::decode(&data).map(|_| ()));
+                    if let Err(e) = header {
+                        problems.push(format!("{}: {e}", i.meta.describe()));
+                    }
+                }
+                other => problems.push(format!(
+                    "key groups {}: a kind of state handle this version cannot check",
+                    other.key_group_range()
+                )),
+            }
+        }
+        for h in &op.operator_state {
+            let data = match reader.read(&h.stream).await {
+                Ok(data) => data,
+                Err(e) => {
+                    problems.push(format!("{}: {e}", h.stream.describe()));
+                    continue;
+                }
+            };
+            for b in &h.states {
+                let block = usize::try_from(b.offset)
+                    .ok()
+                    .zip(usize::try_from(b.offset.saturating_add(b.length)).ok())
+                    .and_then(|(start, end)| data.get(start..end));
+                match block {
+                    None => problems.push(format!("{}: state {:?} lies past its end", h.stream.describe(), b.name)),
+                    Some(block) if crc32c::crc32c(block) != b.crc32c => problems.push(format!(
+                        "{}: state {:?}: CRC-32C does not match the metadata",
+                        h.stream.describe(),
+                        b.name
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Reads a canonical snapshot whole and checks every key group's frame and
+/// records.
+async fn verify_canonical(reader: &dyn StateReader, k: &KeyGroupsStateHandle, max_parallelism: u32) -> Result<()> {
+    if matches!(k.stream, StreamStateHandle::Empty) {
+        return Ok(());
+    }
+    let data = reader.read(&k.stream).await?;
+    if data.len() as u64 != k.stream.size() {
+        return Err(Error::corrupted(format!(
+            "{} bytes, the metadata says {}",
+            data.len(),
+            k.stream.size()
+        )));
+    }
+    let snapshot = CanonicalSnapshot::open(data, k, &k.stream.describe())?;
+    for kg in k.range.iter() {
+        snapshot.key_group(kg)?.for_each_verified(max_parallelism, |_| Ok(()))?;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------- gc
+
+/// `flowstate gc`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  flowstate gc /tmp/demo/checkpoints/flowstate-demo\n  flowstate gc \
+                        s3://bucket/checkpoints/my-job --min-age 2h --delete"
+)]
+pub struct GcArgs {
+    /// The job's checkpoint directory, or its object-store URL.
+    pub target: String,
+    /// Delete the orphans (without it, only lists them).
+    #[arg(long)]
+    pub delete: bool,
+    /// Leave files younger than this alone (`90s`, `30m`, `2h`, `1d`): they
+    /// may belong to a checkpoint still being written.
+    #[arg(long, default_value = "1h", value_parser = parse_age)]
+    pub min_age: Duration,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Parses `<number><s|m|h|d>` (a bare number is seconds).
+fn parse_age(s: &str) -> std::result::Result<Duration, String> {
+    let (n, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 90s, 30m, 2h or 1d"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (s, m, h, d)")),
+    };
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+#[derive(Debug, Serialize)]
+struct GcOutput {
+    deleted: bool,
+    orphans: Vec<GcFile>,
+    bytes: u64,
+    metadata_read: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct GcFile {
+    path: String,
+    size: u64,
+}
+
+/// Finds (and with `--delete` deletes) files no checkpoint references.
+pub async fn gc(args: GcArgs) -> Result<Outcome> {
+    let (_, storage) = storage_at(&args.target, &args.store)?;
+    let store = CheckpointStore::open(storage, CheckpointStoreConfig::default()).await?;
+    let mut options = GcOptions::new(args.min_age);
+    if args.delete {
+        options = options.delete();
+    }
+    let report = store.collect_garbage(&options).await?;
+    let out = GcOutput {
+        deleted: report.deleted,
+        orphans: report
+            .orphans
+            .iter()
+            .map(|f| GcFile {
+                path: f.path.clone(),
+                size: f.size,
+            })
+            .collect(),
+        bytes: report.bytes,
+        metadata_read: report.metadata_read,
+    };
+    if args.store.json {
+        println!("{}", json(&out)?);
+    } else {
+        for f in &out.orphans {
+            println!("{:>10}  {}", size(f.size), f.path);
+        }
+        let verb = if out.deleted {
+            "deleted"
+        } else {
+            "would delete (dry run; --delete deletes)"
+        };
+        println!(
+            "{verb}: {} orphaned files, {}; {} metadata files read",
+            out.orphans.len(),
+            size(out.bytes),
+            out.metadata_read
+        );
+    }
+    Ok(if out.orphans.is_empty() || out.deleted {
+        Outcome::Clean
+    } else {
+        Outcome::Findings
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_time_of_known_instants() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_795_306_261_000), "2026-11-22 00:11:01");
+    }
+
+    #[test]
+    fn ages_parse_with_units_and_refuse_garbage() {
+        assert_eq!(parse_age("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_age("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_age("1d"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_age("1w").is_err());
+        assert!(parse_age("h").is_err());
+        assert!(parse_age("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn sizes_read_at_a_glance() {
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn pointers_split_into_root_and_directory() {
+        assert_eq!(
+            split_pointer("s3://b/jobs/j/chk-3/_metadata").unwrap(),
+            ("s3://b/jobs/j".to_string(), "chk-3".to_string())
+        );
+        assert_eq!(
+            split_pointer("s3://b/sp/savepoint-x/").unwrap(),
+            ("s3://b/sp".to_string(), "savepoint-x".to_string())
+        );
+        assert!(split_pointer("/definitely/not/here/chk-1").is_err());
+    }
+}

@@ -1,0 +1,288 @@
+//! The operator commands, run as the real binary on the checkpoints the
+//! demo leaves: on a directory, and on a bucket of the S3-compatible server
+//! of `scripts/test.sh`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const JOB: &str = "flowstate-demo";
+
+fn flowstate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flowstate"))
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("the flowstate binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited, not killed")
+}
+
+const DEMO: [&str; 12] = [
+    "--events",
+    "20000",
+    "--keys",
+    "2000",
+    "--checkpoint-every",
+    "3000",
+    "--crash-after",
+    "10000",
+    "--retain",
+    "2",
+    "--parallelism",
+    "2",
+];
+
+/// Runs the demo on a fresh directory; returns it and the job directory.
+fn demo_on_disk() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["demo", "--dir", dir.path().to_str().unwrap()];
+    args.extend(DEMO);
+    let out = flowstate(&args);
+    assert_eq!(code(&out), 0, "demo failed: {}{}", stdout(&out), stderr(&out));
+    let job = dir.path().join("checkpoints").join(JOB);
+    (dir, job)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The files `inspect --json` lists for a checkpoint, with whether shared.
+fn files_of(checkpoint: &Path) -> Vec<(String, bool)> {
+    let out = flowstate(&["inspect", s(checkpoint), "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let mut files = Vec::new();
+    for op in v["operators"].as_array().unwrap() {
+        for h in op["keyed"].as_array().unwrap() {
+            for f in h["files"].as_array().unwrap() {
+                files.push((f["path"].as_str().unwrap().to_string(), f["shared"].as_bool().unwrap()));
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn checkpoints_lists_complete_incomplete_and_the_latest() {
+    let (dir, job) = demo_on_disk();
+    // A checkpoint directory without metadata: one still being taken.
+    std::fs::create_dir(job.join("chk-9")).unwrap();
+    let savepoints = dir.path().join("savepoints");
+    let out = flowstate(&["checkpoints", s(&job), "--savepoints", s(&savepoints)]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    let line = |needle: &str| text.lines().find(|l| l.contains(needle)).map(str::to_string);
+    assert!(line("chk-6").unwrap().contains("complete"), "{text}");
+    assert!(line("chk-7").unwrap().contains("complete, latest"), "{text}");
+    assert!(line("chk-9").unwrap().contains("incomplete"), "{text}");
+    assert!(line("savepoint-").unwrap().contains("savepoint"), "{text}");
+    assert!(text.contains("latest complete checkpoint: 7"), "{text}");
+
+    let out = flowstate(&["checkpoints", s(&job), "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let rows = rows.as_array().unwrap();
+    let latest: Vec<_> = rows.iter().filter(|r| r["latest"] == true).collect();
+    assert_eq!(latest.len(), 1);
+    assert_eq!(latest[0]["id"], 7);
+    // Incremental RocksDB checkpoints share SST files.
+    assert!(latest[0]["shared_files"].as_u64().unwrap() > 0, "{rows:?}");
+    assert!(latest[0]["state_size"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn inspect_shows_states_and_files_and_verifies_a_whole_checkpoint() {
+    let (_dir, job) = demo_on_disk();
+    let out = flowstate(&["inspect", s(&job.join("chk-7")), "--verify"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("checkpoint 7"), "{text}");
+    assert!(text.contains("metadata format version 2"), "{text}");
+    assert!(text.contains("\"window-sum\""), "{text}");
+    assert!(text.contains("incremental"), "{text}");
+    assert!(text.contains("verified"), "{text}");
+    // The metadata file itself is accepted as the pointer too.
+    let out = flowstate(&["inspect", s(&job.join("chk-7").join("_metadata")), "--json", "--verify"]);
+    assert_eq!(code(&out), 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0);
+    assert_eq!(v["checkpoint_id"], 7);
+}
+
+#[test]
+fn inspect_verify_names_a_missing_and_a_damaged_file() {
+    let (_dir, job) = demo_on_disk();
+    let chk = job.join("chk-7");
+    let shared: Vec<String> = files_of(&chk).into_iter().filter(|f| f.1).map(|f| f.0).collect();
+    assert!(shared.len() >= 2, "{shared:?}");
+    std::fs::remove_file(job.join(&shared[0])).unwrap();
+    let damaged = job.join(&shared[1]);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&damaged, bytes).unwrap();
+
+    let out = flowstate(&["inspect", s(&chk), "--verify"]);
+    assert_eq!(code(&out), 1, "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("verification FAILED: 2 problems"), "{text}");
+    let problem = |path: &str| {
+        text.lines()
+            .find(|l| l.contains(path) && !l.contains("crc32c "))
+            .map(str::to_string)
+    };
+    assert!(problem(&shared[0]).is_some(), "the missing file is named: {text}");
+    assert!(problem(&shared[1]).unwrap().contains("CRC-32C"), "{text}");
+}
+
+#[test]
+fn garbage_metadata_is_named_and_stops_gc() {
+    let (_dir, job) = demo_on_disk();
+    std::fs::write(job.join("chk-6").join("_metadata"), b"\0\0garbage\xff").unwrap();
+
+    let out = flowstate(&["checkpoints", s(&job)]);
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    assert!(stdout(&out)
+        .lines()
+        .any(|l| l.contains("chk-6") && l.contains("unreadable")));
+
+    let out = flowstate(&["inspect", s(&job.join("chk-6"))]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("chk-6/_metadata"), "{}", stderr(&out));
+
+    let out = flowstate(&["gc", s(&job), "--min-age", "0", "--delete"]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("nothing deleted"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("chk-6/_metadata"), "{}", stderr(&out));
+}
+
+#[test]
+fn gc_lists_then_deletes_orphans_and_leaves_foreign_files_alone() {
+    let (_dir, job) = demo_on_disk();
+    let orphan = job.join("shared").join("0000abcd-1f-2");
+    std::fs::write(&orphan, vec![7u8; 1000]).unwrap();
+    let foreign = job.join("shared").join("NOTES.txt");
+    std::fs::write(&foreign, b"kept by an operator").unwrap();
+
+    // Too young under the default minimum age.
+    let out = flowstate(&["gc", s(&job)]);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    assert!(!stdout(&out).contains("0000abcd-1f-2"));
+
+    let out = flowstate(&["gc", s(&job), "--min-age", "0"]);
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("shared/0000abcd-1f-2"), "{text}");
+    assert!(!text.contains("NOTES.txt"), "{text}");
+    assert!(text.contains("dry run"), "{text}");
+    assert!(orphan.exists(), "a dry run deletes nothing");
+
+    let out = flowstate(&["gc", s(&job), "--min-age", "0", "--delete", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["deleted"], true);
+    assert_eq!(v["orphans"].as_array().unwrap().len(), 1);
+    assert!(!orphan.exists());
+    assert!(foreign.exists());
+    // Nothing a checkpoint references went.
+    for chk in ["chk-6", "chk-7"] {
+        let out = flowstate(&["inspect", s(&job.join(chk)), "--verify"]);
+        assert_eq!(code(&out), 0, "{chk}: {}", stdout(&out));
+    }
+}
+
+#[test]
+fn bad_usage_and_unreadable_input_exit_2() {
+    let out = flowstate(&["inspect", "/definitely/not/here/chk-1"]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("/definitely/not/here"), "{}", stderr(&out));
+    let dir = tempfile::tempdir().unwrap();
+    let out = flowstate(&["gc", s(dir.path()), "--min-age", "1w"]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("unknown unit"), "{}", stderr(&out));
+    let out = flowstate(&["checkpoints"]);
+    assert_eq!(code(&out), 2);
+    for command in ["checkpoints", "inspect", "gc"] {
+        let out = flowstate(&[command, "--help"]);
+        assert_eq!(code(&out), 0);
+        assert!(stdout(&out).contains("Examples:"), "{command} --help shows an example");
+    }
+}
+
+/// The same commands on a bucket of the S3-compatible server.
+#[test]
+fn commands_work_on_a_bucket() {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let Some(endpoint) = var("FLOWSTATE_S3_ENDPOINT") else {
+        assert!(
+            var("CI").is_none_or(|v| v != "true"),
+            "CI runs this against a server: use scripts/test.sh"
+        );
+        return;
+    };
+    let bucket = var("FLOWSTATE_S3_BUCKET").unwrap_or_else(|| "flowstate".into());
+    let url = format!("s3://{bucket}/cli-{}", std::process::id());
+    let options = [
+        format!("endpoint={endpoint}"),
+        format!(
+            "access_key_id={}",
+            var("FLOWSTATE_S3_ACCESS_KEY_ID").unwrap_or_default()
+        ),
+        format!(
+            "secret_access_key={}",
+            var("FLOWSTATE_S3_SECRET_ACCESS_KEY").unwrap_or_default()
+        ),
+        "region=us-east-1".into(),
+        "allow_http=true".into(),
+    ];
+    let with_options = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        for o in &options {
+            all.push("--storage-option".into());
+            all.push(o.clone());
+        }
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        flowstate(&refs)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = vec!["demo", "--dir", s(dir.path()), "--storage", url.as_str()];
+    demo.extend(DEMO);
+    let out = with_options(&demo);
+    assert_eq!(code(&out), 0, "demo on the bucket: {}{}", stdout(&out), stderr(&out));
+
+    let out = with_options(&[
+        "checkpoints",
+        &url,
+        "--savepoints",
+        &format!("{url}/savepoints"),
+        "--json",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert!(rows.iter().any(|r| r["latest"] == true && r["id"] == 7), "{rows:?}");
+    assert!(
+        rows.iter()
+            .any(|r| r["kind"] == "savepoint" && r["status"] == "complete"),
+        "{rows:?}"
+    );
+
+    let out = with_options(&["inspect", &format!("{url}/chk-7"), "--verify"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("verified"));
+
+    let out = with_options(&["gc", &url, "--min-age", "0"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("0 orphaned files"), "{}", stdout(&out));
+}
