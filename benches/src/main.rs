@@ -71,11 +71,11 @@ fn main() -> ExitCode {
         "W1" => w1::run(scale, only),
         "W2" => w2::run(scale, object.as_ref()),
         "T1" => timers::run(scale),
-        "S1" => scale::run(scale),
+        "S1" => scale::run(scale, only),
         "all" => w1::run(scale, only)
             .and_then(|_| w2::run(scale, object.as_ref()))
             .and_then(|_| timers::run(scale))
-            .and_then(|_| scale::run(scale)),
+            .and_then(|_| scale::run(scale, only)),
         other => {
             eprintln!("usage: workload [W1|W2|T1|S1|all] [--quick] (unknown workload {other:?})");
             return ExitCode::FAILURE;

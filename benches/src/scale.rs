@@ -150,17 +150,22 @@ async fn rocksdb(keys: u64, mode: RocksMode) -> Result<()> {
     Ok(())
 }
 
-/// Runs S1 at 200k, 2M and 20M keys (`scale` divides them).
-pub fn run(scale: usize) -> Result<()> {
+/// Runs S1 at 200k, 2M and 20M keys (`scale` divides them), on every
+/// backend or only on `heap` or `rocksdb`.
+pub fn run(scale: usize, only: Option<&str>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::internal(format!("runtime: {e}")))?;
     for keys in [200_000u64, 2_000_000, 20_000_000] {
         let keys = keys / scale as u64;
-        rt.block_on(heap(keys))?;
-        rt.block_on(rocksdb(keys, RocksMode::Full))?;
-        rt.block_on(rocksdb(keys, RocksMode::Incremental))?;
+        if only.is_none_or(|o| o == "heap") {
+            rt.block_on(heap(keys))?;
+        }
+        if only.is_none_or(|o| o == "rocksdb") {
+            rt.block_on(rocksdb(keys, RocksMode::Full))?;
+            rt.block_on(rocksdb(keys, RocksMode::Incremental))?;
+        }
     }
     Ok(())
 }
