@@ -63,6 +63,7 @@ pub use options::{RocksDbOptions, DEFAULT_BLOCK_CACHE, DEFAULT_UPLOAD_CONCURRENC
 pub use restore::RestoreStats;
 /// The RocksDB bindings this backend is built on.
 pub use rocksdb;
+pub use snapshot::incremental_to_canonical;
 
 /// The options a backend configured with `options` opens its database and
 /// the column family of a value state with: the same tuning, for measuring

@@ -337,7 +337,7 @@ fn describe(h: &IncrementalStateHandle) -> String {
     )
 }
 
-async fn read_header(h: &IncrementalStateHandle, reader: &dyn StateReader) -> Result<SnapshotHeader> {
+pub(crate) async fn read_header(h: &IncrementalStateHandle, reader: &dyn StateReader) -> Result<SnapshotHeader> {
     let data = reader.read(&h.meta).await.map_err(|e| e.context(describe(h)))?;
     let (header, _) = SnapshotHeader::decode(&data).map_err(|e| e.context(describe(h)))?;
     if header.range != h.range {
@@ -355,7 +355,7 @@ async fn read_header(h: &IncrementalStateHandle, reader: &dyn StateReader) -> Re
 /// local copy if it verifies (names, sizes, CRC-32C), else downloaded,
 /// checked against the handle and then block by block (see the module
 /// documentation).
-async fn materialize(
+pub(crate) async fn materialize(
     h: &IncrementalStateHandle,
     states: &[StateMeta],
     clock: &SharedClock,

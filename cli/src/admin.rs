@@ -864,3 +864,148 @@ mod tests {
         assert!(split_pointer("/definitely/not/here/chk-1").is_err());
     }
 }
+
+// ------------------------------------------------------------------ savepoint
+
+/// `flowstate savepoint convert`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  flowstate savepoint convert /data/checkpoints/my-job/chk-42 /data/savepoints\n  flowstate \
+                        savepoint convert s3://bucket/checkpoints/my-job/chk-42 s3://bucket/savepoints"
+)]
+pub struct ConvertArgs {
+    /// The checkpoint or savepoint to rewrite (path or URL).
+    pub source: String,
+    /// The directory (or URL) to create the savepoint in.
+    pub target: String,
+    /// Refuse unless the state was written at this max parallelism (the
+    /// number of key groups, fixed for the life of a job's state).
+    #[arg(long)]
+    pub max_parallelism: Option<u32>,
+    /// Where RocksDB files are put while converting (default: a temporary
+    /// directory).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Copies one stream into a new exclusive stream of `location` (inline and
+/// empty streams stay in the metadata).
+async fn copy_stream(
+    stream: &StreamStateHandle,
+    reader: &dyn StateReader,
+    location: &dyn CheckpointLocation,
+) -> Result<StreamStateHandle> {
+    if !matches!(stream, StreamStateHandle::File { .. }) {
+        return Ok(stream.clone());
+    }
+    let data = reader.read(stream).await.map_err(|e| e.context(stream.describe()))?;
+    let mut out = location.create_output_stream(StateScope::Exclusive).await?;
+    out.write_bytes(data).await?;
+    let copied = out.close().await?;
+    if copied.size() != stream.size() {
+        return Err(Error::corrupted(format!(
+            "{}: {} bytes read, the metadata says {}",
+            stream.describe(),
+            copied.size(),
+            stream.size()
+        )));
+    }
+    Ok(copied)
+}
+
+/// Rewrites a checkpoint or savepoint as a self-contained canonical
+/// savepoint; prints its pointer.
+pub async fn convert(args: ConvertArgs) -> Result<Outcome> {
+    let (parent, dir) = split_pointer(&args.source)?;
+    let (_, storage) = storage_at(&parent, &args.store)?;
+    let source_pointer = format!("{parent}/{dir}");
+    let resolved = storage.resolve(&source_pointer).await?;
+    let m = &resolved.metadata;
+    if let Some(want) = args.max_parallelism {
+        if let Some(op) = m.operators.iter().find(|op| op.max_parallelism != want) {
+            return Err(Error::invalid(format!(
+                "{}: operator {:?} has max parallelism {}, not {want}; a key's key group depends on it, so state \
+                 cannot move to another max parallelism",
+                resolved.pointer, op.operator_id, op.max_parallelism
+            )));
+        }
+    }
+    let target = if is_url(&args.target) {
+        args.target.trim_end_matches('/').to_string()
+    } else {
+        std::fs::create_dir_all(&args.target).map_err(|e| Error::io(&args.target, e))?;
+        Path::new(&args.target)
+            .canonicalize()
+            .map_err(|e| Error::io(&args.target, e))?
+            .display()
+            .to_string()
+    };
+    let (_, out_storage) = storage_at(&target, &args.store)?;
+    let location = out_storage.init_savepoint(m.checkpoint_id, Some(&target)).await?;
+    let work = tempfile::Builder::new()
+        .prefix("flowstate-convert-")
+        .tempdir_in(args.work_dir.clone().unwrap_or_else(std::env::temp_dir))
+        .map_err(|e| Error::io("a temporary directory", e))?;
+    let rocks = flowstate_rocksdb::RocksDbOptions::new(work.path());
+    let reader = &*resolved.reader;
+    let result = async {
+        let mut operators = Vec::new();
+        for op in &m.operators {
+            let mut keyed = Vec::new();
+            for h in &op.keyed {
+                keyed.push(match h {
+                    KeyedStateHandle::KeyGroups(k) => KeyedStateHandle::KeyGroups(KeyGroupsStateHandle {
+                        range: k.range,
+                        offsets: k.offsets.clone(),
+                        stream: copy_stream(&k.stream, reader, &*location).await?,
+                    }),
+                    KeyedStateHandle::Incremental(i) => KeyedStateHandle::KeyGroups(
+                        flowstate_rocksdb::incremental_to_canonical(i, reader, &*location, &rocks).await?,
+                    ),
+                    other => {
+                        return Err(Error::unsupported(format!(
+                            "key groups {}: a kind of state handle this version cannot convert",
+                            other.key_group_range()
+                        )))
+                    }
+                });
+            }
+            let mut operator_state = Vec::new();
+            for h in &op.operator_state {
+                let mut copy = h.clone();
+                copy.stream = copy_stream(&h.stream, reader, &*location).await?;
+                operator_state.push(copy);
+            }
+            operators.push(
+                OperatorState::new(&op.operator_id, op.parallelism, op.max_parallelism, keyed)
+                    .with_operator_state(operator_state),
+            );
+        }
+        let mut metadata = CheckpointMetadata::new(m.checkpoint_id, CheckpointKind::Savepoint, m.timestamp_millis);
+        metadata.operators = operators;
+        location.write_metadata(&metadata).await
+    }
+    .await;
+    match result {
+        Ok(_) => {
+            println!(
+                "savepoint {} written from {} (canonical: restores into either backend at any parallelism)",
+                location.pointer(),
+                resolved.pointer
+            );
+            println!("{}", location.pointer());
+            Ok(Outcome::Clean)
+        }
+        Err(e) => {
+            if let Err(d) = location.dispose().await {
+                eprintln!(
+                    "flowstate: the partial savepoint {} was left behind: {d}",
+                    location.pointer()
+                );
+            }
+            Err(e.context(format!("converting {}", resolved.pointer)))
+        }
+    }
+}

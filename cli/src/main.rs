@@ -33,10 +33,21 @@ enum Command {
     /// Finds the files of a job's checkpoint directory that no checkpoint
     /// references (a dry run unless `--delete`).
     Gc(admin::GcArgs),
+    /// Savepoint tools.
+    #[command(subcommand)]
+    Savepoint(SavepointCommand),
     /// Runs a keyed counting job with periodic checkpoints, crashes it,
     /// restores it from its latest checkpoint and checks the result equals a
     /// failure-free run (exactly-once state).
     Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum SavepointCommand {
+    /// Rewrites a checkpoint or savepoint (incremental RocksDB included) as
+    /// a self-contained canonical savepoint that restores into either
+    /// backend at any parallelism.
+    Convert(admin::ConvertArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +63,7 @@ fn main() -> ExitCode {
         Command::Checkpoints(args) => runtime.block_on(admin::checkpoints(args)),
         Command::Inspect(args) => runtime.block_on(admin::inspect(args)),
         Command::Gc(args) => runtime.block_on(admin::gc(args)),
+        Command::Savepoint(SavepointCommand::Convert(args)) => runtime.block_on(admin::convert(args)),
         Command::Demo(args) => runtime.block_on(demo::run(args)).map(|passed| {
             if passed {
                 admin::Outcome::Clean

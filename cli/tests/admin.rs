@@ -285,4 +285,91 @@ fn commands_work_on_a_bucket() {
     let out = with_options(&["gc", &url, "--min-age", "0"]);
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("0 orphaned files"), "{}", stdout(&out));
+
+    let converted = format!("s3://{bucket}/cli-converted-{}", std::process::id());
+    let out = with_options(&["savepoint", "convert", &format!("{url}/chk-7"), &converted]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let pointer = stdout(&out).lines().last().unwrap().trim().to_string();
+    assert!(pointer.starts_with(&format!("{converted}/savepoint-")), "{pointer}");
+    let out = with_options(&["inspect", &pointer, "--verify"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("(key-groups)"), "{}", stdout(&out));
+}
+
+#[test]
+fn convert_rewrites_an_incremental_checkpoint_as_a_canonical_savepoint() {
+    use flowstate_api::*;
+    let (dir, job) = demo_on_disk();
+    let target = dir.path().join("converted");
+    let out = flowstate(&["savepoint", "convert", s(&job.join("chk-7")), s(&target)]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let pointer = stdout(&out).lines().last().unwrap().trim().to_string();
+    assert!(pointer.contains("/converted/savepoint-"), "{pointer}");
+
+    let out = flowstate(&["inspect", &pointer, "--verify", "--json"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["kind"], "savepoint");
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0);
+    let formats: Vec<&str> = v["operators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|op| op["keyed"].as_array().unwrap().iter())
+        .map(|h| h["format"].as_str().unwrap())
+        .collect();
+    assert!(
+        !formats.is_empty() && formats.iter().all(|f| *f == "key-groups"),
+        "{formats:?}"
+    );
+
+    // The incremental checkpoint restored into RocksDB and the converted
+    // savepoint restored into the heap backend hold the same state.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let storage = flowstate_fs::FsCheckpointStorage::open(dir.path().join("checkpoints"), JOB).unwrap();
+        let original = storage.resolve(s(&job.join("chk-7"))).await.unwrap();
+        let converted = storage.resolve(&pointer).await.unwrap();
+        let handles = |m: &CheckpointMetadata| m.operator("count-by-user").unwrap().keyed.clone();
+        let config = || KeyedBackendConfig::<u64>::new(KeyGroupRange::all(128).unwrap(), 128);
+        let mut rocks = flowstate_rocksdb::RocksDbBackend::restore(
+            config(),
+            &handles(&original.metadata),
+            &*original.reader,
+            flowstate_rocksdb::RocksDbOptions::new(dir.path().join("work")),
+        )
+        .await
+        .unwrap();
+        let mut heap =
+            flowstate_heap::HeapBackend::restore(config(), &handles(&converted.metadata), &*converted.reader)
+                .await
+                .unwrap();
+        let a = rocks.register(ValueStateDescriptor::<u64>::new("count")).unwrap();
+        let b = heap.register(ValueStateDescriptor::<u64>::new("count")).unwrap();
+        let mut present = 0;
+        for k in 0..2_000u64 {
+            rocks.set_current_key(&k).unwrap();
+            heap.set_current_key(&k).unwrap();
+            let (x, y) = (rocks.value(&a).unwrap(), heap.value(&b).unwrap());
+            assert_eq!(x, y, "key {k}");
+            present += usize::from(x.is_some());
+        }
+        assert!(present > 1_000, "{present} keys");
+    });
+
+    // Key groups are fixed by the max parallelism: another is refused.
+    let out = flowstate(&[
+        "savepoint",
+        "convert",
+        s(&job.join("chk-7")),
+        s(&target),
+        "--max-parallelism",
+        "256",
+    ]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains("max parallelism 128, not 256"),
+        "{}",
+        stderr(&out)
+    );
 }
