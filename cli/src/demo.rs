@@ -31,6 +31,13 @@ pub struct DemoArgs {
     /// Parallelism of the keyed operator.
     #[arg(long, default_value_t = 2)]
     parallelism: u32,
+    /// Parallelism to recover at (rescaling the keyed state and the
+    /// source's offsets); default: `--parallelism`.
+    #[arg(long)]
+    restore_parallelism: Option<u32>,
+    /// List every file left in the directory at the end.
+    #[arg(long)]
+    verbose: bool,
     /// Seed of the event generator.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -454,6 +461,8 @@ struct Job<B> {
     ranges: Vec<KeyGroupRange>,
     key_serializer: SharedSerializer<u64>,
     key_buf: Vec<u8>,
+    /// The files of the last completed checkpoint (to count reused ones).
+    last_files: std::collections::HashSet<String>,
 }
 
 impl<B: DemoBackend> Job<B> {
@@ -478,6 +487,7 @@ impl<B: DemoBackend> Job<B> {
             ranges,
             key_serializer,
             key_buf: Vec::new(),
+            last_files: Default::default(),
         })
     }
 
@@ -608,14 +618,23 @@ impl<B: DemoBackend> Job<B> {
                 MAX_PARALLELISM,
                 results.iter().map(|r| r.handle.clone()).collect(),
             ));
+        let files = metadata.file_paths();
+        let shared = format!("{SHARED_DIR}/");
+        let reused = files
+            .iter()
+            .filter(|f| f.starts_with(&shared) && self.last_files.contains(*f))
+            .count();
         let completion = store.complete(location, metadata).await?;
         if options.kind == CheckpointKind::Checkpoint {
             for s in &mut self.subtasks {
                 s.backend.notify_checkpoint_complete(id)?;
             }
+            self.last_files = files.into_iter().collect();
         }
         Ok(CheckpointReport {
             id,
+            kind: options.kind,
+            reused,
             pointer: completion.pointer,
             sync_ms: sync.as_secs_f64() * 1e3,
             async_ms: async_elapsed.as_secs_f64() * 1e3,
@@ -635,6 +654,9 @@ impl<B: DemoBackend> Job<B> {
 
 struct CheckpointReport {
     id: u64,
+    kind: CheckpointKind,
+    /// Shared files of the previous checkpoint this one references again.
+    reused: usize,
     pointer: String,
     sync_ms: f64,
     async_ms: f64,
@@ -642,10 +664,24 @@ struct CheckpointReport {
     full_size: u64,
 }
 
-fn print_report(r: &CheckpointReport) {
+/// The header of the lines [`print_report`] prints.
+fn print_report_header() {
     println!(
-        "{:>10} {:>9.3} {:>9.3} {:>12} {:>12}  {}",
-        r.id, r.sync_ms, r.async_ms, r.bytes, r.full_size, r.pointer
+        "{:>4} {:10} {:>8} {:>9} {:>12} {:>12} {:>6}  where",
+        "id", "kind", "sync ms", "async ms", "bytes", "full size", "reused"
+    );
+}
+
+fn print_report(r: &CheckpointReport) {
+    let kind = match r.kind {
+        CheckpointKind::Checkpoint => "checkpoint",
+        CheckpointKind::Savepoint => "savepoint",
+    };
+    // Checkpoint pointers are long and alike: their last part says it.
+    let at = r.pointer.rsplit('/').next().unwrap_or(&r.pointer);
+    println!(
+        "{:>4} {kind:10} {:>8.1} {:>9.1} {:>12} {:>12} {:>6}  {at}",
+        r.id, r.sync_ms, r.async_ms, r.bytes, r.full_size, r.reused
     );
 }
 
@@ -722,10 +758,7 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
         args.retain
     );
     println!("directory: {}", root.display());
-    println!(
-        "{:>10} {:>9} {:>9} {:>12} {:>12}  pointer",
-        "checkpoint", "sync ms", "async ms", "bytes", "full bytes"
-    );
+    print_report_header();
 
     // First attempt: runs until the crash.
     let mut store = CheckpointStore::open(Arc::clone(&storage), config).await?;
@@ -763,16 +796,18 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
         .ok_or_else(|| Error::not_found("no complete checkpoint to recover from"))?;
     let latest = store.restore(&pointer, RestoreMode::Claim).await?;
     let id = latest.metadata.checkpoint_id;
-    let mut job = Job::<B>::restore(args.parallelism, &latest, &env).await?;
+    let restore_parallelism = args.restore_parallelism.unwrap_or(args.parallelism);
+    let mut job = Job::<B>::restore(restore_parallelism, &latest, &env).await?;
+    job.last_files = latest.metadata.file_paths().into_iter().collect();
     // The source's restored offsets say where to resume.
     let offset = job.source.position();
     let local = job.subtasks.iter().filter(|s| s.backend.restored_locally()).count();
     println!(
-        "restored checkpoint {id} ({}) in {:.3} ms, {local} of {} subtasks from local copies; the source resumes \
-         at event {offset}",
+        "restored checkpoint {id} ({}) at parallelism {restore_parallelism} in {:.1} ms, {local} of \
+         {restore_parallelism} subtasks from local copies, the others from storage; the source resumes at event \
+         {offset}",
         latest.pointer,
         started.elapsed().as_secs_f64() * 1e3,
-        args.parallelism
     );
     next_id = id + 1;
     for (i, e) in stream.iter().enumerate().skip(offset as usize) {
@@ -803,7 +838,6 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
         let savepoint = job
             .checkpoint(&mut store, next_id, CheckpointKind::Savepoint, &mut sink)
             .await?;
-        println!("savepoint (canonical, self-contained):");
         print_report(&savepoint);
         let gc = store.collect_garbage(&GcOptions::new(Duration::ZERO)).await?;
         println!(
@@ -826,9 +860,20 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
     }
     drop(job);
     if let Some(dir) = &dir {
-        println!("layout left in {}:", dir.display());
-        for line in layout(dir)? {
-            println!("  {line}");
+        let lines = layout(dir)?;
+        if args.verbose {
+            println!("files left in {}:", dir.display());
+            for line in &lines {
+                println!("  {line}");
+            }
+        } else {
+            let job_dir = dir.join("checkpoints").join(JOB);
+            println!(
+                "files left in {} (--verbose lists them); see them with: flowstate checkpoints {} --savepoints {}",
+                dir.display(),
+                job_dir.display(),
+                dir.join("savepoints").display()
+            );
         }
     }
     let windows_passed = sink.committed == want_windows && sink.duplicates == 0;
@@ -872,6 +917,8 @@ mod tests {
             checkpoint_every: 3_000,
             crash_after: 10_000,
             parallelism: 3,
+            restore_parallelism: Some(2),
+            verbose: false,
             seed: 7,
             dir: None,
             storage: "memory".into(),
@@ -892,6 +939,8 @@ mod tests {
             checkpoint_every: 3_000,
             crash_after: 10_000,
             parallelism: 2,
+            restore_parallelism: Some(3),
+            verbose: true,
             seed: 7,
             dir: Some(dir.path().to_path_buf()),
             storage: "fs".into(),
@@ -939,6 +988,8 @@ mod tests {
             checkpoint_every: 3_000,
             crash_after: 10_000,
             parallelism: 2,
+            restore_parallelism: None,
+            verbose: false,
             seed: 7,
             dir: Some(dir.path().to_path_buf()),
             storage: format!("s3://{bucket}/demo-{}", unique_file_name()),
@@ -975,6 +1026,8 @@ mod tests {
                 checkpoint_every: 5,
                 crash_after: 7,
                 parallelism: 1,
+                restore_parallelism: None,
+                verbose: false,
                 seed: 7,
                 dir: None,
                 storage: storage.into(),
