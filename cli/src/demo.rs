@@ -64,10 +64,80 @@ pub struct DemoArgs {
     /// Full checkpoints instead of incremental ones (RocksDB).
     #[arg(long)]
     full: bool,
+    /// Really terminate the process (abort) at this event of the first
+    /// attempt instead of the simulated crash; `--resume` then recovers.
+    #[arg(long, value_name = "EVENT", conflicts_with = "resume")]
+    kill_at: Option<u64>,
+    /// Recover the run left in this directory (by a killed process) from
+    /// what is on disk, finish it and check it is exactly-once. Takes the
+    /// run's settings from the directory; `--storage-option`,
+    /// `--restore-parallelism` and `--verbose` may be given again.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+}
+
+/// The settings of a run, kept in its directory for `--resume`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunSettings {
+    events: u64,
+    keys: u64,
+    checkpoint_every: u64,
+    crash_after: u64,
+    parallelism: u32,
+    seed: u64,
+    storage: String,
+    retain: usize,
+    backend: BackendKind,
+    full: bool,
+}
+
+/// The file of a run's settings in its directory.
+const SETTINGS_FILE: &str = "demo-run.json";
+
+impl DemoArgs {
+    fn settings(&self) -> RunSettings {
+        RunSettings {
+            events: self.events,
+            keys: self.keys,
+            checkpoint_every: self.checkpoint_every,
+            crash_after: self.crash_after,
+            parallelism: self.parallelism,
+            seed: self.seed,
+            storage: self.storage.clone(),
+            retain: self.retain,
+            backend: self.backend,
+            full: self.full,
+        }
+    }
+
+    /// The arguments of the run left in `dir`, with this invocation's
+    /// storage options, restore parallelism and verbosity.
+    fn resumed(self, dir: &Path) -> Result<DemoArgs> {
+        let path = dir.join(SETTINGS_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(path.display(), e))?;
+        let s: RunSettings = serde_json::from_str(&text)
+            .map_err(|e| Error::corrupted(format!("{}: not the settings of a demo run: {e}", path.display())))?;
+        Ok(DemoArgs {
+            events: s.events,
+            keys: s.keys,
+            checkpoint_every: s.checkpoint_every,
+            crash_after: s.crash_after,
+            parallelism: s.parallelism,
+            seed: s.seed,
+            storage: s.storage,
+            retain: s.retain,
+            backend: s.backend,
+            full: s.full,
+            dir: Some(dir.to_path_buf()),
+            kill_at: None,
+            resume: Some(dir.to_path_buf()),
+            ..self
+        })
+    }
 }
 
 /// Which state backend runs the job.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BackendKind {
     /// RocksDB, with incremental checkpoints and local recovery.
     Rocksdb,
@@ -247,21 +317,114 @@ type WindowResults = HashMap<(u64, i64), u64>;
 /// The sink of window results: what a checkpoint's sync phase has seen is
 /// committed once that checkpoint completes (a two-phase-commit sink), so
 /// after a crash nothing is emitted twice or lost.
+/// With a directory, the sink is durable: a checkpoint's results are
+/// written to `pending-<id>` before the checkpoint completes and renamed to
+/// `committed-<id>` after, so a killed process loses none and repeats none.
 #[derive(Default)]
 struct Sink {
     pending: Vec<((u64, i64), u64)>,
     committed: WindowResults,
     duplicates: u64,
+    dir: Option<PathBuf>,
 }
 
 impl Sink {
-    fn commit(&mut self) {
+    /// A sink whose transactions are files in `dir` (made if missing).
+    fn durable(dir: PathBuf) -> Result<Self> {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
+        Ok(Sink {
+            dir: Some(dir),
+            ..Sink::default()
+        })
+    }
+
+    fn file(&self, what: &str, id: u64) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(format!("{what}-{id}")))
+    }
+
+    /// First phase, before checkpoint `id` completes: its results are made
+    /// durable.
+    fn pre_commit(&mut self, id: u64) -> Result<()> {
+        let Some(path) = self.file("pending", id) else {
+            return Ok(());
+        };
+        let mut text = String::new();
+        for ((user, window), sum) in &self.pending {
+            text.push_str(&format!("{user} {window} {sum}\n"));
+        }
+        write_synced(&path, text.as_bytes())
+    }
+
+    /// Second phase, once checkpoint `id` completed.
+    fn commit(&mut self, id: u64) -> Result<()> {
         for (k, v) in self.pending.drain(..) {
             if self.committed.insert(k, v).is_some() {
                 self.duplicates += 1;
             }
         }
+        if let (Some(from), Some(to)) = (self.file("pending", id), self.file("committed", id)) {
+            std::fs::rename(&from, &to).map_err(|e| Error::io(from.display(), e))?;
+        }
+        Ok(())
     }
+
+    /// Checkpoint `id` failed: its first phase is undone (its results stay
+    /// pending for the next checkpoint).
+    fn abort(&mut self, id: u64) {
+        if let Some(path) = self.file("pending", id) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// The durable sink of `dir` after a restore of checkpoint `restored`
+    /// (`None`: none completed): transactions of checkpoints up to it are
+    /// committed (one may have completed without its second phase), later
+    /// ones dropped.
+    fn recover(dir: PathBuf, restored: Option<u64>) -> Result<Self> {
+        let mut sink = Sink::durable(dir.clone())?;
+        let mut files: Vec<(u64, bool, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(dir.display(), e))? {
+            let entry = entry.map_err(|e| Error::io(dir.display(), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let parsed = name
+                .strip_prefix("committed-")
+                .map(|n| (n, true))
+                .or_else(|| name.strip_prefix("pending-").map(|n| (n, false)));
+            if let Some((id, committed)) = parsed.and_then(|(n, c)| n.parse::<u64>().ok().map(|id| (id, c))) {
+                files.push((id, committed, entry.path()));
+            }
+        }
+        files.sort();
+        for (id, committed, path) in files {
+            if !committed && restored.is_none_or(|r| id > r) {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(path.display(), e))?;
+            for line in text.lines() {
+                let mut f = line.split(' ').map(str::parse::<i64>);
+                let (Some(Ok(user)), Some(Ok(window)), Some(Ok(sum)), None) = (f.next(), f.next(), f.next(), f.next())
+                else {
+                    return Err(Error::corrupted(format!("{}: bad line {line:?}", path.display())));
+                };
+                if sink.committed.insert((user as u64, window), sum as u64).is_some() {
+                    sink.duplicates += 1;
+                }
+            }
+            if !committed {
+                sink.commit(id)?;
+            }
+        }
+        Ok(sink)
+    }
+}
+
+/// Writes `data` to a new file at `path` and syncs it.
+fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path.display(), e))?;
+    f.write_all(data).map_err(|e| Error::io(path.display(), e))?;
+    f.sync_all().map_err(|e| Error::io(path.display(), e))
 }
 
 /// The deterministic event stream (xorshift64*).
@@ -556,13 +719,15 @@ impl<B: DemoBackend> Job<B> {
             CheckpointKind::Checkpoint => (store.begin_checkpoint(id).await?, SnapshotOptions::checkpoint()),
             CheckpointKind::Savepoint => (store.begin_savepoint(id, None).await?, SnapshotOptions::savepoint()),
         };
+        sink.pre_commit(id)?;
         match self.snapshot(store, &location, options).await {
             Ok(report) => {
                 // The results fired before this checkpoint's sync phase are final now.
-                sink.commit();
+                sink.commit(id)?;
                 Ok(report)
             }
             Err(e) => {
+                sink.abort(id);
                 if let Err(abort) = store.abort(&location, &[]).await {
                     eprintln!("flowstate demo: aborting checkpoint {id} failed too: {abort}");
                 }
@@ -687,6 +852,10 @@ fn print_report(r: &CheckpointReport) {
 
 /// Runs the demo; returns whether the exactly-once check passed.
 pub async fn run(args: DemoArgs) -> Result<bool> {
+    let args = match args.resume.clone() {
+        Some(dir) => args.resumed(&dir)?,
+        None => args,
+    };
     match args.backend {
         BackendKind::Rocksdb => run_on::<RocksDbBackend<u64>>(args).await,
         BackendKind::Heap => run_on::<HeapBackend<u64>>(args).await,
@@ -697,6 +866,14 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
     if args.checkpoint_every == 0 || args.keys == 0 || args.crash_after >= args.events {
         return Err(Error::invalid(
             "need --checkpoint-every > 0, --keys > 0 and --crash-after < --events",
+        ));
+    }
+    if args.kill_at.is_some_and(|k| k >= args.events) {
+        return Err(Error::invalid("need --kill-at < --events"));
+    }
+    if (args.kill_at.is_some() || args.resume.is_some()) && args.storage == "memory" {
+        return Err(Error::invalid(
+            "--kill-at and --resume need storage that outlives the process (fs or an object store)",
         ));
     }
     let stream = events(args.seed, args.keys, args.events);
@@ -760,56 +937,103 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
     println!("directory: {}", root.display());
     print_report_header();
 
-    // First attempt: runs until the crash.
-    let mut store = CheckpointStore::open(Arc::clone(&storage), config).await?;
-    let mut job = Job::<B>::new(args.parallelism, &env)?;
+    let sink_dir = (!matches!(kind, StorageKind::Memory)).then(|| root.join("sink"));
+    let resuming = args.resume.is_some();
     let mut sink = Sink::default();
     let mut next_id = 1;
-    for (i, e) in stream.iter().enumerate().take(args.crash_after as usize) {
-        job.process(i as u64, e)?;
-        let done = i as u64 + 1;
-        if done.is_multiple_of(WATERMARK_EVERY) {
-            job.advance_watermark(e.time, &mut sink)?;
+    if !resuming {
+        if let Some(d) = &sink_dir {
+            // A fresh run: its settings are kept for --resume, and no
+            // transaction of an earlier run in this directory counts.
+            let _ = std::fs::remove_dir_all(d);
+            sink = Sink::durable(d.clone())?;
+            let settings = serde_json::to_vec_pretty(&args.settings())
+                .map_err(|e| Error::internal(format!("run settings: {e}")))?;
+            write_synced(&root.join(SETTINGS_FILE), &settings)?;
         }
-        if done.is_multiple_of(args.checkpoint_every) {
-            print_report(
-                &job.checkpoint(&mut store, next_id, CheckpointKind::Checkpoint, &mut sink)
-                    .await?,
+        // First attempt: runs until the crash (or the kill).
+        let mut store = CheckpointStore::open(Arc::clone(&storage), config).await?;
+        let mut job = Job::<B>::new(args.parallelism, &env)?;
+        let stop = args.kill_at.unwrap_or(args.crash_after);
+        for (i, e) in stream.iter().enumerate().take(stop as usize) {
+            job.process(i as u64, e)?;
+            let done = i as u64 + 1;
+            if done.is_multiple_of(WATERMARK_EVERY) {
+                job.advance_watermark(e.time, &mut sink)?;
+            }
+            if done.is_multiple_of(args.checkpoint_every) {
+                print_report(
+                    &job.checkpoint(&mut store, next_id, CheckpointKind::Checkpoint, &mut sink)
+                        .await?,
+                );
+                next_id += 1;
+            }
+        }
+        if let Some(at) = args.kill_at {
+            println!(
+                "killing the process at event {at}; recover with: flowstate demo --resume {}",
+                root.display()
             );
-            next_id += 1;
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            std::process::abort();
         }
+        drop((job, store));
+        let lost = std::mem::take(&mut sink.pending).len();
+        println!(
+            "crash after event {}: in-memory state and {lost} uncommitted window results lost",
+            args.crash_after
+        );
     }
-    drop((job, store));
-    let lost = std::mem::take(&mut sink.pending).len();
-    println!(
-        "crash after event {}: in-memory state and {lost} uncommitted window results lost",
-        args.crash_after
-    );
 
     // Recovery: reopen the checkpoint store, restore its latest checkpoint
     // (claiming it) and replay from its offset.
     let started = Instant::now();
     let mut store = CheckpointStore::open(Arc::clone(&storage), config).await?;
-    let pointer = store
-        .latest()
-        .map(|c| c.pointer.clone())
-        .ok_or_else(|| Error::not_found("no complete checkpoint to recover from"))?;
-    let latest = store.restore(&pointer, RestoreMode::Claim).await?;
-    let id = latest.metadata.checkpoint_id;
     let restore_parallelism = args.restore_parallelism.unwrap_or(args.parallelism);
-    let mut job = Job::<B>::restore(restore_parallelism, &latest, &env).await?;
-    job.last_files = latest.metadata.file_paths().into_iter().collect();
+    let pointer = store.latest().map(|c| c.pointer.clone());
+    let mut job = match pointer {
+        Some(pointer) => {
+            let latest = store.restore(&pointer, RestoreMode::Claim).await?;
+            let id = latest.metadata.checkpoint_id;
+            let mut job = Job::<B>::restore(restore_parallelism, &latest, &env).await?;
+            job.last_files = latest.metadata.file_paths().into_iter().collect();
+            let local = job.subtasks.iter().filter(|s| s.backend.restored_locally()).count();
+            println!(
+                "restored checkpoint {id} ({}) at parallelism {restore_parallelism} in {:.1} ms, {local} of \
+                 {restore_parallelism} subtasks from local copies, the others from storage; the source resumes at \
+                 event {}",
+                latest.pointer,
+                started.elapsed().as_secs_f64() * 1e3,
+                job.source.position()
+            );
+            if let (true, Some(d)) = (resuming, &sink_dir) {
+                sink = Sink::recover(d.clone(), Some(id))?;
+            }
+            next_id = id + 1;
+            job
+        }
+        None if resuming => {
+            println!("no checkpoint completed before the process ended: starting again from the first event");
+            if let Some(d) = &sink_dir {
+                sink = Sink::recover(d.clone(), None)?;
+            }
+            // Checkpoint ids are never reused: a killed attempt may have
+            // left files of its first checkpoints.
+            next_id = store
+                .storage()
+                .list_files()
+                .await?
+                .iter()
+                .filter_map(|f| f.path.strip_prefix("chk-")?.split('/').next()?.parse::<u64>().ok())
+                .max()
+                .map_or(1, |m| m + 1);
+            Job::<B>::new(restore_parallelism, &env)?
+        }
+        None => return Err(Error::not_found("no complete checkpoint to recover from")),
+    };
     // The source's restored offsets say where to resume.
     let offset = job.source.position();
-    let local = job.subtasks.iter().filter(|s| s.backend.restored_locally()).count();
-    println!(
-        "restored checkpoint {id} ({}) at parallelism {restore_parallelism} in {:.1} ms, {local} of \
-         {restore_parallelism} subtasks from local copies, the others from storage; the source resumes at event \
-         {offset}",
-        latest.pointer,
-        started.elapsed().as_secs_f64() * 1e3,
-    );
-    next_id = id + 1;
     for (i, e) in stream.iter().enumerate().skip(offset as usize) {
         job.process(i as u64, e)?;
         let done = i as u64 + 1;
@@ -926,6 +1150,8 @@ mod tests {
             retain: 1,
             backend: BackendKind::Heap,
             full: false,
+            kill_at: None,
+            resume: None,
         };
         assert!(run(args).await.unwrap());
     }
@@ -948,6 +1174,8 @@ mod tests {
             retain: 2,
             backend: BackendKind::Rocksdb,
             full: false,
+            kill_at: None,
+            resume: None,
         };
         assert!(run(args).await.unwrap());
         let job = dir.path().join("checkpoints").join(JOB);
@@ -1009,6 +1237,8 @@ mod tests {
             retain: 2,
             backend: BackendKind::Rocksdb,
             full: false,
+            kill_at: None,
+            resume: None,
         };
         assert!(run(args).await.unwrap());
     }
@@ -1035,6 +1265,8 @@ mod tests {
                 retain: 1,
                 backend: BackendKind::Heap,
                 full: false,
+                kill_at: None,
+                resume: None,
             };
             let e = rt.block_on(run(args)).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
