@@ -999,10 +999,14 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
             let mut job = Job::<B>::restore(restore_parallelism, &latest, &env).await?;
             job.last_files = latest.metadata.file_paths().into_iter().collect();
             let local = job.subtasks.iter().filter(|s| s.backend.restored_locally()).count();
+            let from = match local {
+                0 => "from storage".to_string(),
+                n if n == job.subtasks.len() => "from local copies".to_string(),
+                n => format!("{n} of {restore_parallelism} subtasks from local copies, the others from storage"),
+            };
             println!(
-                "restored checkpoint {id} ({}) at parallelism {restore_parallelism} in {:.1} ms, {local} of \
-                 {restore_parallelism} subtasks from local copies, the others from storage; the source resumes at \
-                 event {}",
+                "restored checkpoint {id} ({}) at parallelism {restore_parallelism} in {:.1} ms, {from}; the source \
+                 resumes at event {}",
                 latest.pointer,
                 started.elapsed().as_secs_f64() * 1e3,
                 job.source.position()
