@@ -708,6 +708,37 @@ impl<B: DemoBackend> Job<B> {
     /// Takes checkpoint (or savepoint) `id` of every subtask: sync phases
     /// in turn, async phases concurrently, then the metadata, last. A
     /// checkpoint that fails is aborted.
+    /// Processes events `range` of `stream`, with a watermark every
+    /// [`WATERMARK_EVERY`] events and a checkpoint (reported) every
+    /// `checkpoint_every`, numbered from `next_id`.
+    async fn run_events(
+        &mut self,
+        stream: &[Event],
+        range: std::ops::Range<u64>,
+        checkpoint_every: u64,
+        store: &mut CheckpointStore,
+        sink: &mut Sink,
+        next_id: &mut u64,
+    ) -> Result<()> {
+        for g in range {
+            let Some(e) = stream.get(g as usize) else { break };
+            self.process(g, e)?;
+            let done = g + 1;
+            if done.is_multiple_of(WATERMARK_EVERY) {
+                self.advance_watermark(e.time, sink)?;
+            }
+            if done.is_multiple_of(checkpoint_every) {
+                print_report(
+                    &self
+                        .checkpoint(store, *next_id, CheckpointKind::Checkpoint, sink)
+                        .await?,
+                );
+                *next_id += 1;
+            }
+        }
+        Ok(())
+    }
+
     async fn checkpoint(
         &mut self,
         store: &mut CheckpointStore,
@@ -955,20 +986,15 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
         let mut store = CheckpointStore::open(Arc::clone(&storage), config).await?;
         let mut job = Job::<B>::new(args.parallelism, &env)?;
         let stop = args.kill_at.unwrap_or(args.crash_after);
-        for (i, e) in stream.iter().enumerate().take(stop as usize) {
-            job.process(i as u64, e)?;
-            let done = i as u64 + 1;
-            if done.is_multiple_of(WATERMARK_EVERY) {
-                job.advance_watermark(e.time, &mut sink)?;
-            }
-            if done.is_multiple_of(args.checkpoint_every) {
-                print_report(
-                    &job.checkpoint(&mut store, next_id, CheckpointKind::Checkpoint, &mut sink)
-                        .await?,
-                );
-                next_id += 1;
-            }
-        }
+        job.run_events(
+            &stream,
+            0..stop,
+            args.checkpoint_every,
+            &mut store,
+            &mut sink,
+            &mut next_id,
+        )
+        .await?;
         if let Some(at) = args.kill_at {
             println!(
                 "killing the process at event {at}; recover with: flowstate demo --resume {}",
@@ -1038,20 +1064,15 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
     };
     // The source's restored offsets say where to resume.
     let offset = job.source.position();
-    for (i, e) in stream.iter().enumerate().skip(offset as usize) {
-        job.process(i as u64, e)?;
-        let done = i as u64 + 1;
-        if done.is_multiple_of(WATERMARK_EVERY) {
-            job.advance_watermark(e.time, &mut sink)?;
-        }
-        if done.is_multiple_of(args.checkpoint_every) {
-            print_report(
-                &job.checkpoint(&mut store, next_id, CheckpointKind::Checkpoint, &mut sink)
-                    .await?,
-            );
-            next_id += 1;
-        }
-    }
+    job.run_events(
+        &stream,
+        offset..args.events,
+        args.checkpoint_every,
+        &mut store,
+        &mut sink,
+        &mut next_id,
+    )
+    .await?;
     // End of input: the final watermark closes every window, and a last
     // checkpoint commits their results.
     job.advance_watermark(i64::MAX, &mut sink)?;
