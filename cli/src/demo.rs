@@ -447,10 +447,44 @@ fn events(seed: u64, keys: u64, n: u64) -> Vec<Event> {
 
 /// One parallel instance of the keyed operator: per-user counts and sums,
 /// and per-user sums over event-time tumbling windows, closed by timers.
+/// Amounts at least this large are kept, in order, in list state.
+const LARGE_AMOUNT: u64 = 990;
+/// Width of the amount buckets counted in map state.
+const BUCKET_WIDTH: u64 = 250;
+/// Time to live of a window's running sum: a window whose timer never
+/// fires (its key goes quiet) does not keep state forever.
+const WINDOW_TTL: Duration = Duration::from_secs(3600);
+
+/// What the job keeps per user, as the exactly-once check compares it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct UserState {
+    /// Events seen (value state).
+    count: u64,
+    /// Sum of amounts (reducing state).
+    total: u64,
+    /// Amounts of at least [`LARGE_AMOUNT`], in event order (list state).
+    large: Vec<u64>,
+    /// Events per amount bucket (map state).
+    buckets: std::collections::BTreeMap<u64, u64>,
+}
+
+impl UserState {
+    fn add(&mut self, amount: u64) {
+        self.count += 1;
+        self.total += amount;
+        if amount >= LARGE_AMOUNT {
+            self.large.push(amount);
+        }
+        *self.buckets.entry(amount / BUCKET_WIDTH).or_default() += 1;
+    }
+}
+
 struct Subtask<B> {
     backend: B,
     count: ValueState<u64>,
     total: ReducingState<u64>,
+    large: ListState<u64>,
+    buckets: MapState<u64, u64>,
     window_sum: ReducingState<u64, i64>,
     window_end: TimerService<i64>,
 }
@@ -459,13 +493,20 @@ impl<B: DemoBackend> Subtask<B> {
     fn open(mut backend: B) -> Result<Self> {
         let count = backend.register(ValueStateDescriptor::<u64>::new("count"))?;
         let total = backend.register(ReducingStateDescriptor::<u64>::new("total", |a, b| a + b))?;
-        let window_sum =
-            backend.register(ReducingStateDescriptor::<u64>::new("window-sum", |a, b| a + b).in_namespace::<i64>())?;
+        let large = backend.register(ListStateDescriptor::<u64>::new("large-amounts"))?;
+        let buckets = backend.register(MapStateDescriptor::<u64, u64>::new("amount-buckets"))?;
+        let window_sum = backend.register(
+            ReducingStateDescriptor::<u64>::new("window-sum", |a, b| a + b)
+                .with_ttl(StateTtlConfig::new(WINDOW_TTL))
+                .in_namespace::<i64>(),
+        )?;
         let window_end = backend.register(TimerServiceDescriptor::event_time("window-end").in_namespace::<i64>())?;
         Ok(Subtask {
             backend,
             count,
             total,
+            large,
+            buckets,
             window_sum,
             window_end,
         })
@@ -476,6 +517,12 @@ impl<B: DemoBackend> Subtask<B> {
         let n = self.backend.value(&self.count)?.unwrap_or(0);
         self.backend.update(&self.count, n + 1)?;
         self.backend.reduce(&self.total, e.amount)?;
+        if e.amount >= LARGE_AMOUNT {
+            self.backend.append(&self.large, e.amount)?;
+        }
+        let bucket = e.amount / BUCKET_WIDTH;
+        let seen = self.backend.map_get(&self.buckets, &bucket)?.unwrap_or(0);
+        self.backend.map_put(&self.buckets, bucket, seen + 1)?;
         let window = window_of(e.time);
         self.backend.set_namespace(&self.window_sum, &window)?;
         self.backend.reduce(&self.window_sum, e.amount)?;
@@ -495,12 +542,17 @@ impl<B: DemoBackend> Subtask<B> {
         Ok(())
     }
 
-    fn results(&mut self, out: &mut HashMap<u64, (u64, u64)>) -> Result<()> {
+    fn results(&mut self, out: &mut HashMap<u64, UserState>) -> Result<()> {
         let (count, total) = (self.count.clone(), self.total.clone());
+        let (large, buckets) = (self.large.clone(), self.buckets.clone());
         self.backend.apply_to_all_keys(&count, &VoidNamespace, |b, user| {
-            let n = b.value(&count)?.unwrap_or(0);
-            let sum = b.reduced(&total)?.unwrap_or(0);
-            out.insert(*user, (n, sum));
+            let state = UserState {
+                count: b.value(&count)?.unwrap_or(0),
+                total: b.reduced(&total)?.unwrap_or(0),
+                large: b.list(&large)?,
+                buckets: b.map_entries(&buckets)?.into_iter().collect(),
+            };
+            out.insert(*user, state);
             Ok(())
         })
     }
@@ -720,22 +772,39 @@ impl<B: DemoBackend> Job<B> {
         sink: &mut Sink,
         next_id: &mut u64,
     ) -> Result<()> {
+        // On a terminal, a progress bar (events/s, checkpoints, the one in
+        // flight); elsewhere it draws nothing and the table lines say it.
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(stream.len() as u64),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} events, {per_sec} ({elapsed}) {msg}")
+        {
+            bar.set_style(style);
+        }
+        bar.set_position(range.start);
+        let mut taken = 0;
         for g in range {
             let Some(e) = stream.get(g as usize) else { break };
             self.process(g, e)?;
             let done = g + 1;
             if done.is_multiple_of(WATERMARK_EVERY) {
                 self.advance_watermark(e.time, sink)?;
+                bar.set_position(done);
             }
             if done.is_multiple_of(checkpoint_every) {
-                print_report(
-                    &self
-                        .checkpoint(store, *next_id, CheckpointKind::Checkpoint, sink)
-                        .await?,
-                );
+                bar.set_message(format!("{taken} checkpoints, checkpoint {next_id} in flight"));
+                let report = self
+                    .checkpoint(store, *next_id, CheckpointKind::Checkpoint, sink)
+                    .await?;
+                bar.suspend(|| print_report(&report));
+                taken += 1;
+                bar.set_message(format!("{taken} checkpoints"));
                 *next_id += 1;
             }
         }
+        bar.finish_and_clear();
         Ok(())
     }
 
@@ -839,7 +908,7 @@ impl<B: DemoBackend> Job<B> {
         })
     }
 
-    fn results(&mut self) -> Result<HashMap<u64, (u64, u64)>> {
+    fn results(&mut self) -> Result<HashMap<u64, UserState>> {
         let mut out = HashMap::new();
         for s in &mut self.subtasks {
             s.results(&mut out)?;
@@ -1099,12 +1168,10 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
 
     // The check: the recovered job's state equals a failure-free computation.
     let got = job.results()?;
-    let mut want: HashMap<u64, (u64, u64)> = HashMap::new();
+    let mut want: HashMap<u64, UserState> = HashMap::new();
     let mut want_windows = WindowResults::new();
     for e in &stream {
-        let entry = want.entry(e.user).or_default();
-        entry.0 += 1;
-        entry.1 += e.amount;
+        want.entry(e.user).or_default().add(e.amount);
         *want_windows.entry((e.user, window_of(e.time))).or_default() += e.amount;
     }
     drop(job);
@@ -1129,8 +1196,8 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
     let passed = got == want && windows_passed;
     if passed {
         println!(
-            "exactly-once check: PASSED: {} keys, counts and sums, and {} fired window results, equal a \
-             failure-free run of {} events",
+            "exactly-once check: PASSED: {} keys (counts, sums, lists of large amounts, maps of amount buckets) \
+             and {} fired window results equal a failure-free run of {} events",
             want.len(),
             want_windows.len(),
             args.events
