@@ -45,8 +45,9 @@ pub struct DemoArgs {
     /// under the system's temporary directory). It is left in place.
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Checkpoint storage: `fs` (under `--dir`), `memory`, or an object
-    /// store URL (`s3://bucket/prefix`, `gs://…`, `az://…`, `file:///path`),
+    /// Checkpoint storage: `fs` (under `--dir`), `memory`, a directory, or
+    /// an object store URL (`s3://bucket/prefix`, `gs://…`, `az://…`,
+    /// `file:///path`),
     /// with credentials from the environment (`AWS_*`, …) or
     /// `--storage-option`.
     #[arg(long, default_value = "fs")]
@@ -215,6 +216,8 @@ impl DemoBackend for RocksDbBackend<u64> {
 enum StorageKind {
     /// Filesystem storage under `--dir`.
     Fs,
+    /// Filesystem storage under this directory.
+    Dir(PathBuf),
     /// In-memory ("JobManager memory") storage; lost when the process ends.
     Memory,
     /// An object store at this URL.
@@ -226,7 +229,8 @@ impl StorageKind {
         match s {
             "fs" => StorageKind::Fs,
             "memory" => StorageKind::Memory,
-            url => StorageKind::Object(url.to_string()),
+            url if url.contains("://") => StorageKind::Object(url.to_string()),
+            dir => StorageKind::Dir(PathBuf::from(dir)),
         }
     }
 }
@@ -1001,8 +1005,11 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
             let storage = BlobCheckpointStorage::new(Arc::new(store), JOB)?.with_savepoint_dir(savepoints);
             (Arc::new(storage), None)
         }
-        StorageKind::Fs => {
-            let dir = root.clone();
+        StorageKind::Fs | StorageKind::Dir(_) => {
+            let dir = match &kind {
+                StorageKind::Dir(d) => d.clone(),
+                _ => root.clone(),
+            };
             let fs = FsCheckpointStorage::open(dir.join("checkpoints"), JOB)?
                 .with_savepoint_dir(dir.join("savepoints").display().to_string());
             (Arc::new(fs), Some(dir))
@@ -1024,6 +1031,7 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
         },
         match &kind {
             StorageKind::Fs => "filesystem",
+            StorageKind::Dir(d) => d.to_str().unwrap_or("a directory"),
             StorageKind::Memory => "memory",
             StorageKind::Object(url) => url.as_str(),
         },

@@ -373,3 +373,26 @@ fn convert_rewrites_an_incremental_checkpoint_as_a_canonical_savepoint() {
         stderr(&out)
     );
 }
+
+#[test]
+fn demo_takes_a_directory_as_its_storage() {
+    let work = tempfile::tempdir().unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let mut args = vec!["demo", "--dir", s(work.path()), "--storage", s(storage.path())];
+    args.extend(DEMO);
+    let out = flowstate(&args);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let job = storage.path().join("checkpoints").join(JOB);
+    assert!(job.join("chk-7").join("_metadata").is_file());
+    assert!(
+        !work.path().join("checkpoints").exists(),
+        "checkpoints go to --storage, not --dir"
+    );
+    let out = flowstate(&["checkpoints", s(&job)]);
+    assert_eq!(code(&out), 0);
+    assert!(
+        stdout(&out).contains("latest complete checkpoint: 7"),
+        "{}",
+        stdout(&out)
+    );
+}
