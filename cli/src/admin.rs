@@ -189,6 +189,12 @@ async fn list_under(store: &Arc<dyn BlobStore>, storage: &dyn CheckpointStorage)
             error: None,
         };
         if store.head(&dir.join(METADATA_FILE)?).await?.is_none() {
+            // No metadata file, or something else in its place (a FIFO, a
+            // link out of the directory): the latter is unreadable.
+            if let Some(e) = metadata_in_the_way(store, &dir).await? {
+                listed.status = "unreadable";
+                listed.error = Some(e.to_string());
+            }
             out.push((listed, Vec::new()));
             continue;
         }
@@ -215,6 +221,17 @@ async fn list_under(store: &Arc<dyn BlobStore>, storage: &dyn CheckpointStorage)
         }
     }
     Ok(out)
+}
+
+/// The error of reading `dir/_metadata` when something that is not a
+/// regular file stands where it should be; `None` when there is nothing.
+async fn metadata_in_the_way(store: &Arc<dyn BlobStore>, dir: &BlobPath) -> Result<Option<Error>> {
+    match store.get_range(&dir.join(METADATA_FILE)?, 0..1).await {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Ok(Some(e)),
+        // Readable after all (written since it was looked for).
+        Ok(_) => Ok(None),
+    }
 }
 
 /// Lists checkpoints and savepoints.
@@ -777,7 +794,21 @@ struct GcFile {
 
 /// Finds (and with `--delete` deletes) files no checkpoint references.
 pub async fn gc(args: GcArgs) -> Result<Outcome> {
-    let (_, storage) = storage_at(&args.target, &args.store)?;
+    let (store, storage) = storage_at(&args.target, &args.store)?;
+    // A checkpoint whose `_metadata` is something other than a regular file
+    // cannot say which files it references: nothing may be collected.
+    for dir in store.list_level(None).await?.dirs {
+        if !dir.as_str().starts_with("chk-") || store.head(&dir.join(METADATA_FILE)?).await?.is_some() {
+            continue;
+        }
+        if let Some(e) = metadata_in_the_way(&store, &dir).await? {
+            return Err(e.context(format!(
+                "garbage collection refused, nothing deleted: {}/{}/{METADATA_FILE}",
+                store.root(),
+                dir.as_str()
+            )));
+        }
+    }
     let store = CheckpointStore::open(storage, CheckpointStoreConfig::default()).await?;
     let mut options = GcOptions::new(args.min_age);
     if args.delete {

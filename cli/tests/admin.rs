@@ -396,3 +396,35 @@ fn demo_takes_a_directory_as_its_storage() {
         stdout(&out)
     );
 }
+
+#[test]
+fn a_fifo_or_a_link_in_place_of_metadata_is_unreadable_and_stops_gc() {
+    let (_dir, job) = demo_on_disk();
+    let fifo = job.join("chk-8");
+    std::fs::create_dir(&fifo).unwrap();
+    let status = Command::new("mkfifo").arg(fifo.join("_metadata")).status().unwrap();
+    assert!(status.success());
+    let out = flowstate(&["checkpoints", s(&job)]);
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.lines().any(|l| l.contains("chk-8") && l.contains("unreadable")),
+        "{text}"
+    );
+    assert!(text.contains("FIFO"), "{text}");
+    let out = flowstate(&["gc", s(&job), "--min-age", "0", "--delete"]);
+    assert_eq!(code(&out), 2, "{}", stdout(&out));
+    assert!(stderr(&out).contains("chk-8/_metadata"), "{}", stderr(&out));
+
+    std::fs::remove_file(fifo.join("_metadata")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", fifo.join("_metadata")).unwrap();
+    let out = flowstate(&["checkpoints", s(&job)]);
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    let out = flowstate(&["gc", s(&job), "--min-age", "0", "--delete"]);
+    assert_eq!(code(&out), 2, "{}", stdout(&out));
+    // Nothing was deleted: the retained checkpoints still verify.
+    for chk in ["chk-6", "chk-7"] {
+        let out = flowstate(&["inspect", s(&job.join(chk)), "--verify"]);
+        assert_eq!(code(&out), 0, "{chk}: {}", stdout(&out));
+    }
+}
