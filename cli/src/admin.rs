@@ -103,7 +103,7 @@ fn utc(millis: u64) -> String {
 }
 
 /// Bytes in a unit a person reads at a glance.
-fn size(bytes: u64) -> String {
+pub(crate) fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut unit = 0;
@@ -160,19 +160,14 @@ async fn list_under(store: &Arc<dyn BlobStore>, storage: &dyn CheckpointStorage)
     let mut dirs = store.list_level(None).await?.dirs;
     dirs.sort_by_key(|d| {
         let name = d.as_str();
-        (
-            name.strip_prefix("chk-")
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(u64::MAX),
-            name.to_string(),
-        )
+        (checkpoint_dir_id(name).unwrap_or(u64::MAX), name.to_string())
     });
     for dir in dirs {
         let name = dir.as_str();
-        let (id, kind) = match name.strip_prefix("chk-").map(str::parse::<u64>) {
-            Some(Ok(id)) => (Some(id), "checkpoint"),
-            Some(Err(_)) => continue,
+        let (id, kind) = match checkpoint_dir_id(name) {
+            Some(id) => (Some(id), "checkpoint"),
             None if name.starts_with("savepoint-") => (None, "savepoint"),
+            // Not ours: `chk-x`, `chk-007`, anything else.
             None => continue,
         };
         let pointer = format!("{}/{name}", store.root());
@@ -357,6 +352,8 @@ struct InspectedOperator {
     parallelism: u32,
     max_parallelism: u32,
     states: Vec<InspectedState>,
+    /// Why no snapshot header could be read (the states are then unknown).
+    states_error: Option<String>,
     keyed: Vec<InspectedHandle>,
     operator_state: Vec<InspectedOperatorState>,
 }
@@ -415,26 +412,24 @@ fn inline_bytes(stream: &StreamStateHandle) -> u64 {
     }
 }
 
-/// The header at the start of a canonical stream, reading as little as it can.
-async fn canonical_header(reader: &dyn StateReader, stream: &StreamStateHandle) -> Result<SnapshotHeader> {
-    let size = stream.size();
-    if size > 1 << 16 {
-        if let Ok(bytes) = reader.read_ranges(stream, std::slice::from_ref(&(0..1 << 16))).await {
-            if let Some(first) = bytes.first() {
-                if let Ok((header, _)) = SnapshotHeader::decode(first) {
-                    return Ok(header);
-                }
-            }
-        }
-    }
-    let data = reader.read(stream).await?;
-    Ok(SnapshotHeader::decode(&data)?.0)
+/// The header at the start of a canonical stream: the bytes before its
+/// first key-group frame, by one ranged read.
+async fn canonical_header(reader: &dyn StateReader, k: &KeyGroupsStateHandle) -> Result<SnapshotHeader> {
+    let end = k
+        .offsets
+        .first()
+        .copied()
+        .unwrap_or(k.stream.size())
+        .min(k.stream.size());
+    let parts = reader.read_ranges(&k.stream, std::slice::from_ref(&(0..end))).await?;
+    let head = parts.into_iter().next().unwrap_or_default();
+    Ok(SnapshotHeader::decode(&head)?.0)
 }
 
 async fn header_of(reader: &dyn StateReader, h: &KeyedStateHandle) -> Result<Option<SnapshotHeader>> {
     match h {
         KeyedStateHandle::KeyGroups(k) if !matches!(k.stream, StreamStateHandle::Empty) => {
-            Ok(Some(canonical_header(reader, &k.stream).await?))
+            Ok(Some(canonical_header(reader, k).await?))
         }
         KeyedStateHandle::Incremental(i) => {
             let data = reader.read(&i.meta).await?;
@@ -482,12 +477,20 @@ pub async fn inspect(args: InspectArgs) -> Result<Outcome> {
     let reader = &*resolved.reader;
     let mut operators = Vec::new();
     for op in &m.operators {
+        // The states, from the first snapshot header that reads; a damaged
+        // file is reported (and named by `--verify`), not fatal.
         let mut states = Vec::new();
+        let mut states_error = None;
         for h in &op.keyed {
-            if let Some(header) = header_of(reader, h)
-                .await
-                .map_err(|e| e.context(format!("operator {}", op.operator_id)))?
-            {
+            let header = match header_of(reader, h).await {
+                Ok(header) => header,
+                Err(e) => {
+                    states_error.get_or_insert_with(|| e.to_string());
+                    continue;
+                }
+            };
+            if let Some(header) = header {
+                states_error = None;
                 states = header
                     .states
                     .iter()
@@ -557,6 +560,7 @@ pub async fn inspect(args: InspectArgs) -> Result<Outcome> {
             parallelism: op.parallelism,
             max_parallelism: op.max_parallelism,
             states,
+            states_error,
             keyed,
             operator_state,
         });
@@ -601,6 +605,9 @@ fn print_inspected(r: &Inspected) {
             "  operator {:?}: parallelism {}, max parallelism {}",
             op.id, op.parallelism, op.max_parallelism
         );
+        if let Some(e) = &op.states_error {
+            println!("    states unknown: no snapshot header could be read: {e}");
+        }
         for s in &op.states {
             let user_key = s
                 .user_key_serializer
@@ -647,28 +654,27 @@ fn print_inspected(r: &Inspected) {
     }
 }
 
-/// Reads every file `m` references and checks sizes and checksums; returns
-/// one line per missing or damaged file.
+/// Bytes asked for per ranged read while verifying: memory stays bounded by
+/// this (or by one key-group frame or operator-state block, if larger),
+/// whatever the size of the files.
+const VERIFY_CHUNK: u64 = 8 << 20;
+
+/// Reads every file `m` references, in ranges, and checks sizes and
+/// checksums; returns one line per missing or damaged file.
 async fn verify(m: &CheckpointMetadata, reader: &dyn StateReader) -> Vec<String> {
     let mut problems = Vec::new();
     for op in &m.operators {
         for h in &op.keyed {
             match h {
                 KeyedStateHandle::KeyGroups(k) => {
-                    if let Err(e) = verify_canonical(reader, k, op.max_parallelism).await {
+                    if let Err(e) = verify_canonical(reader, k, op.max_parallelism, VERIFY_CHUNK).await {
                         problems.push(format!("{}: {e}", k.stream.describe()));
                     }
                 }
                 KeyedStateHandle::Incremental(i) => {
                     for f in i.shared.iter().chain(&i.private) {
-                        match reader.read(&f.stream).await {
-                            Ok(data) if data.len() as u64 != f.stream.size() => problems.push(format!(
-                                "{}: {} bytes, the metadata says {}",
-                                f.stream.describe(),
-                                data.len(),
-                                f.stream.size()
-                            )),
-                            Ok(data) if crc32c::crc32c(&data) != f.crc32c => {
+                        match checksum(reader, &f.stream, VERIFY_CHUNK).await {
+                            Ok(crc) if crc != f.crc32c => {
                                 problems.push(format!("{}: CRC-32C does not match the metadata", f.stream.describe()))
                             }
                             Ok(_) => {}
@@ -690,52 +696,115 @@ async fn verify(m: &CheckpointMetadata, reader: &dyn StateReader) -> Vec<String>
             }
         }
         for h in &op.operator_state {
-            let data = match reader.read(&h.stream).await {
-                Ok(data) => data,
-                Err(e) => {
-                    problems.push(format!("{}: {e}", h.stream.describe()));
-                    continue;
-                }
-            };
-            for b in &h.states {
-                let block = usize::try_from(b.offset)
-                    .ok()
-                    .zip(usize::try_from(b.offset.saturating_add(b.length)).ok())
-                    .and_then(|(start, end)| data.get(start..end));
-                match block {
-                    None => problems.push(format!("{}: state {:?} lies past its end", h.stream.describe(), b.name)),
-                    Some(block) if crc32c::crc32c(block) != b.crc32c => problems.push(format!(
-                        "{}: state {:?}: CRC-32C does not match the metadata",
-                        h.stream.describe(),
-                        b.name
-                    )),
-                    Some(_) => {}
-                }
+            if let Err(e) = verify_operator_state(reader, h).await {
+                problems.push(format!("{}: {e}", h.stream.describe()));
             }
         }
     }
     problems
 }
 
-/// Reads a canonical snapshot whole and checks every key group's frame and
-/// records.
-async fn verify_canonical(reader: &dyn StateReader, k: &KeyGroupsStateHandle, max_parallelism: u32) -> Result<()> {
+/// The CRC-32C of a whole stream, read `chunk` bytes at a time; an error if
+/// the file is shorter or longer than its handle says.
+async fn checksum(reader: &dyn StateReader, stream: &StreamStateHandle, chunk: u64) -> Result<u32> {
+    let size = stream.size();
+    let mut crc = 0;
+    let mut at = 0;
+    while at < size {
+        let end = size.min(at.saturating_add(chunk.max(1)));
+        for part in reader.read_ranges(stream, std::slice::from_ref(&(at..end))).await? {
+            crc = crc32c::crc32c_append(crc, &part);
+        }
+        at = end;
+    }
+    check_ends_at_size(reader, stream).await?;
+    Ok(crc)
+}
+
+/// Refuses a file that holds more bytes than its handle says: a one-byte
+/// read past the declared end must find nothing. (A shorter file fails the
+/// ranged reads before this.)
+async fn check_ends_at_size(reader: &dyn StateReader, stream: &StreamStateHandle) -> Result<()> {
+    let StreamStateHandle::File { path, size } = stream else {
+        return Ok(());
+    };
+    let Some(past) = size.checked_add(1) else {
+        return Ok(());
+    };
+    let probe = StreamStateHandle::File {
+        path: path.clone(),
+        size: past,
+    };
+    match reader.read_ranges(&probe, std::slice::from_ref(&(*size..past))).await {
+        Ok(parts) if parts.iter().any(|p| !p.is_empty()) => Err(Error::corrupted(format!(
+            "holds more than the {size} bytes the metadata says"
+        ))),
+        Ok(_) => Ok(()),
+        // The storage reports the file ending before the probed byte.
+        Err(e) if e.kind() == ErrorKind::Corrupted => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Checks an operator-state stream block by block, each by one ranged read.
+async fn verify_operator_state(reader: &dyn StateReader, h: &OperatorStateHandle) -> Result<()> {
+    let size = h.stream.size();
+    for b in &h.states {
+        let end = b
+            .offset
+            .checked_add(b.length)
+            .filter(|end| *end <= size)
+            .ok_or_else(|| Error::corrupted(format!("state {:?} lies past the stream's {size} bytes", b.name)))?;
+        let parts = reader
+            .read_ranges(&h.stream, std::slice::from_ref(&(b.offset..end)))
+            .await?;
+        let crc = parts.iter().fold(0, |crc, p| crc32c::crc32c_append(crc, p));
+        if crc != b.crc32c {
+            return Err(Error::corrupted(format!(
+                "state {:?}: CRC-32C does not match the metadata",
+                b.name
+            )));
+        }
+    }
+    check_ends_at_size(reader, &h.stream).await
+}
+
+/// Reads a canonical snapshot a run of key groups at a time (one ranged read
+/// of about `chunk` bytes each, plus the header) and checks every key group's
+/// frame and records, then that the file ends where its handle says.
+async fn verify_canonical(
+    reader: &dyn StateReader,
+    k: &KeyGroupsStateHandle,
+    max_parallelism: u32,
+    chunk: u64,
+) -> Result<()> {
     if matches!(k.stream, StreamStateHandle::Empty) {
         return Ok(());
     }
-    let data = reader.read(&k.stream).await?;
-    if data.len() as u64 != k.stream.size() {
-        return Err(Error::corrupted(format!(
-            "{} bytes, the metadata says {}",
-            data.len(),
-            k.stream.size()
-        )));
+    let name = k.stream.describe();
+    let range = k.range;
+    let offsets = &k.offsets;
+    let mut first = 0usize;
+    loop {
+        // Key groups [first, last) of the handle: at least one, and as many
+        // more as start within `chunk` bytes of the first.
+        let start = offsets.get(first).copied().unwrap_or_default();
+        let mut last = first + 1;
+        while last < offsets.len() && offsets[last].saturating_sub(start) < chunk {
+            last += 1;
+        }
+        let last = last.min(range.len() as usize);
+        let want = KeyGroupRange::new(range.start() + first as u32, range.start() + last as u32)?;
+        let (snapshot, _) = CanonicalSnapshot::read(reader, k, want, &name).await?;
+        for kg in want.iter() {
+            snapshot.key_group(kg)?.for_each_verified(max_parallelism, |_| Ok(()))?;
+        }
+        if last >= range.len() as usize {
+            break;
+        }
+        first = last;
     }
-    let snapshot = CanonicalSnapshot::open(data, k, &k.stream.describe())?;
-    for kg in k.range.iter() {
-        snapshot.key_group(kg)?.for_each_verified(max_parallelism, |_| Ok(()))?;
-    }
-    Ok(())
+    check_ends_at_size(reader, &k.stream).await
 }
 
 // ------------------------------------------------------------------------- gc
@@ -794,21 +863,7 @@ struct GcFile {
 
 /// Finds (and with `--delete` deletes) files no checkpoint references.
 pub async fn gc(args: GcArgs) -> Result<Outcome> {
-    let (store, storage) = storage_at(&args.target, &args.store)?;
-    // A checkpoint whose `_metadata` is something other than a regular file
-    // cannot say which files it references: nothing may be collected.
-    for dir in store.list_level(None).await?.dirs {
-        if !dir.as_str().starts_with("chk-") || store.head(&dir.join(METADATA_FILE)?).await?.is_some() {
-            continue;
-        }
-        if let Some(e) = metadata_in_the_way(&store, &dir).await? {
-            return Err(e.context(format!(
-                "garbage collection refused, nothing deleted: {}/{}/{METADATA_FILE}",
-                store.root(),
-                dir.as_str()
-            )));
-        }
-    }
+    let (_, storage) = storage_at(&args.target, &args.store)?;
     let store = CheckpointStore::open(storage, CheckpointStoreConfig::default()).await?;
     let mut options = GcOptions::new(args.min_age);
     if args.delete {
@@ -893,6 +948,114 @@ mod tests {
             ("s3://b/sp".to_string(), "savepoint-x".to_string())
         );
         assert!(split_pointer("/definitely/not/here/chk-1").is_err());
+    }
+
+    /// Counts the ranged reads and the largest one.
+    #[derive(Debug)]
+    struct CountingReader {
+        inner: Arc<dyn StateReader>,
+        reads: std::sync::atomic::AtomicU64,
+        largest: std::sync::atomic::AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl StateReader for CountingReader {
+        async fn read(&self, handle: &StreamStateHandle) -> Result<bytes::Bytes> {
+            self.largest
+                .fetch_max(handle.size(), std::sync::atomic::Ordering::SeqCst);
+            self.inner.read(handle).await
+        }
+        async fn read_ranges(
+            &self,
+            handle: &StreamStateHandle,
+            ranges: &[std::ops::Range<u64>],
+        ) -> Result<Vec<bytes::Bytes>> {
+            for r in ranges {
+                self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.largest
+                    .fetch_max(r.end - r.start, std::sync::atomic::Ordering::SeqCst);
+            }
+            self.inner.read_ranges(handle, ranges).await
+        }
+    }
+
+    /// A full heap snapshot of 5,000 keys over 128 key groups in a file.
+    async fn snapshot_file(dir: &Path) -> (KeyGroupsStateHandle, Arc<dyn StateReader>, std::path::PathBuf) {
+        let storage = flowstate_fs::FsCheckpointStorage::open(dir, "job").unwrap();
+        let mut b =
+            flowstate_heap::HeapBackend::new(KeyedBackendConfig::<u64>::new(KeyGroupRange::all(128).unwrap(), 128))
+                .unwrap();
+        let v = b.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
+        for k in 0..5_000u64 {
+            b.set_current_key(&k).unwrap();
+            b.update(&v, vec![k as u8; 64]).unwrap();
+        }
+        let location = storage.init_checkpoint(1).await.unwrap();
+        let result = b
+            .snapshot(1, location.clone(), SnapshotOptions::checkpoint())
+            .unwrap()
+            .await
+            .unwrap();
+        let mut m = CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 0);
+        m.operators
+            .push(OperatorState::new("op", 1, 128, vec![result.handle.clone()]));
+        let pointer = location.write_metadata(&m).await.unwrap();
+        let reader = storage.resolve(&pointer).await.unwrap().reader;
+        let KeyedStateHandle::KeyGroups(k) = result.handle else {
+            panic!("a heap checkpoint is canonical: {:?}", result.handle)
+        };
+        let path = dir.join("job").join(k.stream.file_path().unwrap());
+        (k, reader, path)
+    }
+
+    #[tokio::test]
+    async fn verify_reads_a_canonical_snapshot_in_bounded_ranges_and_names_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k, inner, path) = snapshot_file(dir.path()).await;
+        let size = k.stream.size();
+        assert!(size > 100_000, "{size}");
+        let reader = CountingReader {
+            inner: inner.clone(),
+            reads: 0.into(),
+            largest: 0.into(),
+        };
+        verify_canonical(&reader, &k, 128, 16 << 10).await.unwrap();
+        let reads = reader.reads.load(std::sync::atomic::Ordering::SeqCst);
+        let largest = reader.largest.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(reads >= size / (16 << 10), "{reads} reads of a {size}-byte file");
+        assert!(largest < 32 << 10, "a read of {largest} bytes");
+        // One chunk as large as the file reads it whole; the result is the same.
+        verify_canonical(&*inner, &k, 128, u64::MAX).await.unwrap();
+        // A wrong max parallelism puts keys in the wrong key groups.
+        assert!(verify_canonical(&*inner, &k, 256, 16 << 10).await.is_err());
+
+        let original = std::fs::read(&path).unwrap();
+        // A flipped byte in the last key group's frame.
+        let mut bytes = original.clone();
+        let at = bytes.len() - 3;
+        bytes[at] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = verify_canonical(&*inner, &k, 128, 16 << 10).await.unwrap_err();
+        assert!(e.to_string().contains("key group 127"), "{e}");
+        // A byte appended: longer than the metadata says.
+        let mut bytes = original.clone();
+        bytes.push(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let e = verify_canonical(&*inner, &k, 128, 16 << 10).await.unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+        let e = checksum(&*inner, &k.stream, 1000).await.unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+        // Truncated.
+        std::fs::write(&path, &original[..original.len() - 10]).unwrap();
+        let e = verify_canonical(&*inner, &k, 128, 16 << 10).await.unwrap_err();
+        assert!(e.to_string().contains(k.stream.file_path().unwrap()), "{e}");
+        assert!(checksum(&*inner, &k.stream, 1000).await.is_err());
+        // Whole again: the chunked checksum is the file's.
+        std::fs::write(&path, &original).unwrap();
+        assert_eq!(
+            checksum(&*inner, &k.stream, 1000).await.unwrap(),
+            crc32c::crc32c(&original)
+        );
     }
 }
 

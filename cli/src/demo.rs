@@ -761,12 +761,11 @@ impl<B: DemoBackend> Job<B> {
         Ok(())
     }
 
-    /// Takes checkpoint (or savepoint) `id` of every subtask: sync phases
-    /// in turn, async phases concurrently, then the metadata, last. A
-    /// checkpoint that fails is aborted.
     /// Processes events `range` of `stream`, with a watermark every
-    /// [`WATERMARK_EVERY`] events and a checkpoint (reported) every
-    /// `checkpoint_every`, numbered from `next_id`.
+    /// [`WATERMARK_EVERY`] events and a checkpoint every `checkpoint_every`,
+    /// numbered from `next_id`; each checkpoint gets a progress line and
+    /// joins `reports`.
+    #[allow(clippy::too_many_arguments)]
     async fn run_events(
         &mut self,
         stream: &[Event],
@@ -775,9 +774,10 @@ impl<B: DemoBackend> Job<B> {
         store: &mut CheckpointStore,
         sink: &mut Sink,
         next_id: &mut u64,
+        reports: &mut Vec<CheckpointReport>,
     ) -> Result<()> {
         // On a terminal, a progress bar (events/s, checkpoints, the one in
-        // flight); elsewhere it draws nothing and the table lines say it.
+        // flight) under the progress lines; elsewhere only the lines.
         let bar = indicatif::ProgressBar::with_draw_target(
             Some(stream.len() as u64),
             indicatif::ProgressDrawTarget::stderr(),
@@ -802,7 +802,8 @@ impl<B: DemoBackend> Job<B> {
                 let report = self
                     .checkpoint(store, *next_id, CheckpointKind::Checkpoint, sink)
                     .await?;
-                bar.suspend(|| print_report(&report));
+                bar.suspend(|| println!("{}", progress_line(&format!("event {done}"), &report)));
+                reports.push(report);
                 taken += 1;
                 bar.set_message(format!("{taken} checkpoints"));
                 *next_id += 1;
@@ -812,6 +813,9 @@ impl<B: DemoBackend> Job<B> {
         Ok(())
     }
 
+    /// Takes checkpoint (or savepoint) `id` of every subtask: sync phases
+    /// in turn, async phases concurrently, then the metadata, last. A
+    /// checkpoint that fails is aborted.
     async fn checkpoint(
         &mut self,
         store: &mut CheckpointStore,
@@ -933,25 +937,46 @@ struct CheckpointReport {
     full_size: u64,
 }
 
-/// The header of the lines [`print_report`] prints.
-fn print_report_header() {
+impl CheckpointReport {
+    fn kind(&self) -> &'static str {
+        match self.kind {
+            CheckpointKind::Checkpoint => "checkpoint",
+            CheckpointKind::Savepoint => "savepoint",
+        }
+    }
+}
+
+/// The line printed while the job runs, when a checkpoint completes; `at`
+/// says when (`event 25000`, `end of input`).
+fn progress_line(at: &str, r: &CheckpointReport) -> String {
+    format!(
+        "{at:>13}: {} {} complete, {} written",
+        r.kind(),
+        r.id,
+        crate::admin::size(r.bytes)
+    )
+}
+
+/// The summary table printed at the end: one row per checkpoint.
+fn print_table(reports: &[CheckpointReport]) {
     println!(
         "{:>4} {:10} {:>8} {:>9} {:>12} {:>12} {:>6}  where",
         "id", "kind", "sync ms", "async ms", "bytes", "full size", "reused"
     );
-}
-
-fn print_report(r: &CheckpointReport) {
-    let kind = match r.kind {
-        CheckpointKind::Checkpoint => "checkpoint",
-        CheckpointKind::Savepoint => "savepoint",
-    };
-    // Checkpoint pointers are long and alike: their last part says it.
-    let at = r.pointer.rsplit('/').next().unwrap_or(&r.pointer);
-    println!(
-        "{:>4} {kind:10} {:>8.1} {:>9.1} {:>12} {:>12} {:>6}  {at}",
-        r.id, r.sync_ms, r.async_ms, r.bytes, r.full_size, r.reused
-    );
+    for r in reports {
+        // Checkpoint pointers are long and alike: their last part says it.
+        let at = r.pointer.rsplit('/').next().unwrap_or(&r.pointer);
+        println!(
+            "{:>4} {:10} {:>8.1} {:>9.1} {:>12} {:>12} {:>6}  {at}",
+            r.id,
+            r.kind(),
+            r.sync_ms,
+            r.async_ms,
+            r.bytes,
+            r.full_size,
+            r.reused
+        );
+    }
 }
 
 /// Runs the demo; returns whether the exactly-once check passed.
@@ -1043,7 +1068,7 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
         args.retain
     );
     println!("directory: {}", root.display());
-    print_report_header();
+    let mut reports = Vec::new();
 
     let sink_dir = (!matches!(kind, StorageKind::Memory)).then(|| root.join("sink"));
     let resuming = args.resume.is_some();
@@ -1070,6 +1095,7 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
             &mut store,
             &mut sink,
             &mut next_id,
+            &mut reports,
         )
         .await?;
         if let Some(at) = args.kill_at {
@@ -1084,8 +1110,8 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
         drop((job, store));
         let lost = std::mem::take(&mut sink.pending).len();
         println!(
-            "crash after event {}: in-memory state and {lost} uncommitted window results lost",
-            args.crash_after
+            "{:>13}: crash: in-memory state and {lost} uncommitted window results lost",
+            format!("event {}", args.crash_after)
         );
     }
 
@@ -1095,6 +1121,7 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
     let mut store = CheckpointStore::open(Arc::clone(&storage), config).await?;
     let restore_parallelism = args.restore_parallelism.unwrap_or(args.parallelism);
     let pointer = store.latest().map(|c| c.pointer.clone());
+    let mut restored = None;
     let mut job = match pointer {
         Some(pointer) => {
             let latest = store.restore(&pointer, RestoreMode::Claim).await?;
@@ -1107,13 +1134,15 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
                 n if n == job.subtasks.len() => "from local copies".to_string(),
                 n => format!("{n} of {restore_parallelism} subtasks from local copies, the others from storage"),
             };
-            println!(
-                "restored checkpoint {id} ({}) at parallelism {restore_parallelism} in {:.1} ms, {from}; the source \
-                 resumes at event {}",
-                latest.pointer,
-                started.elapsed().as_secs_f64() * 1e3,
-                job.source.position()
+            let summary = format!(
+                "restored checkpoint {id} at parallelism {restore_parallelism} in {:.1} ms, {from}",
+                started.elapsed().as_secs_f64() * 1e3
             );
+            println!(
+                "{:>13}: {summary}; replaying from here",
+                format!("event {}", job.source.position())
+            );
+            restored = Some(format!("{summary} ({})", latest.pointer));
             if let (true, Some(d)) = (resuming, &sink_dir) {
                 sink = Sink::recover(d.clone(), Some(id))?;
             }
@@ -1127,14 +1156,7 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
             }
             // Checkpoint ids are never reused: a killed attempt may have
             // left files of its first checkpoints.
-            next_id = store
-                .storage()
-                .list_files()
-                .await?
-                .iter()
-                .filter_map(|f| f.path.strip_prefix("chk-")?.split('/').next()?.parse::<u64>().ok())
-                .max()
-                .map_or(1, |m| m + 1);
+            next_id = store.storage().checkpoint_dirs().await?.last().map_or(1, |m| m + 1);
             Job::<B>::new(restore_parallelism, &env)?
         }
         None => return Err(Error::not_found("no complete checkpoint to recover from")),
@@ -1148,28 +1170,42 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
         &mut store,
         &mut sink,
         &mut next_id,
+        &mut reports,
     )
     .await?;
     // End of input: the final watermark closes every window, and a last
     // checkpoint commits their results.
     job.advance_watermark(i64::MAX, &mut sink)?;
-    print_report(
-        &job.checkpoint(&mut store, next_id, CheckpointKind::Checkpoint, &mut sink)
-            .await?,
-    );
+    let last = job
+        .checkpoint(&mut store, next_id, CheckpointKind::Checkpoint, &mut sink)
+        .await?;
+    println!("{}", progress_line("end of input", &last));
+    reports.push(last);
     next_id += 1;
     // Memory storage keeps nothing once the process ends: a savepoint there
     // would outlive nothing.
+    let mut gc = None;
     if !matches!(kind, StorageKind::Memory) {
         let savepoint = job
             .checkpoint(&mut store, next_id, CheckpointKind::Savepoint, &mut sink)
             .await?;
-        print_report(&savepoint);
-        let gc = store.collect_garbage(&GcOptions::new(Duration::ZERO)).await?;
+        println!("{}", progress_line("end of input", &savepoint));
+        reports.push(savepoint);
+        gc = Some(store.collect_garbage(&GcOptions::new(Duration::ZERO)).await?);
+    }
+
+    // The summary: every checkpoint, the restore, where the files are.
+    println!();
+    print_table(&reports);
+    match &restored {
+        Some(r) => println!("{r}"),
+        None => println!("restored nothing: started again from the first event"),
+    }
+    if let Some(gc) = gc {
         println!(
-            "garbage collection (dry run): {} orphaned files, {} bytes; {} metadata files read",
+            "garbage collection (dry run): {} orphaned files, {}; {} metadata files read",
             gc.orphans.len(),
-            gc.bytes,
+            crate::admin::size(gc.bytes),
             gc.metadata_read
         );
     }
@@ -1198,6 +1234,14 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
                 job_dir.display(),
                 dir.join("savepoints").display()
             );
+        }
+    } else {
+        match &kind {
+            StorageKind::Object(url) => println!(
+                "files left in {url}; see them with: flowstate checkpoints {url}/{JOB} --savepoints {url}/savepoints \
+                 (with the same --storage-option)"
+            ),
+            _ => println!("files: none left (memory storage ends with the process)"),
         }
     }
     let windows_passed = sink.committed == want_windows && sink.duplicates == 0;

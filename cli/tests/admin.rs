@@ -147,6 +147,46 @@ fn inspect_verify_names_a_missing_and_a_damaged_file() {
 }
 
 #[test]
+fn inspect_verify_names_files_longer_or_shorter_than_the_metadata_says() {
+    let (dir, job) = demo_on_disk();
+    let chk = job.join("chk-7");
+    let shared: Vec<String> = files_of(&chk).into_iter().filter(|f| f.1).map(|f| f.0).collect();
+    let longer = job.join(&shared[0]);
+    let mut bytes = std::fs::read(&longer).unwrap();
+    bytes.push(0);
+    std::fs::write(&longer, bytes).unwrap();
+    let out = flowstate(&["inspect", s(&chk), "--verify"]);
+    assert_eq!(code(&out), 1, "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.lines().any(|l| l.contains(&shared[0]) && l.contains("more than")),
+        "{text}"
+    );
+
+    // The demo's savepoint is canonical: its key groups are verified frame by frame.
+    let savepoint = std::fs::read_dir(dir.path().join("savepoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("savepoint-"))
+        .unwrap();
+    let out = flowstate(&["inspect", s(&savepoint), "--verify"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let file = files_of(&savepoint).into_iter().next().unwrap().0;
+    let shorter = savepoint.join(&file);
+    let bytes = std::fs::read(&shorter).unwrap();
+    std::fs::write(&shorter, &bytes[..bytes.len() - 1]).unwrap();
+    let out = flowstate(&["inspect", s(&savepoint), "--verify"]);
+    assert_eq!(code(&out), 1, "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out)
+            .lines()
+            .any(|l| l.contains(&file) && (l.contains("ends before") || l.contains("handle says"))),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
 fn garbage_metadata_is_named_and_stops_gc() {
     let (_dir, job) = demo_on_disk();
     std::fs::write(job.join("chk-6").join("_metadata"), b"\0\0garbage\xff").unwrap();

@@ -84,12 +84,12 @@ pub use backend::{
 };
 #[doc(no_inline)]
 pub use checkpoint::{
-    check_restore_handles, is_own_file_name, metadata_path, metadata_path_id, parse_pointer, unique_file_name,
-    validate_relative_path, BlobCheckpointStorage, BlobListing, BlobMeta, BlobPath, BlobStateReader, BlobStore,
-    BlobWriter, CheckpointKind, CheckpointLocation, CheckpointMetadata, CheckpointOutputStream, CheckpointStorage,
-    HandleFile, IncrementalStateHandle, InlineReader, KeyGroupsStateHandle, KeyedStateHandle, MemoryBlobStore,
-    MemoryCheckpointStorage, OperatorState, ParsedPointer, ResolvedCheckpoint, StateReader, StateScope,
-    StorageCapabilities, StoredFile, StreamStateHandle, DEFAULT_INLINE_THRESHOLD, DEFAULT_MAX_STATE_SIZE,
+    check_restore_handles, checkpoint_dir_id, is_own_file_name, metadata_path, metadata_path_id, parse_pointer,
+    unique_file_name, validate_relative_path, BlobCheckpointStorage, BlobListing, BlobMeta, BlobPath, BlobStateReader,
+    BlobStore, BlobWriter, CheckpointKind, CheckpointLocation, CheckpointMetadata, CheckpointOutputStream,
+    CheckpointStorage, HandleFile, IncrementalStateHandle, InlineReader, KeyGroupsStateHandle, KeyedStateHandle,
+    MemoryBlobStore, MemoryCheckpointStorage, OperatorState, ParsedPointer, ResolvedCheckpoint, StateReader,
+    StateScope, StorageCapabilities, StoredFile, StreamStateHandle, DEFAULT_INLINE_THRESHOLD, DEFAULT_MAX_STATE_SIZE,
     DEFAULT_WRITE_CHUNK, MAX_INLINE_THRESHOLD, MAX_METADATA_SIZE, METADATA_FILE, METADATA_MAGIC, METADATA_VERSION,
     RESTORE_BATCH_BYTES, SHARED_DIR, TASK_OWNED_DIR,
 };

@@ -396,6 +396,54 @@ fn fifo_is_refused_by_read_file_and_not_listed() {
 }
 
 #[test]
+fn gc_refuses_beside_a_fifo_or_an_escaping_link_in_place_of_metadata() {
+    within("garbage collection beside a FIFO _metadata", async {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+        let job = std::path::PathBuf::from(storage.job_root());
+        let (mut b, _) = big_backend().await;
+        checkpoint(&mut b, &storage, 1).await;
+        let shared: std::sync::Arc<dyn CheckpointStorage> = std::sync::Arc::new(storage);
+        let store = CheckpointStore::open(shared.clone(), CheckpointStoreConfig::default())
+            .await
+            .unwrap();
+        let orphan = job.join("shared").join(unique_file_name());
+        std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+        std::fs::write(&orphan, b"orphan").unwrap();
+        // chk-9 holds nothing but the FIFO: no listed file names the directory.
+        let chk = job.join("chk-9");
+        std::fs::create_dir(&chk).unwrap();
+        mkfifo(&chk.join("_metadata"));
+        assert!(!shared
+            .list_files()
+            .await
+            .unwrap()
+            .iter()
+            .any(|f| f.path.starts_with("chk-9")));
+        assert!(shared.checkpoint_dirs().await.unwrap().contains(&9));
+        let options = GcOptions::new(std::time::Duration::ZERO).delete();
+        let err = store.collect_garbage(&options).await.unwrap_err();
+        assert!(err.to_string().contains("chk-9/_metadata"), "{err}");
+        assert!(err.to_string().contains("FIFO"), "{err}");
+        assert!(err.to_string().contains("nothing deleted"), "{err}");
+        assert!(orphan.exists(), "GC deleted beside a FIFO _metadata");
+
+        std::fs::remove_file(chk.join("_metadata")).unwrap();
+        std::fs::write(dir.path().join("elsewhere"), b"not metadata").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), chk.join("_metadata")).unwrap();
+        let err = store.collect_garbage(&options).await.unwrap_err();
+        assert!(err.to_string().contains("chk-9/_metadata"), "{err}");
+        assert!(orphan.exists(), "GC deleted beside an escaping link");
+
+        // An empty chk-9 is a checkpoint in progress or failed: GC runs.
+        std::fs::remove_file(chk.join("_metadata")).unwrap();
+        let report = store.collect_garbage(&options).await.unwrap();
+        assert_eq!(report.orphans.len(), 1, "{report:?}");
+        assert!(!orphan.exists());
+    });
+}
+
+#[test]
 fn fifo_fed_with_more_than_declared_is_not_read() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();

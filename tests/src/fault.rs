@@ -159,6 +159,9 @@ impl CheckpointStorage for FaultyStorage {
     async fn stat_file(&self, path: &str) -> Result<Option<StoredFile>> {
         self.inner.stat_file(path).await
     }
+    async fn checkpoint_dirs(&self) -> Result<Vec<u64>> {
+        self.inner.checkpoint_dirs().await
+    }
 }
 
 #[derive(Debug)]

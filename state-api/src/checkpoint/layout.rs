@@ -44,8 +44,8 @@ use crate::checkpoint::blob::{BlobPath, BlobStore, BlobWriter};
 use crate::checkpoint::handle::{validate_relative_path, StreamStateHandle};
 use crate::checkpoint::metadata::{CheckpointKind, CheckpointMetadata};
 use crate::checkpoint::storage::{
-    metadata_path, parse_pointer, unique_file_name, CheckpointLocation, CheckpointOutputStream, CheckpointStorage,
-    ResolvedCheckpoint, StateReader, StateScope, StorageCapabilities, StoredFile, METADATA_FILE,
+    checkpoint_dir_id, metadata_path, parse_pointer, unique_file_name, CheckpointLocation, CheckpointOutputStream,
+    CheckpointStorage, ResolvedCheckpoint, StateReader, StateScope, StorageCapabilities, StoredFile, METADATA_FILE,
 };
 use crate::error::{Error, ErrorKind, Result};
 
@@ -325,21 +325,7 @@ impl CheckpointStorage for BlobCheckpointStorage {
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<ResolvedCheckpoint>> {
-        // One level: the `chk-<n>` directories, never the files of `shared/`.
-        let mut ids: Vec<u64> = self
-            .store
-            .list_level(None)
-            .await?
-            .dirs
-            .iter()
-            .filter_map(|d| {
-                let n = d.as_str().strip_prefix("chk-")?;
-                let id: u64 = n.parse().ok()?;
-                (id.to_string() == n).then_some(id)
-            })
-            .collect();
-        ids.sort_unstable_by(|a, b| b.cmp(a));
-        for id in ids {
+        for id in self.checkpoint_dirs().await?.into_iter().rev() {
             // A directory without metadata is a checkpoint still being taken
             // (or one that failed): not a candidate.
             if self.store.head(&BlobPath::new(&metadata_path(id))?).await?.is_none() {
@@ -356,6 +342,20 @@ impl CheckpointStorage for BlobCheckpointStorage {
 
     fn checkpoint_pointer(&self, checkpoint_id: u64) -> String {
         format!("{}/chk-{checkpoint_id}", self.store.root())
+    }
+
+    async fn checkpoint_dirs(&self) -> Result<Vec<u64>> {
+        // One level: the `chk-<n>` directories, never the files of `shared/`.
+        let mut ids: Vec<u64> = self
+            .store
+            .list_level(None)
+            .await?
+            .dirs
+            .iter()
+            .filter_map(|d| checkpoint_dir_id(d.as_str()))
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     async fn list_files(&self) -> Result<Vec<StoredFile>> {

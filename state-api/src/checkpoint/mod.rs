@@ -42,7 +42,7 @@ pub use self::layout::{
 pub use self::memory::{MemoryCheckpointStorage, DEFAULT_MAX_STATE_SIZE};
 pub use self::metadata::{CheckpointKind, CheckpointMetadata, OperatorState, METADATA_MAGIC, METADATA_VERSION};
 pub use self::storage::{
-    is_own_file_name, metadata_path, metadata_path_id, parse_pointer, unique_file_name, CheckpointLocation,
-    CheckpointOutputStream, CheckpointStorage, InlineReader, ParsedPointer, ResolvedCheckpoint, StateReader,
-    StateScope, StorageCapabilities, StoredFile, METADATA_FILE,
+    checkpoint_dir_id, is_own_file_name, metadata_path, metadata_path_id, parse_pointer, unique_file_name,
+    CheckpointLocation, CheckpointOutputStream, CheckpointStorage, InlineReader, ParsedPointer, ResolvedCheckpoint,
+    StateReader, StateScope, StorageCapabilities, StoredFile, METADATA_FILE,
 };

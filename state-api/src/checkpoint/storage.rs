@@ -196,6 +196,23 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// Deletes files by job-relative path. Files already gone are not an
     /// error; checkpoint directories left empty are removed.
     async fn delete_files(&self, paths: &[String]) -> Result<()>;
+    /// The ids of every `chk-<n>` directory under the job's root, ascending:
+    /// complete ones, those in progress or failed (no metadata file), and
+    /// those with something unreadable where `_metadata` should be. The
+    /// default derives them from [`list_files`](CheckpointStorage::list_files),
+    /// which misses directories holding no regular file; storages that can
+    /// list directories override it.
+    async fn checkpoint_dirs(&self) -> Result<Vec<u64>> {
+        let mut ids: Vec<u64> = self
+            .list_files()
+            .await?
+            .iter()
+            .filter_map(|f| checkpoint_dir_id(f.path.split('/').next().unwrap_or_default()))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
     /// The file at a job-relative path, if it exists as a regular file.
     /// The default lists every file; storages override it with one lookup.
     async fn stat_file(&self, path: &str) -> Result<Option<StoredFile>> {
@@ -210,9 +227,15 @@ pub fn metadata_path(checkpoint_id: u64) -> String {
 
 /// The checkpoint id of a job-relative `chk-<n>/_metadata` path.
 pub fn metadata_path_id(path: &str) -> Option<u64> {
-    let dir = path.strip_suffix(METADATA_FILE)?.strip_suffix('/')?;
-    let n = dir.strip_prefix("chk-")?;
-    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+    checkpoint_dir_id(path.strip_suffix(METADATA_FILE)?.strip_suffix('/')?)
+}
+
+/// The checkpoint id of a directory named `chk-<n>`, `n` written as this
+/// project writes it (decimal, no sign, no leading zero): `chk-007` is not
+/// a checkpoint directory of ours.
+pub fn checkpoint_dir_id(name: &str) -> Option<u64> {
+    let n = name.strip_prefix("chk-")?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || (n.len() > 1 && n.starts_with('0')) {
         return None;
     }
     n.parse().ok()

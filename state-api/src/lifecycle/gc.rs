@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::store::CheckpointStore;
-use crate::checkpoint::{is_own_file_name, metadata_path_id, StoredFile};
-use crate::error::Result;
+use crate::checkpoint::{checkpoint_dir_id, is_own_file_name, metadata_path, metadata_path_id, StoredFile};
+use crate::error::{ErrorKind, Result};
 use crate::ttl::{SharedClock, SystemClock};
 
 /// Options of [`CheckpointStore::collect_garbage`]. Dry run by default.
@@ -64,11 +64,13 @@ impl CheckpointStore {
     /// or not) and from this store's registry. Only files in `chk-<n>/`,
     /// `shared/` and `taskowned/` with names this project makes, older than
     /// `min_age`, and outside checkpoints in progress are candidates. If any
-    /// `_metadata` cannot be read, nothing is deleted and the error names it.
+    /// `_metadata` cannot be read (garbage, truncated, or not a regular file
+    /// at all), nothing is deleted and the error names it.
     pub async fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport> {
         let files = self.storage.list_files().await?;
         let mut reachable: HashSet<String> = HashSet::new();
         let mut metadata_read = 0;
+        let mut listed: HashSet<u64> = HashSet::new();
         for f in &files {
             let Some(id) = metadata_path_id(&f.path) else {
                 continue;
@@ -80,6 +82,27 @@ impl CheckpointStore {
             metadata_read += 1;
             reachable.extend(m.file_paths());
             reachable.insert(f.path.clone());
+            listed.insert(id);
+        }
+        // A checkpoint directory without a listed `_metadata` has none (in
+        // progress, or failed), or has something in its place that is not a
+        // regular file (a FIFO, a device, a link out of the directory). The
+        // latter cannot say which files it references: nothing may go.
+        for id in self.storage.checkpoint_dirs().await? {
+            if listed.contains(&id) {
+                continue;
+            }
+            let path = metadata_path(id);
+            match self.read_metadata(id).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e.context(format!("garbage collection refused, nothing deleted: {path}"))),
+                // Written since the listing: what it references stays.
+                Ok(m) => {
+                    metadata_read += 1;
+                    reachable.extend(m.file_paths());
+                    reachable.insert(path);
+                }
+            }
         }
         let now = options.clock.now_millis();
         let min_age = options.min_age.as_millis() as u64;
@@ -109,9 +132,8 @@ impl CheckpointStore {
         if name.contains('/') || !is_own_file_name(name) {
             return false;
         }
-        match dir.strip_prefix("chk-").map(str::parse::<u64>) {
-            Some(Ok(id)) => !self.pending.contains(&id),
-            Some(Err(_)) => false,
+        match checkpoint_dir_id(dir) {
+            Some(id) => !self.pending.contains(&id),
             None => dir == "shared" || dir == "taskowned",
         }
     }
