@@ -170,7 +170,7 @@ async fn list_under(store: &Arc<dyn BlobStore>, storage: &dyn CheckpointStorage)
             // Not ours: `chk-x`, `chk-007`, anything else.
             None => continue,
         };
-        let pointer = format!("{}/{name}", store.root());
+        let pointer = format!("{}/{name}", store.root().trim_end_matches('/'));
         let mut listed = Listed {
             id,
             kind,
@@ -465,7 +465,7 @@ fn split_pointer(pointer: &str) -> Result<(String, String)> {
 pub async fn inspect(args: InspectArgs) -> Result<Outcome> {
     let (parent, dir) = split_pointer(&args.pointer)?;
     let (store, storage) = storage_at(&parent, &args.store)?;
-    let pointer = format!("{}/{dir}", store.root());
+    let pointer = format!("{}/{dir}", store.root().trim_end_matches('/'));
     let resolved = storage.resolve(&pointer).await?;
     let metadata_path = BlobPath::new(&dir)?.join(METADATA_FILE)?;
     let head = store.get_range(&metadata_path, 0..6).await?;
@@ -1084,6 +1084,19 @@ pub struct ConvertArgs {
     pub store: StoreArgs,
 }
 
+/// Refuses a savepoint target inside a checkpoint directory (`…/chk-<n>/…`):
+/// the lifecycle deletes that directory, and a savepoint in it, once a newer
+/// checkpoint subsumes its checkpoint.
+fn outside_checkpoints(target: &str) -> Result<()> {
+    match target.split('/').find(|c| checkpoint_dir_id(c).is_some()) {
+        Some(dir) => Err(Error::invalid(format!(
+            "savepoint target {target}: lies inside the checkpoint directory {dir}, which is deleted with its \
+             checkpoint; choose a directory of its own (e.g. a savepoints/ beside the job's directory)"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Copies one stream into a new exclusive stream of `location` (inline and
 /// empty streams stay in the metadata).
 async fn copy_stream(
@@ -1127,14 +1140,21 @@ pub async fn convert(args: ConvertArgs) -> Result<Outcome> {
         }
     }
     let target = if is_url(&args.target) {
-        args.target.trim_end_matches('/').to_string()
+        let target = args.target.trim_end_matches('/').to_string();
+        outside_checkpoints(&target)?;
+        target
     } else {
+        let absolute = std::path::absolute(&args.target).map_err(|e| Error::io(&args.target, e))?;
+        outside_checkpoints(&absolute.display().to_string())?;
         std::fs::create_dir_all(&args.target).map_err(|e| Error::io(&args.target, e))?;
-        Path::new(&args.target)
+        let target = Path::new(&args.target)
             .canonicalize()
             .map_err(|e| Error::io(&args.target, e))?
             .display()
-            .to_string()
+            .to_string();
+        // Through a symlink, too.
+        outside_checkpoints(&target)?;
+        target
     };
     let (_, out_storage) = storage_at(&target, &args.store)?;
     let location = out_storage.init_savepoint(m.checkpoint_id, Some(&target)).await?;

@@ -997,6 +997,16 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
             "need --checkpoint-every > 0, --keys > 0 and --crash-after < --events",
         ));
     }
+    for (flag, p) in [
+        ("--parallelism", Some(args.parallelism)),
+        ("--restore-parallelism", args.restore_parallelism),
+    ] {
+        if let Some(p) = p.filter(|p| !(1..=MAX_PARALLELISM).contains(p)) {
+            return Err(Error::invalid(format!(
+                "{flag} {p} is outside 1..={MAX_PARALLELISM} (the max parallelism)"
+            )));
+        }
+    }
     if args.kill_at.is_some_and(|k| k >= args.events) {
         return Err(Error::invalid("need --kill-at < --events"));
     }
@@ -1414,6 +1424,42 @@ mod tests {
             };
             let e = rt.block_on(run(args)).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+        }
+    }
+
+    #[test]
+    fn parallelism_outside_the_max_is_refused_before_the_job_starts() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for (p, restore) in [(0, None), (129, None), (2, Some(0)), (2, Some(129))] {
+            let dir = tempfile::tempdir().unwrap();
+            let args = DemoArgs {
+                events: 10,
+                keys: 10,
+                checkpoint_every: 5,
+                crash_after: 7,
+                parallelism: p,
+                restore_parallelism: restore,
+                verbose: false,
+                seed: 7,
+                dir: Some(dir.path().join("run")),
+                storage: "fs".into(),
+                storage_options: Vec::new(),
+                retain: 1,
+                backend: BackendKind::Heap,
+                full: false,
+                kill_at: None,
+                resume: None,
+            };
+            let e = rt.block_on(run(args)).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Invalid, "{p} {restore:?}: {e}");
+            assert!(e.to_string().contains("parallelism"), "{e}");
+            assert!(
+                !dir.path().join("run").exists(),
+                "nothing was written before the refusal"
+            );
         }
     }
 

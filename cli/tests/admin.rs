@@ -340,6 +340,17 @@ fn commands_work_on_a_bucket() {
 fn convert_rewrites_an_incremental_checkpoint_as_a_canonical_savepoint() {
     use flowstate_api::*;
     let (dir, job) = demo_on_disk();
+    // Never into a checkpoint directory: it is deleted with its checkpoint.
+    for inside in [job.join("chk-7"), job.join("chk-6").join("savepoints")] {
+        let out = flowstate(&["savepoint", "convert", s(&job.join("chk-7")), s(&inside)]);
+        assert_eq!(code(&out), 2, "{}{}", stdout(&out), stderr(&out));
+        assert!(
+            stderr(&out).contains("inside the checkpoint directory"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert!(!job.join("chk-6").join("savepoints").exists());
     let target = dir.path().join("converted");
     let out = flowstate(&["savepoint", "convert", s(&job.join("chk-7")), s(&target)]);
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
