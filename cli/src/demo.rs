@@ -1287,15 +1287,16 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
 mod tests {
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn demo_recovers_exactly_once() {
-        let args = DemoArgs {
+    /// A small run: 20,000 events over 2,000 keys, a checkpoint every
+    /// 3,000, the crash after 10,000; heap backend on memory storage.
+    fn small_run() -> DemoArgs {
+        DemoArgs {
             events: 20_000,
-            keys: 500,
+            keys: 2_000,
             checkpoint_every: 3_000,
             crash_after: 10_000,
-            parallelism: 3,
-            restore_parallelism: Some(2),
+            parallelism: 2,
+            restore_parallelism: None,
             verbose: false,
             seed: 7,
             dir: None,
@@ -1306,6 +1307,16 @@ mod tests {
             full: false,
             kill_at: None,
             resume: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_recovers_exactly_once() {
+        let args = DemoArgs {
+            keys: 500,
+            parallelism: 3,
+            restore_parallelism: Some(2),
+            ..small_run()
         };
         assert!(run(args).await.unwrap());
     }
@@ -1314,22 +1325,13 @@ mod tests {
     async fn demo_on_filesystem_leaves_flinks_layout() {
         let dir = tempfile::tempdir().unwrap();
         let args = DemoArgs {
-            events: 20_000,
-            keys: 2_000,
-            checkpoint_every: 3_000,
-            crash_after: 10_000,
-            parallelism: 2,
             restore_parallelism: Some(3),
             verbose: true,
-            seed: 7,
             dir: Some(dir.path().to_path_buf()),
             storage: "fs".into(),
-            storage_options: Vec::new(),
             retain: 2,
             backend: BackendKind::Rocksdb,
-            full: false,
-            kill_at: None,
-            resume: None,
+            ..small_run()
         };
         assert!(run(args).await.unwrap());
         let job = dir.path().join("checkpoints").join(JOB);
@@ -1365,14 +1367,6 @@ mod tests {
         let bucket = var("FLOWSTATE_S3_BUCKET").unwrap_or_else(|| "flowstate".into());
         let dir = tempfile::tempdir().unwrap();
         let args = DemoArgs {
-            events: 20_000,
-            keys: 2_000,
-            checkpoint_every: 3_000,
-            crash_after: 10_000,
-            parallelism: 2,
-            restore_parallelism: None,
-            verbose: false,
-            seed: 7,
             dir: Some(dir.path().to_path_buf()),
             storage: format!("s3://{bucket}/demo-{}", unique_file_name()),
             storage_options: vec![
@@ -1390,9 +1384,7 @@ mod tests {
             ],
             retain: 2,
             backend: BackendKind::Rocksdb,
-            full: false,
-            kill_at: None,
-            resume: None,
+            ..small_run()
         };
         assert!(run(args).await.unwrap());
     }
@@ -1405,22 +1397,10 @@ mod tests {
             .unwrap();
         for (storage, option) in [("s3://b/x", "regoin=eu"), ("s3://b/x", "no-equals-sign")] {
             let args = DemoArgs {
-                events: 10,
-                keys: 10,
-                checkpoint_every: 5,
-                crash_after: 7,
                 parallelism: 1,
-                restore_parallelism: None,
-                verbose: false,
-                seed: 7,
-                dir: None,
                 storage: storage.into(),
                 storage_options: vec![option.into()],
-                retain: 1,
-                backend: BackendKind::Heap,
-                full: false,
-                kill_at: None,
-                resume: None,
+                ..small_run()
             };
             let e = rt.block_on(run(args)).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
@@ -1436,22 +1416,11 @@ mod tests {
         for (p, restore) in [(0, None), (129, None), (2, Some(0)), (2, Some(129))] {
             let dir = tempfile::tempdir().unwrap();
             let args = DemoArgs {
-                events: 10,
-                keys: 10,
-                checkpoint_every: 5,
-                crash_after: 7,
                 parallelism: p,
                 restore_parallelism: restore,
-                verbose: false,
-                seed: 7,
                 dir: Some(dir.path().join("run")),
                 storage: "fs".into(),
-                storage_options: Vec::new(),
-                retain: 1,
-                backend: BackendKind::Heap,
-                full: false,
-                kill_at: None,
-                resume: None,
+                ..small_run()
             };
             let e = rt.block_on(run(args)).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Invalid, "{p} {restore:?}: {e}");
