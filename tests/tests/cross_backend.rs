@@ -48,7 +48,8 @@ fn dump<B: KeyedStateBackend<Key = u64>>(b: &mut B, s: &States, keys: impl Itera
 }
 
 async fn transfer<A: BackendFactory, B: BackendFactory>(from: A, to: B) {
-    let storage = FsStorageFactory::new().storage("cross");
+    let factory = FsStorageFactory::new();
+    let storage = factory.storage("cross");
     let mut a = from.build(full_config::<u64>()).unwrap();
     let s = register(&mut a);
     for k in 0..KEYS {
@@ -120,7 +121,8 @@ fn firing_order(timers: &[(i64, u64, u32)]) -> Vec<(i64, u64, u32)> {
 /// the timers in the same total order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timers_move_heap_rocksdb_heap() {
-    let storage = FsStorageFactory::new().storage("cross-timers");
+    let factory = FsStorageFactory::new();
+    let storage = factory.storage("cross-timers");
     let desc = || TimerServiceDescriptor::event_time("t").in_namespace::<u32>();
     let timers = timer_workload(3_000);
     let mut heap = HeapBackendBuilder.build(full_config::<u64>()).unwrap();

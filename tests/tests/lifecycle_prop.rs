@@ -418,10 +418,13 @@ async fn old_job(backing: Backing, base: &std::path::Path) -> Vec<String> {
     pointers
 }
 
+/// A scratch directory: tmpfs keeps ten thousand sequences of synced files
+/// fast when it has room to spare; any directory works.
 fn scratch() -> tempfile::TempDir {
-    // tmpfs keeps ten thousand sequences of synced files fast; any directory works.
     let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
+    let roomy = rustix::fs::statvfs(shm)
+        .is_ok_and(|s| s.f_bavail.saturating_mul(s.f_frsize) >= 1 << 30 && s.f_favail >= 100_000);
+    if roomy {
         if let Ok(dir) = tempfile::tempdir_in(shm) {
             return dir;
         }
@@ -429,21 +432,17 @@ fn scratch() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
-/// One directory (or bucket) for every case, each case its own job in it, beside the other job.
+/// One directory (or bucket) for every case of a test, each case its own job
+/// in it, beside the other job. Dropped (and removed) when the test ends.
 struct Shared {
+    backing: Backing,
     dir: tempfile::TempDir,
     foreign: Vec<String>,
     cases: std::sync::atomic::AtomicU64,
 }
 
-fn shared(backing: Backing) -> &'static Shared {
-    static FS: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
-    static S3: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
-    let cell = match backing {
-        Backing::Fs => &FS,
-        Backing::S3 => &S3,
-    };
-    cell.get_or_init(|| {
+impl Shared {
+    fn new(backing: Backing) -> Shared {
         let dir = scratch();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -451,16 +450,19 @@ fn shared(backing: Backing) -> &'static Shared {
             .unwrap();
         let foreign = rt.block_on(old_job(backing, dir.path()));
         Shared {
+            backing,
             dir,
             foreign,
             cases: Default::default(),
         }
-    })
+    }
 }
 
-/// One random sequence of operations on `backing`, then a restart and GC.
-fn run_case(backing: Backing, retain: usize, ops: &[Op]) {
-    let shared = shared(backing);
+/// One random sequence of operations on `shared`'s backing, then a restart
+/// and GC; the case's job and savepoints are removed afterwards, so a run
+/// keeps no more than one case's files.
+fn run_case(shared: &Shared, retain: usize, ops: &[Op]) {
+    let backing = shared.backing;
     let case = shared.cases.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -500,7 +502,14 @@ fn run_case(backing: Backing, retain: usize, ops: &[Op]) {
             .unwrap();
         world.check(&Op::Gc).await;
         world.check_no_orphans().await;
-        if backing == Backing::S3 {
+        if backing == Backing::Fs {
+            for dir in [format!("checkpoints/job-{case}"), "savepoints".to_string()] {
+                match std::fs::remove_dir_all(shared.dir.path().join(dir)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("{e}"),
+                    _ => {}
+                }
+            }
+        } else {
             // s3s-fs lists by walking its whole bucket: keep it to the other job.
             let server = common::S3Server::from_env().unwrap();
             let bucket = server.builder("").build().unwrap();
@@ -523,22 +532,33 @@ const CASES: u32 = 10_000;
 /// Cases on the S3-compatible server: every operation is a request.
 const S3_CASES: u32 = 40;
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: CASES, failure_persistence: None, ..ProptestConfig::default() })]
-
-    #[test]
-    fn lifecycle_never_loses_a_referenced_file(retain in 1usize..4, ops in prop::collection::vec(op(), 1..24)) {
-        run_case(Backing::Fs, retain, &ops);
+/// Runs `cases` random cases on `backing`, shrinking a failure as `proptest!` does.
+fn run_cases(backing: Backing, cases: u32) {
+    let shared = Shared::new(backing);
+    let config = ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let strategy = (1usize..4, prop::collection::vec(op(), 1..24));
+    let result = runner.run(&strategy, |(retain, ops)| {
+        run_case(&shared, retain, &ops);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}\n{runner}");
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: S3_CASES, failure_persistence: None, ..ProptestConfig::default() })]
+#[test]
+fn lifecycle_never_loses_a_referenced_file() {
+    run_cases(Backing::Fs, CASES);
+}
 
-    #[test]
-    fn lifecycle_never_loses_a_referenced_file_on_s3(retain in 1usize..4, ops in prop::collection::vec(op(), 1..24)) {
-        if common::S3Server::from_env().is_some() {
-            run_case(Backing::S3, retain, &ops);
-        }
+#[test]
+fn lifecycle_never_loses_a_referenced_file_on_s3() {
+    if common::S3Server::from_env().is_some() {
+        run_cases(Backing::S3, S3_CASES);
     }
 }
