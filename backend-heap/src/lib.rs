@@ -9,6 +9,7 @@
 //!
 //! ```
 //! use flowstate_api::*;
+//! use flowstate_api::checkpoint::InlineReader;
 //! use flowstate_heap::HeapBackend;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -23,7 +24,7 @@
 //! }
 //!
 //! // Checkpoint 1 into in-memory storage, then restore it into a new backend.
-//! let storage = MemoryCheckpointStorage::new("job");
+//! let storage = CheckpointStorage::in_memory("job");
 //! let location = storage.init_checkpoint(1).await?;
 //! let result = backend.snapshot(1, location.clone(), SnapshotOptions::checkpoint())?.await?;
 //! let mut restored = HeapBackend::restore(config, &[result.handle], &InlineReader).await?;
@@ -40,12 +41,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use flowstate_api::backend::{
+    AsyncOutput, BackendCapabilities, BackendCore, KeyVisitor, MapVisit, MapVisitor, StateId, StateMetaInfo,
+    StorageKind,
+};
+use flowstate_api::checkpoint::{CheckpointLocation, StateReader, StateScope};
 use flowstate_api::format::canonical::write_canonical_snapshot;
 use flowstate_api::format::codec::put_varint;
 use flowstate_api::{
-    AsyncOutput, BackendBuilder, BackendCapabilities, BackendCore, CheckpointLocation, Error, KeyVisitor,
-    KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, MapVisit, MapVisitor, PendingSnapshot, Result,
-    SnapshotOptions, StateId, StateMeta, StateReader, StateScope, StorageKind,
+    BackendFactory, Error, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, PendingSnapshot, Result,
+    SnapshotOptions,
 };
 
 use table::{
@@ -105,7 +110,7 @@ impl<K> HeapBackend<K> {
     /// state's tables and metadata, the key-group index and the composite
     /// key of the current key and the state's namespace.
     #[inline]
-    fn target(&mut self, id: StateId) -> Result<(&mut HeapState, &StateMeta, usize, &[u8])> {
+    fn target(&mut self, id: StateId) -> Result<(&mut HeapState, &StateMetaInfo, usize, &[u8])> {
         let access = self.core.access(id)?;
         let kg = (access.key_group - self.core.key_group_range().start()) as usize;
         let state = self
@@ -150,7 +155,7 @@ impl<K> HeapBackend<K> {
 
 /// What the heap backend can do.
 fn heap_capabilities() -> BackendCapabilities {
-    BackendCapabilities::none().with_ttl_incremental_cleanup()
+    BackendCapabilities::none().with_ttl_incremental_cleanup().with_timers()
 }
 
 macro_rules! maps {
@@ -179,7 +184,7 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
         heap_capabilities()
     }
 
-    fn create_state_storage(&mut self, state: StateId, meta: &StateMeta) -> Result<()> {
+    fn create_state_storage(&mut self, state: StateId, meta: &StateMetaInfo) -> Result<()> {
         if state as usize != self.states.len() {
             return Err(Error::internal(format!(
                 "state {:?} would get id {state}, but the heap backend holds {} states",
@@ -439,7 +444,7 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
     fn snapshot(
         &mut self,
         checkpoint_id: u64,
-        location: Arc<dyn CheckpointLocation>,
+        location: Arc<CheckpointLocation>,
         options: SnapshotOptions,
     ) -> Result<PendingSnapshot> {
         let started = Instant::now();
@@ -467,24 +472,24 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
     }
 }
 
-/// Builds and restores [`HeapBackend`]s: the heap backend's [`BackendBuilder`].
+/// Builds and restores [`HeapBackend`]s: the heap backend's [`BackendFactory`].
 ///
 /// ```
 /// use flowstate_api::*;
-/// use flowstate_heap::HeapBackendBuilder;
+/// use flowstate_heap::HeapBackendFactory;
 ///
 /// # fn main() -> Result<()> {
 /// let config = KeyedBackendConfig::<u64>::new(KeyGroupRange::all(128)?, 128);
-/// let mut backend = HeapBackendBuilder.build(config)?;
+/// let mut backend = HeapBackendFactory.build(config)?;
 /// let count = backend.register(ValueStateDescriptor::<u64>::new("count"))?;
 /// backend.set_current_key(&7)?;
 /// backend.update(&count, 1)?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
-pub struct HeapBackendBuilder;
+pub struct HeapBackendFactory;
 
-impl BackendBuilder for HeapBackendBuilder {
+impl BackendFactory for HeapBackendFactory {
     type Backend<K: 'static> = HeapBackend<K>;
 
     fn name(&self) -> &str {

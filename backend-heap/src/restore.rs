@@ -4,8 +4,10 @@
 
 use std::sync::Arc;
 
+use flowstate_api::backend::StateId;
+use flowstate_api::checkpoint::StateReader;
 use flowstate_api::format::canonical::{restore_key_groups, CanonicalSnapshot, Record};
-use flowstate_api::{Error, KeyGroupRange, KeyedBackendConfig, KeyedStateHandle, Result, StateId, StateReader};
+use flowstate_api::{Error, KeyGroupRange, KeyedBackendConfig, KeyedStateHandle, Result};
 
 use crate::table::{compose, packed, CompositeKey, Inline, Table};
 use crate::HeapBackend;
@@ -22,7 +24,7 @@ impl<K> HeapBackend<K> {
     where
         K: 'static,
     {
-        flowstate_api::check_restore_handles(handles, config.max_parallelism)?;
+        flowstate_api::checkpoint::check_restore_handles(handles, config.max_parallelism)?;
         let mut backend = Self::new(config)?;
         for handle in handles {
             backend = backend.restore_handle(handle, reader).await?;
@@ -41,7 +43,7 @@ impl<K> HeapBackend<K> {
             ));
         };
         let overlap = h.range.intersect(&range);
-        if h.stream == flowstate_api::StreamStateHandle::Empty || overlap.is_empty() {
+        if h.stream == flowstate_api::checkpoint::StreamStateHandle::Empty || overlap.is_empty() {
             return Ok(self);
         }
         // Only the header and the frames of the key groups this backend

@@ -8,10 +8,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use flowstate_api::backend::StorageKind;
 use flowstate_api::format::canonical::{KeyGroupSource, KeyGroupWriter};
 use flowstate_api::format::codec::{put_bytes, put_varint, Reader};
 use flowstate_api::ttl::{is_expired, split_ttl_value};
-use flowstate_api::{Error, ErrorKind, Result, StorageKind};
+use flowstate_api::{Error, ErrorKind, Result};
 
 /// A composite key, stored inline in the map node when it is short (so
 /// comparing keys touches no other memory).

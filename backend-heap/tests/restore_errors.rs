@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
+use flowstate_api::checkpoint::{InlineReader, KeyGroupsStateHandle, StreamStateHandle};
 use flowstate_api::*;
 use flowstate_heap::HeapBackend;
 

@@ -67,6 +67,14 @@ fn io_kind(message: &str) -> ErrorKind {
     }
 }
 
+/// The error of a snapshot step that finds the backend closed.
+pub(crate) fn closed(id: u64) -> Error {
+    Error::new(
+        ErrorKind::Closed,
+        format!("checkpoint {id}: the RocksDB backend was closed"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

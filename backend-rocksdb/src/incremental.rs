@@ -10,22 +10,23 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use flowstate_api::format::canonical::SnapshotHeader;
-use flowstate_api::{
-    AsyncOutput, CheckpointLocation, Error, HandleFile, IncrementalStateHandle, KeyedStateHandle, Result, StateScope,
-    StreamStateHandle,
+use flowstate_api::backend::AsyncOutput;
+use flowstate_api::checkpoint::{
+    CheckpointLocation, HandleFile, IncrementalStateHandle, StateScope, StreamStateHandle,
 };
+use flowstate_api::format::canonical::SnapshotHeader;
+use flowstate_api::{Error, KeyedStateHandle, Result};
 use futures::{StreamExt, TryStreamExt};
 
-use crate::local_recovery::link_or_copy_dir;
-use crate::snapshot::{blocking, closed, DirGuard};
+use crate::error::closed;
+use crate::files::{blocking, link_or_copy_dir, DirGuard};
 use crate::RocksDbBackend;
 
 /// Bytes of a file read and sent to storage at a time: the storage's
 /// write chunk, so each passes through without a copy. Larger buffers are
 /// slower, not faster: each is a fresh mapping whose pages fault in and
 /// whose unmapping interrupts every core.
-const CHUNK: usize = flowstate_api::DEFAULT_WRITE_CHUNK;
+const CHUNK: usize = flowstate_api::checkpoint::DEFAULT_WRITE_CHUNK;
 
 /// What incremental checkpoints may reuse. A new checkpoint reuses a shared
 /// file only from the newest checkpoint this backend was notified complete
@@ -89,7 +90,7 @@ impl Upload {
     pub(crate) async fn run(
         self,
         guard: DirGuard,
-        location: Arc<dyn CheckpointLocation>,
+        location: Arc<CheckpointLocation>,
         files: Vec<(String, u64)>,
         reuse: HashMap<String, HandleFile>,
     ) -> Result<AsyncOutput> {
@@ -110,7 +111,7 @@ impl Upload {
     async fn upload(
         self,
         guard: DirGuard,
-        location: &Arc<dyn CheckpointLocation>,
+        location: &Arc<CheckpointLocation>,
         files: Vec<(String, u64)>,
         reuse: HashMap<String, HandleFile>,
         uploaded: &std::sync::Mutex<Vec<StreamStateHandle>>,
@@ -135,7 +136,7 @@ impl Upload {
                 } else {
                     StateScope::Exclusive
                 };
-                let (stream, crc) = upload_file(&*location, scope, &path).await?;
+                let (stream, crc) = upload_file(&location, scope, &path).await?;
                 uploaded
                     .lock()
                     .map_err(|_| Error::internal("upload list lock poisoned"))?
@@ -208,7 +209,7 @@ impl Upload {
 
 /// Uploads one file; returns its handle and CRC-32C.
 async fn upload_file(
-    location: &dyn CheckpointLocation,
+    location: &CheckpointLocation,
     scope: StateScope,
     path: &Path,
 ) -> Result<(StreamStateHandle, u32)> {

@@ -48,7 +48,7 @@ impl InstanceDir {
         remove_abandoned(working_dir);
         // Made and locked under a name the clean-up of others ignores, then
         // renamed: a `db-*` directory is locked from the moment it exists.
-        let unique = flowstate_api::unique_file_name();
+        let unique = flowstate_api::checkpoint::unique_file_name();
         let creating = working_dir.join(format!("{CREATING}{unique}"));
         std::fs::create_dir(&creating).map_err(|e| Error::io(creating.display(), e))?;
         let lock_path = creating.join(OWNER_LOCK);
@@ -71,7 +71,8 @@ impl InstanceDir {
     /// A new, unique path inside the directory for a temporary directory
     /// such as `snapshot-<id>`.
     pub(crate) fn temp_path(&self, what: &str) -> PathBuf {
-        self.path.join(format!("{what}-{}", flowstate_api::unique_file_name()))
+        self.path
+            .join(format!("{what}-{}", flowstate_api::checkpoint::unique_file_name()))
     }
 }
 
@@ -81,7 +82,7 @@ impl Drop for InstanceDir {
     /// the next backend opened on the working directory removes it.
     fn drop(&mut self) {
         let (path, lock) = (std::mem::take(&mut self.path), self.lock.take());
-        flowstate_api::run_detached(move || {
+        flowstate_api::backend::run_detached(move || {
             let _ = std::fs::remove_dir_all(&path);
             drop(lock);
         });

@@ -118,7 +118,7 @@ pub fn elements<'a>(packed: &'a [u8], what: &str) -> Result<Vec<&'a [u8]>> {
 pub fn timer_key(out: &mut Vec<u8>, kg: u32, timestamp: i64, key: &[u8], namespace: &[u8]) {
     out.clear();
     out.extend_from_slice(&kg_prefix(kg));
-    out.extend_from_slice(&flowstate_api::encode_timestamp(timestamp));
+    out.extend_from_slice(&flowstate_api::format::codec::encode_timestamp(timestamp));
     for &b in key {
         out.push(b);
         if b == 0 {
@@ -172,7 +172,7 @@ pub fn decode_timer_key(raw: &[u8], what: &str) -> Result<DecodedTimer> {
     }
     Ok(DecodedTimer {
         kg,
-        timestamp: flowstate_api::decode_timestamp(ts),
+        timestamp: flowstate_api::format::codec::decode_timestamp(ts),
         key,
         namespace: raw[i + 2..].to_vec(),
     })

@@ -9,6 +9,7 @@
 //!
 //! ```
 //! use flowstate_api::*;
+//! use flowstate_api::checkpoint::InlineReader;
 //! use flowstate_rocksdb::{RocksDbBackend, RocksDbOptions};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -20,7 +21,7 @@
 //! backend.set_current_key(&7)?;
 //! backend.update(&count, 1)?;
 //!
-//! let storage = MemoryCheckpointStorage::new("job");
+//! let storage = CheckpointStorage::in_memory("job");
 //! let location = storage.init_checkpoint(1).await?;
 //! let result = backend.snapshot(1, location, SnapshotOptions::savepoint())?.await?;
 //! let mut restored =
@@ -31,7 +32,9 @@
 //! # Ok(()) }
 //! ```
 
+mod convert;
 mod error;
+mod files;
 mod incremental;
 mod instance;
 mod keys;
@@ -47,13 +50,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use flowstate_api::backend::{
+    BackendCapabilities, BackendCore, KeyVisitor, MapVisit, MapVisitor, StateId, StateMetaInfo, StorageKind,
+};
+use flowstate_api::checkpoint::{CheckpointLocation, StateReader};
 use flowstate_api::{
-    BackendBuilder, BackendCapabilities, BackendCore, CheckpointLocation, Error, KeyVisitor, KeyedBackendConfig,
-    KeyedStateBackend, KeyedStateHandle, MapVisit, MapVisitor, PendingSnapshot, Result, SnapshotOptions, StateId,
-    StateMeta, StateReader, StorageKind,
+    BackendFactory, Error, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, PendingSnapshot, Result,
+    SnapshotOptions,
 };
 use rocksdb::{ColumnFamilyDescriptor, WriteBatch, WriteOptions, DB};
 
+pub use convert::incremental_to_canonical;
 use incremental::Uploads;
 use instance::InstanceDir;
 use keys::{decode_key, for_each_element, key_part, pack, prefix_end, put_namespace};
@@ -63,14 +70,13 @@ pub use options::{RocksDbOptions, DEFAULT_BLOCK_CACHE, DEFAULT_UPLOAD_CONCURRENC
 pub use restore::RestoreStats;
 /// The RocksDB bindings this backend is built on.
 pub use rocksdb;
-pub use snapshot::incremental_to_canonical;
 
 /// The options a backend configured with `options` opens its database and
 /// the column family of a value state with: the same tuning, for measuring
 /// raw RocksDB against the backend. Both share one block cache and one
 /// memtable budget, sized by `options`.
 pub fn raw_options(options: &RocksDbOptions) -> (rocksdb::Options, rocksdb::Options) {
-    let resources = Resources::new(options, Arc::new(flowstate_api::SystemClock));
+    let resources = Resources::new(options, Arc::new(flowstate_api::ttl::SystemClock));
     let db = resources.db_options();
     let cf = resources.cf_options(StorageKind::Value, Arc::new(TtlSlot::default()));
     (db, cf)
@@ -155,7 +161,7 @@ impl<K> RocksDbBackend<K> {
         options: RocksDbOptions,
         instance: Option<InstanceDir>,
         existing: Option<&Path>,
-        metas: &[StateMeta],
+        metas: &[StateMetaInfo],
     ) -> Result<Self> {
         let mut core = BackendCore::new(config)?;
         options.validate()?;
@@ -245,7 +251,7 @@ impl<K> RocksDbBackend<K> {
     }
 
     /// State `id`'s storage, column family and metadata.
-    fn state_cf(&self, id: StateId) -> Result<(&RState, &rocksdb::ColumnFamily, &StateMeta)> {
+    fn state_cf(&self, id: StateId) -> Result<(&RState, &rocksdb::ColumnFamily, &StateMetaInfo)> {
         let meta = self.core.state(id)?.meta();
         let s = self
             .states
@@ -268,16 +274,16 @@ impl<K> RocksDbBackend<K> {
     /// The state's metadata, its column family and the key
     /// [`build`](Self::build) made.
     #[inline]
-    fn view(&self, id: StateId) -> Result<(&StateMeta, &rocksdb::ColumnFamily, &[u8])> {
+    fn view(&self, id: StateId) -> Result<(&StateMetaInfo, &rocksdb::ColumnFamily, &[u8])> {
         let (_, cf, meta) = self.state_cf(id)?;
         Ok((meta, cf, &self.composite))
     }
 
-    fn wrong_kind(meta: &StateMeta, want: StorageKind) -> Error {
+    fn wrong_kind(meta: &StateMetaInfo, want: StorageKind) -> Error {
         meta.wrong_kind(want)
     }
 
-    fn check_kind(meta: &StateMeta, want: StorageKind) -> Result<()> {
+    fn check_kind(meta: &StateMetaInfo, want: StorageKind) -> Result<()> {
         if meta.kind.storage() == want {
             Ok(())
         } else {
@@ -326,7 +332,7 @@ impl<K> KeyedStateBackend for RocksDbBackend<K> {
         capabilities_of(&self.options)
     }
 
-    fn create_state_storage(&mut self, state: StateId, meta: &StateMeta) -> Result<()> {
+    fn create_state_storage(&mut self, state: StateId, meta: &StateMetaInfo) -> Result<()> {
         if state as usize != self.states.len() {
             return Err(Error::internal(format!(
                 "state {:?} would get id {state}, but the RocksDB backend holds {} states",
@@ -657,7 +663,7 @@ impl<K> KeyedStateBackend for RocksDbBackend<K> {
     fn snapshot(
         &mut self,
         checkpoint_id: u64,
-        location: Arc<dyn CheckpointLocation>,
+        location: Arc<CheckpointLocation>,
         options: SnapshotOptions,
     ) -> Result<PendingSnapshot> {
         snapshot::snapshot(self, checkpoint_id, location, options)
@@ -727,7 +733,7 @@ impl<K> RocksDbBackend<K> {
 
 /// What a RocksDB backend with `options` can do.
 fn capabilities_of(options: &RocksDbOptions) -> BackendCapabilities {
-    let c = BackendCapabilities::none().with_ttl_compaction_filter();
+    let c = BackendCapabilities::none().with_ttl_compaction_filter().with_timers();
     let c = if options.incremental {
         c.with_incremental_checkpoints()
     } else {
@@ -742,17 +748,17 @@ fn capabilities_of(options: &RocksDbOptions) -> BackendCapabilities {
 }
 
 /// Builds and restores [`RocksDbBackend`]s with one set of options: the
-/// RocksDB backend's [`BackendBuilder`]. Every backend it builds or
+/// RocksDB backend's [`BackendFactory`]. Every backend it builds or
 /// restores works in its own instance directory under the options'
 /// working directory.
 ///
 /// ```
 /// use flowstate_api::*;
-/// use flowstate_rocksdb::{RocksDbBackendBuilder, RocksDbOptions};
+/// use flowstate_rocksdb::{RocksDbBackendFactory, RocksDbOptions};
 ///
 /// # fn main() -> Result<()> {
 /// let dir = tempfile::tempdir().unwrap();
-/// let builder = RocksDbBackendBuilder::new(RocksDbOptions::new(dir.path()));
+/// let builder = RocksDbBackendFactory::new(RocksDbOptions::new(dir.path()));
 /// let config = KeyedBackendConfig::<u64>::new(KeyGroupRange::all(128)?, 128);
 /// let mut backend = builder.build(config)?;
 /// let count = backend.register(ValueStateDescriptor::<u64>::new("count"))?;
@@ -761,14 +767,14 @@ fn capabilities_of(options: &RocksDbOptions) -> BackendCapabilities {
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
-pub struct RocksDbBackendBuilder {
+pub struct RocksDbBackendFactory {
     options: RocksDbOptions,
 }
 
-impl RocksDbBackendBuilder {
+impl RocksDbBackendFactory {
     /// Builds backends with `options`.
     pub fn new(options: RocksDbOptions) -> Self {
-        RocksDbBackendBuilder { options }
+        RocksDbBackendFactory { options }
     }
 
     /// The options every backend gets.
@@ -777,7 +783,7 @@ impl RocksDbBackendBuilder {
     }
 }
 
-impl BackendBuilder for RocksDbBackendBuilder {
+impl BackendFactory for RocksDbBackendFactory {
     type Backend<K: 'static> = RocksDbBackend<K>;
 
     fn name(&self) -> &str {

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use flowstate_api::ttl::SharedClock;
 use flowstate_api::ttl::{is_expired, split_ttl_value};
-use flowstate_api::SharedClock;
 use rocksdb::{MergeOperands, Options};
 
 use crate::keys::{elements, pack};

@@ -4,10 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+use flowstate_api::checkpoint::HandleFile;
 use flowstate_api::format::codec::crc32c;
-use flowstate_api::{Error, HandleFile, Result};
+use flowstate_api::{Error, Result};
 
-use crate::snapshot::list_files;
+use crate::files::list_files;
 use crate::RocksDbBackend;
 
 /// Local recovery: completed checkpoints are also kept on local disk and
@@ -38,7 +39,7 @@ impl LocalRecovery {
         // copies a backend deletes: empty, absolute or `..` would point that
         // at the directories themselves or elsewhere.
         let scope = &self.scope;
-        if flowstate_api::validate_relative_path(scope).is_err() {
+        if flowstate_api::checkpoint::validate_relative_path(scope).is_err() {
             return Err(Error::invalid(format!(
                 "local recovery scope {scope:?} must be a relative path such as \"job/operator-0\" (not empty, \
                  absolute or with '..')"
@@ -63,20 +64,6 @@ pub(crate) fn local_scope_dir(l: &LocalRecovery) -> Result<PathBuf> {
         .get(i)
         .ok_or_else(|| Error::invalid("local recovery has no directories"))?;
     Ok(dir.join(&l.scope))
-}
-
-/// Hard-links every file of `src` into `dst` (created), copying where a
-/// link is impossible (another device).
-pub(crate) fn link_or_copy_dir(src: &Path, dst: &Path) -> Result<()> {
-    let _ = std::fs::remove_dir_all(dst);
-    std::fs::create_dir_all(dst).map_err(|e| Error::io(dst.display(), e))?;
-    for (name, _) in list_files(src)? {
-        let (from, to) = (src.join(&name), dst.join(&name));
-        if std::fs::hard_link(&from, &to).is_err() {
-            std::fs::copy(&from, &to).map_err(|e| Error::io(to.display(), e))?;
-        }
-    }
-    Ok(())
 }
 
 /// True if `dir` holds exactly the files of `wanted`, by size and CRC-32C.

@@ -2,14 +2,17 @@
 //! shared block cache and write-buffer budget, LZ4, the list merge operator
 //! (`list_merge.rs`) and the TTL compaction filter (`ttl_filter.rs`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use flowstate_api::{RestoreMode, Result, SharedClock, StorageKind};
-use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, WriteBufferManager};
+use flowstate_api::backend::StorageKind;
+use flowstate_api::ttl::SharedClock;
+use flowstate_api::{RestoreMode, Result};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBufferManager, DB};
 
 use crate::local_recovery::LocalRecovery;
 use crate::ttl_filter::TtlSlot;
+use crate::{cf_name, db_err};
 
 /// Default block cache shared by all states of a backend: 64 MiB.
 pub const DEFAULT_BLOCK_CACHE: usize = 64 << 20;
@@ -148,4 +151,20 @@ impl Resources {
         crate::ttl_filter::install(&mut o, kind, ttl, self.clock.clone());
         o
     }
+}
+
+/// Opens a checkpoint directory read-only with the column families of `states`.
+pub(crate) fn open_read_only(
+    dir: &Path,
+    states: &[flowstate_api::backend::StateMetaInfo],
+    resources: &Resources,
+) -> Result<DB> {
+    let cfs = states.iter().map(|m| {
+        ColumnFamilyDescriptor::new(
+            cf_name(&m.name),
+            resources.cf_options(m.kind.storage(), Arc::new(TtlSlot::default())),
+        )
+    });
+    DB::open_cf_descriptors_read_only(&resources.db_options(), dir, cfs, false)
+        .map_err(db_err(format!("opening {}", dir.display())))
 }

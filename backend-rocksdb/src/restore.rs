@@ -18,20 +18,20 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use flowstate_api::backend::{StateMetaInfo, StorageKind};
+use flowstate_api::checkpoint::{HandleFile, IncrementalStateHandle, KeyGroupsStateHandle, StateReader};
 use flowstate_api::format::canonical::{
     check_compatible, restore_key_groups, CanonicalSnapshot, Record, SnapshotHeader,
 };
-use flowstate_api::{
-    Error, ErrorKind, HandleFile, IncrementalStateHandle, KeyGroupRange, KeyGroupsStateHandle, KeyedBackendConfig,
-    KeyedStateHandle, RestoreMode, Result, SharedClock, StateMeta, StateReader, StorageKind,
-};
+use flowstate_api::ttl::SharedClock;
+use flowstate_api::{Error, ErrorKind, KeyGroupRange, KeyedBackendConfig, KeyedStateHandle, RestoreMode, Result};
 use futures::{StreamExt, TryStreamExt};
 use rocksdb::{ReadOptions, WriteBatch};
 
+use crate::files::{blocking, link_or_copy_dir, DirGuard};
 use crate::keys::{key_group_of, key_part, kg_prefix, pack, put_namespace, timer_key};
-use crate::local_recovery::{file_crc32c, link_or_copy_dir, local_dir, verify_local};
-use crate::options::Resources;
-use crate::snapshot::{blocking, open_read_only, DirGuard};
+use crate::local_recovery::{file_crc32c, local_dir, verify_local};
+use crate::options::{open_read_only, Resources};
 use crate::{cf_name, db_err, RocksDbBackend, RocksDbOptions};
 
 /// How a restore went. Only the handles that hold key groups of the
@@ -73,7 +73,7 @@ impl<K: 'static> RocksDbBackend<K> {
     ) -> Result<Self> {
         let started = Instant::now();
         options.validate()?;
-        flowstate_api::check_restore_handles(handles, config.max_parallelism)?;
+        flowstate_api::checkpoint::check_restore_handles(handles, config.max_parallelism)?;
         let range = config.key_group_range;
         let overlapping: Vec<&KeyedStateHandle> = handles
             .iter()
@@ -211,7 +211,13 @@ impl<K: 'static> RocksDbBackend<K> {
 
     /// Copies the key groups of `range` (of the restored range) from the
     /// checkpoint of `states` in `dir`.
-    fn copy_key_groups(&mut self, dir: &Path, range: KeyGroupRange, states: &[StateMeta], name: &str) -> Result<()> {
+    fn copy_key_groups(
+        &mut self,
+        dir: &Path,
+        range: KeyGroupRange,
+        states: &[StateMetaInfo],
+        name: &str,
+    ) -> Result<()> {
         let ids = states
             .iter()
             .map(|m| self.restored_state(m, name))
@@ -248,7 +254,7 @@ impl<K: 'static> RocksDbBackend<K> {
 
     /// The state a restored `meta` goes into, checking it agrees with any
     /// state of the same name.
-    fn restored_state(&mut self, meta: &StateMeta, name: &str) -> Result<u32> {
+    fn restored_state(&mut self, meta: &StateMetaInfo, name: &str) -> Result<u32> {
         flowstate_api::KeyedStateBackend::restore_state(self, meta, name)
     }
 
@@ -357,7 +363,7 @@ pub(crate) async fn read_header(h: &IncrementalStateHandle, reader: &dyn StateRe
 /// documentation).
 pub(crate) async fn materialize(
     h: &IncrementalStateHandle,
-    states: &[StateMeta],
+    states: &[StateMetaInfo],
     clock: &SharedClock,
     reader: &dyn StateReader,
     options: &RocksDbOptions,
@@ -421,7 +427,7 @@ const VERIFY_READAHEAD: usize = 4 << 20;
 /// skipped because a newer tombstone covers its keys. Bloom filter blocks
 /// are not read by a scan: a damaged one fails, as corrupted, the first
 /// lookup that reads it.
-fn verify_blocks(dir: &Path, states: &[StateMeta], options: &RocksDbOptions, clock: SharedClock) -> Result<()> {
+fn verify_blocks(dir: &Path, states: &[StateMetaInfo], options: &RocksDbOptions, clock: SharedClock) -> Result<()> {
     let started = Instant::now();
     let resources = Resources::new(options, clock);
     let db = open_read_only(dir, states, &resources)?;
@@ -467,7 +473,7 @@ fn name_damaged_file(e: Error, name: &str, files: &[HandleFile]) -> Error {
 
 /// Bytes fetched from storage at a time when a file is downloaded (see
 /// the upload chunk in `incremental.rs` for why not more).
-const DOWNLOAD_CHUNK: u64 = flowstate_api::DEFAULT_WRITE_CHUNK as u64;
+const DOWNLOAD_CHUNK: u64 = flowstate_api::checkpoint::DEFAULT_WRITE_CHUNK as u64;
 
 /// Puts the bytes of `f` into the new file `target`, checking size and
 /// CRC-32C: hard-linked when the storage is a local filesystem on the same

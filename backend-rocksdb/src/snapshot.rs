@@ -4,76 +4,31 @@
 //! already hold (incremental, see `incremental.rs`), or reads the checkpoint key group by key
 //! group into the canonical format (full snapshots and savepoints).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use flowstate_api::backend::{AsyncOutput, StorageKind};
+use flowstate_api::checkpoint::{CheckpointLocation, StateScope};
 use flowstate_api::format::canonical::{write_canonical_snapshot, KeyGroupSource, KeyGroupWriter, SnapshotHeader};
-use flowstate_api::{
-    AsyncOutput, CheckpointKind, CheckpointLocation, Error, ErrorKind, KeyedStateHandle, PendingSnapshot, Result,
-    SnapshotOptions, StateScope, StorageKind,
-};
+use flowstate_api::{CheckpointKind, Error, KeyedStateHandle, PendingSnapshot, Result, SnapshotOptions};
 use rocksdb::checkpoint::Checkpoint;
-use rocksdb::{ColumnFamilyDescriptor, DB};
+use rocksdb::DB;
 
+use crate::error::closed;
+use crate::files::{blocking, list_files, DirGuard};
 use crate::incremental::{plan_reuse, Upload};
 use crate::keys::{decode_key, elements, kg_prefix};
 use crate::local_recovery::local_dir;
-use crate::options::Resources;
-use crate::ttl_filter::TtlSlot;
+use crate::options::{open_read_only, Resources};
 use crate::{cf_name, db_err, RocksDbBackend};
-
-/// Deletes a directory when dropped (a snapshot's private checkpoint).
-pub(crate) struct DirGuard(pub(crate) PathBuf);
-
-impl DirGuard {
-    /// Guards `dir`.
-    pub(crate) fn new(dir: PathBuf) -> Self {
-        DirGuard(dir)
-    }
-
-    /// Removes the directory on a blocking thread and waits for it.
-    pub(crate) async fn remove(mut self) {
-        let dir = std::mem::take(&mut self.0);
-        let _ = blocking(move || {
-            let _ = std::fs::remove_dir_all(&dir);
-            Ok(())
-        })
-        .await;
-    }
-}
-
-impl Drop for DirGuard {
-    /// A guard dropped without [`DirGuard::remove`] (an error or a
-    /// cancellation) removes its directory without blocking the caller.
-    fn drop(&mut self) {
-        if self.0.as_os_str().is_empty() {
-            return;
-        }
-        let dir = std::mem::take(&mut self.0);
-        flowstate_api::run_detached(move || {
-            let _ = std::fs::remove_dir_all(&dir);
-        });
-    }
-}
-
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    flowstate_api::run_blocking(f).await
-}
-
-pub(crate) fn closed(id: u64) -> Error {
-    Error::new(
-        ErrorKind::Closed,
-        format!("checkpoint {id}: the RocksDB backend was closed"),
-    )
-}
 
 /// The sync phase, and the async phase it returns.
 pub(crate) fn snapshot<K>(
     b: &mut RocksDbBackend<K>,
     id: u64,
-    location: Arc<dyn CheckpointLocation>,
+    location: Arc<CheckpointLocation>,
     options: SnapshotOptions,
 ) -> Result<PendingSnapshot> {
     let started = Instant::now();
@@ -145,41 +100,11 @@ pub(crate) fn snapshot<K>(
     Ok(PendingSnapshot::new(id, started, phase))
 }
 
-/// The files of a directory, with sizes.
-pub(crate) fn list_files(dir: &Path) -> Result<Vec<(String, u64)>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir.display(), e))? {
-        let entry = entry.map_err(|e| Error::io(dir.display(), e))?;
-        let meta = entry.metadata().map_err(|e| Error::io(entry.path().display(), e))?;
-        if meta.is_file() {
-            let name = entry
-                .file_name()
-                .into_string()
-                .map_err(|n| Error::invalid(format!("file name {n:?} is not UTF-8")))?;
-            out.push((name, meta.len()));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Opens a checkpoint directory read-only with the column families of `states`.
-pub(crate) fn open_read_only(dir: &Path, states: &[flowstate_api::StateMeta], resources: &Resources) -> Result<DB> {
-    let cfs = states.iter().map(|m| {
-        ColumnFamilyDescriptor::new(
-            cf_name(&m.name),
-            resources.cf_options(m.kind.storage(), Arc::new(TtlSlot::default())),
-        )
-    });
-    DB::open_cf_descriptors_read_only(&resources.db_options(), dir, cfs, false)
-        .map_err(db_err(format!("opening {}", dir.display())))
-}
-
 /// Read-ahead of the iterators of a full snapshot.
 const READAHEAD: usize = 2 << 20;
 
 /// Reads a checkpoint directory key group by key group.
-struct FullSource {
+pub(crate) struct FullSource {
     db: DB,
     states: Vec<(String, StorageKind, String)>,
     closed: Arc<AtomicBool>,
@@ -187,7 +112,7 @@ struct FullSource {
 }
 
 impl FullSource {
-    fn open(
+    pub(crate) fn open(
         dir: &Path,
         header: &SnapshotHeader,
         resources: &Resources,
@@ -253,47 +178,4 @@ impl KeyGroupSource for FullSource {
         }
         Ok(())
     }
-}
-
-/// Rewrites the incremental checkpoint `handle` as a canonical snapshot
-/// (the format every backend restores at any parallelism) in a new
-/// exclusive stream of `location`: its files are read through `reader`
-/// (checked as a restore checks them) into a temporary directory under
-/// `options`' working directory, then read key group by key group. Nothing
-/// is filtered: entries past their TTL are kept, as in the checkpoint.
-pub async fn incremental_to_canonical(
-    handle: &flowstate_api::IncrementalStateHandle,
-    reader: &dyn flowstate_api::StateReader,
-    location: &dyn CheckpointLocation,
-    options: &crate::RocksDbOptions,
-) -> Result<flowstate_api::KeyGroupsStateHandle> {
-    options.validate()?;
-    let header = crate::restore::read_header(handle, reader).await?;
-    let header = SnapshotHeader {
-        compressed: false,
-        ..header
-    };
-    let clock: flowstate_api::SharedClock = Arc::new(flowstate_api::SystemClock);
-    let working_dir = options.working_dir.clone();
-    let instance = blocking(move || crate::instance::InstanceDir::create(&working_dir)).await?;
-    let dir = instance.temp_path("convert");
-    let guard = DirGuard::new(dir.clone());
-    let mut stats = crate::RestoreStats::default();
-    crate::restore::materialize(handle, &header.states, &clock, reader, options, &dir, &mut stats).await?;
-    let resources = Arc::new(Resources::new(options, clock));
-    let (open_dir, h) = (dir.clone(), header.clone());
-    let id = handle.checkpoint_id;
-    let source =
-        blocking(move || FullSource::open(&open_dir, &h, &resources, Arc::new(AtomicBool::new(false)), id)).await?;
-    let filter = flowstate_api::format::canonical::TtlFilter {
-        ttl_millis: vec![None; header.states.len()],
-        now: 0,
-    };
-    let stream = location.create_output_stream(StateScope::Exclusive).await?;
-    let written = write_canonical_snapshot(&header, source, filter, stream, None)
-        .await
-        .map_err(|e| e.context(format!("converting checkpoint {id} of key groups {}", handle.range)))?;
-    guard.remove().await;
-    drop(instance);
-    Ok(written.handle)
 }

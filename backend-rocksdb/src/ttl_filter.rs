@@ -5,8 +5,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use flowstate_api::backend::StorageKind;
+use flowstate_api::ttl::SharedClock;
 use flowstate_api::ttl::{is_expired, split_ttl_value};
-use flowstate_api::{SharedClock, StorageKind};
 use rocksdb::compaction_filter::Decision;
 use rocksdb::Options;
 

@@ -7,8 +7,12 @@
 
 use std::sync::Arc;
 
+use flowstate_api::checkpoint::{
+    HandleFile, InlineReader, KeyGroupsStateHandle, OperatorState, StreamStateHandle, METADATA_FILE,
+};
+use flowstate_api::lifecycle::Completion;
 use flowstate_api::*;
-use flowstate_fs::FsCheckpointStorage;
+
 use flowstate_rocksdb::{RocksDbBackend, RocksDbOptions};
 
 const KEYS: u64 = 20_000;
@@ -57,14 +61,14 @@ fn shared_files(h: &KeyedStateHandle) -> Vec<HandleFile> {
 
 struct Setup {
     _dir: tempfile::TempDir,
-    storage: Arc<dyn CheckpointStorage>,
+    storage: Arc<CheckpointStorage>,
     options: RocksDbOptions,
 }
 
 fn setup(local_recovery: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let storage: Arc<dyn CheckpointStorage> =
-        Arc::new(FsCheckpointStorage::open(dir.path().join("checkpoints"), "job").unwrap());
+    let storage: Arc<CheckpointStorage> =
+        Arc::new(flowstate_fs::checkpoint_storage(dir.path().join("checkpoints"), "job").unwrap());
     let mut options = RocksDbOptions::new(dir.path().join("work"));
     if local_recovery {
         options = options.with_local_recovery(vec![dir.path().join("local")], "job/op-0");
@@ -156,8 +160,8 @@ async fn local_copies_on_another_device_are_copied() {
         Some(Ok(dir)) => dir,
         _ => tempfile::tempdir().unwrap(),
     };
-    let storage: Arc<dyn CheckpointStorage> =
-        Arc::new(FsCheckpointStorage::open(work.path().join("checkpoints"), "job").unwrap());
+    let storage: Arc<CheckpointStorage> =
+        Arc::new(flowstate_fs::checkpoint_storage(work.path().join("checkpoints"), "job").unwrap());
     let options =
         RocksDbOptions::new(work.path().join("work")).with_local_recovery(vec![other.path().to_path_buf()], "op-0");
     let mut store = CheckpointStore::open(Arc::clone(&storage), CheckpointStoreConfig::default())

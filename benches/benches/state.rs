@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use flowstate_api::checkpoint::{CheckpointLocation, OperatorState, StateReader};
 use flowstate_api::*;
 use flowstate_heap::HeapBackend;
 use flowstate_rocksdb::{RocksDbBackend, RocksDbOptions};
@@ -131,9 +132,9 @@ fn runtime() -> tokio::runtime::Runtime {
 fn checkpoint<B: KeyedStateBackend<Key = u64>>(
     rt: &tokio::runtime::Runtime,
     b: &mut B,
-    storage: &dyn CheckpointStorage,
+    storage: &CheckpointStorage,
     id: u64,
-) -> (std::sync::Arc<dyn CheckpointLocation>, KeyedStateHandle) {
+) -> (std::sync::Arc<CheckpointLocation>, KeyedStateHandle) {
     let location = rt.block_on(storage.init_checkpoint(id)).unwrap();
     let pending = b.snapshot(id, location.clone(), SnapshotOptions::checkpoint()).unwrap();
     let result = rt.block_on(std::future::IntoFuture::into_future(pending)).unwrap();
@@ -176,7 +177,7 @@ where
     g.sample_size(10).measurement_time(Duration::from_secs(3));
     for keys in SIZES {
         let dir = tempfile::tempdir().unwrap();
-        let storage = flowstate_fs::FsCheckpointStorage::open(dir.path().join("checkpoints"), "bench").unwrap();
+        let storage = flowstate_fs::checkpoint_storage(dir.path().join("checkpoints"), "bench").unwrap();
         let mut b = make(dir.path());
         let s = load(&mut b, keys);
         g.throughput(Throughput::Elements(keys));

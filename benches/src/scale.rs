@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use flowstate_api::checkpoint::OperatorState;
 use flowstate_api::*;
 use flowstate_heap::HeapBackend;
 use flowstate_rocksdb::RocksDbBackend;
@@ -84,9 +85,8 @@ async fn checkpoint<B: KeyedStateBackend<Key = u64>>(
     Ok(completed.pointer.clone())
 }
 
-async fn storage(dir: &std::path::Path) -> Result<(Arc<dyn CheckpointStorage>, CheckpointStore)> {
-    let storage: Arc<dyn CheckpointStorage> =
-        Arc::new(flowstate_fs::FsCheckpointStorage::open(dir.join("checkpoints"), "s1")?);
+async fn storage(dir: &std::path::Path) -> Result<(Arc<CheckpointStorage>, CheckpointStore)> {
+    let storage: Arc<CheckpointStorage> = Arc::new(flowstate_fs::checkpoint_storage(dir.join("checkpoints"), "s1")?);
     let store = CheckpointStore::open(Arc::clone(&storage), CheckpointStoreConfig::default()).await?;
     Ok((storage, store))
 }

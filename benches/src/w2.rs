@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
+use flowstate_api::checkpoint::{unique_file_name, OperatorState};
 use flowstate_api::*;
 use flowstate_heap::HeapBackend;
 
@@ -85,7 +86,7 @@ async fn heap_full(scale: usize) -> Result<u64> {
     let keys = 2_000_000 / scale as u64;
     let updates = 20_000 / scale;
     let dir = tempfile::tempdir().map_err(|e| Error::io("temporary directory", e))?;
-    let storage = flowstate_fs::FsCheckpointStorage::open(dir.path(), "w2")?;
+    let storage = flowstate_fs::checkpoint_storage(dir.path(), "w2")?;
     let mut rng = XorShift::new(42);
     let mut b = HeapBackend::new(config()?)?;
     let s = b.register(descriptor())?;
@@ -202,8 +203,8 @@ async fn rocksdb(scale: usize, mode: RocksMode, object: Option<&ObjectTarget>) -
     let dir = tempfile::tempdir().map_err(|e| Error::io("temporary directory", e))?;
     let (storage, name) = match object {
         None => {
-            let fs: Arc<dyn CheckpointStorage> = Arc::new(
-                flowstate_fs::FsCheckpointStorage::open(dir.path().join("checkpoints"), "w2")?
+            let fs: Arc<CheckpointStorage> = Arc::new(
+                flowstate_fs::checkpoint_storage(dir.path().join("checkpoints"), "w2")?
                     .with_savepoint_dir(dir.path().join("savepoints").display().to_string()),
             );
             (fs, name.to_string())
@@ -346,7 +347,7 @@ impl ObjectTarget {
         })
     }
 
-    fn storage(&self, run: &str) -> Result<Arc<dyn CheckpointStorage>> {
+    fn storage(&self, run: &str) -> Result<Arc<CheckpointStorage>> {
         // Short keys: s3s-fs names a file after each key in base64, so keys
         // beyond ~140 bytes exceed the filesystem's 255-byte names.
         let tag = unique_file_name();
@@ -361,7 +362,7 @@ impl ObjectTarget {
                 .build()?;
         let savepoints = format!("s3://{}/sp", self.bucket);
         Ok(Arc::new(
-            BlobCheckpointStorage::new(Arc::new(store), "w2")?.with_savepoint_dir(savepoints),
+            CheckpointStorage::new(Arc::new(store), "w2")?.with_savepoint_dir(savepoints),
         ))
     }
 }

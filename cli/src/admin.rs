@@ -7,7 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use flowstate_api::checkpoint::{
+    checkpoint_dir_id, BlobPath, BlobStore, CheckpointLocation, KeyGroupsStateHandle, OperatorState,
+    OperatorStateHandle, StateReader, StateScope, StreamStateHandle, METADATA_FILE, SHARED_DIR,
+};
 use flowstate_api::format::canonical::{CanonicalSnapshot, SnapshotHeader};
+use flowstate_api::lifecycle::GcOptions;
 use flowstate_api::*;
 use flowstate_fs::FsBlobStore;
 use flowstate_object::ObjectStoreBuilder;
@@ -59,9 +64,10 @@ fn open_store(location: &str, args: &StoreArgs) -> Result<Arc<dyn BlobStore>> {
         return Err(Error::invalid(format!("{location}: not a directory")));
     }
     let path = path.canonicalize().map_err(|e| Error::io(location, e))?;
-    Ok(Arc::new(
-        FsBlobStore::new(&path).keeping(&[flowstate_fs::SHARED_DIR, flowstate_fs::TASK_OWNED_DIR]),
-    ))
+    Ok(Arc::new(FsBlobStore::new(&path).keeping(&[
+        flowstate_api::checkpoint::SHARED_DIR,
+        flowstate_api::checkpoint::TASK_OWNED_DIR,
+    ])))
 }
 
 /// The last path segment of `location`, as a job id.
@@ -74,9 +80,9 @@ fn job_of(location: &str) -> String {
     }
 }
 
-fn storage_at(location: &str, args: &StoreArgs) -> Result<(Arc<dyn BlobStore>, Arc<dyn CheckpointStorage>)> {
+fn storage_at(location: &str, args: &StoreArgs) -> Result<(Arc<dyn BlobStore>, Arc<CheckpointStorage>)> {
     let store = open_store(location, args)?;
-    let storage = BlobCheckpointStorage::new(Arc::clone(&store), &job_of(location))?;
+    let storage = CheckpointStorage::new(Arc::clone(&store), &job_of(location))?;
     Ok((store, Arc::new(storage)))
 }
 
@@ -155,7 +161,7 @@ struct Listed {
 }
 
 /// The checkpoint and savepoint directories directly under `store`'s root.
-async fn list_under(store: &Arc<dyn BlobStore>, storage: &dyn CheckpointStorage) -> Result<Vec<(Listed, Vec<String>)>> {
+async fn list_under(store: &Arc<dyn BlobStore>, storage: &CheckpointStorage) -> Result<Vec<(Listed, Vec<String>)>> {
     let mut out = Vec::new();
     let mut dirs = store.list_level(None).await?.dirs;
     dirs.sort_by_key(|d| {
@@ -232,10 +238,10 @@ async fn metadata_in_the_way(store: &Arc<dyn BlobStore>, dir: &BlobPath) -> Resu
 /// Lists checkpoints and savepoints.
 pub async fn checkpoints(args: CheckpointsArgs) -> Result<Outcome> {
     let (store, storage) = storage_at(&args.target, &args.store)?;
-    let mut rows = list_under(&store, &*storage).await?;
+    let mut rows = list_under(&store, &storage).await?;
     if let Some(sp) = &args.savepoints {
         let (store, storage) = storage_at(sp, &args.store)?;
-        rows.extend(list_under(&store, &*storage).await?.into_iter().filter(|(l, _)| {
+        rows.extend(list_under(&store, &storage).await?.into_iter().filter(|(l, _)| {
             l.pointer
                 .rsplit('/')
                 .next()
@@ -981,7 +987,7 @@ mod tests {
 
     /// A full heap snapshot of 5,000 keys over 128 key groups in a file.
     async fn snapshot_file(dir: &Path) -> (KeyGroupsStateHandle, Arc<dyn StateReader>, std::path::PathBuf) {
-        let storage = flowstate_fs::FsCheckpointStorage::open(dir, "job").unwrap();
+        let storage = flowstate_fs::checkpoint_storage(dir, "job").unwrap();
         let mut b =
             flowstate_heap::HeapBackend::new(KeyedBackendConfig::<u64>::new(KeyGroupRange::all(128).unwrap(), 128))
                 .unwrap();
@@ -1102,7 +1108,7 @@ fn outside_checkpoints(target: &str) -> Result<()> {
 async fn copy_stream(
     stream: &StreamStateHandle,
     reader: &dyn StateReader,
-    location: &dyn CheckpointLocation,
+    location: &CheckpointLocation,
 ) -> Result<StreamStateHandle> {
     if !matches!(stream, StreamStateHandle::File { .. }) {
         return Ok(stream.clone());
@@ -1173,10 +1179,10 @@ pub async fn convert(args: ConvertArgs) -> Result<Outcome> {
                     KeyedStateHandle::KeyGroups(k) => KeyedStateHandle::KeyGroups(KeyGroupsStateHandle {
                         range: k.range,
                         offsets: k.offsets.clone(),
-                        stream: copy_stream(&k.stream, reader, &*location).await?,
+                        stream: copy_stream(&k.stream, reader, &location).await?,
                     }),
                     KeyedStateHandle::Incremental(i) => KeyedStateHandle::KeyGroups(
-                        flowstate_rocksdb::incremental_to_canonical(i, reader, &*location, &rocks).await?,
+                        flowstate_rocksdb::incremental_to_canonical(i, reader, &location, &rocks).await?,
                     ),
                     other => {
                         return Err(Error::unsupported(format!(
@@ -1189,7 +1195,7 @@ pub async fn convert(args: ConvertArgs) -> Result<Outcome> {
             let mut operator_state = Vec::new();
             for h in &op.operator_state {
                 let mut copy = h.clone();
-                copy.stream = copy_stream(&h.stream, reader, &*location).await?;
+                copy.stream = copy_stream(&h.stream, reader, &location).await?;
                 operator_state.push(copy);
             }
             operators.push(

@@ -7,8 +7,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use flowstate_api::checkpoint::{
+    is_own_file_name, unique_file_name, BlobStore, CheckpointLocation, OperatorState, ResolvedCheckpoint, StateReader,
+    SHARED_DIR,
+};
+use flowstate_api::lifecycle::GcOptions;
+use flowstate_api::operator::PendingOperatorSnapshot;
+use flowstate_api::ttl::{Clock, SystemClock};
 use flowstate_api::*;
-use flowstate_fs::FsCheckpointStorage;
+
 use flowstate_heap::HeapBackend;
 use flowstate_object::ObjectStoreBuilder;
 use flowstate_rocksdb::{RocksDbBackend, RocksDbOptions};
@@ -661,7 +668,7 @@ impl Source {
     }
 
     /// The sync phase of a checkpoint of every source subtask.
-    fn snapshot(&mut self, id: u64, location: &Arc<dyn CheckpointLocation>) -> Result<Vec<PendingOperatorSnapshot>> {
+    fn snapshot(&mut self, id: u64, location: &Arc<CheckpointLocation>) -> Result<Vec<PendingOperatorSnapshot>> {
         let mut pending = Vec::new();
         for s in &mut self.subtasks {
             let offsets: Vec<(u32, u64)> = s.offsets.iter().map(|(p, o)| (*p, *o)).collect();
@@ -850,7 +857,7 @@ impl<B: DemoBackend> Job<B> {
     async fn snapshot(
         &mut self,
         store: &mut CheckpointStore,
-        location: &Arc<dyn CheckpointLocation>,
+        location: &Arc<CheckpointLocation>,
         options: SnapshotOptions,
     ) -> Result<CheckpointReport> {
         let id = location.checkpoint_id();
@@ -1026,7 +1033,7 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
         incremental: !args.full,
     };
     let kind = StorageKind::parse(&args.storage);
-    let (storage, dir): (Arc<dyn CheckpointStorage>, Option<PathBuf>) = match &kind {
+    let (storage, dir): (Arc<CheckpointStorage>, Option<PathBuf>) = match &kind {
         StorageKind::Object(url) => {
             let mut builder = ObjectStoreBuilder::new(url.as_str());
             for option in &args.storage_options {
@@ -1037,7 +1044,7 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
             }
             let store = builder.build()?;
             let savepoints = format!("{}/savepoints", store.root());
-            let storage = BlobCheckpointStorage::new(Arc::new(store), JOB)?.with_savepoint_dir(savepoints);
+            let storage = CheckpointStorage::new(Arc::new(store), JOB)?.with_savepoint_dir(savepoints);
             (Arc::new(storage), None)
         }
         StorageKind::Fs | StorageKind::Dir(_) => {
@@ -1045,12 +1052,12 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
                 StorageKind::Dir(d) => d.clone(),
                 _ => root.clone(),
             };
-            let fs = FsCheckpointStorage::open(dir.join("checkpoints"), JOB)?
+            let fs = flowstate_fs::checkpoint_storage(dir.join("checkpoints"), JOB)?
                 .with_savepoint_dir(dir.join("savepoints").display().to_string());
             (Arc::new(fs), Some(dir))
         }
         StorageKind::Memory => (
-            Arc::new(MemoryCheckpointStorage::new(JOB).with_max_state_size(64 << 20)),
+            Arc::new(CheckpointStorage::in_memory(JOB).with_max_state_size(64 << 20)),
             None,
         ),
     };
@@ -1286,6 +1293,7 @@ async fn run_on<B: DemoBackend>(args: DemoArgs) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flowstate_api::checkpoint::METADATA_FILE;
 
     /// A small run: 20,000 events over 2,000 keys, a checkpoint every
     /// 3,000, the crash after 10,000; heap backend on memory storage.

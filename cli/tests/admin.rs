@@ -378,7 +378,7 @@ fn convert_rewrites_an_incremental_checkpoint_as_a_canonical_savepoint() {
     // savepoint restored into the heap backend hold the same state.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let storage = flowstate_fs::FsCheckpointStorage::open(dir.path().join("checkpoints"), JOB).unwrap();
+        let storage = flowstate_fs::checkpoint_storage(dir.path().join("checkpoints"), JOB).unwrap();
         let original = storage.resolve(s(&job.join("chk-7"))).await.unwrap();
         let converted = storage.resolve(&pointer).await.unwrap();
         let handles = |m: &CheckpointMetadata| m.operator("count-by-user").unwrap().keyed.clone();

@@ -8,13 +8,13 @@ use std::borrow::{Borrow, Cow};
 
 use crate::backend::{KeyedStateBackend, MapVisit};
 use crate::descriptor::{
-    AggregatingState, ListState, MapState, ReducingState, StateDescriptor, StateHandle, StateId, StateSlot, ValueState,
+    AggregatingState, ListState, MapState, ReducingState, State, StateDescriptor, StateId, StateRef, ValueState,
 };
 use crate::error::{Error, Result};
 use crate::serializer::SharedSerializer;
 use crate::ttl::{put_ttl_timestamp, split_ttl_value, StateTtlConfig, TtlStateVisibility, TtlUpdateType};
 
-fn state_id<B: KeyedStateBackend + ?Sized>(b: &B, slot: StateSlot, name: &str) -> Result<StateId> {
+fn state_id<B: KeyedStateBackend + ?Sized>(b: &B, slot: StateRef, name: &str) -> Result<StateId> {
     if slot.backend == b.backend_id() {
         Ok(slot.id)
     } else {
@@ -262,7 +262,7 @@ fn read_list<B: KeyedStateBackend + ?Sized>(
 
 /// A state whose namespaces can be merged (list, reducing, aggregating), as
 /// merging windows need.
-pub trait MergeableState: StateHandle {
+pub trait MergeableState: State {
     /// Folds the state of `sources` into `target` and clears the sources.
     /// Leaves the state's current namespace at `target`.
     fn merge_raw<B: KeyedStateBackend + ?Sized>(&self, b: &mut B, target: &[u8], sources: &[Vec<u8>]) -> Result<()>;
@@ -366,7 +366,7 @@ impl<IN, ACC, OUT, N> MergeableState for AggregatingState<IN, ACC, OUT, N> {
     }
 }
 
-fn namespace_bytes<H: StateHandle>(h: &H, ns: &H::Namespace) -> Result<Vec<u8>> {
+fn namespace_bytes<H: State>(h: &H, ns: &H::Namespace) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     h.namespace_serializer()
         .serialize(ns, &mut buf)
@@ -393,7 +393,7 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
         let id = self
             .register_state(descriptor.meta(), descriptor.ttl())
             .map_err(|e| e.context(format!("registering state {:?}", descriptor.meta().name)))?;
-        let slot = StateSlot {
+        let slot = StateRef {
             backend: self.backend_id(),
             id,
         };
@@ -401,14 +401,14 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
     }
 
     /// Sets the namespace that `state`'s operations act in (until set again).
-    fn set_namespace<H: StateHandle>(&mut self, state: &H, namespace: &H::Namespace) -> Result<()> {
+    fn set_namespace<H: State>(&mut self, state: &H, namespace: &H::Namespace) -> Result<()> {
         let id = state_id(self, state.slot(), state.name())?;
         let ns = namespace_bytes(state, namespace)?;
         self.set_namespace_bytes(id, &ns)
     }
 
     /// Removes the state's entry for the current key and namespace.
-    fn clear<H: StateHandle>(&mut self, state: &H) -> Result<()> {
+    fn clear<H: State>(&mut self, state: &H) -> Result<()> {
         let id = state_id(self, state.slot(), state.name())?;
         self.raw_clear(id)
     }
@@ -771,7 +771,7 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
     }
 
     /// The keys that hold `state` in `namespace`.
-    fn keys<H: StateHandle>(&mut self, state: &H, namespace: &H::Namespace) -> Result<Vec<Self::Key>> {
+    fn keys<H: State>(&mut self, state: &H, namespace: &H::Namespace) -> Result<Vec<Self::Key>> {
         let id = state_id(self, state.slot(), state.name())?;
         let ns = namespace_bytes(state, namespace)?;
         let ser = self.key_serializer().clone();
@@ -784,7 +784,7 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
     }
 
     /// Every (key, namespace) pair that holds `state`.
-    fn keys_and_namespaces<H: StateHandle>(&mut self, state: &H) -> Result<Vec<(Self::Key, H::Namespace)>> {
+    fn keys_and_namespaces<H: State>(&mut self, state: &H) -> Result<Vec<(Self::Key, H::Namespace)>> {
         let id = state_id(self, state.slot(), state.name())?;
         let kser = self.key_serializer().clone();
         let nser = state.namespace_serializer().clone();
@@ -801,7 +801,7 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
     /// state (the keys are collected first).
     fn apply_to_all_keys<H, F>(&mut self, state: &H, namespace: &H::Namespace, mut f: F) -> Result<()>
     where
-        H: StateHandle,
+        H: State,
         F: FnMut(&mut Self, &Self::Key) -> Result<()>,
     {
         let id = state_id(self, state.slot(), state.name())?;
@@ -822,7 +822,7 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
     }
 
     /// The exact number of (key, namespace) pairs holding `state`.
-    fn entry_count<H: StateHandle>(&mut self, state: &H) -> Result<u64> {
+    fn entry_count<H: State>(&mut self, state: &H) -> Result<u64> {
         let id = state_id(self, state.slot(), state.name())?;
         KeyedStateBackend::raw_entry_count(self, id)
     }

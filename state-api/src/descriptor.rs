@@ -96,7 +96,7 @@ pub fn validate_state_name(name: &str) -> Result<()> {
 /// What a backend records about a state, and what snapshots carry so a
 /// restore can check the state it is given back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateMeta {
+pub struct StateMetaInfo {
     /// The state's name, unique within a backend.
     pub name: String,
     /// Its kind.
@@ -111,9 +111,9 @@ pub struct StateMeta {
     pub ttl: bool,
 }
 
-impl StateMeta {
+impl StateMetaInfo {
     /// Describes how this state differs from `other` (the restored one), if it does.
-    pub fn incompatibility(&self, restored: &StateMeta) -> Option<String> {
+    pub fn incompatibility(&self, restored: &StateMetaInfo) -> Option<String> {
         let mut why = Vec::new();
         if self.kind != restored.kind {
             why.push(format!("kind {} was restored as {}", self.kind, restored.kind));
@@ -175,7 +175,7 @@ pub type StateId = u32;
 
 /// Where a registered state lives: its backend and its index there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct StateSlot {
+pub struct StateRef {
     /// The process-unique id of the backend that registered the state.
     pub backend: u64,
     /// The state's index in that backend.
@@ -202,16 +202,16 @@ impl Common<VoidNamespace> {
 
 /// A registered state: slot, name, namespace serializer and TTL.
 pub(crate) struct HandleCore<N> {
-    pub(crate) slot: StateSlot,
+    pub(crate) slot: StateRef,
     pub(crate) common: Common<N>,
 }
 
 /// Common access to every typed handle.
-pub trait StateHandle {
+pub trait State {
     /// The namespace type.
     type Namespace;
     /// The slot the state was registered at.
-    fn slot(&self) -> StateSlot;
+    fn slot(&self) -> StateRef;
     /// The state's name.
     fn name(&self) -> &str;
     /// The namespace serializer.
@@ -223,13 +223,13 @@ pub trait StateHandle {
 /// Turns a descriptor into a handle once a backend has registered it.
 pub trait StateDescriptor {
     /// The handle type.
-    type Handle: StateHandle;
+    type Handle: State;
     /// What the backend records and snapshots carry.
-    fn meta(&self) -> StateMeta;
+    fn meta(&self) -> StateMetaInfo;
     /// The TTL configuration, if any.
     fn ttl(&self) -> Option<StateTtlConfig>;
     /// Builds the handle for `slot`.
-    fn into_handle(self, slot: StateSlot) -> Self::Handle;
+    fn into_handle(self, slot: StateRef) -> Self::Handle;
 }
 
 /// A reduce function: folds two values into one.
@@ -301,9 +301,9 @@ macro_rules! handle_impl {
             }
         }
 
-        impl<$($p,)* N> StateHandle for $handle<$($p,)* N> {
+        impl<$($p,)* N> State for $handle<$($p,)* N> {
             type Namespace = N;
-            fn slot(&self) -> StateSlot {
+            fn slot(&self) -> StateRef {
                 self.0.core.slot
             }
             fn name(&self) -> &str {
@@ -319,8 +319,8 @@ macro_rules! handle_impl {
     };
 }
 
-fn meta<N>(common: &Common<N>, kind: StateKind, value: SerializerId, user_key: Option<SerializerId>) -> StateMeta {
-    StateMeta {
+fn meta<N>(common: &Common<N>, kind: StateKind, value: SerializerId, user_key: Option<SerializerId>) -> StateMetaInfo {
+    StateMetaInfo {
         name: common.name.to_string(),
         kind,
         namespace_serializer: common.namespace.id(),
@@ -379,13 +379,13 @@ handle_impl!(ValueState<V>);
 
 impl<V, N> StateDescriptor for ValueStateDescriptor<V, N> {
     type Handle = ValueState<V, N>;
-    fn meta(&self) -> StateMeta {
+    fn meta(&self) -> StateMetaInfo {
         meta(&self.common, StateKind::Value, self.value.id(), None)
     }
     fn ttl(&self) -> Option<StateTtlConfig> {
         self.common.ttl
     }
-    fn into_handle(self, slot: StateSlot) -> ValueState<V, N> {
+    fn into_handle(self, slot: StateRef) -> ValueState<V, N> {
         ValueState(Arc::new(ValueInner {
             core: HandleCore {
                 slot,
@@ -435,13 +435,13 @@ handle_impl!(ListState<V>);
 
 impl<V, N> StateDescriptor for ListStateDescriptor<V, N> {
     type Handle = ListState<V, N>;
-    fn meta(&self) -> StateMeta {
+    fn meta(&self) -> StateMetaInfo {
         meta(&self.common, StateKind::List, self.element.id(), None)
     }
     fn ttl(&self) -> Option<StateTtlConfig> {
         self.common.ttl
     }
-    fn into_handle(self, slot: StateSlot) -> ListState<V, N> {
+    fn into_handle(self, slot: StateRef) -> ListState<V, N> {
         ListState(Arc::new(ListInner {
             core: HandleCore {
                 slot,
@@ -497,13 +497,13 @@ handle_impl!(MapState<UK, UV>);
 
 impl<UK, UV, N> StateDescriptor for MapStateDescriptor<UK, UV, N> {
     type Handle = MapState<UK, UV, N>;
-    fn meta(&self) -> StateMeta {
+    fn meta(&self) -> StateMetaInfo {
         meta(&self.common, StateKind::Map, self.value.id(), Some(self.user_key.id()))
     }
     fn ttl(&self) -> Option<StateTtlConfig> {
         self.common.ttl
     }
-    fn into_handle(self, slot: StateSlot) -> MapState<UK, UV, N> {
+    fn into_handle(self, slot: StateRef) -> MapState<UK, UV, N> {
         MapState(Arc::new(MapInner {
             core: HandleCore {
                 slot,
@@ -560,13 +560,13 @@ handle_impl!(ReducingState<V>);
 
 impl<V, N> StateDescriptor for ReducingStateDescriptor<V, N> {
     type Handle = ReducingState<V, N>;
-    fn meta(&self) -> StateMeta {
+    fn meta(&self) -> StateMetaInfo {
         meta(&self.common, StateKind::Reducing, self.value.id(), None)
     }
     fn ttl(&self) -> Option<StateTtlConfig> {
         self.common.ttl
     }
-    fn into_handle(self, slot: StateSlot) -> ReducingState<V, N> {
+    fn into_handle(self, slot: StateRef) -> ReducingState<V, N> {
         ReducingState(Arc::new(ReducingInner {
             core: HandleCore {
                 slot,
@@ -627,13 +627,13 @@ handle_impl!(AggregatingState<IN, ACC, OUT>);
 
 impl<IN, ACC, OUT, N> StateDescriptor for AggregatingStateDescriptor<IN, ACC, OUT, N> {
     type Handle = AggregatingState<IN, ACC, OUT, N>;
-    fn meta(&self) -> StateMeta {
+    fn meta(&self) -> StateMetaInfo {
         meta(&self.common, StateKind::Aggregating, self.accumulator.id(), None)
     }
     fn ttl(&self) -> Option<StateTtlConfig> {
         self.common.ttl
     }
-    fn into_handle(self, slot: StateSlot) -> AggregatingState<IN, ACC, OUT, N> {
+    fn into_handle(self, slot: StateRef) -> AggregatingState<IN, ACC, OUT, N> {
         AggregatingState(Arc::new(AggregatingInner {
             core: HandleCore {
                 slot,

@@ -32,7 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::backend::KeyedStateBackend;
-use crate::descriptor::{StateDescriptor, StateHandle, StateKind, StateMeta, StateSlot};
+use crate::descriptor::{State, StateDescriptor, StateKind, StateMetaInfo, StateRef};
 use crate::error::{Error, Result};
 use crate::serializer::{default_serializer, SerializerId, SharedSerializer, VoidNamespace, VoidNamespaceSerializer};
 use crate::ttl::StateTtlConfig;
@@ -65,19 +65,6 @@ impl fmt::Display for TimeDomain {
             TimeDomain::ProcessingTime => "processing time",
         })
     }
-}
-
-/// Encodes a timestamp so that byte order is time order: big-endian with
-/// the sign bit flipped (negative timestamps sort first).
-#[inline]
-pub fn encode_timestamp(timestamp: i64) -> [u8; 8] {
-    ((timestamp as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-/// The inverse of [`encode_timestamp`].
-#[inline]
-pub fn decode_timestamp(bytes: [u8; 8]) -> i64 {
-    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
 }
 
 /// Describes a timer service: its name, time domain and namespace serializer.
@@ -132,8 +119,8 @@ impl<N> TimerServiceDescriptor<N> {
 impl<N> StateDescriptor for TimerServiceDescriptor<N> {
     type Handle = TimerService<N>;
 
-    fn meta(&self) -> StateMeta {
-        StateMeta {
+    fn meta(&self) -> StateMetaInfo {
+        StateMetaInfo {
             name: self.name.to_string(),
             kind: StateKind::Timers,
             namespace_serializer: self.namespace.id(),
@@ -147,7 +134,7 @@ impl<N> StateDescriptor for TimerServiceDescriptor<N> {
         None
     }
 
-    fn into_handle(self, slot: StateSlot) -> TimerService<N> {
+    fn into_handle(self, slot: StateRef) -> TimerService<N> {
         TimerService(Arc::new(ServiceInner {
             slot,
             name: self.name,
@@ -158,7 +145,7 @@ impl<N> StateDescriptor for TimerServiceDescriptor<N> {
 }
 
 struct ServiceInner<N> {
-    slot: StateSlot,
+    slot: StateRef,
     name: Arc<str>,
     domain: TimeDomain,
     namespace: SharedSerializer<N>,
@@ -183,9 +170,9 @@ impl<N> fmt::Debug for TimerService<N> {
     }
 }
 
-impl<N> StateHandle for TimerService<N> {
+impl<N> State for TimerService<N> {
     type Namespace = N;
-    fn slot(&self) -> StateSlot {
+    fn slot(&self) -> StateRef {
         self.0.slot
     }
     fn name(&self) -> &str {
@@ -216,7 +203,7 @@ impl<N> TimerService<N> {
         self.0.domain
     }
 
-    fn id<B: KeyedStateBackend + ?Sized>(&self, b: &B) -> Result<crate::StateId> {
+    fn id<B: KeyedStateBackend + ?Sized>(&self, b: &B) -> Result<crate::descriptor::StateId> {
         if self.0.slot.backend == b.backend_id() {
             Ok(self.0.slot.id)
         } else {
@@ -328,6 +315,7 @@ impl<N> TimerService<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::codec::{decode_timestamp, encode_timestamp};
 
     #[test]
     fn timestamp_encoding_orders_like_time() {

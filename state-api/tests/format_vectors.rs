@@ -3,9 +3,17 @@
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
+use flowstate_api::backend::{StateKind, StateMetaInfo};
+use flowstate_api::checkpoint::{
+    HandleFile, IncrementalStateHandle, InlineReader, KeyGroupsStateHandle, OperatorState, StateScope,
+    StreamStateHandle,
+};
 use flowstate_api::format::canonical::{
     write_canonical_snapshot, CanonicalSnapshot, KeyGroupSource, KeyGroupWriter, Record, SnapshotHeader,
 };
+use flowstate_api::keygroup::murmur3_32;
+use flowstate_api::operator::DistributionMode;
+use flowstate_api::serializer::VoidNamespaceSerializer;
 use flowstate_api::*;
 
 fn hex(b: &[u8]) -> String {
@@ -65,7 +73,7 @@ async fn snapshot_bytes() -> (KeyGroupsStateHandle, Vec<u8>) {
         range: KeyGroupRange::new(KEY_42_KEY_GROUP, KEY_42_KEY_GROUP + 1).unwrap(),
         max_parallelism: 128,
         key_serializer: Bincode::<u64>::new().id(),
-        states: vec![StateMeta {
+        states: vec![StateMetaInfo {
             name: "count".into(),
             kind: StateKind::Value,
             namespace_serializer: VoidNamespaceSerializer.id(),
@@ -75,7 +83,7 @@ async fn snapshot_bytes() -> (KeyGroupsStateHandle, Vec<u8>) {
         }],
         compressed: false,
     };
-    let storage = MemoryCheckpointStorage::new("vectors");
+    let storage = CheckpointStorage::in_memory("vectors");
     let location = storage.init_checkpoint(1).await.unwrap();
     let stream = location.create_output_stream(StateScope::Exclusive).await.unwrap();
     let written = write_canonical_snapshot(&header, One, Default::default(), stream, None)
@@ -233,7 +241,7 @@ async fn operator_state_vector() {
     b.put(&mut store, b"k".to_vec(), b"v".to_vec()).unwrap();
     l.add_all(&mut store, [b"a".to_vec(), b"bc".to_vec()]).unwrap();
 
-    let storage = MemoryCheckpointStorage::new("vectors");
+    let storage = CheckpointStorage::in_memory("vectors");
     let location = storage.init_checkpoint(1).await.unwrap();
     let handle = store.snapshot(1, location).unwrap().await.unwrap();
     let StreamStateHandle::Inline(stream) = &handle.stream else {

@@ -4,9 +4,11 @@
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
+use flowstate_api::checkpoint::{StateScope, StreamStateHandle};
 use flowstate_api::format::canonical::{
     write_canonical_snapshot, CanonicalSnapshot, KeyGroupSource, KeyGroupWriter, Record, SnapshotHeader,
 };
+use flowstate_api::format::codec::encode_timestamp;
 use flowstate_api::*;
 
 fn hex(b: &[u8]) -> String {
@@ -40,7 +42,7 @@ async fn canonical_timer_vector() {
         states: vec![TimerServiceDescriptor::event_time("t").meta()],
         compressed: false,
     };
-    let storage = MemoryCheckpointStorage::new("vectors");
+    let storage = CheckpointStorage::in_memory("vectors");
     let location = storage.init_checkpoint(1).await.unwrap();
     let stream = location.create_output_stream(StateScope::Exclusive).await.unwrap();
     let written = write_canonical_snapshot(&header, One, Default::default(), stream, None)

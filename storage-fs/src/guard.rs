@@ -7,7 +7,8 @@ use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use flowstate_api::{validate_relative_path, Error, Result};
+use flowstate_api::checkpoint::validate_relative_path;
+use flowstate_api::{Error, Result};
 
 /// What [`confine`] does with the last component of a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

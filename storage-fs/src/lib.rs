@@ -1,5 +1,5 @@
 //! Filesystem checkpoint storage for flowstate: the checkpoint layout of
-//! [`BlobCheckpointStorage`] over [`FsBlobStore`], a durable adapter of the
+//! [`CheckpointStorage`] over [`FsBlobStore`], a durable adapter of the
 //! [`BlobStore`] contract.
 //!
 //! ```text
@@ -19,12 +19,11 @@
 //!
 //! ```
 //! use flowstate_api::*;
-//! use flowstate_fs::FsCheckpointStorage;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<()> {
 //! let dir = tempfile::tempdir().unwrap();
-//! let storage = FsCheckpointStorage::open(dir.path(), "my-job")?;
+//! let storage = flowstate_fs::checkpoint_storage(dir.path(), "my-job")?;
 //! let location = storage.init_checkpoint(1).await?;
 //! let pointer = location.write_metadata(&CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 0)).await?;
 //! assert!(pointer.ends_with("my-job/chk-1"));
@@ -42,34 +41,27 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use flowstate_api::{
-    run_blocking, unique_file_name, BlobCheckpointStorage, BlobListing, BlobMeta, BlobPath, BlobStateReader, BlobStore,
-    BlobWriter, Error, ErrorKind, Result,
+use flowstate_api::checkpoint::{
+    unique_file_name, BlobListing, BlobMeta, BlobPath, BlobStateReader, BlobStore, BlobWriter, SHARED_DIR,
+    TASK_OWNED_DIR,
 };
+use flowstate_api::runtime::run_blocking;
+use flowstate_api::{CheckpointStorage, Error, ErrorKind, Result};
 
 use guard::{confine, read_range, real_dir, Last};
 
-pub use flowstate_api::{DEFAULT_INLINE_THRESHOLD, MAX_INLINE_THRESHOLD, SHARED_DIR, TASK_OWNED_DIR};
-
-/// Filesystem checkpoint storage: [`open`](FsCheckpointStorage::open) gives
-/// the checkpoint layout over an [`FsBlobStore`] at `<base>/<job-id>`.
-#[derive(Debug, Clone, Copy)]
-pub struct FsCheckpointStorage;
-
-impl FsCheckpointStorage {
-    /// Storage for `job_id` under the directory `base` (created if needed).
-    #[allow(clippy::new_ret_no_self)]
-    pub fn open(base: impl AsRef<Path>, job_id: &str) -> Result<BlobCheckpointStorage> {
-        let dir = base.as_ref().join(job_id);
-        let store = FsBlobStore::new(&dir).keeping(&[SHARED_DIR, TASK_OWNED_DIR]);
-        // The job id is checked (one path component) before a directory is made.
-        let storage = BlobCheckpointStorage::new(Arc::new(store), job_id)?;
-        for d in [SHARED_DIR, TASK_OWNED_DIR] {
-            let path = dir.join(d);
-            std::fs::create_dir_all(&path).map_err(|e| Error::io(path.display(), e))?;
-        }
-        Ok(storage)
+/// Checkpoint storage for `job_id` under the directory `base` (created if
+/// needed): the checkpoint layout over an [`FsBlobStore`] at `<base>/<job-id>`.
+pub fn checkpoint_storage(base: impl AsRef<Path>, job_id: &str) -> Result<CheckpointStorage> {
+    let dir = base.as_ref().join(job_id);
+    let store = FsBlobStore::new(&dir).keeping(&[SHARED_DIR, TASK_OWNED_DIR]);
+    // The job id is checked (one path component) before a directory is made.
+    let storage = CheckpointStorage::new(Arc::new(store), job_id)?;
+    for d in [SHARED_DIR, TASK_OWNED_DIR] {
+        let path = dir.join(d);
+        std::fs::create_dir_all(&path).map_err(|e| Error::io(path.display(), e))?;
     }
+    Ok(storage)
 }
 
 /// A reader of state files under `root` (what a restore of a checkpoint
@@ -473,48 +465,4 @@ fn write_if_absent(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(dir.display(), e))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn fs_store_contract() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsBlobStore::new(&dir.path().join("job"));
-        let p = BlobPath::new("shared/a").unwrap();
-        let mut w = store.create(&p).await.unwrap();
-        w.write(Bytes::from_static(b"hello ")).await.unwrap();
-        w.write(Bytes::from_static(b"world")).await.unwrap();
-        w.finish().await.unwrap();
-        assert_eq!(store.head(&p).await.unwrap().unwrap().size, 11);
-        assert_eq!(store.get_range(&p, 6..100).await.unwrap(), &b"world"[..]);
-        assert_eq!(store.get_range(&p, 50..60).await.unwrap(), &b""[..]);
-        let r = store.get_ranges(&p, &[0..1, 4..6]).await.unwrap();
-        assert_eq!(r, [&b"h"[..], &b"o "[..]]);
-        let m = BlobPath::new("chk-1/_metadata").unwrap();
-        store.put_if_absent(&m, Bytes::from_static(b"m")).await.unwrap();
-        let e = store.put_if_absent(&m, Bytes::new()).await.unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Conflict);
-        let mut all: Vec<String> = store
-            .list(None)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| m.path.as_str().to_string())
-            .collect();
-        all.sort();
-        assert_eq!(all, ["chk-1/_metadata", "shared/a"]);
-        // A dropped writer leaves nothing.
-        let q = BlobPath::new("shared/b").unwrap();
-        let mut w = store.create(&q).await.unwrap();
-        w.write(Bytes::from_static(b"x")).await.unwrap();
-        drop(w);
-        assert!(store.head(&q).await.unwrap().is_none());
-        // Deleting the last file of a directory removes the directory.
-        store.delete(&[m.clone(), m]).await.unwrap();
-        assert!(!dir.path().join("job/chk-1").exists());
-        assert!(store.open("s3://bucket/x").is_err());
-    }
 }

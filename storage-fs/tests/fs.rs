@@ -4,9 +4,13 @@
 
 use std::path::Path;
 
-use flowstate_api::BlobCheckpointStorage;
+use flowstate_api::checkpoint::{
+    unique_file_name, BlobListing, BlobPath, BlobStore, KeyGroupsStateHandle, MemoryBlobStore, OperatorState,
+    StateReader, StateScope, StreamStateHandle,
+};
+use flowstate_api::lifecycle::GcOptions;
 use flowstate_api::*;
-use flowstate_fs::{state_reader, FsCheckpointStorage};
+use flowstate_fs::state_reader;
 use flowstate_heap::HeapBackend;
 
 fn files(dir: &Path) -> Vec<String> {
@@ -45,7 +49,7 @@ async fn big_backend() -> (HeapBackend<u64>, ValueState<Vec<u8>>) {
     (b, v)
 }
 
-async fn checkpoint(b: &mut HeapBackend<u64>, storage: &BlobCheckpointStorage, id: u64) -> (String, KeyedStateHandle) {
+async fn checkpoint(b: &mut HeapBackend<u64>, storage: &CheckpointStorage, id: u64) -> (String, KeyedStateHandle) {
     let location = storage.init_checkpoint(id).await.unwrap();
     let result = b
         .snapshot(id, location.clone(), SnapshotOptions::checkpoint())
@@ -61,7 +65,7 @@ async fn checkpoint(b: &mut HeapBackend<u64>, storage: &BlobCheckpointStorage, i
 #[tokio::test]
 async fn layout_follows_flink() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = FsCheckpointStorage::open(dir.path(), "job-a").unwrap();
+    let storage = flowstate_fs::checkpoint_storage(dir.path(), "job-a").unwrap();
     let (mut b, _) = big_backend().await;
     let (pointer, handle) = checkpoint(&mut b, &storage, 1).await;
     assert_eq!(pointer, dir.path().join("job-a/chk-1").display().to_string());
@@ -83,7 +87,7 @@ async fn layout_follows_flink() {
 #[tokio::test]
 async fn dropped_and_aborted_streams_delete_their_files() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+    let storage = flowstate_fs::checkpoint_storage(dir.path(), "job").unwrap();
     let location = storage.init_checkpoint(1).await.unwrap();
     let chk = dir.path().join("job/chk-1");
     for abort in [false, true] {
@@ -127,7 +131,7 @@ async fn paths_leaving_the_root_are_refused() {
 #[tokio::test]
 async fn bad_metadata_gives_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+    let storage = flowstate_fs::checkpoint_storage(dir.path(), "job").unwrap();
     let (mut b, _) = big_backend().await;
     let (pointer, _) = checkpoint(&mut b, &storage, 1).await;
     let metadata = std::fs::read(format!("{pointer}/_metadata")).unwrap();
@@ -159,7 +163,7 @@ async fn bad_metadata_gives_clear_errors() {
 #[tokio::test]
 async fn state_file_of_the_wrong_size_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+    let storage = flowstate_fs::checkpoint_storage(dir.path(), "job").unwrap();
     let (mut b, _) = big_backend().await;
     let (pointer, handle) = checkpoint(&mut b, &storage, 1).await;
     let file = handle.streams()[0].file_path().unwrap().to_string();
@@ -181,7 +185,7 @@ async fn state_file_of_the_wrong_size_is_refused() {
 #[tokio::test]
 async fn savepoints_are_self_contained_and_relocatable() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = FsCheckpointStorage::open(dir.path().join("ckpt"), "job")
+    let storage = flowstate_fs::checkpoint_storage(dir.path().join("ckpt"), "job")
         .unwrap()
         .with_savepoint_dir(dir.path().join("savepoints").display().to_string());
     let (mut b, _) = big_backend().await;
@@ -225,16 +229,16 @@ async fn savepoints_are_self_contained_and_relocatable() {
 async fn job_ids_must_be_one_component() {
     let dir = tempfile::tempdir().unwrap();
     for bad in ["", "a/b", "..", "/abs"] {
-        assert!(FsCheckpointStorage::open(dir.path(), bad).is_err(), "{bad:?}");
+        assert!(flowstate_fs::checkpoint_storage(dir.path(), bad).is_err(), "{bad:?}");
     }
 }
 
 #[tokio::test]
 async fn gc_refuses_when_any_metadata_is_unreadable() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+    let storage = flowstate_fs::checkpoint_storage(dir.path(), "job").unwrap();
     let job = std::path::PathBuf::from(storage.job_root());
-    let shared: std::sync::Arc<dyn CheckpointStorage> = std::sync::Arc::new(storage);
+    let shared: std::sync::Arc<CheckpointStorage> = std::sync::Arc::new(storage);
     let mut store = CheckpointStore::open(shared.clone(), CheckpointStoreConfig::default())
         .await
         .unwrap();
@@ -331,7 +335,7 @@ fn keyed_file_handle(path: &str, size: u64) -> KeyedStateHandle {
 fn fifo_state_file_is_refused_without_blocking() {
     within("restoring from a FIFO", async {
         let dir = tempfile::tempdir().unwrap();
-        let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+        let storage = flowstate_fs::checkpoint_storage(dir.path(), "job").unwrap();
         let (mut b, _) = big_backend().await;
         let (pointer, handle) = checkpoint(&mut b, &storage, 1).await;
         // Replace the state file by a FIFO nobody writes to.
@@ -357,7 +361,7 @@ fn fifo_state_file_is_refused_without_blocking() {
 fn fifo_metadata_is_refused_by_resolve_and_skipped_by_latest_checkpoint() {
     within("reading a FIFO as _metadata", async {
         let dir = tempfile::tempdir().unwrap();
-        let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+        let storage = flowstate_fs::checkpoint_storage(dir.path(), "job").unwrap();
         let (mut b, _) = big_backend().await;
         checkpoint(&mut b, &storage, 1).await;
         let chk = dir.path().join("job/chk-2");
@@ -378,7 +382,7 @@ fn fifo_metadata_is_refused_by_resolve_and_skipped_by_latest_checkpoint() {
 fn fifo_is_refused_by_read_file_and_not_listed() {
     within("read_file of a FIFO", async {
         let dir = tempfile::tempdir().unwrap();
-        let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+        let storage = flowstate_fs::checkpoint_storage(dir.path(), "job").unwrap();
         let chk = dir.path().join("job/chk-3");
         std::fs::create_dir(&chk).unwrap();
         mkfifo(&chk.join("_metadata"));
@@ -387,7 +391,7 @@ fn fifo_is_refused_by_read_file_and_not_listed() {
         assert!(err.to_string().contains("chk-3/_metadata is a FIFO"), "{err}");
         assert!(storage.list_files().await.unwrap().is_empty());
         // The checkpoint store opens (and sees no checkpoint).
-        let shared: std::sync::Arc<dyn CheckpointStorage> = std::sync::Arc::new(storage);
+        let shared: std::sync::Arc<CheckpointStorage> = std::sync::Arc::new(storage);
         let store = CheckpointStore::open(shared, CheckpointStoreConfig::default())
             .await
             .unwrap();
@@ -399,11 +403,11 @@ fn fifo_is_refused_by_read_file_and_not_listed() {
 fn gc_refuses_beside_a_fifo_or_an_escaping_link_in_place_of_metadata() {
     within("garbage collection beside a FIFO _metadata", async {
         let dir = tempfile::tempdir().unwrap();
-        let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+        let storage = flowstate_fs::checkpoint_storage(dir.path(), "job").unwrap();
         let job = std::path::PathBuf::from(storage.job_root());
         let (mut b, _) = big_backend().await;
         checkpoint(&mut b, &storage, 1).await;
-        let shared: std::sync::Arc<dyn CheckpointStorage> = std::sync::Arc::new(storage);
+        let shared: std::sync::Arc<CheckpointStorage> = std::sync::Arc::new(storage);
         let store = CheckpointStore::open(shared.clone(), CheckpointStoreConfig::default())
             .await
             .unwrap();
@@ -538,14 +542,14 @@ async fn directories_and_sockets_named_as_state_files_are_refused() {
             "{err}"
         );
     }
-    let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+    let storage = flowstate_fs::checkpoint_storage(dir.path(), "job").unwrap();
     let err = storage.read_file("chk-1/dir").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
 }
 
 /// A job directory whose `shared/dirlink` leads to `outside/`, which holds `victim`.
-fn job_with_dirlink(dir: &Path) -> (BlobCheckpointStorage, std::path::PathBuf) {
-    let storage = FsCheckpointStorage::open(dir, "job").unwrap();
+fn job_with_dirlink(dir: &Path) -> (CheckpointStorage, std::path::PathBuf) {
+    let storage = flowstate_fs::checkpoint_storage(dir, "job").unwrap();
     let outside = dir.join("outside");
     std::fs::create_dir(&outside).unwrap();
     std::fs::write(outside.join("victim"), b"victim").unwrap();
@@ -603,7 +607,7 @@ async fn deleting_a_symlink_removes_only_the_link() {
 #[tokio::test]
 async fn dispose_of_a_symlinked_checkpoint_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+    let storage = flowstate_fs::checkpoint_storage(dir.path(), "job").unwrap();
     let location = storage.init_checkpoint(1).await.unwrap();
     let outside = dir.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
@@ -631,7 +635,7 @@ async fn dispose_of_a_symlinked_checkpoint_directory_is_refused() {
 #[tokio::test]
 async fn init_checkpoint_through_a_symlink_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+    let storage = flowstate_fs::checkpoint_storage(dir.path(), "job").unwrap();
     let outside = dir.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, dir.path().join("job/chk-5")).unwrap();
@@ -654,7 +658,7 @@ async fn init_checkpoint_through_a_symlink_is_refused() {
 #[tokio::test]
 async fn metadata_and_streams_do_not_follow_planted_symlinks() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+    let storage = flowstate_fs::checkpoint_storage(dir.path(), "job").unwrap();
     let location = storage.init_checkpoint(1).await.unwrap();
     let outside = dir.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
@@ -708,7 +712,7 @@ async fn checkpoint_store_never_deletes_through_a_symlinked_directory() {
         vec![keyed_file_handle("shared/dirlink/victim", 6)],
     ));
     location.write_metadata(&metadata).await.unwrap();
-    let shared: std::sync::Arc<dyn CheckpointStorage> = std::sync::Arc::new(storage);
+    let shared: std::sync::Arc<CheckpointStorage> = std::sync::Arc::new(storage);
     let mut store = CheckpointStore::open(shared, CheckpointStoreConfig::default())
         .await
         .unwrap();
@@ -734,12 +738,12 @@ async fn checkpoint_store_never_deletes_through_a_symlinked_directory() {
 #[tokio::test]
 async fn metadata_files_over_the_cap_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = FsCheckpointStorage::open(dir.path(), "job").unwrap();
+    let storage = flowstate_fs::checkpoint_storage(dir.path(), "job").unwrap();
     let chk = dir.path().join("job/chk-4");
     std::fs::create_dir(&chk).unwrap();
     // Sparse: takes no space, and must not be read.
     let f = std::fs::File::create(chk.join("_metadata")).unwrap();
-    f.set_len(flowstate_api::MAX_METADATA_SIZE + 1).unwrap();
+    f.set_len(flowstate_api::checkpoint::MAX_METADATA_SIZE + 1).unwrap();
     let err = storage.read_file("chk-4/_metadata").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::LimitExceeded, "{err}");
     assert!(err.to_string().contains("chk-4/_metadata"), "{err}");

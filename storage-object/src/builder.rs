@@ -57,7 +57,7 @@ pub const FLOWSTATE_OPTION_KEYS: [&str; 6] = [
 ///     .with_option("region", "eu-west-1")
 ///     .with_option("max_retries", "5")
 ///     .build()?;
-/// assert_eq!(flowstate_api::BlobStore::root(&store), "s3://bucket/checkpoints/job");
+/// assert_eq!(flowstate_api::checkpoint::BlobStore::root(&store), "s3://bucket/checkpoints/job");
 ///
 /// let e = ObjectStoreBuilder::new("s3://bucket/x").with_option("regoin", "eu-west-1").build().unwrap_err();
 /// assert!(e.to_string().contains("regoin"));
@@ -279,7 +279,7 @@ impl ObjectStoreBuilder {
         match (&self.io, Handle::try_current()) {
             (Some(io), _) => Some(io.clone()),
             (None, Ok(_)) => None,
-            (None, Err(_)) => io_runtime(),
+            (None, Err(_)) => flowstate_api::runtime::io_runtime(),
         }
     }
 
@@ -347,23 +347,6 @@ fn parse_duration(s: &str) -> Option<Duration> {
         "m" | "min" => Some(Duration::from_secs(n.checked_mul(60)?)),
         _ => None,
     }
-}
-
-/// flowstate's own I/O runtime (two worker threads), started the first time
-/// a cloud store is built outside a Tokio runtime. `None` if it cannot start.
-pub(crate) fn io_runtime() -> Option<Handle> {
-    static IO: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
-    IO.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("flowstate-object-io")
-            .enable_all()
-            .build()
-            .map_err(|e| tracing::warn!(error = %e, "no I/O runtime for object stores"))
-            .ok()
-    })
-    .as_ref()
-    .map(|rt| rt.handle().clone())
 }
 
 /// HTTPS goes through rustls with `ring`: the process-wide provider is

@@ -54,7 +54,7 @@ impl Entropy {
     /// get none.
     pub(crate) fn applies(path: &str) -> bool {
         match path.rsplit_once('/') {
-            Some((_, name)) => name != flowstate_api::METADATA_FILE,
+            Some((_, name)) => name != flowstate_api::checkpoint::METADATA_FILE,
             None => false,
         }
     }

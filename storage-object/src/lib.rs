@@ -1,6 +1,6 @@
 //! Object-store checkpoint storage for flowstate: the checkpoint layout of
-//! [`BlobCheckpointStorage`](flowstate_api::BlobCheckpointStorage) over [`ObjectBlobStore`], an adapter of the
-//! [`BlobStore`](flowstate_api::BlobStore) contract to any [`ObjectStore`](object_store::ObjectStore) (S3, GCS, Azure Blob, a
+//! [`CheckpointStorage`](flowstate_api::CheckpointStorage) over [`ObjectBlobStore`], an adapter of the
+//! [`BlobStore`](flowstate_api::checkpoint::BlobStore) contract to any [`ObjectStore`](object_store::ObjectStore) (S3, GCS, Azure Blob, a
 //! local directory, memory). `object_store` is re-exported so an engine
 //! shares one version with us.
 //!
@@ -30,7 +30,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<()> {
 //! let store = ObjectBlobStore::new(Arc::new(InMemory::new()), "memory://bucket", "checkpoints/my-job")?;
-//! let storage = BlobCheckpointStorage::new(Arc::new(store), "my-job")?;
+//! let storage = CheckpointStorage::new(Arc::new(store), "my-job")?;
 //! let location = storage.init_checkpoint(1).await?;
 //! let pointer = location.write_metadata(&CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 0)).await?;
 //! assert_eq!(pointer, "memory://bucket/checkpoints/my-job/chk-1");

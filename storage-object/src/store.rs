@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use flowstate_api::{BlobListing, BlobMeta, BlobPath, BlobStore, BlobWriter, Error, ErrorKind, Result};
+use flowstate_api::checkpoint::{BlobListing, BlobMeta, BlobPath, BlobStore, BlobWriter};
+use flowstate_api::{Error, ErrorKind, Result};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::entropy::{join, Entropy, ENTROPY_MARKER, MAX_ENTROPY_LENGTH};
@@ -131,9 +132,19 @@ impl ObjectBlobStore {
     }
 
     /// The blob path of `key` under `prefix`, if it is a valid path and,
-    /// under an entropy prefix, its entropy is `value`.
+    /// under an entropy prefix, its entropy is `value`. Keys hold each part
+    /// percent-encoded as [`join`] wrote it (`100%` is `100%25`); the blob
+    /// path is the name as written.
     fn blob_path_under(&self, prefix: &Path, value: Option<&str>, key: &Path) -> Option<BlobPath> {
-        let rest: Vec<_> = key.prefix_match(prefix)?.map(|p| p.as_ref().to_string()).collect();
+        let rest = key
+            .prefix_match(prefix)?
+            .map(|p| {
+                percent_encoding::percent_decode_str(p.as_ref())
+                    .decode_utf8()
+                    .ok()
+                    .map(|s| s.into_owned())
+            })
+            .collect::<Option<Vec<String>>>()?;
         let path = BlobPath::new(&rest.join("/")).ok()?;
         match (&self.entropy, value) {
             (Some(e), Some(v)) if e.value(path.as_str()) != v => None,
@@ -303,7 +314,7 @@ impl BlobWriter for ObjectWriter {
 fn put_parts(upload: &mut WriteMultipart, chunks: impl Iterator<Item = Bytes>) {
     let io = match tokio::runtime::Handle::try_current() {
         Ok(_) => None,
-        Err(_) => crate::builder::io_runtime(),
+        Err(_) => flowstate_api::runtime::io_runtime(),
     };
     let _context = io.as_ref().map(|h| h.enter());
     for b in chunks {
@@ -317,7 +328,8 @@ async fn on_tokio<T: Send + 'static>(fut: impl std::future::Future<Output = T> +
     if tokio::runtime::Handle::try_current().is_ok() {
         return Ok(fut.await);
     }
-    let io = crate::builder::io_runtime().ok_or_else(|| Error::internal("no runtime for object store uploads"))?;
+    let io =
+        flowstate_api::runtime::io_runtime().ok_or_else(|| Error::internal("no runtime for object store uploads"))?;
     io.spawn(fut)
         .await
         .map_err(|e| Error::internal(format!("an object store upload task ended: {e}")))
@@ -328,7 +340,7 @@ impl Drop for ObjectWriter {
     fn drop(&mut self) {
         let handle = tokio::runtime::Handle::try_current()
             .ok()
-            .or_else(crate::builder::io_runtime);
+            .or_else(flowstate_api::runtime::io_runtime);
         if let (Some(upload), Some(handle)) = (self.upload.take(), handle) {
             handle.spawn(async move {
                 let _ = upload.abort().await;

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use flowstate_api::{BlobPath, BlobStore, ErrorKind};
+use flowstate_api::checkpoint::{BlobPath, BlobStore};
+use flowstate_api::ErrorKind;
 use flowstate_object::object_store::memory::InMemory;
 use flowstate_object::object_store::{ObjectStore, ObjectStoreExt};
 use flowstate_object::ObjectBlobStore;
@@ -194,7 +195,7 @@ fn unknown_options_are_refused_by_name() {
 /// errors of a store that cannot be reached.
 #[tokio::test]
 async fn credentials_never_appear_in_debug_output_or_errors() {
-    use flowstate_api::{BlobCheckpointStorage, CheckpointKind, CheckpointMetadata, CheckpointStorage};
+    use flowstate_api::{CheckpointKind, CheckpointMetadata, CheckpointStorage};
     use flowstate_object::ObjectStoreBuilder;
     const KEY: &str = "AKIAFLOWSTATEKEYID42";
     const SECRET: &str = "flowstate-secret-7c1d9e0b55aa";
@@ -218,7 +219,7 @@ async fn credentials_never_appear_in_debug_output_or_errors() {
     let store = builder.build().unwrap();
     let debug = format!("{store:?}");
     assert!(!debug.contains(SECRET) && !debug.contains(KEY), "{debug}");
-    let storage = BlobCheckpointStorage::new(Arc::new(store), "job").unwrap();
+    let storage = CheckpointStorage::new(Arc::new(store), "job").unwrap();
     let e = match storage.init_checkpoint(1).await {
         Err(e) => e,
         Ok(location) => location
@@ -241,14 +242,15 @@ async fn credentials_never_appear_in_debug_output_or_errors() {
 /// and deletes through the plain root; savepoint files get no entropy.
 #[tokio::test]
 async fn entropy_spreads_data_files_and_keeps_metadata_plain() {
-    use flowstate_api::{BlobCheckpointStorage, CheckpointKind, CheckpointMetadata, CheckpointStorage, StateScope};
+    use flowstate_api::checkpoint::StateScope;
+    use flowstate_api::{CheckpointKind, CheckpointMetadata, CheckpointStorage};
     let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let blob = ObjectBlobStore::new(Arc::clone(&inner), "memory://bucket", "ckpt/_entropy_/job")
         .unwrap()
         .with_entropy(2)
         .unwrap();
     assert_eq!(blob.root(), "memory://bucket/ckpt/job");
-    let storage = BlobCheckpointStorage::new(Arc::new(blob), "job")
+    let storage = CheckpointStorage::new(Arc::new(blob), "job")
         .unwrap()
         .with_inline_threshold(0)
         .unwrap()

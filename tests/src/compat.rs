@@ -6,6 +6,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use flowstate_api::backend::MAX_STATE_NAME_LEN;
+use flowstate_api::checkpoint::{
+    IncrementalStateHandle, InlineReader, KeyGroupsStateHandle, OperatorState, StateReader, StreamStateHandle,
+};
 use flowstate_api::format::canonical::SnapshotHeader;
 use flowstate_api::*;
 
@@ -14,7 +18,7 @@ use crate::{
     BackendFactory, Ctx, TestKey, MAX_PARALLELISM, OPERATOR,
 };
 
-fn storage<F: BackendFactory>(ctx: &Ctx<F>, contract: &str) -> Arc<dyn CheckpointStorage> {
+fn storage<F: BackendFactory>(ctx: &Ctx<F>, contract: &str) -> Arc<CheckpointStorage> {
     ctx.storage.storage(&crate::job_id(contract))
 }
 
@@ -69,13 +73,13 @@ pub async fn restore_at_other_max_parallelism_is_refused<F: BackendFactory>(ctx:
     let keys: Vec<u64> = (0..100).collect();
     let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     fill(&mut b, &keys);
-    let checkpoint_pointer = checkpoint(&mut b, &*storage, 1).await;
-    let (_, savepoint_pointer) = snapshot_and_complete(&mut b, &*storage, 2, SnapshotOptions::savepoint()).await;
+    let checkpoint_pointer = checkpoint(&mut b, &storage, 1).await;
+    let (_, savepoint_pointer) = snapshot_and_complete(&mut b, &storage, 2, SnapshotOptions::savepoint()).await;
     // Every case is tried; the failures are reported together.
     let mut failures = Vec::new();
     for (what, pointer) in [("checkpoint", &checkpoint_pointer), ("savepoint", &savepoint_pointer)] {
         // At the max parallelism it was taken at, it restores (the refusals below are not vacuous).
-        let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), pointer)
+        let mut r = restore_from(&ctx, &storage, full_config::<u64>(), pointer)
             .await
             .unwrap();
         check_filled(&mut r, &keys, "v", what);
@@ -83,7 +87,7 @@ pub async fn restore_at_other_max_parallelism_is_refused<F: BackendFactory>(ctx:
         for other in [256u32, 64] {
             let config = KeyedBackendConfig::<u64>::new(KeyGroupRange::all(other).unwrap(), other);
             let case = format!("{what} taken at max parallelism {MAX_PARALLELISM}, restored at {other}");
-            match restore_from(&ctx, &*storage, config, pointer).await {
+            match restore_from(&ctx, &storage, config, pointer).await {
                 Ok(_) => failures.push(format!("{case}: restored")),
                 Err(err) if err.kind() != ErrorKind::Incompatible => {
                     failures.push(format!("{case}: {:?}, not Incompatible: {err}", err.kind()))
@@ -143,7 +147,7 @@ pub async fn duplicate_handle_is_refused<F: BackendFactory>(ctx: Ctx<F>) {
     for options in [SnapshotOptions::checkpoint(), SnapshotOptions::savepoint()] {
         id += 1;
         let what = format!("{:?}", options.kind);
-        let (result, pointer) = snapshot_and_complete(&mut b, &*storage, id, options).await;
+        let (result, pointer) = snapshot_and_complete(&mut b, &storage, id, options).await;
         if options.kind == CheckpointKind::Checkpoint {
             b.notify_checkpoint_complete(id).unwrap();
         }
@@ -195,11 +199,11 @@ pub async fn duplicate_handle_is_refused<F: BackendFactory>(ctx: Ctx<F>) {
     fill(&mut c, &high_keys);
     for options in [SnapshotOptions::checkpoint(), SnapshotOptions::savepoint()] {
         let what = format!("{:?}s of ranges 0..64 and 32..128", options.kind);
-        let ra = snapshot_into(&mut a, &*storage, id + 1, options).await;
-        let rc = snapshot_into(&mut c, &*storage, id + 2, options).await;
+        let ra = snapshot_into(&mut a, &storage, id + 1, options).await;
+        let rc = snapshot_into(&mut c, &storage, id + 2, options).await;
         // Completed separately: metadata holding both would not be written.
-        let pointer = complete(&*storage, id + 1, options.kind, 1, vec![ra.handle.clone()]).await;
-        let other = complete(&*storage, id + 2, options.kind, 1, vec![rc.handle.clone()]).await;
+        let pointer = complete(&storage, id + 1, options.kind, 1, vec![ra.handle.clone()]).await;
+        let other = complete(&storage, id + 2, options.kind, 1, vec![rc.handle.clone()]).await;
         if options.kind == CheckpointKind::Checkpoint {
             a.notify_checkpoint_complete(id + 1).unwrap();
             c.notify_checkpoint_complete(id + 2).unwrap();
@@ -207,7 +211,7 @@ pub async fn duplicate_handle_is_refused<F: BackendFactory>(ctx: Ctx<F>) {
         let reader = storage.resolve(&pointer).await.unwrap().reader;
         // Each restores on its own.
         for (p, keys, range) in [(&pointer, &low_keys, (0, 64)), (&other, &high_keys, (32, 128))] {
-            let mut r = restore_from(&ctx, &*storage, range_config::<u64>(range.0, range.1), p)
+            let mut r = restore_from(&ctx, &storage, range_config::<u64>(range.0, range.1), p)
                 .await
                 .unwrap();
             check_filled(&mut r, keys, "v", &what);
@@ -277,11 +281,11 @@ pub async fn invalid_state_names_are_refused_at_registration<F: BackendFactory>(
     let mut id = 0;
     for options in [SnapshotOptions::checkpoint(), SnapshotOptions::savepoint()] {
         id += 1;
-        let (_, pointer) = snapshot_and_complete(&mut b, &*storage, id, options).await;
+        let (_, pointer) = snapshot_and_complete(&mut b, &storage, id, options).await;
         if options.kind == CheckpointKind::Checkpoint {
             b.notify_checkpoint_complete(id).unwrap();
         }
-        let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer)
+        let mut r = restore_from(&ctx, &storage, full_config::<u64>(), &pointer)
             .await
             .unwrap();
         let restored: Vec<String> = r.states().into_iter().map(|s| s.name).collect();
@@ -364,7 +368,7 @@ pub async fn hostile_state_name_in_snapshot_is_refused<F: BackendFactory>(ctx: C
     fill(&mut b, &keys);
 
     // The canonical format.
-    let (result, pointer) = snapshot_and_complete(&mut b, &*storage, 1, SnapshotOptions::savepoint()).await;
+    let (result, pointer) = snapshot_and_complete(&mut b, &storage, 1, SnapshotOptions::savepoint()).await;
     let KeyedStateHandle::KeyGroups(handle) = result.handle else {
         panic!("a savepoint must be a canonical snapshot")
     };
@@ -393,8 +397,8 @@ pub async fn hostile_state_name_in_snapshot_is_refused<F: BackendFactory>(ctx: C
     }
 
     // The backend's own checkpoint format, if it is not canonical.
-    let result = snapshot_into(&mut b, &*storage, 2, SnapshotOptions::checkpoint()).await;
-    let pointer = complete(&*storage, 2, CheckpointKind::Checkpoint, 1, vec![result.handle.clone()]).await;
+    let result = snapshot_into(&mut b, &storage, 2, SnapshotOptions::checkpoint()).await;
+    let pointer = complete(&storage, 2, CheckpointKind::Checkpoint, 1, vec![result.handle.clone()]).await;
     b.notify_checkpoint_complete(2).unwrap();
     let reader = storage.resolve(&pointer).await.unwrap().reader;
     let KeyedStateHandle::Incremental(handle) = result.handle else {
@@ -491,10 +495,10 @@ async fn snapshot_and_restore_off_tokio<F: BackendFactory>(ctx: Ctx<F>) {
 
     // A compressed canonical savepoint, restored at another parallelism.
     let (_, pointer) =
-        snapshot_and_complete(&mut b, &*storage, 3, SnapshotOptions::savepoint().with_compression(3)).await;
+        snapshot_and_complete(&mut b, &storage, 3, SnapshotOptions::savepoint().with_compression(3)).await;
     let mut total = 0;
     for index in 0..2 {
-        let mut r = restore_from(&ctx, &*storage, crate::operator_config::<u64>(2, index), &pointer)
+        let mut r = restore_from(&ctx, &storage, crate::operator_config::<u64>(2, index), &pointer)
             .await
             .unwrap();
         let rv = r.register(ValueStateDescriptor::<u64>::new("v")).unwrap();

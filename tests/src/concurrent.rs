@@ -7,13 +7,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use flowstate_api::checkpoint::{CheckpointLocation, OperatorState};
 use flowstate_api::{
-    CheckpointKind, CheckpointLocation, CheckpointMetadata, CheckpointStorage, CheckpointStore, CheckpointStoreConfig,
-    ErrorKind, KeyedStateBackend, KeyedStateBackendExt, OperatorState, PendingSnapshot, SnapshotOptions,
-    SnapshotResult, ValueStateDescriptor,
+    CheckpointKind, CheckpointMetadata, CheckpointStorage, CheckpointStore, CheckpointStoreConfig, ErrorKind,
+    KeyedStateBackend, KeyedStateBackendExt, PendingSnapshot, SnapshotOptions, SnapshotResult, ValueStateDescriptor,
 };
 
-use crate::fault::{FaultMode, FaultyStorage};
+use crate::fault::FaultMode;
 use crate::{full_config, BackendFactory, Ctx, MAX_PARALLELISM, OPERATOR};
 
 /// Keys written by these contracts.
@@ -86,7 +86,7 @@ fn metadata(id: u64, result: &SnapshotResult) -> CheckpointMetadata {
 /// Restores checkpoint `pointer` and checks it holds exactly `expected`.
 async fn assert_restores<F: BackendFactory>(
     ctx: &Ctx<F>,
-    storage: &dyn CheckpointStorage,
+    storage: &CheckpointStorage,
     pointer: &str,
     expected: &BTreeMap<u64, String>,
     why: &str,
@@ -119,7 +119,7 @@ async fn begin<B: KeyedStateBackend<Key = u64>>(
     job: &mut Job<B>,
     store: &mut CheckpointStore,
     id: u64,
-) -> (Arc<dyn CheckpointLocation>, PendingSnapshot, BTreeMap<u64, String>) {
+) -> (Arc<CheckpointLocation>, PendingSnapshot, BTreeMap<u64, String>) {
     job.write_round();
     let location = store.begin_checkpoint(id).await.unwrap();
     let pending = job
@@ -171,13 +171,13 @@ pub async fn overlapping_checkpoints_keep_reused_files<F: BackendFactory>(ctx: C
         let c3 = store.complete(&l3, metadata(3, &r3)).await.unwrap();
         job.backend.notify_checkpoint_complete(3).unwrap();
         assert_retained_whole(&store, &why).await;
-        assert_restores(&ctx, &*storage, &c3.pointer, &e3, &why).await;
+        assert_restores(&ctx, &storage, &c3.pointer, &e3, &why).await;
         // And a 4th checkpoint on top of it restores too.
         let (l4, p4, e4) = begin(&mut job, &mut store, 4).await;
         let r4 = p4.await.unwrap();
         let c4 = store.complete(&l4, metadata(4, &r4)).await.unwrap();
         assert_retained_whole(&store, &why).await;
-        assert_restores(&ctx, &*storage, &c4.pointer, &e4, &why).await;
+        assert_restores(&ctx, &storage, &c4.pointer, &e4, &why).await;
     }
 }
 
@@ -208,7 +208,7 @@ fn pick(flights: &BTreeMap<u64, InFlight>, rng: &mut Rng, ready: impl Fn(&InFlig
 
 /// A checkpoint of the interleaving test.
 struct InFlight {
-    location: Arc<dyn CheckpointLocation>,
+    location: Arc<CheckpointLocation>,
     pending: Option<PendingSnapshot>,
     result: Option<SnapshotResult>,
     expected: BTreeMap<u64, String>,
@@ -312,7 +312,7 @@ pub async fn interleaved_checkpoints_restore_exactly<F: BackendFactory>(ctx: Ctx
         let retained: Vec<u64> = store.retained().iter().map(|c| c.checkpoint_id).collect();
         for id in retained {
             let (pointer, expected) = &completed[&id];
-            assert_restores(&ctx, &*storage, pointer, expected, &format!("{why}: {log:?}")).await;
+            assert_restores(&ctx, &storage, pointer, expected, &format!("{why}: {log:?}")).await;
         }
     }
 }
@@ -322,8 +322,7 @@ pub async fn interleaved_checkpoints_restore_exactly<F: BackendFactory>(ctx: Ctx
 /// and the next checkpoint succeeds and restores.
 pub async fn failed_upload_leaves_nothing_behind<F: BackendFactory>(ctx: Ctx<F>) {
     let inner = ctx.storage.storage(&crate::job_id("failed-upload"));
-    let faulty = Arc::new(FaultyStorage::new(Arc::clone(&inner)));
-    let storage: Arc<dyn CheckpointStorage> = faulty.clone();
+    let (storage, plan) = crate::fault::failing(&inner);
     let mut store = CheckpointStore::open(Arc::clone(&storage), CheckpointStoreConfig::default())
         .await
         .unwrap();
@@ -336,7 +335,6 @@ pub async fn failed_upload_leaves_nothing_behind<F: BackendFactory>(ctx: Ctx<F>)
 
     // Count the storage operations of a whole checkpoint attempt, then
     // fail one in the middle of the next (once: the clean-up must work).
-    let plan = faulty.plan();
     plan.arm(u64::MAX, FaultMode::Transient);
     let (l2, p2, _) = begin(&mut job, &mut store, 2).await;
     let r2 = p2.await.unwrap();
@@ -364,5 +362,5 @@ pub async fn failed_upload_leaves_nothing_behind<F: BackendFactory>(ctx: Ctx<F>)
     let (l4, p4, e4) = begin(&mut job, &mut store, 4).await;
     let r4 = p4.await.unwrap();
     let c4 = store.complete(&l4, metadata(4, &r4)).await.unwrap();
-    assert_restores(&ctx, &*storage, &c4.pointer, &e4, "after the failed attempt").await;
+    assert_restores(&ctx, &storage, &c4.pointer, &e4, "after the failed attempt").await;
 }

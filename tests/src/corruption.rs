@@ -5,8 +5,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use flowstate_api::backend::{StateKind, StateMetaInfo};
+use flowstate_api::checkpoint::{
+    InlineReader, KeyGroupsStateHandle, OperatorState, StreamStateHandle, METADATA_MAGIC, METADATA_VERSION,
+};
 use flowstate_api::format::canonical::SnapshotHeader;
 use flowstate_api::format::codec::{crc32c, crc32c_append, put_varint};
+use flowstate_api::serializer::VoidNamespaceSerializer;
 use flowstate_api::*;
 
 use crate::{full_config, snapshot_and_complete, BackendFactory, Ctx};
@@ -25,7 +30,7 @@ async fn small_snapshot<F: BackendFactory>(ctx: &Ctx<F>) -> (KeyGroupsStateHandl
         b.map_put(&m, k, k).unwrap();
     }
     // Savepoints are canonical in every backend.
-    let (result, pointer) = snapshot_and_complete(&mut b, &*storage, 1, SnapshotOptions::savepoint()).await;
+    let (result, pointer) = snapshot_and_complete(&mut b, &storage, 1, SnapshotOptions::savepoint()).await;
     let KeyedStateHandle::KeyGroups(handle) = result.handle else {
         panic!("a savepoint must be a canonical snapshot")
     };
@@ -151,7 +156,7 @@ fn frame(kg: u32, stored: &[u8]) -> Vec<u8> {
 
 /// A checksummed (so structurally valid) snapshot whose key group 0 holds
 /// `payload`, compressed or not.
-fn crafted(states: Vec<StateMeta>, payload: &[u8], compressed: bool) -> (KeyGroupsStateHandle, Bytes) {
+fn crafted(states: Vec<StateMetaInfo>, payload: &[u8], compressed: bool) -> (KeyGroupsStateHandle, Bytes) {
     let header = SnapshotHeader {
         range: KeyGroupRange::all(128).unwrap(),
         max_parallelism: 128,
@@ -195,8 +200,8 @@ fn zstd_frame(body: &[u8]) -> Vec<u8> {
     f
 }
 
-fn meta(name: &str, kind: StateKind) -> StateMeta {
-    StateMeta {
+fn meta(name: &str, kind: StateKind) -> StateMetaInfo {
+    StateMetaInfo {
         name: name.into(),
         kind,
         namespace_serializer: VoidNamespaceSerializer.id(),
@@ -216,7 +221,7 @@ pub async fn hostile_lengths_do_not_allocate<F: BackendFactory>(ctx: Ctx<F>) {
         Serializer::serialize(&Bincode::<u64>::new(), &k, &mut b).unwrap();
         b
     };
-    let mut cases: Vec<(&str, Vec<StateMeta>, Vec<u8>, bool)> = Vec::new();
+    let mut cases: Vec<(&str, Vec<StateMetaInfo>, Vec<u8>, bool)> = Vec::new();
     // A key whose length prefix claims 2^62 bytes.
     let mut p = Vec::new();
     put_varint(&mut p, 0);

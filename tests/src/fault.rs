@@ -1,27 +1,28 @@
-//! A fault-injecting checkpoint storage: wraps any storage and fails the
-//! k-th write, flush, rename (metadata) or delete, once (a transient error)
-//! or from then on (an outage).
+//! Fault injection at the lowest contract: [`FailingBlobStore`] wraps any
+//! [`BlobStore`] and fails the k-th write, flush, conditional put (the
+//! metadata that completes a checkpoint) or delete, once (a transient
+//! error) or from then on (an outage). Everything above it, the checkpoint
+//! layout included, runs for real.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use flowstate_api::{
-    CheckpointKind, CheckpointLocation, CheckpointMetadata, CheckpointOutputStream, CheckpointStorage, Error,
-    ErrorKind, ResolvedCheckpoint, Result, StateScope, StorageCapabilities, StoredFile, StreamStateHandle,
-};
+use flowstate_api::checkpoint::{BlobListing, BlobMeta, BlobPath, BlobStore, BlobWriter};
+use flowstate_api::{CheckpointStorage, Error, ErrorKind, Result};
 
 /// The operations faults are injected into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultOp {
-    /// A write to an output stream.
+    /// A write to a new object.
     Write,
-    /// Closing (flushing and syncing) an output stream.
+    /// Finishing (flushing and syncing) a new object.
     Flush,
-    /// Writing a checkpoint's metadata (the atomic rename that completes it).
+    /// A conditional put: writing a checkpoint's metadata, the atomic step
+    /// that completes it.
     Rename,
-    /// Deleting files or disposing of a location.
+    /// Deleting objects.
     Delete,
 }
 
@@ -34,7 +35,7 @@ pub enum FaultMode {
     Outage,
 }
 
-/// When to fail, shared by a storage and everything it hands out.
+/// When to fail, shared by a store and every store and writer it hands out.
 #[derive(Debug, Default)]
 pub struct FaultPlan {
     ops: AtomicU64,
@@ -94,135 +95,100 @@ impl FaultPlan {
     }
 }
 
-/// A storage that fails operations as its [`FaultPlan`] says.
+/// A [`BlobStore`] that fails operations as its [`FaultPlan`] says; stores
+/// it opens (savepoint directories, other jobs) share the plan.
 #[derive(Debug, Clone)]
-pub struct FaultyStorage {
-    inner: Arc<dyn CheckpointStorage>,
+pub struct FailingBlobStore {
+    inner: Arc<dyn BlobStore>,
     plan: Arc<FaultPlan>,
 }
 
-impl FaultyStorage {
-    /// Wraps `inner`, with faults disarmed.
-    pub fn new(inner: Arc<dyn CheckpointStorage>) -> Self {
-        FaultyStorage {
-            inner,
-            plan: Arc::default(),
-        }
+impl FailingBlobStore {
+    /// Wraps `inner` with `plan`.
+    pub fn new(inner: Arc<dyn BlobStore>, plan: Arc<FaultPlan>) -> Self {
+        FailingBlobStore { inner, plan }
     }
 
-    /// The plan, to arm and disarm.
-    pub fn plan(&self) -> &Arc<FaultPlan> {
-        &self.plan
+    fn name(&self, path: &BlobPath) -> String {
+        format!("{}/{path}", self.inner.root())
     }
+}
 
-    fn wrap(&self, inner: Arc<dyn CheckpointLocation>) -> Arc<dyn CheckpointLocation> {
-        Arc::new(FaultyLocation {
-            inner,
-            plan: Arc::clone(&self.plan),
-        })
-    }
+/// `storage` over a [`FailingBlobStore`] wrapping its store, with faults
+/// disarmed, and the plan to arm them.
+pub fn failing(storage: &CheckpointStorage) -> (Arc<CheckpointStorage>, Arc<FaultPlan>) {
+    let plan = Arc::new(FaultPlan::default());
+    let store = FailingBlobStore::new(Arc::clone(storage.store()), Arc::clone(&plan));
+    (Arc::new(storage.with_store(Arc::new(store))), plan)
 }
 
 #[async_trait]
-impl CheckpointStorage for FaultyStorage {
-    fn job_id(&self) -> &str {
-        self.inner.job_id()
+impl BlobStore for FailingBlobStore {
+    fn root(&self) -> &str {
+        self.inner.root()
     }
-    fn capabilities(&self) -> StorageCapabilities {
-        self.inner.capabilities()
-    }
-    async fn init_checkpoint(&self, checkpoint_id: u64) -> Result<Arc<dyn CheckpointLocation>> {
-        Ok(self.wrap(self.inner.init_checkpoint(checkpoint_id).await?))
-    }
-    async fn init_savepoint(&self, checkpoint_id: u64, target: Option<&str>) -> Result<Arc<dyn CheckpointLocation>> {
-        Ok(self.wrap(self.inner.init_savepoint(checkpoint_id, target).await?))
-    }
-    async fn resolve(&self, pointer: &str) -> Result<ResolvedCheckpoint> {
-        self.inner.resolve(pointer).await
-    }
-    async fn latest_checkpoint(&self) -> Result<Option<ResolvedCheckpoint>> {
-        self.inner.latest_checkpoint().await
-    }
-    fn checkpoint_pointer(&self, checkpoint_id: u64) -> String {
-        self.inner.checkpoint_pointer(checkpoint_id)
-    }
-    async fn list_files(&self) -> Result<Vec<StoredFile>> {
-        self.inner.list_files().await
-    }
-    async fn read_file(&self, path: &str) -> Result<Bytes> {
-        self.inner.read_file(path).await
-    }
-    async fn delete_files(&self, paths: &[String]) -> Result<()> {
-        self.plan.check(FaultOp::Delete, &format!("{paths:?}"))?;
-        self.inner.delete_files(paths).await
-    }
-    async fn stat_file(&self, path: &str) -> Result<Option<StoredFile>> {
-        self.inner.stat_file(path).await
-    }
-    async fn checkpoint_dirs(&self) -> Result<Vec<u64>> {
-        self.inner.checkpoint_dirs().await
-    }
-}
-
-#[derive(Debug)]
-struct FaultyLocation {
-    inner: Arc<dyn CheckpointLocation>,
-    plan: Arc<FaultPlan>,
-}
-
-#[async_trait]
-impl CheckpointLocation for FaultyLocation {
-    fn checkpoint_id(&self) -> u64 {
-        self.inner.checkpoint_id()
-    }
-    fn kind(&self) -> CheckpointKind {
-        self.inner.kind()
-    }
-    fn pointer(&self) -> &str {
-        self.inner.pointer()
-    }
-    async fn create_output_stream(&self, scope: StateScope) -> Result<Box<dyn CheckpointOutputStream>> {
-        Ok(Box::new(FaultyStream {
-            inner: self.inner.create_output_stream(scope).await?,
+    async fn create(&self, path: &BlobPath) -> Result<Box<dyn BlobWriter>> {
+        Ok(Box::new(FailingWriter {
+            inner: self.inner.create(path).await?,
             plan: Arc::clone(&self.plan),
-            name: format!("{} ({scope:?} stream)", self.inner.pointer()),
+            name: self.name(path),
         }))
     }
-    async fn write_metadata(&self, metadata: &CheckpointMetadata) -> Result<String> {
-        self.plan.check(FaultOp::Rename, self.inner.pointer())?;
-        self.inner.write_metadata(metadata).await
+    async fn put_if_absent(&self, path: &BlobPath, data: Bytes) -> Result<()> {
+        self.plan.check(FaultOp::Rename, &self.name(path))?;
+        self.inner.put_if_absent(path, data).await
     }
-    async fn dispose(&self) -> Result<()> {
-        self.plan.check(FaultOp::Delete, self.inner.pointer())?;
-        self.inner.dispose().await
+    async fn get_range(&self, path: &BlobPath, range: std::ops::Range<u64>) -> Result<Bytes> {
+        self.inner.get_range(path, range).await
     }
-    async fn discard(&self, handles: &[StreamStateHandle]) -> Result<()> {
-        self.plan.check(FaultOp::Delete, self.inner.pointer())?;
-        self.inner.discard(handles).await
+    async fn get_ranges(&self, path: &BlobPath, ranges: &[std::ops::Range<u64>]) -> Result<Vec<Bytes>> {
+        self.inner.get_ranges(path, ranges).await
+    }
+    async fn head(&self, path: &BlobPath) -> Result<Option<BlobMeta>> {
+        self.inner.head(path).await
+    }
+    async fn list(&self, prefix: Option<&BlobPath>) -> Result<Vec<BlobMeta>> {
+        self.inner.list(prefix).await
+    }
+    async fn list_level(&self, prefix: Option<&BlobPath>) -> Result<BlobListing> {
+        self.inner.list_level(prefix).await
+    }
+    async fn delete(&self, paths: &[BlobPath]) -> Result<()> {
+        self.plan.check(
+            FaultOp::Delete,
+            &format!("{} ({} objects)", self.inner.root(), paths.len()),
+        )?;
+        self.inner.delete(paths).await
+    }
+    fn open(&self, location: &str) -> Result<Arc<dyn BlobStore>> {
+        Ok(Arc::new(FailingBlobStore::new(
+            self.inner.open(location)?,
+            Arc::clone(&self.plan),
+        )))
+    }
+    fn local_path(&self, path: &BlobPath) -> Option<std::path::PathBuf> {
+        self.inner.local_path(path)
     }
 }
 
-struct FaultyStream {
-    inner: Box<dyn CheckpointOutputStream>,
+struct FailingWriter {
+    inner: Box<dyn BlobWriter>,
     plan: Arc<FaultPlan>,
     name: String,
 }
 
 #[async_trait]
-impl CheckpointOutputStream for FaultyStream {
-    async fn write(&mut self, data: &[u8]) -> Result<()> {
+impl BlobWriter for FailingWriter {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
         self.plan.check(FaultOp::Write, &self.name)?;
         self.inner.write(data).await
     }
-    fn position(&self) -> u64 {
-        self.inner.position()
-    }
-    async fn close(self: Box<Self>) -> Result<StreamStateHandle> {
+    async fn finish(self: Box<Self>) -> Result<()> {
         if let Err(e) = self.plan.check(FaultOp::Flush, &self.name) {
             self.inner.abort().await;
             return Err(e);
         }
-        self.inner.close().await
+        self.inner.finish().await
     }
     async fn abort(self: Box<Self>) {
         self.inner.abort().await;

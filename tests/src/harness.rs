@@ -7,7 +7,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use flowstate_api::{BackendCapabilities, StorageCapabilities};
+use flowstate_api::backend::BackendCapabilities;
+use flowstate_api::checkpoint::StorageCapabilities;
 use libtest_mimic::{Arguments, Completion, Trial};
 
 use crate::{BackendFactory, Ctx, StorageFactory};
@@ -32,6 +33,8 @@ pub enum Need {
     /// The backend drops expired state when it compacts
     /// ([`BackendCapabilities::ttl_compaction_filter`]).
     TtlCompactionFilter,
+    /// The backend stores timers ([`BackendCapabilities::timers`]).
+    Timers,
     /// Checkpoints survive the process ([`StorageCapabilities::durable`]).
     DurableStorage,
     /// Checkpoints end with the process (not [`StorageCapabilities::durable`]).
@@ -63,6 +66,7 @@ impl Need {
             Need::LocalRecovery => backend.is_some_and(|b| b.local_recovery),
             Need::TtlIncrementalCleanup => backend.is_some_and(|b| b.ttl_incremental_cleanup),
             Need::TtlCompactionFilter => backend.is_some_and(|b| b.ttl_compaction_filter),
+            Need::Timers => backend.is_some_and(|b| b.timers),
             Need::DurableStorage => storage.durable,
             Need::VolatileStorage => !storage.durable,
             Need::MaxStateSize => storage.max_state_size.is_some(),
@@ -82,6 +86,7 @@ impl Need {
                 | Need::LocalRecovery
                 | Need::TtlIncrementalCleanup
                 | Need::TtlCompactionFilter
+                | Need::Timers
         )
     }
 }
@@ -93,6 +98,7 @@ impl fmt::Display for Need {
             Need::LocalRecovery => f.write_str("local_recovery"),
             Need::TtlIncrementalCleanup => f.write_str("ttl_incremental_cleanup"),
             Need::TtlCompactionFilter => f.write_str("ttl_compaction_filter"),
+            Need::Timers => f.write_str("timers"),
             Need::DurableStorage => f.write_str("durable storage"),
             Need::VolatileStorage => f.write_str("volatile storage"),
             Need::MaxStateSize => f.write_str("max_state_size"),
@@ -249,12 +255,12 @@ impl<F: BackendFactory> BackendEntry for Registered<F> {
 ///
 /// ```no_run
 /// use flowstate_conformance::{MemoryStorageFactory, Suite};
-/// use flowstate_heap::HeapBackendBuilder;
+/// use flowstate_heap::HeapBackendFactory;
 ///
 /// fn main() {
 ///     Suite::new()
 ///         .storage(MemoryStorageFactory::new)
-///         .backend(|| HeapBackendBuilder)
+///         .backend(|| HeapBackendFactory)
 ///         .run();
 /// }
 /// ```
@@ -411,7 +417,7 @@ impl Suite {
 
 #[cfg(test)]
 mod tests {
-    use flowstate_heap::HeapBackendBuilder;
+    use flowstate_heap::HeapBackendFactory;
 
     use super::*;
     use crate::MemoryStorageFactory;
@@ -436,13 +442,13 @@ mod tests {
         // compaction filter and the shared-state storage contracts never run.
         let suite = Suite::new()
             .storage(MemoryStorageFactory::new)
-            .backend(|| HeapBackendBuilder)
+            .backend(|| HeapBackendFactory)
             .require_every_contract();
         assert_eq!(outcome(&suite, "suite/every_contract_runs", false), (0, 1, 0));
         // Without the requirement there is no such trial.
         let suite = Suite::new()
             .storage(MemoryStorageFactory::new)
-            .backend(|| HeapBackendBuilder);
+            .backend(|| HeapBackendFactory);
         assert_eq!(outcome(&suite, "suite/every_contract_runs", false), (0, 0, 0));
     }
 
@@ -450,7 +456,7 @@ mod tests {
     fn unmet_needs_ignore_the_trial_even_when_ignored_trials_run() {
         let suite = Suite::new()
             .storage(MemoryStorageFactory::new)
-            .backend(|| HeapBackendBuilder);
+            .backend(|| HeapBackendFactory);
         let name = "heap/memory/incremental/incremental_checkpoints_upload_only_new_files";
         assert_eq!(outcome(&suite, name, false), (0, 0, 1));
         assert_eq!(outcome(&suite, name, true), (0, 0, 1));
@@ -484,7 +490,7 @@ mod tests {
     #[should_panic(expected = "registered twice")]
     fn two_backends_of_one_name_are_refused() {
         let _ = Suite::new()
-            .backend(|| HeapBackendBuilder)
-            .backend(|| HeapBackendBuilder);
+            .backend(|| HeapBackendFactory)
+            .backend(|| HeapBackendFactory);
     }
 }

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use flowstate_api::checkpoint::{HandleFile, OperatorState, StateReader, StreamStateHandle, SHARED_DIR};
+use flowstate_api::lifecycle::{Completion, GcOptions};
 use flowstate_api::*;
 
 use crate::{full_config, restore_resolved, BackendFactory, Ctx, MAX_PARALLELISM, OPERATOR};
@@ -249,7 +251,7 @@ impl StateReader for CountingReader {
 /// and how many bytes of the checkpoint's state files it took from storage.
 async fn restore_counting<F: BackendFactory>(
     ctx: &Ctx<F>,
-    storage: &dyn CheckpointStorage,
+    storage: &CheckpointStorage,
     pointer: &str,
 ) -> (F::Backend<u64>, u64) {
     let resolved = storage.resolve(pointer).await.unwrap();
@@ -284,7 +286,7 @@ pub async fn local_recovery_uses_a_verified_copy_and_falls_back_to_download<F: B
     let (_, second) = checkpoint(&mut b, &mut store, 2).await;
     drop(b);
 
-    let (mut r, taken) = restore_counting(&ctx, &*storage, &second.pointer).await;
+    let (mut r, taken) = restore_counting(&ctx, &storage, &second.pointer).await;
     let v = register(&mut r);
     check(&mut r, &v, 5, 2, "checkpoint 2");
     check(&mut r, &v, 500, 1, "checkpoint 2");
@@ -294,7 +296,7 @@ pub async fn local_recovery_uses_a_verified_copy_and_falls_back_to_download<F: B
     );
     drop(r);
 
-    let (mut r, taken) = restore_counting(&ctx, &*storage, &first.pointer).await;
+    let (mut r, taken) = restore_counting(&ctx, &storage, &first.pointer).await;
     let v = register(&mut r);
     check(&mut r, &v, 5, 1, "checkpoint 1");
     check(&mut r, &v, 500, 1, "checkpoint 1");

@@ -445,8 +445,8 @@ pub async fn value_serializer_mismatch_is_refused<F: BackendFactory>(ctx: Ctx<F>
         .unwrap();
     b.set_current_key(&1).unwrap();
     b.update(&v, 7).unwrap();
-    let pointer = crate::checkpoint(&mut b, &*storage, 1).await;
-    let restore = || crate::restore_from(&ctx, &*storage, full_config::<u64>(), &pointer);
+    let pointer = crate::checkpoint(&mut b, &storage, 1).await;
+    let restore = || crate::restore_from(&ctx, &storage, full_config::<u64>(), &pointer);
 
     let mut r = restore().await.unwrap();
     let err = r.register(ValueStateDescriptor::<String>::new("v")).unwrap_err();
@@ -488,8 +488,8 @@ pub async fn key_serializer_mismatch_is_refused_at_restore<F: BackendFactory>(ct
     let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     b.set_current_key(&1).unwrap();
     b.update(&v, 7).unwrap();
-    let pointer = crate::checkpoint(&mut b, &*storage, 1).await;
-    let err = crate::restore_from(&ctx, &*storage, full_config::<String>(), &pointer)
+    let pointer = crate::checkpoint(&mut b, &storage, 1).await;
+    let err = crate::restore_from(&ctx, &storage, full_config::<String>(), &pointer)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");

@@ -2,9 +2,10 @@
 //! keyed state backends and checkpoint storages, so every implementation,
 //! ours or an engine author's, runs the same tests.
 //!
-//! A backend is plugged in through its [`BackendBuilder`] (the contract
-//! an engine creates and restores backends with; [`BackendFactory`] here),
-//! a storage through [`StorageFactory`]. [`Suite`] is the `main` of a test
+//! A backend is plugged in through its [`BackendFactory`] (the contract
+//! an engine creates and restores backends with), a storage through
+//! [`StorageFactory`]; a storage's [`BlobStore`](flowstate_api::checkpoint::BlobStore)
+//! runs the [`blob`] contracts on its own. [`Suite`] is the `main` of a test
 //! target with `harness = false`: it lists one trial per backend × storage
 //! × contract, and one per storage for the contracts of storages alone, and
 //! decides what runs from the capabilities the backend and the storage
@@ -16,12 +17,12 @@
 //!
 //! ```no_run
 //! use flowstate_conformance::{MemoryStorageFactory, Suite};
-//! use flowstate_heap::HeapBackendBuilder;
+//! use flowstate_heap::HeapBackendFactory;
 //!
 //! fn main() {
 //!     Suite::new()
 //!         .storage(MemoryStorageFactory::new) // a fresh factory per trial
-//!         .backend(|| HeapBackendBuilder)
+//!         .backend(|| HeapBackendFactory)
 //!         .run(); // parses libtest's arguments, runs, exits
 //! }
 //! ```
@@ -37,13 +38,14 @@
 //! ```
 //! use std::sync::Arc;
 //! use flowstate_conformance::{block_on, run, snapshot, storage, Ctx, MemoryStorageFactory};
-//! use flowstate_heap::HeapBackendBuilder;
+//! use flowstate_heap::HeapBackendFactory;
 //!
-//! run(Ctx::new(HeapBackendBuilder, MemoryStorageFactory::new()), snapshot::snapshot_isolation);
+//! run(Ctx::new(HeapBackendFactory, MemoryStorageFactory::new()), snapshot::snapshot_isolation);
 //! block_on(storage::latest_checkpoint_is_the_newest(Arc::new(MemoryStorageFactory::new())));
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A test suite: failures are panics.
 
+pub mod blob;
 pub mod compat;
 pub mod concurrent;
 pub mod corruption;
@@ -66,8 +68,9 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 #[cfg(doc)]
-use flowstate_api::{BackendBuilder, BackendCapabilities};
-use flowstate_api::{CheckpointStorage, MemoryCheckpointStorage, StorageCapabilities, DEFAULT_MAX_STATE_SIZE};
+use flowstate_api::backend::BackendCapabilities;
+use flowstate_api::checkpoint::{StorageCapabilities, DEFAULT_MAX_STATE_SIZE};
+use flowstate_api::CheckpointStorage;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -78,9 +81,9 @@ pub use util::*;
 pub trait TestKey: Serialize + DeserializeOwned + Clone + Eq + Hash + std::fmt::Debug + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Clone + Eq + Hash + std::fmt::Debug + Send + Sync + 'static> TestKey for T {}
 
-/// Creates and restores the backends under test: any [`BackendBuilder`]
-/// (flowstate's own are `HeapBackendBuilder` and `RocksDbBackendBuilder`).
-pub use flowstate_api::BackendBuilder as BackendFactory;
+/// Creates and restores the backends under test: any [`BackendFactory`]
+/// (flowstate's own are `HeapBackendFactory` and `RocksDbBackendFactory`).
+pub use flowstate_api::BackendFactory;
 
 /// Creates checkpoint storages of one kind.
 pub trait StorageFactory: Send + Sync + 'static {
@@ -88,7 +91,7 @@ pub trait StorageFactory: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Storage for `job_id`. Storages of one factory share their backing
     /// space, so two jobs can be checked not to collide.
-    fn storage(&self, job_id: &str) -> Arc<dyn CheckpointStorage>;
+    fn storage(&self, job_id: &str) -> Arc<CheckpointStorage>;
     /// What its storages can do; the suite gates contracts on it. By
     /// default, what the storage of a job named `capabilities` reports.
     fn capabilities(&self) -> StorageCapabilities {
@@ -97,7 +100,7 @@ pub trait StorageFactory: Send + Sync + 'static {
     /// Storage for `job_id` as the next process sees it: the same space
     /// for a durable storage (the default), a fresh one where checkpoints
     /// end with the process.
-    fn storage_after_restart(&self, job_id: &str) -> Arc<dyn CheckpointStorage> {
+    fn storage_after_restart(&self, job_id: &str) -> Arc<CheckpointStorage> {
         self.storage(job_id)
     }
     /// Every how many storage operations a fault sweep injects a fault: 1
@@ -112,7 +115,7 @@ pub trait StorageFactory: Send + Sync + 'static {
 /// The memory ("JobManager memory") storage.
 #[derive(Debug, Clone)]
 pub struct MemoryStorageFactory {
-    base: flowstate_api::BlobCheckpointStorage,
+    base: flowstate_api::CheckpointStorage,
     max_state_size: usize,
 }
 
@@ -131,8 +134,8 @@ impl MemoryStorageFactory {
         }
     }
 
-    fn space(max_state_size: usize) -> flowstate_api::BlobCheckpointStorage {
-        MemoryCheckpointStorage::new("conformance").with_max_state_size(max_state_size)
+    fn space(max_state_size: usize) -> flowstate_api::CheckpointStorage {
+        CheckpointStorage::in_memory("conformance").with_max_state_size(max_state_size)
     }
 }
 
@@ -146,14 +149,14 @@ impl StorageFactory for MemoryStorageFactory {
     fn name(&self) -> &str {
         "memory"
     }
-    fn storage(&self, job_id: &str) -> Arc<dyn CheckpointStorage> {
+    fn storage(&self, job_id: &str) -> Arc<CheckpointStorage> {
         Arc::new(self.base.for_job(job_id).expect("memory storage of a job"))
     }
     fn capabilities(&self) -> StorageCapabilities {
         self.base.capabilities()
     }
     /// A fresh memory space: the next process sees none of this one's checkpoints.
-    fn storage_after_restart(&self, job_id: &str) -> Arc<dyn CheckpointStorage> {
+    fn storage_after_restart(&self, job_id: &str) -> Arc<CheckpointStorage> {
         Arc::new(
             Self::space(self.max_state_size)
                 .for_job(job_id)
@@ -256,7 +259,7 @@ contracts! {
             rescale_4_to_2, rescale_2_to_4, rescale_1_to_3, rescale_3_to_1, rescale_15_to_77, rescale_77_to_15,
             canonical_rescale_reads_only_owned_key_groups,
         }
-        timers [] {
+        timers [Need::Timers] {
             duplicate_register_fires_once_and_missing_delete_is_noop, timers_fire_in_total_order,
             timers_survive_checkpoint_and_savepoint, timer_after_sync_phase_is_not_in_snapshot,
             timer_service_mismatches_are_refused, timers_rescale_15_to_77, timers_rescale_77_to_15,
@@ -300,6 +303,12 @@ contracts! {
         incremental [Need::LocalRecovery] { local_recovery_uses_a_verified_copy_and_falls_back_to_download }
     }
     storage {
+        blob [] {
+            written_objects_read_back_whole_and_by_range, large_objects_stream_and_read_back_exactly,
+            put_if_absent_has_exactly_one_winner, dropped_and_aborted_writers_leave_nothing,
+            listings_show_each_prefix_and_level, deleting_missing_objects_is_not_an_error,
+            hostile_paths_are_refused_and_odd_names_round_trip,
+        }
         operator [] {
             split_state_restores_with_flinks_assignment, union_and_broadcast_state_restore_through_storage,
             operator_state_mode_switch_is_refused,

@@ -8,9 +8,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flowstate_api::checkpoint::{
+    metadata_path, metadata_path_id, CheckpointLocation, HandleFile, IncrementalStateHandle, OperatorState, StateScope,
+    StreamStateHandle,
+};
+use flowstate_api::lifecycle::{CancellationPolicy, Completion, GcOptions, JobStatus};
+use flowstate_api::ttl::{Clock, ManualClock, SharedClock, SystemClock};
 use flowstate_api::*;
 
-use crate::fault::{FaultMode, FaultyStorage};
+use crate::fault::FaultMode;
 use crate::{
     full_config, operator_config, restore_resolved, BackendFactory, Ctx, StorageFactory, MAX_PARALLELISM, OPERATOR,
 };
@@ -73,7 +79,7 @@ fn dump<B: KeyedStateBackend<Key = u64>>(b: &mut B, s: &States) -> Dump {
     out
 }
 
-async fn open(storage: Arc<dyn CheckpointStorage>, retained: usize) -> CheckpointStore {
+async fn open(storage: Arc<CheckpointStorage>, retained: usize) -> CheckpointStore {
     CheckpointStore::open(storage, CheckpointStoreConfig::default().with_max_retained(retained))
         .await
         .unwrap()
@@ -128,7 +134,7 @@ async fn assert_retained_files_present(store: &CheckpointStore, why: &str) {
 }
 
 /// Every checkpoint that exists in storage (has a `_metadata`) has all of its files.
-async fn assert_every_checkpoint_whole(storage: &dyn CheckpointStorage, why: &str) {
+async fn assert_every_checkpoint_whole(storage: &CheckpointStorage, why: &str) {
     for f in storage.list_files().await.unwrap() {
         let Some(id) = metadata_path_id(&f.path) else { continue };
         let data = storage.read_file(&f.path).await.unwrap();
@@ -142,7 +148,7 @@ async fn assert_every_checkpoint_whole(storage: &dyn CheckpointStorage, why: &st
     }
 }
 
-async fn restored_dump<F: BackendFactory>(ctx: &Ctx<F>, storage: &dyn CheckpointStorage, pointer: &str) -> Dump {
+async fn restored_dump<F: BackendFactory>(ctx: &Ctx<F>, storage: &CheckpointStorage, pointer: &str) -> Dump {
     let resolved = storage.resolve(pointer).await.unwrap();
     let mut r = restore_resolved(ctx, &resolved, full_config::<u64>()).await.unwrap();
     let s = register(&mut r);
@@ -182,7 +188,7 @@ pub async fn retains_newest_n_and_subsumes_the_rest<F: BackendFactory>(ctx: Ctx<
     assert_retained_files_present(&store, "after subsumption").await;
     for id in [3, 4] {
         assert_eq!(
-            restored_dump(&ctx, &*storage, &dumps[&id].0).await,
+            restored_dump(&ctx, &storage, &dumps[&id].0).await,
             dumps[&id].1,
             "checkpoint {id}"
         );
@@ -233,7 +239,7 @@ async fn savepoint_on_memory_storage<F: BackendFactory>(ctx: Ctx<F>) {
     for id in 2..=4 {
         take(&mut store, &mut b, id, CheckpointKind::Checkpoint).await;
     }
-    assert_eq!(restored_dump(&ctx, &*storage, &savepoint).await, expected);
+    assert_eq!(restored_dump(&ctx, &storage, &savepoint).await, expected);
 }
 
 /// Cancellation keeps or deletes checkpoints as configured; failure always keeps them; finishing deletes them.
@@ -357,7 +363,7 @@ pub async fn no_claim_restore_never_deletes_the_restored_checkpoint<F: BackendFa
         .await
         .unwrap();
     store.shutdown(JobStatus::Finished).await.unwrap();
-    assert_eq!(restored_dump(&ctx, &*old, &pointer).await, expected);
+    assert_eq!(restored_dump(&ctx, &old, &pointer).await, expected);
     for f in restored_files.iter().chain([&metadata_path(5)]) {
         old.read_file(f).await.unwrap();
     }
@@ -373,9 +379,7 @@ pub async fn fault_sweep_restores_last_completed<F: BackendFactory>(ctx: Ctx<F>)
     for mode in [FaultMode::Transient, FaultMode::Outage] {
         let (mut k, mut tail) = (0, false);
         loop {
-            let faulty = FaultyStorage::new(ctx.storage.storage(&crate::job_id("faults")));
-            let plan = Arc::clone(faulty.plan());
-            let storage: Arc<dyn CheckpointStorage> = Arc::new(faulty);
+            let (storage, plan) = crate::fault::failing(&ctx.storage.storage(&crate::job_id("faults")));
             let mut store = open(Arc::clone(&storage), 1).await;
             let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
             let s = register(&mut b);
@@ -405,8 +409,8 @@ pub async fn fault_sweep_restores_last_completed<F: BackendFactory>(ctx: Ctx<F>)
             let (id, pointer) = latest.unwrap_or_else(|| panic!("{why}: no checkpoint retained"));
             assert_eq!(id, if completed { 2 } else { 1 }, "{why}");
             assert_retained_files_present(&store, &why).await;
-            assert_every_checkpoint_whole(&*storage, &why).await;
-            assert_eq!(&restored_dump(&ctx, &*storage, &pointer).await, expected, "{why}");
+            assert_every_checkpoint_whole(&storage, &why).await;
+            assert_eq!(&restored_dump(&ctx, &storage, &pointer).await, expected, "{why}");
             let found = storage
                 .latest_checkpoint()
                 .await
@@ -420,8 +424,8 @@ pub async fn fault_sweep_restores_last_completed<F: BackendFactory>(ctx: Ctx<F>)
                 .await
                 .unwrap();
             assert_retained_files_present(&store, &why).await;
-            assert_every_checkpoint_whole(&*storage, &why).await;
-            assert_eq!(&restored_dump(&ctx, &*storage, &pointer).await, expected, "{why}");
+            assert_every_checkpoint_whole(&storage, &why).await;
+            assert_eq!(&restored_dump(&ctx, &storage, &pointer).await, expected, "{why}");
             let again = store.collect_garbage(&GcOptions::new(Duration::ZERO)).await.unwrap();
             assert!(
                 again.orphans.is_empty(),
@@ -432,7 +436,7 @@ pub async fn fault_sweep_restores_last_completed<F: BackendFactory>(ctx: Ctx<F>)
             take(&mut store, &mut b, 3, CheckpointKind::Checkpoint).await;
             let third = dump(&mut b, &s);
             let pointer = store.latest().unwrap().pointer.clone();
-            assert_eq!(restored_dump(&ctx, &*storage, &pointer).await, third, "{why}");
+            assert_eq!(restored_dump(&ctx, &storage, &pointer).await, third, "{why}");
             k += if tail { 1 } else { stride };
         }
     }
@@ -478,7 +482,7 @@ async fn attempt<B: KeyedStateBackend>(store: &mut CheckpointStore, b: &mut B, i
 }
 
 /// Writes `size` bytes as a closed stream of `scope`.
-async fn file(location: &Arc<dyn CheckpointLocation>, scope: StateScope, fill: u8, size: usize) -> StreamStateHandle {
+async fn file(location: &Arc<CheckpointLocation>, scope: StateScope, fill: u8, size: usize) -> StreamStateHandle {
     let mut s = location.create_output_stream(scope).await.unwrap();
     s.write(&vec![fill; size]).await.unwrap();
     let h = s.close().await.unwrap();
@@ -502,7 +506,7 @@ fn incremental(id: u64, shared: &[&StreamStateHandle], private: StreamStateHandl
     })
 }
 
-async fn exists(storage: &dyn CheckpointStorage, h: &StreamStateHandle) -> bool {
+async fn exists(storage: &CheckpointStorage, h: &StreamStateHandle) -> bool {
     storage.read_file(h.file_path().unwrap()).await.is_ok()
 }
 
@@ -534,13 +538,13 @@ pub async fn shared_files_live_while_referenced(factory: Arc<dyn StorageFactory>
         .await
         .unwrap();
     assert_eq!(c.subsumed, [1]);
-    assert!(!exists(&*storage, &s1).await, "unreferenced shared file kept");
+    assert!(!exists(&storage, &s1).await, "unreferenced shared file kept");
     assert!(
-        !exists(&*storage, &p1).await,
+        !exists(&storage, &p1).await,
         "private file of a subsumed checkpoint kept"
     );
     for h in [&s2, &s3, &p2] {
-        assert!(exists(&*storage, h).await, "{h:?} of the retained checkpoint deleted");
+        assert!(exists(&storage, h).await, "{h:?} of the retained checkpoint deleted");
     }
     // Abort: the attempt's new shared file goes, the reused one stays.
     let l3 = store.begin_checkpoint(3).await.unwrap();
@@ -550,8 +554,8 @@ pub async fn shared_files_live_while_referenced(factory: Arc<dyn StorageFactory>
         .abort(&l3, &[incremental(3, &[&s3, &s4], p3.clone())])
         .await
         .unwrap();
-    assert!(!exists(&*storage, &s4).await && !exists(&*storage, &p3).await);
-    assert!(exists(&*storage, &s3).await && exists(&*storage, &s2).await);
+    assert!(!exists(&storage, &s4).await && !exists(&storage, &p3).await);
+    assert!(exists(&storage, &s3).await && exists(&storage, &s2).await);
     assert_retained_files_present(&store, "after abort").await;
 }
 
@@ -592,7 +596,7 @@ pub async fn registry_is_rebuilt_after_restart(factory: Arc<dyn StorageFactory>)
             )
             .await
             .unwrap();
-        assert_eq!(exists(&*storage, &s).await, id == 3, "after checkpoint {id}");
+        assert_eq!(exists(&storage, &s).await, id == 3, "after checkpoint {id}");
     }
 }
 
@@ -636,15 +640,15 @@ pub async fn gc_removes_only_old_orphans_of_ours(factory: Arc<dyn StorageFactory
     assert_eq!(found, want);
     assert_eq!(report.bytes, (2 * BIG + 30_000) as u64);
     assert!(!report.deleted);
-    assert!(exists(&*storage, &orphan_shared).await, "a dry run deleted");
+    assert!(exists(&storage, &orphan_shared).await, "a dry run deleted");
 
     let report = store.collect_garbage(&dry.clone().delete()).await.unwrap();
     assert!(report.deleted);
     for h in [&orphan_shared, &orphan_owned, &orphan_chk] {
-        assert!(!exists(&*storage, h).await, "{h:?} survived GC");
+        assert!(!exists(&storage, h).await, "{h:?} survived GC");
     }
     for h in [&s, &p] {
-        assert!(exists(&*storage, h).await, "GC deleted referenced {h:?}");
+        assert!(exists(&storage, h).await, "GC deleted referenced {h:?}");
     }
     assert_retained_files_present(&store, "after GC").await;
 }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use flowstate_api::checkpoint::{OperatorState, ResolvedCheckpoint};
 use flowstate_api::operator::{repartition, DistributionMode, SubtaskState, SubtaskStates};
 use flowstate_api::*;
 

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use flowstate_api::checkpoint::{OperatorState, StateReader, StreamStateHandle};
 use flowstate_api::*;
 
 use crate::{complete, operator_config, operator_for_key, restore_from, snapshot_into, BackendFactory, Ctx};
@@ -24,15 +25,15 @@ async fn rescale<F: BackendFactory>(ctx: Ctx<F>, from: u32, to: u32) {
             b.map_put(&m, (k % 7) as u8, k).unwrap();
         }
         handles.push(
-            snapshot_into(&mut b, &*storage, 1, SnapshotOptions::checkpoint())
+            snapshot_into(&mut b, &storage, 1, SnapshotOptions::checkpoint())
                 .await
                 .handle,
         );
     }
-    let pointer = complete(&*storage, 1, CheckpointKind::Checkpoint, from, handles).await;
+    let pointer = complete(&storage, 1, CheckpointKind::Checkpoint, from, handles).await;
     let mut seen = HashSet::new();
     for index in 0..to {
-        let mut r = restore_from(&ctx, &*storage, operator_config::<u64>(to, index), &pointer)
+        let mut r = restore_from(&ctx, &storage, operator_config::<u64>(to, index), &pointer)
             .await
             .unwrap();
         let v = r.register(ValueStateDescriptor::<u64>::new("v")).unwrap();

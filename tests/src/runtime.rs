@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flowstate_api::checkpoint::OperatorState;
 use flowstate_api::*;
 
 use crate::{full_config, BackendFactory, Ctx, OPERATOR};

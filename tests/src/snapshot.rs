@@ -6,7 +6,7 @@ use flowstate_api::*;
 
 use crate::{checkpoint, complete, full_config, restore_from, snapshot_into, BackendFactory, Ctx, OPERATOR};
 
-fn storage<F: BackendFactory>(ctx: &Ctx<F>, contract: &str) -> Arc<dyn CheckpointStorage> {
+fn storage<F: BackendFactory>(ctx: &Ctx<F>, contract: &str) -> Arc<CheckpointStorage> {
     ctx.storage.storage(&crate::job_id(contract))
 }
 
@@ -41,8 +41,8 @@ pub async fn snapshot_isolation<F: BackendFactory>(ctx: Ctx<F>) {
     b.set_current_key(&5000).unwrap();
     b.update(&v, 1).unwrap();
     let result = pending.await.unwrap();
-    let pointer = complete(&*storage, 1, CheckpointKind::Checkpoint, 1, vec![result.handle]).await;
-    let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer)
+    let pointer = complete(&storage, 1, CheckpointKind::Checkpoint, 1, vec![result.handle]).await;
+    let mut r = restore_from(&ctx, &storage, full_config::<u64>(), &pointer)
         .await
         .unwrap();
     let v = r.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
@@ -64,14 +64,14 @@ pub async fn two_snapshots_restore_to_their_own_state<F: BackendFactory>(ctx: Ct
         b.set_current_key(&k).unwrap();
         b.update(&v, 1).unwrap();
     }
-    let p1 = checkpoint(&mut b, &*storage, 1).await;
+    let p1 = checkpoint(&mut b, &storage, 1).await;
     for k in 0..50u64 {
         b.set_current_key(&k).unwrap();
         b.update(&v, 2).unwrap();
     }
-    let p2 = checkpoint(&mut b, &*storage, 2).await;
+    let p2 = checkpoint(&mut b, &storage, 2).await;
     for (pointer, expected) in [(p1, 1u64), (p2, 2)] {
-        let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer)
+        let mut r = restore_from(&ctx, &storage, full_config::<u64>(), &pointer)
             .await
             .unwrap();
         let v = r.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
@@ -106,8 +106,8 @@ pub async fn concurrent_async_phases_while_serving<F: BackendFactory>(ctx: Ctx<F
     for (i, task) in tasks.into_iter().enumerate() {
         let round = i as u64 + 1;
         let result = task.await.unwrap().unwrap();
-        let pointer = complete(&*storage, round, CheckpointKind::Checkpoint, 1, vec![result.handle]).await;
-        let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer)
+        let pointer = complete(&storage, round, CheckpointKind::Checkpoint, 1, vec![result.handle]).await;
+        let mut r = restore_from(&ctx, &storage, full_config::<u64>(), &pointer)
             .await
             .unwrap();
         let rv = r.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
@@ -130,8 +130,8 @@ pub async fn dropped_snapshot_leaves_nothing<F: BackendFactory>(ctx: Ctx<F>) {
     location.dispose().await.unwrap();
     assert!(storage.latest_checkpoint().await.unwrap().is_none());
     // The backend is unaffected and can snapshot the same id afresh.
-    let pointer = checkpoint(&mut b, &*storage, 2).await;
-    let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer)
+    let pointer = checkpoint(&mut b, &storage, 2).await;
+    let mut r = restore_from(&ctx, &storage, full_config::<u64>(), &pointer)
         .await
         .unwrap();
     let v = r.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
@@ -161,11 +161,11 @@ pub async fn closing_backend_cancels_snapshot<F: BackendFactory>(ctx: Ctx<F>) {
 pub async fn empty_backend_snapshots_empty<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "empty");
     let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
-    let result = snapshot_into(&mut b, &*storage, 1, SnapshotOptions::checkpoint()).await;
+    let result = snapshot_into(&mut b, &storage, 1, SnapshotOptions::checkpoint()).await;
     assert!(result.handle.is_empty(), "{:?}", result.handle);
     assert_eq!(result.stats.full_size, 0);
-    let pointer = complete(&*storage, 1, CheckpointKind::Checkpoint, 1, vec![result.handle]).await;
-    let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer)
+    let pointer = complete(&storage, 1, CheckpointKind::Checkpoint, 1, vec![result.handle]).await;
+    let mut r = restore_from(&ctx, &storage, full_config::<u64>(), &pointer)
         .await
         .unwrap();
     let v = r.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
@@ -186,13 +186,13 @@ pub async fn restored_untouched_state_is_in_next_snapshot<F: BackendFactory>(ctx
         b.update(&v, k).unwrap();
         b.map_put(&m, k, k.to_string()).unwrap();
     }
-    let p1 = checkpoint(&mut b, &*storage, 1).await;
-    let mut r1 = restore_from(&ctx, &*storage, full_config::<u64>(), &p1).await.unwrap();
+    let p1 = checkpoint(&mut b, &storage, 1).await;
+    let mut r1 = restore_from(&ctx, &storage, full_config::<u64>(), &p1).await.unwrap();
     let other = r1.register(ValueStateDescriptor::<u64>::new("other")).unwrap();
     r1.set_current_key(&1).unwrap();
     r1.update(&other, 5).unwrap();
-    let p2 = checkpoint(&mut r1, &*storage, 2).await;
-    let mut r2 = restore_from(&ctx, &*storage, full_config::<u64>(), &p2).await.unwrap();
+    let p2 = checkpoint(&mut r1, &storage, 2).await;
+    let mut r2 = restore_from(&ctx, &storage, full_config::<u64>(), &p2).await.unwrap();
     let v = r2.register(ValueStateDescriptor::<u64>::new("untouched")).unwrap();
     let m = r2
         .register(MapStateDescriptor::<u64, String>::new("untouched-map"))
@@ -271,8 +271,8 @@ pub async fn every_state_kind_round_trips<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "every-kind");
     let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     fill_every_kind(&mut b, 300);
-    let pointer = checkpoint(&mut b, &*storage, 1).await;
-    let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer)
+    let pointer = checkpoint(&mut b, &storage, 1).await;
+    let mut r = restore_from(&ctx, &storage, full_config::<u64>(), &pointer)
         .await
         .unwrap();
     assert_eq!(check_every_kind(&mut r, 0..300), 300);
@@ -283,16 +283,16 @@ pub async fn compressed_snapshot_round_trips<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = storage(&ctx, "compressed");
     let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     fill_every_kind(&mut b, 300);
-    let plain = snapshot_into(&mut b, &*storage, 1, SnapshotOptions::savepoint()).await;
+    let plain = snapshot_into(&mut b, &storage, 1, SnapshotOptions::savepoint()).await;
     let (zstd, pointer) =
-        crate::snapshot_and_complete(&mut b, &*storage, 2, SnapshotOptions::savepoint().with_compression(3)).await;
+        crate::snapshot_and_complete(&mut b, &storage, 2, SnapshotOptions::savepoint().with_compression(3)).await;
     assert!(
         zstd.stats.full_size < plain.stats.full_size,
         "compressed {} >= plain {}",
         zstd.stats.full_size,
         plain.stats.full_size
     );
-    let mut r = restore_from(&ctx, &*storage, full_config::<u64>(), &pointer)
+    let mut r = restore_from(&ctx, &storage, full_config::<u64>(), &pointer)
         .await
         .unwrap();
     assert_eq!(check_every_kind(&mut r, 0..300), 300);
@@ -303,14 +303,14 @@ pub async fn canonical_savepoint_restores_at_other_parallelism<F: BackendFactory
     let storage = storage(&ctx, "savepoint");
     let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     fill_every_kind(&mut b, 200);
-    let result = snapshot_into(&mut b, &*storage, 1, SnapshotOptions::savepoint()).await;
-    let pointer = complete(&*storage, 1, CheckpointKind::Savepoint, 1, vec![result.handle]).await;
+    let result = snapshot_into(&mut b, &storage, 1, SnapshotOptions::savepoint()).await;
+    let pointer = complete(&storage, 1, CheckpointKind::Savepoint, 1, vec![result.handle]).await;
     let resolved = storage.resolve(&pointer).await.unwrap();
     assert_eq!(resolved.metadata.kind, CheckpointKind::Savepoint);
     let mut total = 0;
     for index in 0..3 {
         let config = crate::operator_config::<u64>(3, index);
-        let mut r = restore_from(&ctx, &*storage, config, &pointer).await.unwrap();
+        let mut r = restore_from(&ctx, &storage, config, &pointer).await.unwrap();
         let mine = (0..200u64).filter(|k| crate::operator_for_key(k, 3) == index);
         total += check_every_kind(&mut r, mine);
         let v = r.register(ValueStateDescriptor::<String>::new("value")).unwrap();
@@ -331,7 +331,7 @@ pub async fn restore_through_storage_pointer<F: BackendFactory>(ctx: Ctx<F>) {
     let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     b.set_current_key(&3).unwrap();
     b.update(&v, 33).unwrap();
-    let pointer = checkpoint(&mut b, &*storage, 4).await;
+    let pointer = checkpoint(&mut b, &storage, 4).await;
     let latest = storage.latest_checkpoint().await.unwrap().unwrap();
     assert_eq!(latest.pointer, storage.resolve(&pointer).await.unwrap().pointer);
     assert_eq!(latest.metadata.checkpoint_id, 4);

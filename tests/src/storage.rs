@@ -4,11 +4,12 @@
 
 use std::sync::Arc;
 
+use flowstate_api::checkpoint::{parse_pointer, OperatorState, StateScope, StreamStateHandle};
 use flowstate_api::*;
 
 use crate::{complete, full_config, snapshot_into, BackendFactory, Ctx, StorageFactory, OPERATOR};
 
-async fn one_checkpoint(storage: &dyn CheckpointStorage, id: u64, marker: u32) -> String {
+async fn one_checkpoint(storage: &CheckpointStorage, id: u64, marker: u32) -> String {
     let mut metadata = CheckpointMetadata::new(id, CheckpointKind::Checkpoint, u64::from(marker));
     metadata
         .operators
@@ -25,7 +26,7 @@ async fn one_checkpoint(storage: &dyn CheckpointStorage, id: u64, marker: u32) -
 /// `chk-n/_metadata`, `chk-n` and `chk-n/` name the same checkpoint.
 pub async fn pointer_forms_resolve_to_the_same_checkpoint(factory: Arc<dyn StorageFactory>) {
     let storage = factory.storage(&crate::job_id("pointers"));
-    let pointer = one_checkpoint(&*storage, 3, 1).await;
+    let pointer = one_checkpoint(&storage, 3, 1).await;
     let base = parse_pointer(&pointer).unwrap().normalized();
     for form in [base.clone(), format!("{base}/"), format!("{base}/_metadata")] {
         let resolved = storage.resolve(&form).await.unwrap();
@@ -37,7 +38,7 @@ pub async fn pointer_forms_resolve_to_the_same_checkpoint(factory: Arc<dyn Stora
 /// Empty, garbage and missing pointers give clear errors that name them.
 pub async fn bad_pointers_give_clear_errors(factory: Arc<dyn StorageFactory>) {
     let storage = factory.storage(&crate::job_id("bad-pointers"));
-    let pointer = one_checkpoint(&*storage, 1, 1).await;
+    let pointer = one_checkpoint(&storage, 1, 1).await;
     let err = storage.resolve("").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
     let err = storage.resolve("not a pointer at all").await.unwrap_err();
@@ -52,7 +53,7 @@ pub async fn bad_pointers_give_clear_errors(factory: Arc<dyn StorageFactory>) {
 /// Writing the metadata of an existing checkpoint id fails and keeps the first.
 pub async fn duplicate_checkpoint_id_is_refused(factory: Arc<dyn StorageFactory>) {
     let storage = factory.storage(&crate::job_id("duplicate"));
-    let pointer = one_checkpoint(&*storage, 1, 1).await;
+    let pointer = one_checkpoint(&storage, 1, 1).await;
     let mut second = CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 2);
     second.operators.clear();
     let location = storage.init_checkpoint(1).await;
@@ -69,8 +70,8 @@ pub async fn two_jobs_do_not_collide(factory: Arc<dyn StorageFactory>) {
     let job = crate::job_id("two-jobs");
     let a = factory.storage(&format!("{job}-a"));
     let b = factory.storage(&format!("{job}-b"));
-    let pa = one_checkpoint(&*a, 1, 1).await;
-    let pb = one_checkpoint(&*b, 1, 2).await;
+    let pa = one_checkpoint(&a, 1, 1).await;
+    let pb = one_checkpoint(&b, 1, 2).await;
     assert_ne!(pa, pb);
     assert_eq!(a.resolve(&pa).await.unwrap().metadata.timestamp_millis, 1);
     assert_eq!(b.resolve(&pb).await.unwrap().metadata.timestamp_millis, 2);
@@ -132,7 +133,7 @@ pub async fn latest_checkpoint_is_the_newest(factory: Arc<dyn StorageFactory>) {
     let storage = factory.storage(&crate::job_id("latest"));
     assert!(storage.latest_checkpoint().await.unwrap().is_none());
     for id in [1u64, 3, 2] {
-        one_checkpoint(&*storage, id, id as u32).await;
+        one_checkpoint(&storage, id, id as u32).await;
     }
     assert_eq!(
         storage
@@ -161,7 +162,7 @@ pub async fn memory_storage_refuses_state_above_maximum<F: BackendFactory>(ctx: 
     b.set_current_key(&1).unwrap();
     b.update(&v, vec![7u8; 1000]).unwrap();
     // Small state fits.
-    snapshot_into(&mut b, &*storage, 1, SnapshotOptions::checkpoint()).await;
+    snapshot_into(&mut b, &storage, 1, SnapshotOptions::checkpoint()).await;
     // Incompressible, so no compressing backend brings it under the maximum.
     b.set_current_key(&2).unwrap();
     b.update(&v, crate::noise(max as usize + 1, 2)).unwrap();
@@ -192,8 +193,8 @@ pub async fn memory_storage_checkpoints_end_with_the_process<F: BackendFactory>(
     let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     b.set_current_key(&1).unwrap();
     b.update(&v, 1).unwrap();
-    let result = snapshot_into(&mut b, &*storage, 1, SnapshotOptions::checkpoint()).await;
-    let pointer = complete(&*storage, 1, CheckpointKind::Checkpoint, 1, vec![result.handle]).await;
+    let result = snapshot_into(&mut b, &storage, 1, SnapshotOptions::checkpoint()).await;
+    let pointer = complete(&storage, 1, CheckpointKind::Checkpoint, 1, vec![result.handle]).await;
     assert!(storage.resolve(&pointer).await.is_ok());
     let next_process = ctx.storage.storage_after_restart(&job);
     let err = next_process.resolve(&pointer).await.unwrap_err();

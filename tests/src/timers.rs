@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use flowstate_api::checkpoint::OperatorState;
 use flowstate_api::*;
 
 use crate::{
@@ -147,13 +148,13 @@ pub async fn timers_survive_checkpoint_and_savepoint<F: BackendFactory>(ctx: Ctx
         let pointer = match options.kind {
             CheckpointKind::Checkpoint => {
                 // Two checkpoints, so an incremental backend restores the second from shared files.
-                checkpoint(&mut b, &*storage, 1).await;
+                checkpoint(&mut b, &storage, 1).await;
                 assert_eq!(fire(&mut b, &t, 100), expected(&mut model, 100));
-                checkpoint(&mut b, &*storage, 2).await
+                checkpoint(&mut b, &storage, 2).await
             }
-            CheckpointKind::Savepoint => crate::snapshot_and_complete(&mut b, &*storage, 1, options).await.1,
+            CheckpointKind::Savepoint => crate::snapshot_and_complete(&mut b, &storage, 1, options).await.1,
         };
-        let mut r = restore_from(&ctx, &*storage, operator_config::<u64>(1, 0), &pointer)
+        let mut r = restore_from(&ctx, &storage, operator_config::<u64>(1, 0), &pointer)
             .await
             .unwrap();
         let t = r.register(service()).unwrap();
@@ -183,7 +184,7 @@ pub async fn timer_after_sync_phase_is_not_in_snapshot<F: BackendFactory>(ctx: C
         vec![result.handle],
     ));
     let pointer = location.write_metadata(&metadata).await.unwrap();
-    let mut r = restore_from(&ctx, &*storage, operator_config::<u64>(1, 0), &pointer)
+    let mut r = restore_from(&ctx, &storage, operator_config::<u64>(1, 0), &pointer)
         .await
         .unwrap();
     let t = r.register(service()).unwrap();
@@ -219,19 +220,19 @@ pub async fn timer_service_mismatches_are_refused<F: BackendFactory>(ctx: Ctx<F>
         t.advance_processing_time(&mut b, 10).map(|_| ()).map_err(kind),
         Err(ErrorKind::Invalid)
     );
-    let pointer = checkpoint(&mut b, &*storage, 1).await;
+    let pointer = checkpoint(&mut b, &storage, 1).await;
     for wrong in [
         TimerServiceDescriptor::processing_time("t").in_namespace::<VoidNamespace>(),
         TimerServiceDescriptor::event_time("t")
             .with_namespace_serializer(std::sync::Arc::new(Bincode::<VoidNamespace>::new())),
     ] {
-        let mut r = restore_from(&ctx, &*storage, operator_config::<u64>(1, 0), &pointer)
+        let mut r = restore_from(&ctx, &storage, operator_config::<u64>(1, 0), &pointer)
             .await
             .unwrap();
         let e = r.register(wrong).map(|_| ()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
     }
-    let mut r = restore_from(&ctx, &*storage, operator_config::<u64>(1, 0), &pointer)
+    let mut r = restore_from(&ctx, &storage, operator_config::<u64>(1, 0), &pointer)
         .await
         .unwrap();
     let t = r.register(TimerServiceDescriptor::event_time("t")).unwrap();
@@ -255,15 +256,15 @@ async fn rescale_timers<F: BackendFactory>(ctx: Ctx<F>, from: u32, to: u32) {
             all.insert(model_entry(ts, key, ns));
         }
         handles.push(
-            snapshot_into(&mut b, &*storage, 1, SnapshotOptions::checkpoint())
+            snapshot_into(&mut b, &storage, 1, SnapshotOptions::checkpoint())
                 .await
                 .handle,
         );
     }
-    let pointer = complete(&*storage, 1, CheckpointKind::Checkpoint, from, handles).await;
+    let pointer = complete(&storage, 1, CheckpointKind::Checkpoint, from, handles).await;
     let mut fired_anywhere = Model::new();
     for index in 0..to {
-        let mut r = restore_from(&ctx, &*storage, operator_config::<u64>(to, index), &pointer)
+        let mut r = restore_from(&ctx, &storage, operator_config::<u64>(to, index), &pointer)
             .await
             .unwrap();
         let t = r.register(service()).unwrap();

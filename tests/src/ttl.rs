@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use flowstate_api::ttl::ManualClock;
 use flowstate_api::*;
 
 use crate::{checkpoint, clocked_config, restore_from, BackendFactory, Ctx};
@@ -221,8 +222,8 @@ pub async fn expiry_holds_across_snapshot_and_restore<F: BackendFactory>(ctx: Ct
     b.append(&l, 1).unwrap();
     clock.set(1060);
     b.append(&l, 2).unwrap();
-    let pointer = checkpoint(&mut b, &*storage, 1).await;
-    let mut r = restore_from(&ctx, &*storage, clocked_config::<u64>(clock.clone()), &pointer)
+    let pointer = checkpoint(&mut b, &storage, 1).await;
+    let mut r = restore_from(&ctx, &storage, clocked_config::<u64>(clock.clone()), &pointer)
         .await
         .unwrap();
     let v = r.register(ValueStateDescriptor::<u64>::new("v").with_ttl(ttl)).unwrap();
@@ -260,10 +261,10 @@ pub async fn full_snapshot_cleanup_leaves_expired_out<F: BackendFactory>(ctx: Ct
     clock.set(1100);
     // A full snapshot: a savepoint (checkpoints of incremental backends upload
     // native files, as in Flink, where this cleanup does not apply to them).
-    let (_, pointer) = crate::snapshot_and_complete(&mut b, &*storage, 1, SnapshotOptions::savepoint()).await;
+    let (_, pointer) = crate::snapshot_and_complete(&mut b, &storage, 1, SnapshotOptions::savepoint()).await;
     // Turn time back: anything still in the snapshot would be visible again.
     clock.set(1000);
-    let mut r = restore_from(&ctx, &*storage, clocked_config::<u64>(clock.clone()), &pointer)
+    let mut r = restore_from(&ctx, &storage, clocked_config::<u64>(clock.clone()), &pointer)
         .await
         .unwrap();
     let v = r.register(ValueStateDescriptor::<u64>::new("v").with_ttl(ttl)).unwrap();
@@ -289,8 +290,8 @@ pub async fn ttl_flag_mismatch_is_refused<F: BackendFactory>(ctx: Ctx<F>) {
         .unwrap();
     b.set_current_key(&1).unwrap();
     b.update(&v, 1).unwrap();
-    let pointer = checkpoint(&mut b, &*storage, 1).await;
-    let mut r = restore_from(&ctx, &*storage, clocked_config::<u64>(clock), &pointer)
+    let pointer = checkpoint(&mut b, &storage, 1).await;
+    let mut r = restore_from(&ctx, &storage, clocked_config::<u64>(clock), &pointer)
         .await
         .unwrap();
     let err = r.register(ValueStateDescriptor::<u64>::new("v")).unwrap_err();

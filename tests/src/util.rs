@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
+use flowstate_api::checkpoint::{OperatorState, ResolvedCheckpoint};
+use flowstate_api::ttl::SharedClock;
 use flowstate_api::{
     key_group_for_key_bytes, CheckpointKind, CheckpointMetadata, CheckpointStorage, KeyGroupRange, KeyedBackendConfig,
-    KeyedStateBackend, KeyedStateHandle, OperatorState, ResolvedCheckpoint, SharedClock, SnapshotOptions,
-    SnapshotResult,
+    KeyedStateBackend, KeyedStateHandle, SnapshotOptions, SnapshotResult,
 };
 
 use crate::{BackendFactory, Ctx, TestKey};
@@ -44,7 +45,7 @@ pub fn operator_for_key<K: TestKey>(key: &K, parallelism: u32) -> u32 {
 /// Runs both phases of a checkpoint of `backend` into `storage`.
 pub async fn snapshot_into<B: KeyedStateBackend>(
     backend: &mut B,
-    storage: &dyn CheckpointStorage,
+    storage: &CheckpointStorage,
     checkpoint_id: u64,
     options: SnapshotOptions,
 ) -> SnapshotResult {
@@ -63,7 +64,7 @@ pub async fn snapshot_into<B: KeyedStateBackend>(
 /// location; returns the result and the pointer.
 pub async fn snapshot_and_complete<B: KeyedStateBackend>(
     backend: &mut B,
-    storage: &dyn CheckpointStorage,
+    storage: &CheckpointStorage,
     checkpoint_id: u64,
     options: SnapshotOptions,
 ) -> (SnapshotResult, String) {
@@ -88,7 +89,7 @@ pub async fn snapshot_and_complete<B: KeyedStateBackend>(
 
 /// Writes the metadata of a checkpoint holding `handles` and returns its pointer.
 pub async fn complete(
-    storage: &dyn CheckpointStorage,
+    storage: &CheckpointStorage,
     checkpoint_id: u64,
     kind: CheckpointKind,
     parallelism: u32,
@@ -108,7 +109,7 @@ pub async fn complete(
 }
 
 /// Checkpoints one backend and completes the checkpoint; returns the pointer.
-pub async fn checkpoint<B: KeyedStateBackend>(backend: &mut B, storage: &dyn CheckpointStorage, id: u64) -> String {
+pub async fn checkpoint<B: KeyedStateBackend>(backend: &mut B, storage: &CheckpointStorage, id: u64) -> String {
     let result = snapshot_into(backend, storage, id, SnapshotOptions::checkpoint()).await;
     let pointer = complete(storage, id, CheckpointKind::Checkpoint, 1, vec![result.handle]).await;
     backend.notify_checkpoint_complete(id).unwrap();
@@ -118,7 +119,7 @@ pub async fn checkpoint<B: KeyedStateBackend>(backend: &mut B, storage: &dyn Che
 /// Restores a backend with `config` from the checkpoint at `pointer`.
 pub async fn restore_from<F: BackendFactory, K: TestKey>(
     ctx: &Ctx<F>,
-    storage: &dyn CheckpointStorage,
+    storage: &CheckpointStorage,
     config: KeyedBackendConfig<K>,
     pointer: &str,
 ) -> flowstate_api::Result<F::Backend<K>> {

@@ -9,7 +9,7 @@ mod common;
 
 use common::{FsStorageFactory, ObjectStorageFactory, RocksDbFactory, S3Server};
 use flowstate_conformance::{MemoryStorageFactory, Suite};
-use flowstate_heap::HeapBackendBuilder;
+use flowstate_heap::HeapBackendFactory;
 
 fn main() {
     let mut suite = Suite::new()
@@ -21,7 +21,7 @@ fn main() {
         suite = suite.storage(ObjectStorageFactory::s3);
     }
     suite
-        .backend(|| HeapBackendBuilder)
+        .backend(|| HeapBackendFactory)
         .backend(RocksDbFactory::new)
         .backend(RocksDbFactory::full)
         .backend(RocksDbFactory::with_local_recovery)

@@ -11,7 +11,7 @@ use flowstate_api::*;
 use flowstate_conformance::{
     full_config, operator_config, operator_for_key, restore_from, snapshot_and_complete, BackendFactory, StorageFactory,
 };
-use flowstate_heap::HeapBackendBuilder;
+use flowstate_heap::HeapBackendFactory;
 
 const KEYS: u64 = 2_000;
 
@@ -59,11 +59,11 @@ async fn transfer<A: BackendFactory, B: BackendFactory>(from: A, to: B) {
         a.map_put(&s.m, (k % 5) as u32, format!("value-{k}")).unwrap();
     }
     let expected = dump(&mut a, &s, 0..KEYS);
-    let (_, pointer) = snapshot_and_complete(&mut a, &*storage, 1, SnapshotOptions::savepoint()).await;
+    let (_, pointer) = snapshot_and_complete(&mut a, &storage, 1, SnapshotOptions::savepoint()).await;
     let mut got = Dump::new();
     let ctx = flowstate_conformance::Ctx::new(to, FsStorageFactory::new());
     for index in 0..3 {
-        let mut r = restore_from(&ctx, &*storage, operator_config::<u64>(3, index), &pointer)
+        let mut r = restore_from(&ctx, &storage, operator_config::<u64>(3, index), &pointer)
             .await
             .unwrap();
         let s = register(&mut r);
@@ -79,12 +79,12 @@ async fn transfer<A: BackendFactory, B: BackendFactory>(from: A, to: B) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heap_savepoint_restores_into_rocksdb() {
-    transfer(HeapBackendBuilder, RocksDbFactory::new()).await;
+    transfer(HeapBackendFactory, RocksDbFactory::new()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rocksdb_savepoint_restores_into_heap() {
-    transfer(RocksDbFactory::new(), HeapBackendBuilder).await;
+    transfer(RocksDbFactory::new(), HeapBackendFactory).await;
 }
 
 /// `n` timers `(timestamp, key, namespace)`, negative and equal timestamps
@@ -125,20 +125,20 @@ async fn timers_move_heap_rocksdb_heap() {
     let storage = factory.storage("cross-timers");
     let desc = || TimerServiceDescriptor::event_time("t").in_namespace::<u32>();
     let timers = timer_workload(3_000);
-    let mut heap = HeapBackendBuilder.build(full_config::<u64>()).unwrap();
+    let mut heap = HeapBackendFactory.build(full_config::<u64>()).unwrap();
     let t = heap.register(desc()).unwrap();
     for &(ts, k, ns) in &timers {
         heap.set_current_key(&k).unwrap();
         t.register(&mut heap, ts, &ns).unwrap();
     }
-    let (_, p1) = snapshot_and_complete(&mut heap, &*storage, 1, SnapshotOptions::savepoint()).await;
+    let (_, p1) = snapshot_and_complete(&mut heap, &storage, 1, SnapshotOptions::savepoint()).await;
     let rocks_ctx = flowstate_conformance::Ctx::new(RocksDbFactory::new(), FsStorageFactory::new());
-    let mut rocks = restore_from(&rocks_ctx, &*storage, full_config::<u64>(), &p1)
+    let mut rocks = restore_from(&rocks_ctx, &storage, full_config::<u64>(), &p1)
         .await
         .unwrap();
-    let (_, p2) = snapshot_and_complete(&mut rocks, &*storage, 2, SnapshotOptions::savepoint()).await;
-    let heap_ctx = flowstate_conformance::Ctx::new(HeapBackendBuilder, FsStorageFactory::new());
-    let mut back = restore_from(&heap_ctx, &*storage, full_config::<u64>(), &p2)
+    let (_, p2) = snapshot_and_complete(&mut rocks, &storage, 2, SnapshotOptions::savepoint()).await;
+    let heap_ctx = flowstate_conformance::Ctx::new(HeapBackendFactory, FsStorageFactory::new());
+    let mut back = restore_from(&heap_ctx, &storage, full_config::<u64>(), &p2)
         .await
         .unwrap();
     let want = firing_order(&timers);

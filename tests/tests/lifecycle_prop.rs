@@ -22,8 +22,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flowstate_api::checkpoint::{
+    is_own_file_name, metadata_path_id, BlobPath, BlobStore, CheckpointLocation, HandleFile, IncrementalStateHandle,
+    KeyGroupsStateHandle, OperatorState, StateScope, StreamStateHandle,
+};
+use flowstate_api::lifecycle::GcOptions;
 use flowstate_api::*;
-use flowstate_fs::FsCheckpointStorage;
+
 use futures::StreamExt;
 use proptest::prelude::*;
 
@@ -64,7 +69,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 struct Pending {
-    location: Arc<dyn CheckpointLocation>,
+    location: Arc<CheckpointLocation>,
     handle: KeyedStateHandle,
     /// Every file it references existed when it began.
     whole: bool,
@@ -74,7 +79,7 @@ struct Pending {
 const MAX_IN_FLIGHT: usize = 3;
 
 struct World {
-    storage: Arc<dyn CheckpointStorage>,
+    storage: Arc<CheckpointStorage>,
     store: CheckpointStore,
     retain: usize,
     next_id: u64,
@@ -91,7 +96,7 @@ struct World {
     savepoints: Vec<String>,
 }
 
-async fn stream(location: &Arc<dyn CheckpointLocation>, scope: StateScope, fill: u8) -> StreamStateHandle {
+async fn stream(location: &Arc<CheckpointLocation>, scope: StateScope, fill: u8) -> StreamStateHandle {
     let mut s = location.create_output_stream(scope).await.unwrap();
     s.write(&[fill; 40]).await.unwrap();
     s.close().await.unwrap()
@@ -367,10 +372,10 @@ enum Backing {
     S3,
 }
 
-fn storage_of(backing: Backing, base: &std::path::Path, job: &str) -> Arc<dyn CheckpointStorage> {
+fn storage_of(backing: Backing, base: &std::path::Path, job: &str) -> Arc<CheckpointStorage> {
     match backing {
         Backing::Fs => Arc::new(
-            FsCheckpointStorage::open(base.join("checkpoints"), job)
+            flowstate_fs::checkpoint_storage(base.join("checkpoints"), job)
                 .unwrap()
                 .with_inline_threshold(16)
                 .unwrap()
@@ -380,7 +385,7 @@ fn storage_of(backing: Backing, base: &std::path::Path, job: &str) -> Arc<dyn Ch
             let server = common::S3Server::from_env().unwrap();
             let store = server.builder(&format!("checkpoints/{job}")).build().unwrap();
             Arc::new(
-                BlobCheckpointStorage::new(Arc::new(store), job)
+                CheckpointStorage::new(Arc::new(store), job)
                     .unwrap()
                     .with_inline_threshold(16)
                     .unwrap()

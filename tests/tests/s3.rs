@@ -17,11 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{unique_run, FsStorageFactory, ObjectStorageFactory, RocksDbFactory, S3Server};
+use flowstate_api::checkpoint::OperatorState;
 use flowstate_api::*;
 use flowstate_conformance::{
     full_config, restore_from, snapshot_and_complete, BackendFactory, Ctx, StorageFactory, OPERATOR,
 };
-use flowstate_fs::FsCheckpointStorage;
+
 use flowstate_object::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use flowstate_object::{ObjectBlobStore, ObjectStoreBuilder};
 use futures::TryStreamExt;
@@ -37,8 +38,8 @@ fn server() -> Option<S3Server> {
 }
 
 /// Checkpoint storage for `job` under `prefix` of a store built by `builder`.
-fn storage_of(store: ObjectBlobStore) -> Arc<dyn CheckpointStorage> {
-    Arc::new(BlobCheckpointStorage::new(Arc::new(store), "job").unwrap())
+fn storage_of(store: ObjectBlobStore) -> Arc<CheckpointStorage> {
+    Arc::new(CheckpointStorage::new(Arc::new(store), "job").unwrap())
 }
 
 fn write_state<B: KeyedStateBackend<Key = u64>>(b: &mut B, v: &ValueState<u64>, keys: u64, gen: u64) {
@@ -58,7 +59,7 @@ fn dump<B: KeyedStateBackend<Key = u64>>(b: &mut B, v: &ValueState<u64>, keys: u
 }
 
 /// Runs both phases of checkpoint `id` and completes it; the error of any step.
-async fn try_checkpoint<B: KeyedStateBackend>(b: &mut B, storage: &dyn CheckpointStorage, id: u64) -> Result<String> {
+async fn try_checkpoint<B: KeyedStateBackend>(b: &mut B, storage: &CheckpointStorage, id: u64) -> Result<String> {
     let location = storage.init_checkpoint(id).await?;
     let result = b
         .snapshot(id, Arc::clone(&location), SnapshotOptions::checkpoint())?
@@ -76,7 +77,7 @@ async fn try_checkpoint<B: KeyedStateBackend>(b: &mut B, storage: &dyn Checkpoin
 
 async fn restored_dump<F: BackendFactory>(
     ctx: &Ctx<F>,
-    storage: &dyn CheckpointStorage,
+    storage: &CheckpointStorage,
     pointer: &str,
     keys: u64,
 ) -> BTreeMap<u64, Option<u64>> {
@@ -153,24 +154,24 @@ async fn checkpoints_copy_between_bucket_and_directory_both_ways() {
         let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
         for id in 1..=2 {
             write_state(&mut b, &v, KEYS, id);
-            try_checkpoint(&mut b, &*bucket, id).await.unwrap();
+            try_checkpoint(&mut b, &bucket, id).await.unwrap();
         }
         let expected = dump(&mut b, &v, KEYS);
         let dir = tempfile::tempdir().unwrap();
         download(&inner, &prefix, &dir.path().join("job")).await;
-        let fs: Arc<dyn CheckpointStorage> = Arc::new(FsCheckpointStorage::open(dir.path(), "job").unwrap());
+        let fs: Arc<CheckpointStorage> = Arc::new(flowstate_fs::checkpoint_storage(dir.path(), "job").unwrap());
         let latest = fs.latest_checkpoint().await.unwrap().unwrap();
         assert_eq!(latest.metadata.checkpoint_id, 2);
-        assert_eq!(restored_dump(&ctx, &*fs, &latest.pointer, KEYS).await, expected);
+        assert_eq!(restored_dump(&ctx, &fs, &latest.pointer, KEYS).await, expected);
 
         // Directory → bucket, from a backend that never wrote to the bucket.
         let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
         let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let fs: Arc<dyn CheckpointStorage> = Arc::new(FsCheckpointStorage::open(dir.path(), "job").unwrap());
+        let fs: Arc<CheckpointStorage> = Arc::new(flowstate_fs::checkpoint_storage(dir.path(), "job").unwrap());
         for id in 3..=4 {
             write_state(&mut b, &v, KEYS, id);
-            try_checkpoint(&mut b, &*fs, id).await.unwrap();
+            try_checkpoint(&mut b, &fs, id).await.unwrap();
         }
         let expected = dump(&mut b, &v, KEYS);
         let prefix = format!("{run}/{incremental}/to-bucket/job");
@@ -178,7 +179,7 @@ async fn checkpoints_copy_between_bucket_and_directory_both_ways() {
         let bucket = storage_of(server.builder(&prefix).build().unwrap());
         let latest = bucket.latest_checkpoint().await.unwrap().unwrap();
         assert_eq!(latest.metadata.checkpoint_id, 4);
-        assert_eq!(restored_dump(&ctx, &*bucket, &latest.pointer, KEYS).await, expected);
+        assert_eq!(restored_dump(&ctx, &bucket, &latest.pointer, KEYS).await, expected);
     }
 }
 
@@ -287,11 +288,11 @@ async fn throttling_and_lost_responses_are_retried() {
     let mut pointer = String::new();
     for id in 1..=3 {
         write_state(&mut b, &v, KEYS, id);
-        pointer = try_checkpoint(&mut b, &*storage, id).await.unwrap();
+        pointer = try_checkpoint(&mut b, &storage, id).await.unwrap();
     }
     assert!(proxy.faults.load(Ordering::Relaxed) > 10, "the proxy injected faults");
     let expected = dump(&mut b, &v, KEYS);
-    assert_eq!(restored_dump(&ctx, &*storage, &pointer, KEYS).await, expected);
+    assert_eq!(restored_dump(&ctx, &storage, &pointer, KEYS).await, expected);
     // The same checkpoint read straight from the server.
     let direct = storage_of(server.builder(&prefix).build().unwrap());
     assert_eq!(
@@ -328,10 +329,10 @@ async fn a_failing_store_fails_the_checkpoint_cleanly() {
     let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     write_state(&mut b, &v, KEYS, 1);
-    let first = try_checkpoint(&mut b, &*healthy, 1).await.unwrap();
+    let first = try_checkpoint(&mut b, &healthy, 1).await.unwrap();
     let expected = dump(&mut b, &v, KEYS);
     write_state(&mut b, &v, KEYS, 2);
-    let e = try_checkpoint(&mut b, &*failing, 2).await.unwrap_err();
+    let e = try_checkpoint(&mut b, &failing, 2).await.unwrap_err();
     let text = e.to_string();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{text}");
     assert!(
@@ -339,11 +340,11 @@ async fn a_failing_store_fails_the_checkpoint_cleanly() {
         "{text}"
     );
     assert_eq!(healthy.latest_checkpoint().await.unwrap().unwrap().pointer, first);
-    assert_eq!(restored_dump(&ctx, &*healthy, &first, KEYS).await, expected);
+    assert_eq!(restored_dump(&ctx, &healthy, &first, KEYS).await, expected);
     write_state(&mut b, &v, KEYS, 3);
-    let third = try_checkpoint(&mut b, &*healthy, 3).await.unwrap();
+    let third = try_checkpoint(&mut b, &healthy, 3).await.unwrap();
     let expected = dump(&mut b, &v, KEYS);
-    assert_eq!(restored_dump(&ctx, &*healthy, &third, KEYS).await, expected);
+    assert_eq!(restored_dump(&ctx, &healthy, &third, KEYS).await, expected);
 }
 
 /// A server of this test's own, to kill and restart on the same port and
@@ -404,7 +405,7 @@ impl OwnServer {
         }
     }
 
-    fn storage(&self, prefix: &str, parts: bool) -> Arc<dyn CheckpointStorage> {
+    fn storage(&self, prefix: &str, parts: bool) -> Arc<CheckpointStorage> {
         let mut b = ObjectStoreBuilder::new(format!("s3://flowstate/{prefix}"))
             .without_env()
             .with_option("endpoint", format!("http://127.0.0.1:{}", self.port))
@@ -441,16 +442,16 @@ async fn a_killed_server_loses_nothing() {
     let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     let l = b.register(ListStateDescriptor::<Vec<u8>>::new("big")).unwrap();
     write_state(&mut b, &v, KEYS, 1);
-    let first = try_checkpoint(&mut b, &*storage, 1).await.unwrap();
+    let first = try_checkpoint(&mut b, &storage, 1).await.unwrap();
     let expected_first = dump(&mut b, &v, KEYS);
 
     // Killed between checkpoints.
     own.kill();
     write_state(&mut b, &v, KEYS, 2);
-    assert!(try_checkpoint(&mut b, &*storage, 2).await.is_err());
+    assert!(try_checkpoint(&mut b, &storage, 2).await.is_err());
     own.restart();
     assert_eq!(storage.latest_checkpoint().await.unwrap().unwrap().pointer, first);
-    assert_eq!(restored_dump(&ctx, &*storage, &first, KEYS).await, expected_first);
+    assert_eq!(restored_dump(&ctx, &storage, &first, KEYS).await, expected_first);
 
     // Killed during a multipart upload: ~48 MiB of incompressible state.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -493,10 +494,10 @@ async fn a_killed_server_loses_nothing() {
     drop(location);
     own.restart();
     assert_eq!(storage.latest_checkpoint().await.unwrap().unwrap().pointer, first);
-    assert_eq!(restored_dump(&ctx, &*storage, &first, KEYS).await, expected_first);
-    let fourth = try_checkpoint(&mut b, &*storage, 4).await.unwrap();
+    assert_eq!(restored_dump(&ctx, &storage, &first, KEYS).await, expected_first);
+    let fourth = try_checkpoint(&mut b, &storage, 4).await.unwrap();
     let expected = dump(&mut b, &v, KEYS);
-    assert_eq!(restored_dump(&ctx, &*storage, &fourth, KEYS).await, expected);
+    assert_eq!(restored_dump(&ctx, &storage, &fourth, KEYS).await, expected);
 }
 
 /// Nothing a checkpoint writes to the bucket holds the credentials.
@@ -509,7 +510,7 @@ async fn credentials_are_not_in_checkpoint_objects() {
     let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
     let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
     write_state(&mut b, &v, 100, 1);
-    snapshot_and_complete(&mut b, &*storage, 1, SnapshotOptions::checkpoint()).await;
+    snapshot_and_complete(&mut b, &storage, 1, SnapshotOptions::checkpoint()).await;
     let store = server.builder("").build().unwrap();
     let root = storage.latest_checkpoint().await.unwrap().unwrap().pointer;
     let prefix = root

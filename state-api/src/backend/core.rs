@@ -3,7 +3,7 @@
 //! A [`BackendCore`] holds what does not depend on how a backend stores
 //! bytes: its configuration (key groups, max parallelism, key serializer,
 //! clock), its process-unique id, the current key, and the state registry
-//! (name → [`StateId`], each state's [`StateMeta`], TTL config, whether it
+//! (name → [`StateId`], each state's [`StateMetaInfo`], TTL config, whether it
 //! was registered in this run or only restored, and its current namespace).
 //! [`KeyedStateBackend`](crate::KeyedStateBackend) derives every accessor,
 //! the current key, namespaces and registration from it, so a backend only
@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use crate::backend::{next_backend_id, CurrentKey, KeyedBackendConfig};
-use crate::descriptor::{validate_state_name, StateId, StateMeta};
+use crate::descriptor::{validate_state_name, StateId, StateMetaInfo};
 use crate::error::{Error, Result};
 use crate::format::canonical::{SnapshotHeader, TtlFilter};
 use crate::keygroup::KeyGroupRange;
@@ -21,17 +21,17 @@ use crate::ttl::{SharedClock, StateTtlConfig};
 
 /// One state of a backend's registry.
 #[derive(Debug, Clone)]
-pub struct StateEntry {
-    meta: StateMeta,
+pub struct RegisteredState {
+    meta: StateMetaInfo,
     ttl: Option<StateTtlConfig>,
     registered: bool,
     namespace: Vec<u8>,
 }
 
-impl StateEntry {
+impl RegisteredState {
     /// The state's name, kind and serializers.
     #[inline]
-    pub fn meta(&self) -> &StateMeta {
+    pub fn meta(&self) -> &StateMetaInfo {
         &self.meta
     }
 
@@ -64,7 +64,7 @@ pub struct StateAccess<'a> {
     /// The serialized current key.
     pub key: &'a [u8],
     /// The state accessed.
-    pub state: &'a StateEntry,
+    pub state: &'a RegisteredState,
 }
 
 /// The bookkeeping shared by every keyed state backend: config, backend
@@ -78,7 +78,7 @@ pub struct BackendCore<K> {
     id: u64,
     config: KeyedBackendConfig<K>,
     current: CurrentKey,
-    states: Vec<StateEntry>,
+    states: Vec<RegisteredState>,
     by_name: HashMap<String, StateId>,
     /// Reused by the typed layer to encode values, so a write allocates
     /// nothing.
@@ -191,7 +191,7 @@ impl<K> BackendCore<K> {
 
     /// The state with id `state`.
     #[inline]
-    pub fn state(&self, state: StateId) -> Result<&StateEntry> {
+    pub fn state(&self, state: StateId) -> Result<&RegisteredState> {
         self.states
             .get(state as usize)
             .ok_or_else(|| Error::invalid(format!("no state with id {state}")))
@@ -199,13 +199,13 @@ impl<K> BackendCore<K> {
 
     /// Every state, registered or restored, indexed by [`StateId`].
     #[inline]
-    pub fn states(&self) -> &[StateEntry] {
+    pub fn states(&self) -> &[RegisteredState] {
         &self.states
     }
 
     /// The metadata of every state, in id order (the order a snapshot
     /// lists them in).
-    pub fn metas(&self) -> Vec<StateMeta> {
+    pub fn metas(&self) -> Vec<StateMetaInfo> {
         self.states.iter().map(|s| s.meta.clone()).collect()
     }
 
@@ -234,7 +234,7 @@ impl<K> BackendCore<K> {
     /// state of that name if there is one. Fails with `Incompatible` when
     /// that state (registered before, or restored) differs in kind,
     /// serializers or TTL.
-    pub fn check_registration(&self, meta: &StateMeta) -> Result<Option<StateId>> {
+    pub fn check_registration(&self, meta: &StateMetaInfo) -> Result<Option<StateId>> {
         validate_state_name(&meta.name)?;
         let Some(id) = self.find(&meta.name) else {
             return Ok(None);
@@ -254,7 +254,7 @@ impl<K> BackendCore<K> {
     /// errors): returns the id of the state of that name if there is one.
     /// Fails with `Incompatible` when it differs from `meta` (the same state
     /// in another handle).
-    pub fn check_restored(&self, meta: &StateMeta, source: &str) -> Result<Option<StateId>> {
+    pub fn check_restored(&self, meta: &StateMetaInfo, source: &str) -> Result<Option<StateId>> {
         let Some(id) = self.find(&meta.name) else {
             return Ok(None);
         };
@@ -270,10 +270,10 @@ impl<K> BackendCore<K> {
     /// Adds a state, not yet registered in this run, and returns its id
     /// ([`next_state_id`](Self::next_state_id)). Its name must be new:
     /// check with [`find`](Self::find) or the `check_` methods first.
-    pub fn add_state(&mut self, meta: StateMeta) -> StateId {
+    pub fn add_state(&mut self, meta: StateMetaInfo) -> StateId {
         let id = self.next_state_id();
         self.by_name.insert(meta.name.clone(), id);
-        self.states.push(StateEntry {
+        self.states.push(RegisteredState {
             meta,
             ttl: None,
             registered: false,

@@ -11,21 +11,28 @@
 //! [`KeyedStateBackendExt`](crate::KeyedStateBackendExt), so every backend
 //! behaves the same.
 //!
-//! - this module: [`KeyedStateBackend`], [`BackendBuilder`],
+//! - this module: [`KeyedStateBackend`], [`BackendFactory`],
 //!   [`KeyedBackendConfig`], [`BackendCapabilities`], the current key and
 //!   the key and map visitors;
-//! - `core.rs`: [`BackendCore`], with [`StateAccess`] and [`StateEntry`];
-//! - `blocking.rs`: [`run_blocking`] and [`run_detached`], for file I/O, RocksDB and compression
-//!   off the async executor.
+//! - `core.rs`: [`BackendCore`], with [`StateAccess`] and [`RegisteredState`];
+//! - re-exported from [`runtime`](crate::runtime): [`run_blocking`] and
+//!   [`run_detached`], for file I/O, RocksDB and compression off the async
+//!   executor;
+//! - re-exported from the state descriptors: the registry's types
+//!   ([`StateId`], [`StateRef`], [`StateMetaInfo`], [`StateKind`],
+//!   [`StorageKind`]) and the state-name check.
 //!
 //! Backends write their full snapshots and savepoints in the canonical
 //! format of [`format::canonical`](crate::format::canonical).
 
-mod blocking;
 mod core;
 
-pub use self::blocking::{run_blocking, run_detached};
-pub use self::core::{BackendCore, StateAccess, StateEntry};
+pub use self::core::{BackendCore, RegisteredState, StateAccess};
+pub use crate::descriptor::{
+    validate_state_name, StateId, StateKind, StateMetaInfo, StateRef, StorageKind, MAX_STATE_NAME_LEN,
+};
+pub use crate::runtime::{run_blocking, run_detached};
+pub use crate::snapshot::AsyncOutput;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +42,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::checkpoint::{CheckpointLocation, KeyedStateHandle, StateReader};
-use crate::descriptor::{StateId, StateMeta};
 use crate::error::{Error, Result};
 use crate::keygroup::{check_parallelism, KeyGroupRange};
 use crate::serializer::{default_serializer, SharedSerializer};
@@ -54,6 +60,9 @@ pub struct BackendCapabilities {
     pub ttl_incremental_cleanup: bool,
     /// TTL cleanup during compaction.
     pub ttl_compaction_filter: bool,
+    /// Stores timers ([`TimerService`](crate::TimerService)); without it the
+    /// `raw_timer_*` methods are `Unsupported`.
+    pub timers: bool,
 }
 
 impl BackendCapabilities {
@@ -83,6 +92,12 @@ impl BackendCapabilities {
     /// With local recovery.
     pub fn with_local_recovery(mut self) -> Self {
         self.local_recovery = true;
+        self
+    }
+
+    /// With timers.
+    pub fn with_timers(mut self) -> Self {
+        self.timers = true;
         self
     }
 }
@@ -245,7 +260,7 @@ impl<K> KeyedBackendConfig<K> {
 static NEXT_BACKEND_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A process-unique backend id, so handles of one backend are refused by another.
-pub fn next_backend_id() -> u64 {
+pub(crate) fn next_backend_id() -> u64 {
     NEXT_BACKEND_ID.fetch_add(1, Ordering::Relaxed)
 }
 
@@ -294,7 +309,7 @@ pub trait KeyedStateBackend: Send {
     /// Creates the storage of a new state `meta` (registered, or found in
     /// a snapshot being restored), which gets id `state`: the next id of the
     /// core, which records the state once this succeeds.
-    fn create_state_storage(&mut self, state: StateId, meta: &StateMeta) -> Result<()>;
+    fn create_state_storage(&mut self, state: StateId, meta: &StateMetaInfo) -> Result<()>;
 
     /// Calls `f` with the value (or accumulator) of `state`, borrowed from
     /// the backend (no copy), or `None`; returns what `f` returns.
@@ -334,11 +349,15 @@ pub trait KeyedStateBackend: Send {
     fn snapshot(
         &mut self,
         checkpoint_id: u64,
-        location: Arc<dyn CheckpointLocation>,
+        location: Arc<CheckpointLocation>,
         options: SnapshotOptions,
     ) -> Result<PendingSnapshot>;
 
-    // ------------------------------------------------------------ timers
+    // ------------------------------------------------------------ timers: optional
+
+    // A backend that stores timers overrides these four and declares
+    // [`BackendCapabilities::timers`]; the conformance suite runs the timer
+    // contracts only then.
 
     /// Registers the timer `(timestamp, current key, namespace)` of timer
     /// state `state`; a timer that exists is left as it is. By default
@@ -394,7 +413,7 @@ pub trait KeyedStateBackend: Send {
     /// same name (registered before or restored). Fails with
     /// `Incompatible` when a restored state of that name differs in kind,
     /// serializers or TTL.
-    fn register_state(&mut self, meta: StateMeta, ttl: Option<StateTtlConfig>) -> Result<StateId> {
+    fn register_state(&mut self, meta: StateMetaInfo, ttl: Option<StateTtlConfig>) -> Result<StateId> {
         let id = match self.core().check_registration(&meta)? {
             Some(id) => id,
             None => {
@@ -408,7 +427,7 @@ pub trait KeyedStateBackend: Send {
         Ok(id)
     }
     /// Every state the backend holds, registered or restored.
-    fn states(&self) -> Vec<StateMeta> {
+    fn states(&self) -> Vec<StateMetaInfo> {
         self.core().metas()
     }
 
@@ -528,7 +547,7 @@ pub trait KeyedStateBackend: Send {
     /// the state `meta` of the snapshot goes into, creating its storage if
     /// the backend does not hold it yet. Fails with `Incompatible` when a
     /// state of that name differs from `meta`.
-    fn restore_state(&mut self, meta: &StateMeta, source: &str) -> Result<StateId> {
+    fn restore_state(&mut self, meta: &StateMetaInfo, source: &str) -> Result<StateId> {
         if let Some(id) = self.core().check_restored(meta, source)? {
             return Ok(id);
         }
@@ -567,12 +586,12 @@ fn timers_unsupported<K>(core: &BackendCore<K>, state: StateId) -> Error {
 /// ```
 /// use flowstate_api::*;
 ///
-/// fn open<B: BackendBuilder>(builder: &B) -> Result<B::Backend<u64>> {
+/// fn open<B: BackendFactory>(builder: &B) -> Result<B::Backend<u64>> {
 ///     let config = KeyedBackendConfig::<u64>::new(KeyGroupRange::all(128)?, 128);
 ///     builder.build(config)
 /// }
 /// ```
-pub trait BackendBuilder: Send + Sync + 'static {
+pub trait BackendFactory: Send + Sync + 'static {
     /// The backend for keys of type `K`.
     type Backend<K: 'static>: KeyedStateBackend<Key = K> + std::fmt::Debug;
     /// A short name, e.g. `heap`.

@@ -3,10 +3,11 @@
 //! (filesystem, object store, memory) implements [`BlobStore`]; the
 //! checkpoint layout (`chk-<n>/`, `shared/`, `taskowned/`, inline state,
 //! `_metadata` last, pointers, savepoints) is written once over it, in
-//! [`BlobCheckpointStorage`](crate::BlobCheckpointStorage).
+//! [`CheckpointStorage`](crate::checkpoint::CheckpointStorage).
 //!
 //! ```
 //! use flowstate_api::*;
+//! use flowstate_api::checkpoint::{BlobPath, BlobStore, MemoryBlobStore};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<()> {
@@ -329,38 +330,6 @@ impl BlobStore for MemoryBlobStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn memory_store_contract() {
-        let store = MemoryBlobStore::new("memory://job");
-        let p = BlobPath::new("shared/a").unwrap();
-        let mut w = store.create(&p).await.unwrap();
-        w.write(Bytes::from_static(b"hello ")).await.unwrap();
-        w.write(Bytes::from_static(b"world")).await.unwrap();
-        assert!(store.head(&p).await.unwrap().is_none(), "invisible until finished");
-        w.finish().await.unwrap();
-        assert_eq!(store.head(&p).await.unwrap().unwrap().size, 11);
-        assert_eq!(store.get_range(&p, 6..100).await.unwrap(), &b"world"[..]);
-        assert_eq!(store.get_range(&p, 20..30).await.unwrap(), &b""[..]);
-        let r = store.get_ranges(&p, &[0..1, 4..6]).await.unwrap();
-        assert_eq!(r, [&b"h"[..], &b"o "[..]]);
-        let e = store.put_if_absent(&p, Bytes::new()).await.unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Conflict);
-        store
-            .put_if_absent(&BlobPath::new("chk-1/_metadata").unwrap(), Bytes::from_static(b"m"))
-            .await
-            .unwrap();
-        let all: Vec<String> = store.list(None).await.unwrap().into_iter().map(|m| m.path.0).collect();
-        assert_eq!(all, ["chk-1/_metadata", "shared/a"]);
-        let shared = store.list(Some(&BlobPath::new("shared").unwrap())).await.unwrap();
-        assert_eq!(shared.len(), 1);
-        // Another root in the same space does not see these objects.
-        let other = store.open("memory://job2").unwrap();
-        assert!(other.list(None).await.unwrap().is_empty());
-        assert!(store.open("/tmp").is_err());
-        store.delete(&[p.clone(), p.clone()]).await.unwrap();
-        assert_eq!(store.get_range(&p, 0..1).await.unwrap_err().kind(), ErrorKind::NotFound);
-    }
 
     #[test]
     fn paths_cannot_leave_the_root() {

@@ -152,7 +152,7 @@ pub struct KeyGroupsStateHandle {
 }
 
 /// The most bytes of key-group frames a restore reads at once.
-pub const RESTORE_BATCH_BYTES: u64 = 16 << 20;
+pub(crate) const RESTORE_BATCH_BYTES: u64 = 16 << 20;
 
 impl KeyGroupsStateHandle {
     /// The key groups of `want` this handle holds, as consecutive sub-ranges

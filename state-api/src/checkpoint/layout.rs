@@ -16,10 +16,11 @@
 //! ```
 //! use std::sync::Arc;
 //! use flowstate_api::*;
+//! use flowstate_api::checkpoint::{MemoryBlobStore, StateScope};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<()> {
-//! let storage = BlobCheckpointStorage::new(Arc::new(MemoryBlobStore::new("memory://job")), "job")?
+//! let storage = CheckpointStorage::new(Arc::new(MemoryBlobStore::new("memory://job")), "job")?
 //!     .with_inline_threshold(16)?;
 //! let location = storage.init_checkpoint(1).await?;
 //! let mut stream = location.create_output_stream(StateScope::Shared).await?;
@@ -44,8 +45,8 @@ use crate::checkpoint::blob::{BlobPath, BlobStore, BlobWriter};
 use crate::checkpoint::handle::{validate_relative_path, StreamStateHandle};
 use crate::checkpoint::metadata::{CheckpointKind, CheckpointMetadata};
 use crate::checkpoint::storage::{
-    checkpoint_dir_id, metadata_path, parse_pointer, unique_file_name, CheckpointLocation, CheckpointOutputStream,
-    CheckpointStorage, ResolvedCheckpoint, StateReader, StateScope, StorageCapabilities, StoredFile, METADATA_FILE,
+    check_ranges, checkpoint_dir_id, metadata_path, parse_pointer, unique_file_name, ResolvedCheckpoint, StateReader,
+    StateScope, StorageCapabilities, StoredFile, METADATA_FILE,
 };
 use crate::error::{Error, ErrorKind, Result};
 
@@ -85,12 +86,12 @@ struct Config {
 /// job's directory: the filesystem, object-store and memory storages are
 /// this layout over their adapter.
 #[derive(Debug, Clone)]
-pub struct BlobCheckpointStorage {
+pub struct CheckpointStorage {
     store: Arc<dyn BlobStore>,
     config: Config,
 }
 
-impl BlobCheckpointStorage {
+impl CheckpointStorage {
     /// Storage for `job_id` in `store`, which is rooted at the job's
     /// directory (`<base>/<job_id>`).
     pub fn new(store: Arc<dyn BlobStore>, job_id: &str) -> Result<Self> {
@@ -105,7 +106,7 @@ impl BlobCheckpointStorage {
 
     /// As [`new`](Self::new), without checking the job id.
     pub(crate) fn unchecked(store: Arc<dyn BlobStore>, job_id: &str) -> Self {
-        BlobCheckpointStorage {
+        CheckpointStorage {
             store,
             config: Config {
                 job_id: job_id.to_string(),
@@ -124,7 +125,7 @@ impl BlobCheckpointStorage {
     pub fn for_job(&self, job_id: &str) -> Result<Self> {
         let parent = self.store.root().rsplit_once('/').map_or("", |(p, _)| p);
         let store = self.store.open(&format!("{parent}/{job_id}"))?;
-        let mut other = BlobCheckpointStorage::new(store, job_id)?;
+        let mut other = CheckpointStorage::new(store, job_id)?;
         other.config = Config {
             job_id: job_id.to_string(),
             ..self.config.clone()
@@ -192,18 +193,27 @@ impl BlobCheckpointStorage {
         &self.store
     }
 
+    /// This storage (job and configuration) over `store` instead: the same
+    /// store wrapped, to count or fail its operations.
+    pub fn with_store(&self, store: Arc<dyn BlobStore>) -> CheckpointStorage {
+        CheckpointStorage {
+            store,
+            config: self.config.clone(),
+        }
+    }
+
     fn location(
         &self,
         checkpoint_id: u64,
         kind: CheckpointKind,
         store: Arc<dyn BlobStore>,
         dir: Option<BlobPath>,
-    ) -> BlobLocation {
+    ) -> CheckpointLocation {
         let pointer = match &dir {
             Some(d) => format!("{}/{d}", store.root()),
             None => store.root().to_string(),
         };
-        BlobLocation {
+        CheckpointLocation {
             checkpoint_id,
             kind,
             pointer,
@@ -267,13 +277,14 @@ async fn read_capped(store: &dyn BlobStore, path: &BlobPath, cap: u64) -> Result
     Ok(data)
 }
 
-#[async_trait]
-impl CheckpointStorage for BlobCheckpointStorage {
-    fn job_id(&self) -> &str {
+impl CheckpointStorage {
+    /// The job this storage writes for.
+    pub fn job_id(&self) -> &str {
         &self.config.job_id
     }
 
-    fn capabilities(&self) -> StorageCapabilities {
+    /// What it can do.
+    pub fn capabilities(&self) -> StorageCapabilities {
         StorageCapabilities::new(
             self.config.inline_threshold,
             self.config.max_state_size,
@@ -282,7 +293,8 @@ impl CheckpointStorage for BlobCheckpointStorage {
         )
     }
 
-    async fn init_checkpoint(&self, checkpoint_id: u64) -> Result<Arc<dyn CheckpointLocation>> {
+    /// Prepares the location of checkpoint `checkpoint_id`; `Conflict` if it already exists.
+    pub async fn init_checkpoint(&self, checkpoint_id: u64) -> Result<Arc<CheckpointLocation>> {
         let meta = BlobPath::new(&metadata_path(checkpoint_id))?;
         if self.store.head(&meta).await?.is_some() {
             return Err(Error::new(
@@ -299,7 +311,9 @@ impl CheckpointStorage for BlobCheckpointStorage {
         )))
     }
 
-    async fn init_savepoint(&self, checkpoint_id: u64, target: Option<&str>) -> Result<Arc<dyn CheckpointLocation>> {
+    /// Prepares a savepoint location, under `target` if given, else under the
+    /// configured savepoint directory.
+    pub async fn init_savepoint(&self, checkpoint_id: u64, target: Option<&str>) -> Result<Arc<CheckpointLocation>> {
         let parent = match (target, &self.config.savepoint_dir) {
             (Some(t), _) => t.trim_end_matches('/').to_string(),
             (None, Some(d)) => d.trim_end_matches('/').to_string(),
@@ -320,11 +334,15 @@ impl CheckpointStorage for BlobCheckpointStorage {
         )))
     }
 
-    async fn resolve(&self, pointer: &str) -> Result<ResolvedCheckpoint> {
+    /// Finds a completed checkpoint: `…/chk-<n>/_metadata`, `…/chk-<n>` and
+    /// `…/chk-<n>/` name the same one; a savepoint by its directory.
+    pub async fn resolve(&self, pointer: &str) -> Result<ResolvedCheckpoint> {
         self.read_checkpoint(pointer).await
     }
 
-    async fn latest_checkpoint(&self) -> Result<Option<ResolvedCheckpoint>> {
+    /// The newest complete checkpoint of this job, skipping any without a
+    /// valid metadata file.
+    pub async fn latest_checkpoint(&self) -> Result<Option<ResolvedCheckpoint>> {
         for id in self.checkpoint_dirs().await?.into_iter().rev() {
             // A directory without metadata is a checkpoint still being taken
             // (or one that failed): not a candidate.
@@ -340,11 +358,15 @@ impl CheckpointStorage for BlobCheckpointStorage {
         Ok(None)
     }
 
-    fn checkpoint_pointer(&self, checkpoint_id: u64) -> String {
+    /// The pointer checkpoint `checkpoint_id` of this job has (or would have).
+    pub fn checkpoint_pointer(&self, checkpoint_id: u64) -> String {
         format!("{}/chk-{checkpoint_id}", self.store.root())
     }
 
-    async fn checkpoint_dirs(&self) -> Result<Vec<u64>> {
+    /// The ids of every `chk-<n>` directory under the job's root, ascending:
+    /// complete ones, those in progress or failed (no metadata file), and
+    /// those with something unreadable where `_metadata` should be.
+    pub async fn checkpoint_dirs(&self) -> Result<Vec<u64>> {
         // One level: the `chk-<n>` directories, never the files of `shared/`.
         let mut ids: Vec<u64> = self
             .store
@@ -358,7 +380,9 @@ impl CheckpointStorage for BlobCheckpointStorage {
         Ok(ids)
     }
 
-    async fn list_files(&self) -> Result<Vec<StoredFile>> {
+    /// Every file under the job's root (checkpoint directories, `shared/`,
+    /// `taskowned/`), with job-relative paths.
+    pub async fn list_files(&self) -> Result<Vec<StoredFile>> {
         Ok(self
             .store
             .list(None)
@@ -372,16 +396,20 @@ impl CheckpointStorage for BlobCheckpointStorage {
             .collect())
     }
 
-    async fn read_file(&self, path: &str) -> Result<Bytes> {
+    /// Reads a file (at most [`MAX_METADATA_SIZE`] bytes) by its job-relative path.
+    pub async fn read_file(&self, path: &str) -> Result<Bytes> {
         read_capped(&*self.store, &BlobPath::new(path)?, MAX_METADATA_SIZE).await
     }
 
-    async fn delete_files(&self, paths: &[String]) -> Result<()> {
+    /// Deletes files by job-relative path. Files already gone are not an
+    /// error; checkpoint directories left empty are removed.
+    pub async fn delete_files(&self, paths: &[String]) -> Result<()> {
         let paths = paths.iter().map(|p| BlobPath::new(p)).collect::<Result<Vec<_>>>()?;
         self.store.delete(&paths).await
     }
 
-    async fn stat_file(&self, path: &str) -> Result<Option<StoredFile>> {
+    /// The file at a job-relative path, if it exists as a regular file.
+    pub async fn stat_file(&self, path: &str) -> Result<Option<StoredFile>> {
         Ok(self.store.head(&BlobPath::new(path)?).await?.map(|m| StoredFile {
             path: path.to_string(),
             size: m.size,
@@ -390,8 +418,11 @@ impl CheckpointStorage for BlobCheckpointStorage {
     }
 }
 
-/// Where one checkpoint or savepoint is written.
-struct BlobLocation {
+/// Where one checkpoint or savepoint is being written: hands out the
+/// output streams backends write state through, and writes the metadata
+/// last. From [`CheckpointStorage::init_checkpoint`] and
+/// [`CheckpointStorage::init_savepoint`].
+pub struct CheckpointLocation {
     checkpoint_id: u64,
     kind: CheckpointKind,
     pointer: String,
@@ -404,16 +435,16 @@ struct BlobLocation {
     written: Written,
 }
 
-impl fmt::Debug for BlobLocation {
+impl fmt::Debug for CheckpointLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BlobLocation")
+        f.debug_struct("CheckpointLocation")
             .field("pointer", &self.pointer)
             .field("kind", &self.kind)
             .finish_non_exhaustive()
     }
 }
 
-impl BlobLocation {
+impl CheckpointLocation {
     fn metadata(&self) -> Result<BlobPath> {
         match &self.dir {
             Some(d) => d.join(METADATA_FILE),
@@ -432,21 +463,24 @@ impl BlobLocation {
     }
 }
 
-#[async_trait]
-impl CheckpointLocation for BlobLocation {
-    fn checkpoint_id(&self) -> u64 {
+impl CheckpointLocation {
+    /// The checkpoint id.
+    pub fn checkpoint_id(&self) -> u64 {
         self.checkpoint_id
     }
 
-    fn kind(&self) -> CheckpointKind {
+    /// Checkpoint or savepoint.
+    pub fn kind(&self) -> CheckpointKind {
         self.kind
     }
 
-    fn pointer(&self) -> &str {
+    /// The pointer that will resolve this checkpoint once it is complete.
+    pub fn pointer(&self) -> &str {
         &self.pointer
     }
 
-    async fn create_output_stream(&self, scope: StateScope) -> Result<Box<dyn CheckpointOutputStream>> {
+    /// A new output stream for state of `scope`.
+    pub async fn create_output_stream(&self, scope: StateScope) -> Result<CheckpointOutputStream> {
         // Savepoints are self-contained: every stream goes into their directory.
         let dir = match (&self.dir, scope) {
             (None, _) => None,
@@ -454,7 +488,7 @@ impl CheckpointLocation for BlobLocation {
             (Some(_), StateScope::Shared) => Some(BlobPath::new(SHARED_DIR)?),
             (Some(_), StateScope::TaskOwned) => Some(BlobPath::new(TASK_OWNED_DIR)?),
         };
-        Ok(Box::new(BlobOutputStream {
+        Ok(CheckpointOutputStream {
             store: Arc::clone(&self.store),
             dir,
             pointer: self.pointer.clone(),
@@ -465,10 +499,13 @@ impl CheckpointLocation for BlobLocation {
             pos: 0,
             open: None,
             written: Arc::clone(&self.written),
-        }))
+        })
     }
 
-    async fn write_metadata(&self, metadata: &CheckpointMetadata) -> Result<String> {
+    /// Writes the metadata, last, durably and only if absent: the checkpoint
+    /// then exists. Returns its pointer. Fails with `Conflict` if the
+    /// checkpoint already exists.
+    pub async fn write_metadata(&self, metadata: &CheckpointMetadata) -> Result<String> {
         let bytes = Bytes::from(metadata.encode());
         match self.store.put_if_absent(&self.metadata()?, bytes).await {
             Ok(()) => Ok(self.pointer.clone()),
@@ -481,7 +518,11 @@ impl CheckpointLocation for BlobLocation {
         }
     }
 
-    async fn dispose(&self) -> Result<()> {
+    /// Deletes what this location wrote (an aborted checkpoint): its
+    /// exclusive directory and every file its streams wrote in any scope,
+    /// shared files included (an aborted attempt's uploads are never
+    /// referenced by another checkpoint).
+    pub async fn dispose(&self) -> Result<()> {
         self.refuse_if_complete().await?;
         // What its streams wrote anywhere, and whatever is in its own
         // directory (for a savepoint, the store's root is that directory).
@@ -499,7 +540,11 @@ impl CheckpointLocation for BlobLocation {
         Ok(())
     }
 
-    async fn discard(&self, handles: &[StreamStateHandle]) -> Result<()> {
+    /// Deletes the files of `handles` that this location's streams wrote:
+    /// what a backend calls when its async phase fails after some streams
+    /// were closed, so a failed attempt leaves nothing behind. Handles this
+    /// location did not write are left alone.
+    pub async fn discard(&self, handles: &[StreamStateHandle]) -> Result<()> {
         let paths: Vec<BlobPath> = {
             let w = record(&self.written);
             handles
@@ -520,8 +565,10 @@ impl CheckpointLocation for BlobLocation {
 
 /// An output stream over a blob store: bytes are buffered; up to the inline
 /// threshold they are inlined on close, beyond it they go to a new object
-/// in chunks, so at most one chunk is held in memory.
-struct BlobOutputStream {
+/// in chunks, so at most one chunk is held in memory. Dropping it, or
+/// calling [`abort`](CheckpointOutputStream::abort), before
+/// [`close`](CheckpointOutputStream::close) discards what was written.
+pub struct CheckpointOutputStream {
     store: Arc<dyn BlobStore>,
     dir: Option<BlobPath>,
     pointer: String,
@@ -534,7 +581,7 @@ struct BlobOutputStream {
     written: Written,
 }
 
-impl BlobOutputStream {
+impl CheckpointOutputStream {
     /// The stream's size once `more` bytes are appended; `LimitExceeded`
     /// above the storage's maximum state size.
     fn check_size(&self, more: usize) -> Result<u64> {
@@ -585,9 +632,9 @@ impl BlobOutputStream {
     }
 }
 
-#[async_trait]
-impl CheckpointOutputStream for BlobOutputStream {
-    async fn write(&mut self, data: &[u8]) -> Result<()> {
+impl CheckpointOutputStream {
+    /// Appends `data`.
+    pub async fn write(&mut self, data: &[u8]) -> Result<()> {
         let size = self.check_size(data.len())?;
         self.buf.extend_from_slice(data);
         self.pos = size;
@@ -604,11 +651,15 @@ impl CheckpointOutputStream for BlobOutputStream {
         Ok(())
     }
 
-    fn position(&self) -> u64 {
+    /// Bytes written so far.
+    pub fn position(&self) -> u64 {
         self.pos
     }
 
-    async fn write_bytes(&mut self, data: Bytes) -> Result<()> {
+    /// Appends `data`, which the stream may keep instead of copying: large
+    /// buffers (a file chunk, a key-group frame) pass to the store without a
+    /// copy on the calling task.
+    pub async fn write_bytes(&mut self, data: Bytes) -> Result<()> {
         // Buffered bytes go first, and a stream that may still be inlined
         // stays in memory: only then is `data` copied.
         let size = self.pos + data.len() as u64;
@@ -623,7 +674,10 @@ impl CheckpointOutputStream for BlobOutputStream {
         Ok(())
     }
 
-    async fn close(mut self: Box<Self>) -> Result<StreamStateHandle> {
+    /// Completes the stream: nothing written gives
+    /// [`StreamStateHandle::Empty`], a small stream an inline handle, a
+    /// larger one a file.
+    pub async fn close(mut self) -> Result<StreamStateHandle> {
         if self.open.is_none() {
             if self.pos == 0 {
                 return Ok(StreamStateHandle::Empty);
@@ -648,7 +702,8 @@ impl CheckpointOutputStream for BlobOutputStream {
         })
     }
 
-    async fn abort(mut self: Box<Self>) {
+    /// Discards the stream and whatever it wrote.
+    pub async fn abort(mut self) {
         if let Some((path, writer)) = self.open.take() {
             writer.abort().await;
             record(&self.written).remove(&path);
@@ -734,29 +789,13 @@ impl StateReader for BlobStateReader {
     }
 }
 
-/// Refuses ranges outside a handle's declared size.
-pub(crate) fn check_ranges(handle: &StreamStateHandle, ranges: &[Range<u64>]) -> Result<()> {
-    let size = handle.size();
-    for r in ranges {
-        if r.start > r.end || r.end > size {
-            return Err(Error::invalid(format!(
-                "byte range {}..{} is outside {} ({size} bytes)",
-                r.start,
-                r.end,
-                handle.describe()
-            )));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MemoryBlobStore;
+    use crate::checkpoint::MemoryBlobStore;
 
-    fn storage() -> BlobCheckpointStorage {
-        BlobCheckpointStorage::new(Arc::new(MemoryBlobStore::new("memory://job")), "job")
+    fn storage() -> CheckpointStorage {
+        CheckpointStorage::new(Arc::new(MemoryBlobStore::new("memory://job")), "job")
             .unwrap()
             .with_inline_threshold(8)
             .unwrap()

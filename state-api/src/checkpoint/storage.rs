@@ -1,19 +1,18 @@
-//! Checkpoint storage: where snapshots are written and found again.
-//!
-//! The traits are object-safe and async, and are used as
-//! `Arc<dyn CheckpointStorage>`. A storage hands out one
-//! [`CheckpointLocation`] per checkpoint; backends write state through its
-//! output streams in their async phase, and the checkpoint exists once its
-//! metadata has been written, last.
+//! What checkpoint storage shares with its readers: state scopes,
+//! capabilities, the [`StateReader`] contract restores read through,
+//! pointers and file naming. The storage itself is
+//! [`CheckpointStorage`](crate::checkpoint::CheckpointStorage), the
+//! checkpoint layout over a [`BlobStore`](crate::checkpoint::BlobStore).
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::checkpoint::handle::StreamStateHandle;
-use crate::checkpoint::metadata::{CheckpointKind, CheckpointMetadata};
+use crate::checkpoint::metadata::CheckpointMetadata;
 use crate::error::{Error, Result};
 
 /// Who owns the files a stream writes.
@@ -54,30 +53,6 @@ impl StorageCapabilities {
     }
 }
 
-/// An output stream for one piece of state. Dropping it, or calling
-/// [`abort`](CheckpointOutputStream::abort), before
-/// [`close`](CheckpointOutputStream::close) discards what was written.
-#[async_trait]
-pub trait CheckpointOutputStream: Send {
-    /// Appends `data`.
-    async fn write(&mut self, data: &[u8]) -> Result<()>;
-    /// Appends `data`, which the stream may keep instead of copying: large
-    /// buffers (a file chunk, a key-group frame) pass to the store without a
-    /// copy on the calling task. The default copies through
-    /// [`write`](CheckpointOutputStream::write).
-    async fn write_bytes(&mut self, data: Bytes) -> Result<()> {
-        self.write(&data).await
-    }
-    /// Bytes written so far.
-    fn position(&self) -> u64;
-    /// Completes the stream: nothing written gives
-    /// [`StreamStateHandle::Empty`], a small stream an inline handle, a
-    /// larger one a file.
-    async fn close(self: Box<Self>) -> Result<StreamStateHandle>;
-    /// Discards the stream and whatever it wrote.
-    async fn abort(self: Box<Self>);
-}
-
 /// Reads back the state streams of a checkpoint.
 #[async_trait]
 pub trait StateReader: Send + Sync + fmt::Debug {
@@ -87,7 +62,7 @@ pub trait StateReader: Send + Sync + fmt::Debug {
     /// owns only some key groups reads. Ranges must lie within the handle's
     /// size. The default reads the whole stream; storages read only the ranges.
     async fn read_ranges(&self, handle: &StreamStateHandle, ranges: &[std::ops::Range<u64>]) -> Result<Vec<Bytes>> {
-        crate::checkpoint::layout::check_ranges(handle, ranges)?;
+        check_ranges(handle, ranges)?;
         let all = self.read(handle).await?;
         Ok(ranges
             .iter()
@@ -120,33 +95,6 @@ impl StateReader for InlineReader {
     }
 }
 
-/// Where one checkpoint or savepoint is being written.
-#[async_trait]
-pub trait CheckpointLocation: Send + Sync + fmt::Debug {
-    /// The checkpoint id.
-    fn checkpoint_id(&self) -> u64;
-    /// Checkpoint or savepoint.
-    fn kind(&self) -> CheckpointKind;
-    /// The pointer that will resolve this checkpoint once it is complete.
-    fn pointer(&self) -> &str;
-    /// A new output stream for state of `scope`.
-    async fn create_output_stream(&self, scope: StateScope) -> Result<Box<dyn CheckpointOutputStream>>;
-    /// Writes the metadata, last, durably and only if absent: the checkpoint
-    /// then exists. Returns its pointer. Fails with `Conflict` if the
-    /// checkpoint already exists.
-    async fn write_metadata(&self, metadata: &CheckpointMetadata) -> Result<String>;
-    /// Deletes what this location wrote (an aborted checkpoint): its
-    /// exclusive directory and every file its streams wrote in any scope,
-    /// shared files included (an aborted attempt's uploads are never
-    /// referenced by another checkpoint).
-    async fn dispose(&self) -> Result<()>;
-    /// Deletes the files of `handles` that this location's streams wrote:
-    /// what a backend calls when its async phase fails after some streams
-    /// were closed, so a failed attempt leaves nothing behind. Handles this
-    /// location did not write are left alone.
-    async fn discard(&self, handles: &[StreamStateHandle]) -> Result<()>;
-}
-
 /// A completed checkpoint found by its pointer.
 #[derive(Debug, Clone)]
 pub struct ResolvedCheckpoint {
@@ -169,55 +117,20 @@ pub struct StoredFile {
     pub modified_millis: u64,
 }
 
-/// Checkpoint storage for one job.
-#[async_trait]
-pub trait CheckpointStorage: Send + Sync + fmt::Debug {
-    /// The job this storage writes for.
-    fn job_id(&self) -> &str;
-    /// What it can do.
-    fn capabilities(&self) -> StorageCapabilities;
-    /// Prepares the location of checkpoint `checkpoint_id`.
-    async fn init_checkpoint(&self, checkpoint_id: u64) -> Result<Arc<dyn CheckpointLocation>>;
-    /// Prepares a savepoint location, under `target` if given.
-    async fn init_savepoint(&self, checkpoint_id: u64, target: Option<&str>) -> Result<Arc<dyn CheckpointLocation>>;
-    /// Finds a completed checkpoint: `…/chk-<n>/_metadata`, `…/chk-<n>` and
-    /// `…/chk-<n>/` name the same one.
-    async fn resolve(&self, pointer: &str) -> Result<ResolvedCheckpoint>;
-    /// The newest complete checkpoint of this job, skipping any without a
-    /// valid metadata file.
-    async fn latest_checkpoint(&self) -> Result<Option<ResolvedCheckpoint>>;
-    /// The pointer checkpoint `checkpoint_id` of this job has (or would have).
-    fn checkpoint_pointer(&self, checkpoint_id: u64) -> String;
-    /// Every file under the job's root (checkpoint directories, `shared/`,
-    /// `taskowned/`), with job-relative paths.
-    async fn list_files(&self) -> Result<Vec<StoredFile>>;
-    /// Reads a file by its job-relative path.
-    async fn read_file(&self, path: &str) -> Result<Bytes>;
-    /// Deletes files by job-relative path. Files already gone are not an
-    /// error; checkpoint directories left empty are removed.
-    async fn delete_files(&self, paths: &[String]) -> Result<()>;
-    /// The ids of every `chk-<n>` directory under the job's root, ascending:
-    /// complete ones, those in progress or failed (no metadata file), and
-    /// those with something unreadable where `_metadata` should be. The
-    /// default derives them from [`list_files`](CheckpointStorage::list_files),
-    /// which misses directories holding no regular file; storages that can
-    /// list directories override it.
-    async fn checkpoint_dirs(&self) -> Result<Vec<u64>> {
-        let mut ids: Vec<u64> = self
-            .list_files()
-            .await?
-            .iter()
-            .filter_map(|f| checkpoint_dir_id(f.path.split('/').next().unwrap_or_default()))
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        Ok(ids)
+/// Refuses ranges outside a handle's declared size.
+pub(crate) fn check_ranges(handle: &StreamStateHandle, ranges: &[Range<u64>]) -> Result<()> {
+    let size = handle.size();
+    for r in ranges {
+        if r.start > r.end || r.end > size {
+            return Err(Error::invalid(format!(
+                "byte range {}..{} is outside {} ({size} bytes)",
+                r.start,
+                r.end,
+                handle.describe()
+            )));
+        }
     }
-    /// The file at a job-relative path, if it exists as a regular file.
-    /// The default lists every file; storages override it with one lookup.
-    async fn stat_file(&self, path: &str) -> Result<Option<StoredFile>> {
-        Ok(self.list_files().await?.into_iter().find(|f| f.path == path))
-    }
+    Ok(())
 }
 
 /// The job-relative path of checkpoint `checkpoint_id`'s metadata file.

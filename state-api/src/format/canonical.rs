@@ -8,7 +8,7 @@ use std::io::Read;
 use bytes::Bytes;
 
 use crate::checkpoint::{CheckpointOutputStream, KeyGroupsStateHandle, StateReader, StreamStateHandle};
-use crate::descriptor::{StateKind, StateMeta, StorageKind};
+use crate::descriptor::{StateKind, StateMetaInfo, StorageKind};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::codec::{
     crc32c, crc32c_append, decode_envelope, encode_envelope, put_bytes, put_str, put_varint, Reader,
@@ -37,7 +37,7 @@ pub struct SnapshotHeader {
     /// The key serializer's identity.
     pub key_serializer: SerializerId,
     /// The states; a record's state index points into this list.
-    pub states: Vec<StateMeta>,
+    pub states: Vec<StateMetaInfo>,
     /// Whether key-group payloads are zstd-compressed.
     pub compressed: bool,
 }
@@ -77,7 +77,7 @@ fn read_serializer(r: &mut Reader<'_>, what: &str) -> Result<SerializerId> {
 }
 
 /// Encodes a state's metadata (shared with the checkpoint metadata format).
-pub(crate) fn put_state_meta(out: &mut Vec<u8>, s: &StateMeta) {
+pub(crate) fn put_state_meta(out: &mut Vec<u8>, s: &StateMetaInfo) {
     put_str(out, &s.name);
     out.push(kind_tag(s.kind));
     put_serializer(out, &s.namespace_serializer);
@@ -92,7 +92,7 @@ pub(crate) fn put_state_meta(out: &mut Vec<u8>, s: &StateMeta) {
     out.push(u8::from(s.ttl));
 }
 
-pub(crate) fn read_state_meta(r: &mut Reader<'_>) -> Result<StateMeta> {
+pub(crate) fn read_state_meta(r: &mut Reader<'_>) -> Result<StateMetaInfo> {
     let name = r.str("state name")?.to_string();
     crate::descriptor::validate_state_name(&name).map_err(|e| Error::corrupted(e.message().to_string()))?;
     let kind = kind_from_tag(r.u8("state kind")?)?;
@@ -116,7 +116,7 @@ pub(crate) fn read_state_meta(r: &mut Reader<'_>) -> Result<StateMeta> {
     if kind == StateKind::Timers && ttl {
         return Err(Error::corrupted(format!("timer service {name:?} cannot have a TTL")));
     }
-    Ok(StateMeta {
+    Ok(StateMetaInfo {
         name,
         kind,
         namespace_serializer,
@@ -265,7 +265,8 @@ impl KeyGroupWriter {
     #[inline]
     pub fn timer(&mut self, state: u32, key: &[u8], namespace: &[u8], timestamp: i64) {
         self.record_head(state, key, namespace);
-        self.buf.extend_from_slice(&crate::timer::encode_timestamp(timestamp));
+        self.buf
+            .extend_from_slice(&crate::format::codec::encode_timestamp(timestamp));
     }
 
     /// One entry of a map.
@@ -326,7 +327,7 @@ const FRAMES_IN_FLIGHT: usize = 4;
 /// `compression_level` turns zstd on.
 ///
 /// The source is read, and frames compressed, on a blocking thread
-/// ([`run_blocking`](crate::run_blocking)); frames reach the async stream
+/// ([`run_blocking`](crate::runtime::run_blocking)); frames reach the async stream
 /// through a bounded channel, so the engine's executor is never blocked and
 /// at most a few frames are in memory. If the stream fails (or this future
 /// is dropped), the producer stops at its next frame.
@@ -334,7 +335,7 @@ pub async fn write_canonical_snapshot<S: KeyGroupSource + 'static>(
     header: &SnapshotHeader,
     mut source: S,
     filter: TtlFilter,
-    mut stream: Box<dyn CheckpointOutputStream>,
+    mut stream: CheckpointOutputStream,
     compression_level: Option<i32>,
 ) -> Result<CanonicalWriteResult> {
     use futures::{SinkExt, StreamExt};
@@ -356,7 +357,7 @@ pub async fn write_canonical_snapshot<S: KeyGroupSource + 'static>(
     };
     let range = header.range;
     let (mut tx, mut rx) = futures::channel::mpsc::channel::<Vec<u8>>(FRAMES_IN_FLIGHT);
-    let producer = crate::run_blocking(move || {
+    let producer = crate::runtime::run_blocking(move || {
         let mut writer = KeyGroupWriter::new(filter);
         for kg in range.iter() {
             source.write_key_group(kg, &mut writer)?;
@@ -411,11 +412,12 @@ pub async fn write_canonical_snapshot<S: KeyGroupSource + 'static>(
 /// the backend, the snapshot, the key groups of the batch, the backend's
 /// id of each state of the snapshot (in header order), and the snapshot's
 /// name for errors.
-pub type InsertKeyGroups<B> = fn(&mut B, &CanonicalSnapshot, KeyGroupRange, &[crate::StateId], &str) -> Result<()>;
+pub type InsertKeyGroups<B> =
+    fn(&mut B, &CanonicalSnapshot, KeyGroupRange, &[crate::descriptor::StateId], &str) -> Result<()>;
 
 /// Restores the key groups of `backend`'s range held by the canonical
 /// snapshot `handle`: reads its header and owned frames a bounded batch
-/// ([`RESTORE_BATCH_BYTES`](crate::RESTORE_BATCH_BYTES)) at a time on the
+/// (16 MiB) at a time on the
 /// calling task, and checks the header
 /// ([`restore_header`](crate::KeyedStateBackend::restore_header)) and runs
 /// `insert` for each batch on a blocking thread. Returns the backend and
@@ -428,15 +430,15 @@ pub async fn restore_key_groups<B: crate::KeyedStateBackend + Send + 'static>(
 ) -> Result<(B, u64)> {
     let range = backend.core().key_group_range();
     let name = handle.describe();
-    let mut known: Option<Vec<crate::StateId>> = None;
+    let mut known: Option<Vec<crate::descriptor::StateId>> = None;
     let (mut this, mut bytes) = (backend, 0);
-    for part in handle.key_group_batches(range, crate::RESTORE_BATCH_BYTES)? {
+    for part in handle.key_group_batches(range, crate::checkpoint::handle::RESTORE_BATCH_BYTES)? {
         let (snapshot, read) = CanonicalSnapshot::read(reader, handle, part, &name)
             .await
             .map_err(|e| e.context(format!("restoring key groups {}", handle.range)))?;
         bytes += read;
         let (name, ids) = (name.clone(), known.clone());
-        let (back, ids) = crate::run_blocking(move || {
+        let (back, ids) = crate::runtime::run_blocking(move || {
             let ids = match ids {
                 Some(ids) => ids,
                 None => this.restore_header(snapshot.header(), &name)?,
@@ -814,7 +816,7 @@ impl KeyGroupRecords<'_> {
                 state,
                 key,
                 namespace,
-                timestamp: crate::timer::decode_timestamp(r.array::<8>("timer timestamp")?),
+                timestamp: crate::format::codec::decode_timestamp(r.array::<8>("timer timestamp")?),
             },
         })
     }

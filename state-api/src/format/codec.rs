@@ -7,6 +7,19 @@
 
 use crate::error::{Error, Result};
 
+/// Encodes a timestamp so that byte order is time order: big-endian with
+/// the sign bit flipped (negative timestamps sort first).
+#[inline]
+pub fn encode_timestamp(timestamp: i64) -> [u8; 8] {
+    ((timestamp as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The inverse of [`encode_timestamp`].
+#[inline]
+pub fn decode_timestamp(bytes: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
+}
+
 /// Appends `v` as an unsigned LEB128 varint.
 #[inline]
 pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {

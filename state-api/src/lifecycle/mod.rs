@@ -19,7 +19,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<()> {
-//! let storage = Arc::new(MemoryCheckpointStorage::new("job"));
+//! let storage = Arc::new(CheckpointStorage::in_memory("job"));
 //! let mut store = CheckpointStore::open(storage, CheckpointStoreConfig::default()).await?;
 //! for id in 1..=3 {
 //!     let location = store.begin_checkpoint(id).await?;

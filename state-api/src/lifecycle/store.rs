@@ -153,7 +153,7 @@ struct DeferredDelete {
 /// store but never retained or discarded by it.
 #[derive(Debug)]
 pub struct CheckpointStore {
-    pub(super) storage: Arc<dyn CheckpointStorage>,
+    pub(super) storage: Arc<CheckpointStorage>,
     config: CheckpointStoreConfig,
     retained: VecDeque<CompletedCheckpoint>,
     pub(super) registry: SharedStateRegistry,
@@ -166,7 +166,7 @@ impl CheckpointStore {
     /// checkpoints found there and rebuilding the registry from their
     /// metadata. Checkpoints whose metadata cannot be read are skipped (and
     /// make garbage collection refuse to run).
-    pub async fn open(storage: Arc<dyn CheckpointStorage>, config: CheckpointStoreConfig) -> Result<Self> {
+    pub async fn open(storage: Arc<CheckpointStorage>, config: CheckpointStoreConfig) -> Result<Self> {
         if config.max_retained == 0 {
             return Err(Error::invalid("max_retained must be at least 1"));
         }
@@ -218,7 +218,7 @@ impl CheckpointStore {
     }
 
     /// The storage.
-    pub fn storage(&self) -> &Arc<dyn CheckpointStorage> {
+    pub fn storage(&self) -> &Arc<CheckpointStorage> {
         &self.storage
     }
 
@@ -242,7 +242,7 @@ impl CheckpointStore {
     }
 
     /// Starts checkpoint `checkpoint_id`; ids must grow.
-    pub async fn begin_checkpoint(&mut self, checkpoint_id: u64) -> Result<Arc<dyn CheckpointLocation>> {
+    pub async fn begin_checkpoint(&mut self, checkpoint_id: u64) -> Result<Arc<CheckpointLocation>> {
         if let Some(newest) = self.newest_id().filter(|n| checkpoint_id <= *n) {
             return Err(Error::new(
                 ErrorKind::Conflict,
@@ -259,7 +259,7 @@ impl CheckpointStore {
         &mut self,
         checkpoint_id: u64,
         target: Option<&str>,
-    ) -> Result<Arc<dyn CheckpointLocation>> {
+    ) -> Result<Arc<CheckpointLocation>> {
         self.storage.init_savepoint(checkpoint_id, target).await
     }
 
@@ -269,7 +269,7 @@ impl CheckpointStore {
     /// is deleted, then every file no retained checkpoint references.
     pub async fn complete(
         &mut self,
-        location: &Arc<dyn CheckpointLocation>,
+        location: &Arc<CheckpointLocation>,
         metadata: CheckpointMetadata,
     ) -> Result<Completion> {
         let id = location.checkpoint_id();
@@ -466,7 +466,7 @@ impl CheckpointStore {
     /// references (new shared files of the failed attempt written through
     /// another process's location). Files that checkpoints still in flight
     /// may reference wait until those complete or abort.
-    pub async fn abort(&mut self, location: &Arc<dyn CheckpointLocation>, reported: &[KeyedStateHandle]) -> Result<()> {
+    pub async fn abort(&mut self, location: &Arc<CheckpointLocation>, reported: &[KeyedStateHandle]) -> Result<()> {
         self.pending.remove(&location.checkpoint_id());
         let mut orphans: Vec<String> = reported
             .iter()

@@ -10,6 +10,8 @@
 //! ```
 //! use std::sync::Arc;
 //! use flowstate_api::*;
+//! use flowstate_api::checkpoint::InlineReader;
+//! use flowstate_api::operator::DistributionMode;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<()> {
@@ -17,7 +19,7 @@
 //! let offsets = store.list_state(&ListStateDescriptor::<u64>::new("offsets"))?;
 //! offsets.add(&mut store, 42)?;
 //!
-//! let storage = MemoryCheckpointStorage::new("job");
+//! let storage = CheckpointStorage::in_memory("job");
 //! let location = storage.init_checkpoint(1).await?;
 //! let handle = store.snapshot(1, Arc::clone(&location))?.await?;
 //!
@@ -362,11 +364,7 @@ impl OperatorStateStore {
     /// (O(number of states), nothing is copied) and returns the
     /// asynchronous phase, which writes them. Writes to the store after
     /// this call are not in the snapshot.
-    pub fn snapshot(
-        &self,
-        checkpoint_id: u64,
-        location: Arc<dyn CheckpointLocation>,
-    ) -> Result<PendingOperatorSnapshot> {
+    pub fn snapshot(&self, checkpoint_id: u64, location: Arc<CheckpointLocation>) -> Result<PendingOperatorSnapshot> {
         let started = Instant::now();
         if location.checkpoint_id() != checkpoint_id {
             return Err(Error::invalid(format!(
@@ -736,7 +734,7 @@ pub struct PendingOperatorSnapshot {
     checkpoint_id: u64,
     subtask_index: u32,
     views: Vec<View>,
-    location: Arc<dyn CheckpointLocation>,
+    location: Arc<CheckpointLocation>,
     sync_duration: Duration,
 }
 
@@ -769,7 +767,7 @@ impl PendingOperatorSnapshot {
     /// [empty](OperatorStateHandle::is_empty) handle.
     pub async fn run(self) -> Result<OperatorStateHandle> {
         let (id, subtask) = (self.checkpoint_id, self.subtask_index);
-        let handle = write_views(subtask, &self.views, &*self.location).await.map_err(|e| {
+        let handle = write_views(subtask, &self.views, &self.location).await.map_err(|e| {
             e.context(format!(
                 "operator state snapshot of subtask {subtask} for checkpoint {id}"
             ))
@@ -807,11 +805,7 @@ fn block_of(view: &View, offset: u64, length: u64, crc32c: u32) -> OperatorState
     }
 }
 
-async fn write_views(
-    subtask_index: u32,
-    views: &[View],
-    location: &dyn CheckpointLocation,
-) -> Result<OperatorStateHandle> {
+async fn write_views(subtask_index: u32, views: &[View], location: &CheckpointLocation) -> Result<OperatorStateHandle> {
     let mut states = Vec::with_capacity(views.len());
     if views.iter().all(|v| v.data.len() == 0) {
         states.extend(views.iter().map(|v| block_of(v, 0, 0, crc32c(&[]))));
@@ -860,7 +854,7 @@ async fn write_views(
 /// Writes blocks into a stream through a buffer, computing each block's
 /// checksum on the way.
 struct BlockWriter {
-    stream: Box<dyn CheckpointOutputStream>,
+    stream: CheckpointOutputStream,
     buf: Vec<u8>,
     /// Bytes handed to the stream.
     flushed: u64,
@@ -1204,8 +1198,8 @@ mod tests {
 
     use super::*;
     use crate::checkpoint::{
-        BlobCheckpointStorage, CheckpointKind, CheckpointMetadata, CheckpointStorage, InlineReader, MemoryBlobStore,
-        MemoryCheckpointStorage, OperatorState, ResolvedCheckpoint,
+        CheckpointKind, CheckpointMetadata, CheckpointStorage, InlineReader, MemoryBlobStore, OperatorState,
+        ResolvedCheckpoint,
     };
     use crate::ttl::StateTtlConfig;
 
@@ -1229,14 +1223,14 @@ mod tests {
         store
     }
 
-    fn memory() -> Arc<dyn CheckpointStorage> {
-        Arc::new(MemoryCheckpointStorage::new("job"))
+    fn memory() -> Arc<CheckpointStorage> {
+        Arc::new(CheckpointStorage::in_memory("job"))
     }
 
     /// Storage that inlines streams of at most 64 bytes and writes larger ones as files.
-    fn files() -> Arc<dyn CheckpointStorage> {
+    fn files() -> Arc<CheckpointStorage> {
         Arc::new(
-            BlobCheckpointStorage::new(Arc::new(MemoryBlobStore::new("memory://job")), "job")
+            CheckpointStorage::new(Arc::new(MemoryBlobStore::new("memory://job")), "job")
                 .unwrap()
                 .with_inline_threshold(64)
                 .unwrap(),
@@ -1246,7 +1240,7 @@ mod tests {
     /// Checkpoint `id` of operator "op" whose subtasks are `stores`,
     /// resolved back from storage.
     async fn checkpoint(
-        storage: &Arc<dyn CheckpointStorage>,
+        storage: &Arc<CheckpointStorage>,
         id: u64,
         stores: &[OperatorStateStore],
     ) -> ResolvedCheckpoint {
@@ -1858,7 +1852,7 @@ mod tests {
         cs: &mut crate::lifecycle::CheckpointStore,
         store: &OperatorStateStore,
         id: u64,
-    ) -> (Arc<dyn CheckpointLocation>, CheckpointMetadata, String) {
+    ) -> (Arc<CheckpointLocation>, CheckpointMetadata, String) {
         let location = cs.begin_checkpoint(id).await.unwrap();
         let h = store.snapshot(id, Arc::clone(&location)).unwrap().await.unwrap();
         let path = h.stream.file_path().unwrap().to_string();

@@ -5,12 +5,12 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use flowstate_api::{
-    BackendBuilder, BackendCapabilities, CheckpointStorage, KeyedBackendConfig, KeyedStateHandle, Result, StateReader,
-};
+use flowstate_api::backend::BackendCapabilities;
+use flowstate_api::checkpoint::StateReader;
+use flowstate_api::{BackendFactory, CheckpointStorage, KeyedBackendConfig, KeyedStateHandle, Result};
 use flowstate_conformance::StorageFactory;
-use flowstate_fs::FsCheckpointStorage;
-use flowstate_rocksdb::{RocksDbBackend, RocksDbBackendBuilder, RocksDbOptions};
+
+use flowstate_rocksdb::{RocksDbBackend, RocksDbBackendFactory, RocksDbOptions};
 
 /// Filesystem storage under a temporary directory, shared by every job.
 pub struct FsStorageFactory {
@@ -31,9 +31,9 @@ impl StorageFactory for FsStorageFactory {
         "fs"
     }
 
-    fn storage(&self, job_id: &str) -> Arc<dyn CheckpointStorage> {
+    fn storage(&self, job_id: &str) -> Arc<CheckpointStorage> {
         Arc::new(
-            FsCheckpointStorage::open(self.dir.path().join("checkpoints"), job_id)
+            flowstate_fs::checkpoint_storage(self.dir.path().join("checkpoints"), job_id)
                 .unwrap()
                 .with_savepoint_dir(self.dir.path().join("savepoints").display().to_string()),
         )
@@ -177,7 +177,7 @@ impl StorageFactory for ObjectStorageFactory {
         }
     }
 
-    fn storage(&self, job_id: &str) -> Arc<dyn CheckpointStorage> {
+    fn storage(&self, job_id: &str) -> Arc<CheckpointStorage> {
         let run = &self.run;
         let store = match self.entropy {
             Some(length) => flowstate_object::ObjectBlobStore::new(
@@ -196,7 +196,7 @@ impl StorageFactory for ObjectStorageFactory {
             .unwrap(),
         };
         Arc::new(
-            flowstate_api::BlobCheckpointStorage::new(Arc::new(store), job_id)
+            flowstate_api::CheckpointStorage::new(Arc::new(store), job_id)
                 .unwrap()
                 .with_savepoint_dir(format!("{}/{run}/savepoints", self.base)),
         )
@@ -260,7 +260,7 @@ impl RocksDbFactory {
     }
 }
 
-impl BackendBuilder for RocksDbFactory {
+impl BackendFactory for RocksDbFactory {
     type Backend<K: 'static> = RocksDbBackend<K>;
 
     fn name(&self) -> &str {
@@ -268,7 +268,7 @@ impl BackendBuilder for RocksDbFactory {
     }
 
     fn capabilities(&self) -> BackendCapabilities {
-        RocksDbBackendBuilder::new(self.scoped("any".into())).capabilities()
+        RocksDbBackendFactory::new(self.scoped("any".into())).capabilities()
     }
 
     fn build<K: 'static>(&self, config: KeyedBackendConfig<K>) -> Result<RocksDbBackend<K>> {

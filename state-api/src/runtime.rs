@@ -1,11 +1,17 @@
-//! Blocking work (file I/O, RocksDB, compression) run off the async
-//! executor, on any executor.
+//! Where flowstate's work runs, for backend and storage implementers: one
+//! place for every thread flowstate starts or borrows.
 //!
-//! On a Tokio runtime the work goes to Tokio's blocking pool, so it is
-//! accounted and shut down with the engine's runtime. On any other executor
-//! (`futures::executor::block_on`, smol, async-std, a hand-written poll
-//! loop) it goes to a thread pool this library owns. Either way the calling
-//! future only waits on a channel: no reactor or timer is required.
+//! - [`run_blocking`]: blocking work (file I/O, RocksDB, compression) off
+//!   the async executor, on any executor. On a Tokio runtime the work goes
+//!   to Tokio's blocking pool, so it is accounted and shut down with the
+//!   engine's runtime. On any other executor (`futures::executor::block_on`,
+//!   smol, async-std, a hand-written poll loop) it goes to a thread pool
+//!   this library owns. Either way the calling future only waits on a
+//!   channel: no reactor or timer is required.
+//! - [`run_detached`]: clean-up nobody awaits (a destructor removing a
+//!   temporary directory), off async code.
+//! - [`io_runtime`]: network I/O (object-store requests) needs a Tokio
+//!   reactor; when the engine runs none, flowstate starts its own, once.
 
 use crate::error::{Error, Result};
 
@@ -32,6 +38,25 @@ pub fn run_detached(f: impl FnOnce() + Send + 'static) {
         Ok(handle) => drop(handle.spawn_blocking(f)),
         Err(_) => f(),
     }
+}
+
+/// flowstate's own I/O runtime (two worker threads, named
+/// `flowstate-io`), started the first time it is asked for: what network
+/// clients use when the engine runs no Tokio runtime. `None` if it cannot
+/// start.
+pub fn io_runtime() -> Option<tokio::runtime::Handle> {
+    static IO: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    IO.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("flowstate-io")
+            .enable_all()
+            .build()
+            .map_err(|e| tracing::warn!(error = %e, "no I/O runtime for network clients"))
+            .ok()
+    })
+    .as_ref()
+    .map(|rt| rt.handle().clone())
 }
 
 #[cfg(test)]
