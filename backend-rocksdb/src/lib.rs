@@ -68,18 +68,31 @@ pub use local_recovery::LocalRecovery;
 use options::Resources;
 pub use options::{RocksDbOptions, DEFAULT_BLOCK_CACHE, DEFAULT_UPLOAD_CONCURRENCY, DEFAULT_WRITE_BUFFER};
 pub use restore::RestoreStats;
-/// The RocksDB bindings this backend is built on.
-pub use rocksdb;
+/// The escape hatch to RocksDB itself, for tuning and measuring: the only
+/// place this crate's public API names a `rocksdb` type. Everything else
+/// takes [`RocksDbOptions`].
+pub mod tuning {
+    use std::sync::Arc;
 
-/// The options a backend configured with `options` opens its database and
-/// the column family of a value state with: the same tuning, for measuring
-/// raw RocksDB against the backend. Both share one block cache and one
-/// memtable budget, sized by `options`.
-pub fn raw_options(options: &RocksDbOptions) -> (rocksdb::Options, rocksdb::Options) {
-    let resources = Resources::new(options, Arc::new(flowstate_api::ttl::SystemClock));
-    let db = resources.db_options();
-    let cf = resources.cf_options(StorageKind::Value, Arc::new(TtlSlot::default()));
-    (db, cf)
+    use flowstate_api::backend::StorageKind;
+
+    use crate::options::Resources;
+    use crate::ttl_filter::TtlSlot;
+    use crate::RocksDbOptions;
+
+    /// The RocksDB bindings this backend is built on.
+    pub use rocksdb;
+
+    /// The options a backend configured with `options` opens its database and
+    /// the column family of a value state with: the same tuning, for measuring
+    /// raw RocksDB against the backend. Both share one block cache and one
+    /// memtable budget, sized by `options`.
+    pub fn raw_options(options: &RocksDbOptions) -> (rocksdb::Options, rocksdb::Options) {
+        let resources = Resources::new(options, Arc::new(flowstate_api::ttl::SystemClock));
+        let db = resources.db_options();
+        let cf = resources.cf_options(StorageKind::Value, Arc::new(TtlSlot::default()));
+        (db, cf)
+    }
 }
 use ttl_filter::TtlSlot;
 

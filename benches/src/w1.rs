@@ -183,11 +183,11 @@ fn rocks_key(k: u64, out: &mut Vec<u8>) -> Result<()> {
 /// Raw rust-rocksdb get/put of the bytes the backend's value state stores,
 /// with the backend's options.
 fn raw_rocksdb(scale: usize) -> Result<()> {
-    use flowstate_rocksdb::rocksdb::{ColumnFamilyDescriptor, WriteOptions, DB};
+    use flowstate_rocksdb::tuning::rocksdb::{ColumnFamilyDescriptor, WriteOptions, DB};
     let (mut inputs, key_space) = Inputs::new(scale);
     let dir = tempfile::tempdir().map_err(|e| Error::io("a temporary directory", e))?;
-    let (db_options, cf_options) = flowstate_rocksdb::raw_options(&rocks_options(dir.path()));
-    let err = |e: flowstate_rocksdb::rocksdb::Error| Error::internal(format!("raw RocksDB: {e}"));
+    let (db_options, cf_options) = flowstate_rocksdb::tuning::raw_options(&rocks_options(dir.path()));
+    let err = |e: flowstate_rocksdb::tuning::rocksdb::Error| Error::internal(format!("raw RocksDB: {e}"));
     let db = DB::open_cf_descriptors(
         &db_options,
         dir.path().join("raw"),

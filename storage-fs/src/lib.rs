@@ -17,6 +17,10 @@
 //! reads never go past the range asked for; and all blocking I/O runs off
 //! the async executor ([`run_blocking`]).
 //!
+//! Unix only: confinement relies on `O_NOFOLLOW`, `O_NONBLOCK` and file
+//! types (FIFOs, sockets, devices) as Unix reports them. Elsewhere use
+//! `flowstate-object` with a `file://` URL.
+//!
 //! ```
 //! use flowstate_api::*;
 //!
@@ -30,6 +34,9 @@
 //! assert_eq!(storage.resolve(&format!("{pointer}/_metadata")).await?.metadata.checkpoint_id, 1);
 //! # Ok(()) }
 //! ```
+
+#[cfg(not(unix))]
+compile_error!("flowstate-fs supports Unix only; use flowstate-object with a file:// URL elsewhere");
 
 mod guard;
 

@@ -6,9 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flowstate_api::{Error, Result};
+#[cfg(feature = "aws")]
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+#[cfg(feature = "azure")]
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+#[cfg(feature = "http")]
 use object_store::client::SpawnedReqwestConnector;
+#[cfg(feature = "gcp")]
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::limit::LimitStore;
 use object_store::local::LocalFileSystem;
@@ -67,11 +71,15 @@ pub const FLOWSTATE_OPTION_KEYS: [&str; 6] = [
 pub struct ObjectStoreBuilder {
     url: String,
     options: Vec<(String, String)>,
+    // Read by the cloud stores only.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     retry: RetryConfig,
     entropy: Option<usize>,
     parts: Option<(usize, usize)>,
     max_requests: Option<usize>,
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     from_env: bool,
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     io: Option<Handle>,
 }
 
@@ -177,6 +185,7 @@ impl ObjectStoreBuilder {
         let host = url.host_str().unwrap_or("").to_string();
         let path = url.path().trim_matches('/').to_string();
         let (store, base, prefix): (Arc<dyn ObjectStore>, String, String) = match scheme.as_str() {
+            #[cfg(feature = "aws")]
             "s3" | "s3a" => {
                 install_crypto_provider();
                 let mut b = if self.from_env {
@@ -195,6 +204,7 @@ impl ObjectStoreBuilder {
                 let s = b.build().map_err(|e| build_err(&self.url, e))?;
                 (Arc::new(s), format!("{scheme}://{host}"), path)
             }
+            #[cfg(feature = "gcp")]
             "gs" => {
                 install_crypto_provider();
                 let mut b = if self.from_env {
@@ -213,6 +223,7 @@ impl ObjectStoreBuilder {
                 let s = b.build().map_err(|e| build_err(&self.url, e))?;
                 (Arc::new(s), format!("{scheme}://{host}"), path)
             }
+            #[cfg(feature = "azure")]
             "az" | "azure" | "abfs" | "abfss" | "adl" => {
                 install_crypto_provider();
                 let mut b = if self.from_env {
@@ -250,6 +261,12 @@ impl ObjectStoreBuilder {
                 self.refuse_options("memory")?;
                 (Arc::new(InMemory::new()), format!("memory://{host}"), path)
             }
+            #[cfg(not(feature = "aws"))]
+            "s3" | "s3a" => return Err(without(&self.url, "aws")),
+            #[cfg(not(feature = "gcp"))]
+            "gs" => return Err(without(&self.url, "gcp")),
+            #[cfg(not(feature = "azure"))]
+            "az" | "azure" | "abfs" | "abfss" | "adl" => return Err(without(&self.url, "azure")),
             other => {
                 return Err(Error::invalid(format!(
                 "object store URL {:?}: unknown scheme {other:?} (s3, s3a, gs, az, azure, abfs, abfss, file, memory)",
@@ -275,6 +292,7 @@ impl ObjectStoreBuilder {
     }
 
     /// Where HTTP requests run, when not on the caller's runtime.
+    #[cfg(feature = "http")]
     fn io_runtime(&self) -> Option<Handle> {
         match (&self.io, Handle::try_current()) {
             (Some(io), _) => Some(io.clone()),
@@ -317,6 +335,7 @@ impl ObjectStoreBuilder {
 }
 
 /// The store's configuration key `k`, or an error naming it.
+#[cfg(feature = "http")]
 fn key<K: FromStr>(scheme: &str, k: &str) -> Result<K> {
     K::from_str(k).map_err(|_| {
         Error::invalid(format!(
@@ -329,6 +348,7 @@ fn key<K: FromStr>(scheme: &str, k: &str) -> Result<K> {
 
 /// A store that could not be configured. `object_store`'s build errors name
 /// keys and URLs, not secret values.
+#[cfg(feature = "http")]
 fn build_err(url: &str, e: object_store::Error) -> Error {
     Error::invalid(format!("object store {url:?}: {e}")).with_source(e)
 }
@@ -349,8 +369,17 @@ fn parse_duration(s: &str) -> Option<Duration> {
     }
 }
 
+/// The error for a cloud URL whose store this build left out.
+#[cfg(not(all(feature = "aws", feature = "gcp", feature = "azure")))]
+fn without(url: &str, feature: &str) -> Error {
+    Error::unsupported(format!(
+        "object store URL {url:?}: flowstate-object was built without its {feature:?} feature"
+    ))
+}
+
 /// HTTPS goes through rustls with `ring`: the process-wide provider is
 /// installed unless the engine installed one already.
+#[cfg(feature = "http")]
 fn install_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Losing a race to another thread's install is fine: one is in place.

@@ -13,9 +13,9 @@ use bytes::Bytes;
 use std::collections::BTreeSet;
 
 use crate::checkpoint::handle::{KeyedStateHandle, StreamStateHandle};
+use crate::checkpoint::operator_handle::OperatorStateHandle;
 use crate::error::{Error, Result};
 use crate::format::codec::{decode_envelope, encode_envelope, put_str, put_varint, Reader};
-use crate::operator::OperatorStateHandle;
 
 /// First four bytes of a `_metadata` file.
 pub const METADATA_MAGIC: [u8; 4] = *b"FSMD";

@@ -78,6 +78,7 @@ pub(crate) mod handle;
 mod layout;
 mod memory;
 mod metadata;
+mod operator_handle;
 mod storage;
 
 pub use self::blob::{BlobListing, BlobMeta, BlobPath, BlobStore, BlobWriter, MemoryBlobStore};
@@ -91,9 +92,9 @@ pub use self::layout::{
 };
 pub use self::memory::DEFAULT_MAX_STATE_SIZE;
 pub use self::metadata::{CheckpointKind, CheckpointMetadata, OperatorState, METADATA_MAGIC, METADATA_VERSION};
+pub use self::operator_handle::{DistributionMode, OperatorStateBlock, OperatorStateHandle};
 pub use self::storage::{
     checkpoint_dir_id, is_own_file_name, metadata_path, metadata_path_id, parse_pointer, unique_file_name,
     InlineReader, ParsedPointer, ResolvedCheckpoint, StateReader, StateScope, StorageCapabilities, StoredFile,
     METADATA_FILE,
 };
-pub use crate::operator::{OperatorStateBlock, OperatorStateHandle};

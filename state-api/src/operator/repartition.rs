@@ -15,30 +15,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::checkpoint::DistributionMode;
 use crate::error::{Error, ErrorKind, Result};
-
-/// How the entries of an operator state go to subtasks on restore.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DistributionMode {
-    /// List state: entries are split over the new subtasks (Flink's
-    /// `SPLIT_DISTRIBUTE`).
-    Split,
-    /// Union list state: every subtask gets every entry.
-    Union,
-    /// Broadcast state: every subtask holds the same copy.
-    Broadcast,
-}
-
-impl DistributionMode {
-    /// The mode's name, as errors and tools print it.
-    pub fn name(self) -> &'static str {
-        match self {
-            DistributionMode::Split => "split",
-            DistributionMode::Union => "union",
-            DistributionMode::Broadcast => "broadcast",
-        }
-    }
-}
 
 /// One state of one old subtask: its mode and entries.
 #[derive(Debug, Clone, PartialEq, Eq)]

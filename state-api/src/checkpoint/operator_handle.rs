@@ -13,8 +13,30 @@ use crate::checkpoint::StreamStateHandle;
 use crate::descriptor::validate_state_name;
 use crate::error::{Error, Result};
 use crate::format::codec::{put_str, put_varint, Reader};
-use crate::operator::repartition::DistributionMode;
 use crate::serializer::SerializerId;
+
+/// How the entries of an operator state go to subtasks on restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DistributionMode {
+    /// List state: entries are split over the new subtasks (Flink's
+    /// `SPLIT_DISTRIBUTE`).
+    Split,
+    /// Union list state: every subtask gets every entry.
+    Union,
+    /// Broadcast state: every subtask holds the same copy.
+    Broadcast,
+}
+
+impl DistributionMode {
+    /// The mode's name, as errors and tools print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DistributionMode::Split => "split",
+            DistributionMode::Union => "union",
+            DistributionMode::Broadcast => "broadcast",
+        }
+    }
+}
 
 impl DistributionMode {
     /// The mode's tag in the metadata.
