@@ -143,14 +143,12 @@ pub(crate) fn remove_abandoned(working_dir: &Path) {
 fn is_old(entry: &std::fs::DirEntry) -> bool {
     // Wall time, not the job's injected clock: it is compared with the
     // filesystem's modification time.
-    #[allow(clippy::disallowed_methods)]
-    let old = entry
+    entry
         .metadata()
         .and_then(|m| m.modified())
         .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age >= UNLOCKED_GRACE);
-    old
+        .and_then(flowstate_api::ttl::SystemClock::age)
+        .is_some_and(|age| age >= UNLOCKED_GRACE)
 }
 
 fn remove(dir: &Path) {

@@ -482,7 +482,7 @@ async fn download(reader: &dyn StateReader, f: &HandleFile, target: std::path::P
     use std::io::Write;
     let size = f.stream.size();
     let mismatch = || Error::corrupted("does not match its size and checksum");
-    if let Some(source) = reader.local_path(&f.stream) {
+    if let Some(source) = reader.local_path(&f.stream).await {
         let (t, want) = (target.clone(), f.crc32c);
         let linked = blocking(move || {
             if std::fs::hard_link(&source, &t).is_err() {

@@ -31,13 +31,35 @@ pub type SharedClock = Arc<dyn Clock>;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
-impl Clock for SystemClock {
-    #[allow(clippy::disallowed_methods)] // The one place that reads wall-clock time.
-    fn now_millis(&self) -> u64 {
+impl SystemClock {
+    /// The wall clock now. The one place flowstate reads it: TTL reads time
+    /// through the injected [`Clock`] instead, and the lint forbids
+    /// `SystemTime::now` everywhere else.
+    #[allow(clippy::disallowed_methods)]
+    fn wall() -> std::time::SystemTime {
         std::time::SystemTime::now()
+    }
+
+    /// Wall-clock nanoseconds since the Unix epoch (0 before it): for names
+    /// that must not repeat across processes and restarts, which a manual
+    /// or replayed clock would allow.
+    pub fn now_nanos() -> u128 {
+        Self::wall()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            .map(|d| d.as_nanos())
             .unwrap_or(0)
+    }
+
+    /// How long ago `time` (a file's modification time, say) was by the
+    /// wall clock; `None` if it is in the future.
+    pub fn age(time: std::time::SystemTime) -> Option<std::time::Duration> {
+        Self::wall().duration_since(time).ok()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now_millis(&self) -> u64 {
+        (Self::now_nanos() / 1_000_000) as u64
     }
 }
 

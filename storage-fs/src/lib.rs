@@ -52,7 +52,7 @@ use flowstate_api::checkpoint::{
     unique_file_name, BlobListing, BlobMeta, BlobPath, BlobStateReader, BlobStore, BlobWriter, SHARED_DIR,
     TASK_OWNED_DIR,
 };
-use flowstate_api::runtime::run_blocking;
+use flowstate_api::runtime::{run_blocking, run_detached};
 use flowstate_api::{CheckpointStorage, Error, ErrorKind, Result};
 
 use guard::{confine, read_range, real_dir, Last};
@@ -142,9 +142,16 @@ struct FsWriter {
 }
 
 impl Drop for FsWriter {
+    /// An unfinished file is removed off the async executor (nobody awaits
+    /// a destructor); if the runtime shuts down first, garbage collection
+    /// finds it.
     fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.path);
+        if let Some(file) = self.file.take() {
+            let path = std::mem::take(&mut self.path);
+            run_detached(move || {
+                drop(file);
+                let _ = std::fs::remove_file(&path);
+            });
         }
     }
 }
@@ -180,8 +187,16 @@ impl BlobWriter for FsWriter {
         .await
     }
 
-    async fn abort(self: Box<Self>) {
-        // Drop deletes the file.
+    async fn abort(mut self: Box<Self>) {
+        if let Some(file) = self.file.take() {
+            let path = std::mem::take(&mut self.path);
+            let _ = run_blocking(move || {
+                drop(file);
+                let _ = std::fs::remove_file(&path);
+                Ok(())
+            })
+            .await;
+        }
     }
 }
 
@@ -321,8 +336,12 @@ impl BlobStore for FsBlobStore {
         Ok(Arc::new(FsBlobStore::new(Path::new(path))))
     }
 
-    fn local_path(&self, path: &BlobPath) -> Option<PathBuf> {
-        confine(&self.root, path.as_str(), Last::Follow).ok()
+    async fn local_path(&self, path: &BlobPath) -> Option<PathBuf> {
+        let (root, path) = (self.root.clone(), path.clone());
+        run_blocking(move || Ok(confine(&root, path.as_str(), Last::Follow).ok()))
+            .await
+            .ok()
+            .flatten()
     }
 }
 

@@ -84,6 +84,17 @@ async fn layout_follows_flink() {
     assert_eq!(files(dir.path()), expected);
 }
 
+/// Waits (up to 10 s) until `done` holds: for work a destructor hands to a
+/// blocking thread.
+async fn eventually(mut done: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn dropped_and_aborted_streams_delete_their_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -98,7 +109,9 @@ async fn dropped_and_aborted_streams_delete_their_files() {
         if abort {
             s.abort().await;
         } else {
+            // A destructor cannot await: the file goes on a blocking thread.
             drop(s);
+            eventually(|| files(&chk).is_empty()).await;
         }
         assert!(files(&chk).is_empty(), "abort={abort}: {:?}", files(&chk));
     }
@@ -107,6 +120,7 @@ async fn dropped_and_aborted_streams_delete_their_files() {
     s.write(&vec![1u8; 3 << 20]).await.unwrap();
     assert_eq!(files(&dir.path().join("job/shared")).len(), 1);
     drop(s);
+    eventually(|| files(&dir.path().join("job/shared")).is_empty()).await;
     assert!(files(&dir.path().join("job/shared")).is_empty());
 }
 

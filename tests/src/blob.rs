@@ -138,14 +138,17 @@ pub async fn put_if_absent_has_exactly_one_winner(factory: Arc<dyn StorageFactor
     assert_eq!(store.get_range(&created, 0..100).await.unwrap(), &b"first"[..]);
 }
 
-/// A writer dropped or aborted before it finishes leaves no object: not
-/// readable, not listed.
+/// A writer aborted before it finishes leaves no object: not readable, not
+/// listed. One dropped leaves none either, once the clean-up its destructor
+/// hands off has run.
 pub async fn dropped_and_aborted_writers_leave_nothing(factory: Arc<dyn StorageFactory>) {
     let store = store(&*factory, "blob-abort");
     let dropped = path("shared/dropped");
     let mut w = store.create(&dropped).await.unwrap();
     w.write(Bytes::from_static(b"partial")).await.unwrap();
     drop(w);
+    let gone = crate::eventually(|| async { store.head(&dropped).await.is_ok_and(|m| m.is_none()) }).await;
+    assert!(gone, "{dropped} outlived its dropped writer in {store:?}");
     let aborted = path("shared/aborted");
     let mut w = store.create(&aborted).await.unwrap();
     w.write(Bytes::from_static(b"partial")).await.unwrap();

@@ -166,8 +166,8 @@ impl BlobStore for FailingBlobStore {
             Arc::clone(&self.plan),
         )))
     }
-    fn local_path(&self, path: &BlobPath) -> Option<std::path::PathBuf> {
-        self.inner.local_path(path)
+    async fn local_path(&self, path: &BlobPath) -> Option<std::path::PathBuf> {
+        self.inner.local_path(path).await
     }
 }
 

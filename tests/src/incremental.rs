@@ -240,8 +240,8 @@ impl StateReader for CountingReader {
         Ok(parts)
     }
 
-    fn local_path(&self, handle: &StreamStateHandle) -> Option<std::path::PathBuf> {
-        let path = self.inner.local_path(handle)?;
+    async fn local_path(&self, handle: &StreamStateHandle) -> Option<std::path::PathBuf> {
+        let path = self.inner.local_path(handle).await?;
         self.count(handle, handle.size());
         Some(path)
     }

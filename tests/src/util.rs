@@ -163,3 +163,16 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// Waits until `done` gives true, checking every 10 ms for at most 10 s,
+/// and returns its last answer: for clean-up a destructor hands to another
+/// thread (it cannot await), such as an unfinished file being removed.
+pub async fn eventually<F: std::future::Future<Output = bool>>(mut done: impl FnMut() -> F) -> bool {
+    for _ in 0..1000 {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    done().await
+}

@@ -167,7 +167,8 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     fn open(&self, location: &str) -> Result<Arc<dyn BlobStore>>;
     /// The local file of the object at `path`, for stores on a local
     /// filesystem (a restore may hard-link it); `None` for the others.
-    fn local_path(&self, path: &BlobPath) -> Option<std::path::PathBuf> {
+    /// Async: finding it may touch the filesystem.
+    async fn local_path(&self, path: &BlobPath) -> Option<std::path::PathBuf> {
         let _ = path;
         None
     }

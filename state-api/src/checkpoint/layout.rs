@@ -783,9 +783,9 @@ impl StateReader for BlobStateReader {
         }
     }
 
-    fn local_path(&self, handle: &StreamStateHandle) -> Option<std::path::PathBuf> {
+    async fn local_path(&self, handle: &StreamStateHandle) -> Option<std::path::PathBuf> {
         let path = BlobPath::new(handle.file_path()?).ok()?;
-        self.store.local_path(&path)
+        self.store.local_path(&path).await
     }
 }
 

@@ -71,8 +71,9 @@ pub trait StateReader: Send + Sync + fmt::Debug {
     }
     /// The local file holding `handle`'s bytes, if the storage is a local
     /// filesystem: a restore on the same device may hard-link it instead of
-    /// copying (and still verifies it).
-    fn local_path(&self, handle: &StreamStateHandle) -> Option<std::path::PathBuf> {
+    /// copying (and still verifies it). Async: finding it may touch the
+    /// filesystem.
+    async fn local_path(&self, handle: &StreamStateHandle) -> Option<std::path::PathBuf> {
         let _ = handle;
         None
     }
@@ -163,11 +164,7 @@ pub fn unique_file_name() -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     // Wall time, not the job's injected clock: names must not repeat across
     // processes and restarts, which a manual or replayed clock would allow.
-    #[allow(clippy::disallowed_methods)]
-    let nanos = std::time::SystemTime::UNIX_EPOCH
-        .elapsed()
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = crate::ttl::SystemClock::now_nanos();
     format!("{:08x}-{:x}-{:x}", std::process::id(), nanos, n)
 }
 
