@@ -1,8 +1,8 @@
 //! [`ObjectStoreBuilder`]: an [`ObjectBlobStore`] from a URL and options.
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
+#[cfg(feature = "http")]
 use std::time::Duration;
 
 use flowstate_api::{Error, Result};
@@ -17,7 +17,9 @@ use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::limit::LimitStore;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
-use object_store::{ObjectStore, RetryConfig};
+use object_store::ObjectStore;
+#[cfg(feature = "http")]
+use object_store::RetryConfig;
 use tokio::runtime::Handle;
 
 use crate::entropy::ENTROPY_MARKER;
@@ -71,8 +73,7 @@ pub const FLOWSTATE_OPTION_KEYS: [&str; 6] = [
 pub struct ObjectStoreBuilder {
     url: String,
     options: Vec<(String, String)>,
-    // Read by the cloud stores only.
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    #[cfg(feature = "http")]
     retry: RetryConfig,
     entropy: Option<usize>,
     parts: Option<(usize, usize)>,
@@ -102,6 +103,7 @@ impl ObjectStoreBuilder {
         ObjectStoreBuilder {
             url: url.into(),
             options: Vec::new(),
+            #[cfg(feature = "http")]
             retry: RetryConfig::default(),
             entropy: None,
             parts: None,
@@ -125,7 +127,8 @@ impl ObjectStoreBuilder {
     }
 
     /// With these retries for throttling (429, 503 `SlowDown`), server
-    /// errors and transient network errors.
+    /// errors and transient network errors (cloud stores).
+    #[cfg(feature = "http")]
     pub fn with_retry(mut self, retry: RetryConfig) -> Self {
         self.retry = retry;
         self
@@ -305,9 +308,18 @@ impl ObjectStoreBuilder {
         let bad = |what: &str| Error::invalid(format!("object store option {key}: {value:?} is not {what}"));
         let number = |what: &str| value.parse::<usize>().map_err(|_| bad(what));
         match key {
+            #[cfg(feature = "http")]
             "max_retries" => self.retry.max_retries = number("a number")?,
+            #[cfg(feature = "http")]
             "retry_timeout" => {
                 self.retry.retry_timeout = parse_duration(value).ok_or_else(|| bad("a duration such as 30s"))?
+            }
+            // Retries are the cloud stores' (`file://` and `memory://` take no options).
+            #[cfg(not(feature = "http"))]
+            "max_retries" | "retry_timeout" => {
+                return Err(Error::unsupported(format!(
+                    "object store option {key}: this build has no cloud store to retry for"
+                )))
             }
             "entropy_length" => self.entropy = Some(number("a number")?),
             "part_size" => {
@@ -336,7 +348,7 @@ impl ObjectStoreBuilder {
 
 /// The store's configuration key `k`, or an error naming it.
 #[cfg(feature = "http")]
-fn key<K: FromStr>(scheme: &str, k: &str) -> Result<K> {
+fn key<K: std::str::FromStr>(scheme: &str, k: &str) -> Result<K> {
     K::from_str(k).map_err(|_| {
         Error::invalid(format!(
             "unknown object store option {k:?} for {scheme}:// (see object_store's configuration keys for the \
@@ -354,6 +366,7 @@ fn build_err(url: &str, e: object_store::Error) -> Error {
 }
 
 /// `30s`, `500ms`, `2m` or plain seconds.
+#[cfg(feature = "http")]
 fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {

@@ -108,15 +108,23 @@ pub async fn large_objects_stream_and_read_back_exactly(factory: Arc<dyn Storage
 pub async fn put_if_absent_has_exactly_one_winner(factory: Arc<dyn StorageFactory>) {
     let store = store(&*factory, "blob-race");
     let p = path("chk-7/_metadata");
-    let tasks: Vec<_> = (0..8u8)
-        .map(|i| {
-            let (store, p) = (Arc::clone(&store), p.clone());
-            tokio::spawn(async move { (i, store.put_if_absent(&p, Bytes::from(vec![i; 64 + i as usize])).await) })
-        })
-        .collect();
+    let put = |i: u8| {
+        let (store, p) = (Arc::clone(&store), p.clone());
+        async move { (i, store.put_if_absent(&p, Bytes::from(vec![i; 64 + i as usize])).await) }
+    };
+    let mut results = Vec::new();
+    if factory.atomic_put_if_absent() {
+        let tasks: Vec<_> = (0..8u8).map(|i| tokio::spawn(put(i))).collect();
+        for t in tasks {
+            results.push(t.await.expect("the writer task"));
+        }
+    } else {
+        for i in 0..8u8 {
+            results.push(put(i).await);
+        }
+    }
     let mut winners = Vec::new();
-    for t in tasks {
-        let (i, result) = t.await.expect("the writer task");
+    for (i, result) in results {
         match result {
             Ok(()) => winners.push(i),
             Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "writer {i}: {e}"),

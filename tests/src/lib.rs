@@ -103,6 +103,15 @@ pub trait StorageFactory: Send + Sync + 'static {
     fn storage_after_restart(&self, job_id: &str) -> Arc<CheckpointStorage> {
         self.storage(job_id)
     }
+    /// True when racing `put_if_absent`s on one path have exactly one
+    /// winner: the store's conditional create is atomic, as on S3, GCS,
+    /// Azure, a filesystem and memory. The default; a factory over a server
+    /// whose conditional writes race (the S3-compatible test server checks
+    /// and then writes) says false, and the race is checked one write at a
+    /// time there.
+    fn atomic_put_if_absent(&self) -> bool {
+        true
+    }
     /// Every how many storage operations a fault sweep injects a fault: 1
     /// (the default) sweeps every one; a storage whose operations are
     /// network round trips samples every `n`th, and still every one of the

@@ -110,11 +110,11 @@ pub(super) struct StateRef {
 /// The operator (non-keyed) state of one operator subtask.
 ///
 /// States are registered by descriptor and become typed handles
-/// ([`OperatorListState`], [`BroadcastState`]) whose operations take the
+/// ([`OperatorListState`](crate::OperatorListState), [`BroadcastState`](crate::BroadcastState)) whose operations take the
 /// store. Operator state has no namespace and no TTL. A state keeps its
 /// mode and serializers for its whole life, across restores: registering a
 /// name again with another mode or serializer is refused as
-/// [`Incompatible`](ErrorKind::Incompatible).
+/// [`Incompatible`](crate::ErrorKind::Incompatible).
 pub struct OperatorStateStore {
     pub(super) id: u64,
     pub(super) subtask_index: u32,
