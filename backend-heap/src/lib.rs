@@ -37,6 +37,8 @@
 mod restore;
 mod table;
 
+pub use table::HeapState;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,20 +51,15 @@ use flowstate_api::checkpoint::{CheckpointLocation, StateReader, StateScope};
 use flowstate_api::format::canonical::write_canonical_snapshot;
 use flowstate_api::format::codec::put_varint;
 use flowstate_api::{
-    BackendFactory, Error, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, PendingSnapshot, Result,
-    SnapshotOptions,
+    BackendFactory, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, PendingSnapshot, Result, SnapshotOptions,
 };
 
-use table::{
-    elements, pack, packed, split_composite, CompositeKey, FrozenTables, HeapState, Inline, Table, TimerQueues,
-};
+use table::{elements, pack, packed, split_composite, CompositeKey, FrozenTables, Inline, Table, TimerQueues};
 
 /// The in-memory keyed state backend.
 pub struct HeapBackend<K> {
-    /// Config, current key and state registry.
-    core: BackendCore<K>,
-    /// The tables of each state, indexed by state id.
-    states: Vec<HeapState>,
+    /// Config, current key and state registry, with each state's tables.
+    core: BackendCore<K, HeapState>,
     /// The composite key of the current access.
     composite: Vec<u8>,
     /// States with incremental TTL cleanup that runs once per record.
@@ -87,7 +84,6 @@ impl<K> HeapBackend<K> {
     pub fn new(config: KeyedBackendConfig<K>) -> Result<Self> {
         Ok(HeapBackend {
             core: BackendCore::new(config)?,
-            states: Vec::new(),
             composite: Vec::new(),
             per_record_cleanup: Vec::new(),
             closed: Arc::new(AtomicBool::new(false)),
@@ -100,10 +96,7 @@ impl<K> HeapBackend<K> {
 
     /// The tables of state `id`.
     fn tables(&mut self, id: StateId) -> Result<&mut HeapState> {
-        self.core.state(id)?;
-        self.states
-            .get_mut(id as usize)
-            .ok_or_else(|| Error::internal(format!("state {id} has no tables")))
+        self.core.storage_mut(id)
     }
 
     /// Runs incremental TTL cleanup for `id` if configured, then returns the
@@ -111,35 +104,33 @@ impl<K> HeapBackend<K> {
     /// key of the current key and the state's namespace.
     #[inline]
     fn target(&mut self, id: StateId) -> Result<(&mut HeapState, &StateMetaInfo, usize, &[u8])> {
-        let access = self.core.access(id)?;
-        let kg = (access.key_group - self.core.key_group_range().start()) as usize;
-        let state = self
-            .states
-            .get_mut(id as usize)
-            .ok_or_else(|| Error::internal(format!("state {id} has no tables")))?;
-        if let Some(ttl) = access.state.ttl() {
+        let first = self.core.key_group_range().start();
+        let access = self.core.access_mut(id)?;
+        let kg = (access.key_group - first) as usize;
+        if let Some(ttl) = access.ttl {
             if let Some(inc) = ttl.cleanup().incremental {
-                state.incremental_cleanup(ttl.ttl_millis(), self.core.clock().now_millis(), inc.entries_per_access);
+                access
+                    .storage
+                    .incremental_cleanup(ttl.ttl_millis(), access.clock.now_millis(), inc.entries_per_access);
             }
         }
         self.composite.clear();
         put_varint(&mut self.composite, access.key.len() as u64);
         self.composite.extend_from_slice(access.key);
-        self.composite.extend_from_slice(access.state.namespace());
-        Ok((state, access.state.meta(), kg, &self.composite))
+        self.composite.extend_from_slice(access.namespace);
+        Ok((access.storage, access.meta, kg, &self.composite))
     }
 }
 
 impl<K> HeapBackend<K> {
     /// The timers of timer state `id`, the current key's key-group index and the current key.
     fn timers(&mut self, id: StateId) -> Result<(&mut TimerQueues, usize, &[u8])> {
-        let access = self.core.access(id)?;
-        let kg = (access.key_group - self.core.key_group_range().start()) as usize;
-        let meta = access.state.meta();
-        match self.states.get_mut(id as usize).map(|s| &mut s.table) {
-            Some(Table::Timers(t)) => Ok((t, kg, access.key)),
-            Some(_) => Err(meta.wrong_kind(StorageKind::Timers)),
-            None => Err(Error::internal(format!("state {id} has no tables"))),
+        let first = self.core.key_group_range().start();
+        let access = self.core.access_mut(id)?;
+        let kg = (access.key_group - first) as usize;
+        match &mut access.storage.table {
+            Table::Timers(t) => Ok((t, kg, access.key)),
+            _ => Err(access.meta.wrong_kind(StorageKind::Timers)),
         }
     }
 
@@ -169,14 +160,15 @@ macro_rules! maps {
 
 impl<K> KeyedStateBackend for HeapBackend<K> {
     type Key = K;
+    type StateStorage = HeapState;
 
     #[inline]
-    fn core(&self) -> &BackendCore<K> {
+    fn core(&self) -> &BackendCore<K, HeapState> {
         &self.core
     }
 
     #[inline]
-    fn core_mut(&mut self) -> &mut BackendCore<K> {
+    fn core_mut(&mut self) -> &mut BackendCore<K, HeapState> {
         &mut self.core
     }
 
@@ -184,17 +176,9 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
         heap_capabilities()
     }
 
-    fn create_state_storage(&mut self, state: StateId, meta: &StateMetaInfo) -> Result<()> {
-        if state as usize != self.states.len() {
-            return Err(Error::internal(format!(
-                "state {:?} would get id {state}, but the heap backend holds {} states",
-                meta.name,
-                self.states.len()
-            )));
-        }
+    fn create_state_storage(&mut self, meta: &StateMetaInfo) -> Result<HeapState> {
         let groups = self.core.key_group_range().len() as usize;
-        self.states.push(HeapState::new(meta.kind.storage(), groups));
-        Ok(())
+        Ok(HeapState::new(meta.kind.storage(), groups))
     }
 
     fn state_registered(&mut self, state: StateId) -> Result<()> {
@@ -217,11 +201,15 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
         if !self.per_record_cleanup.is_empty() {
             let now = self.core.clock().now_millis();
             for &id in &self.per_record_cleanup {
-                let Some(ttl) = self.core.state(id)?.ttl() else {
+                let Ok(state) = self.core.state_mut(id) else {
                     continue;
                 };
-                if let (Some(inc), Some(state)) = (ttl.cleanup().incremental, self.states.get_mut(id as usize)) {
-                    state.incremental_cleanup(ttl.ttl_millis(), now, inc.entries_per_access);
+                let Some(ttl) = state.ttl() else {
+                    continue;
+                };
+                if let Some(inc) = ttl.cleanup().incremental {
+                    let (ttl_millis, per_access) = (ttl.ttl_millis(), inc.entries_per_access);
+                    state.storage_mut().incremental_cleanup(ttl_millis, now, per_access);
                 }
             }
         }
@@ -453,7 +441,7 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
         let header = self.core.snapshot_header(options.compression.is_some());
         let filter = self.core.ttl_filter();
         let source = FrozenTables {
-            tables: self.states.iter().map(|s| s.table.clone()).collect(),
+            tables: self.core.states().iter().map(|s| s.storage().table.clone()).collect(),
             first_key_group: range.start(),
             closed: Arc::clone(&self.closed),
         };

@@ -24,6 +24,17 @@ impl<K> HeapBackend<K> {
     where
         K: 'static,
     {
+        flowstate_api::runtime::nonblocking(Self::restore_all(config, handles, reader)).await
+    }
+
+    async fn restore_all(
+        config: KeyedBackendConfig<K>,
+        handles: &[KeyedStateHandle],
+        reader: &dyn StateReader,
+    ) -> Result<Self>
+    where
+        K: 'static,
+    {
         flowstate_api::checkpoint::check_restore_handles(handles, config.max_parallelism)?;
         let mut backend = Self::new(config)?;
         for handle in handles {
@@ -68,8 +79,8 @@ impl<K> HeapBackend<K> {
             let i = (kg - range.start()) as usize;
             records.for_each_verified(max, |record| {
                 let state = record.state();
-                let id = ids[state as usize] as usize;
-                insert_record(&mut self.states[id].table, i, &record, &mut scratch)
+                let id = ids[state as usize];
+                insert_record(&mut self.core.storage_mut(id)?.table, i, &record, &mut scratch)
                     .map_err(|e| e.context(format!("snapshot {name}, key group {kg}")))
             })?;
         }

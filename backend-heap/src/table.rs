@@ -280,9 +280,10 @@ pub(crate) fn split_composite(composite: &[u8]) -> Result<(&[u8], &[u8])> {
     Ok((key, ns))
 }
 
-/// The tables of one registered or restored state (its metadata, TTL
-/// config and namespace are in the backend's core).
-pub(crate) struct HeapState {
+/// The heap backend's storage of one registered or restored state: its
+/// tables, one per key group (its metadata, TTL config and namespace are in
+/// the backend's core). Opaque.
+pub struct HeapState {
     pub(crate) table: Table,
     pub(crate) cleanup: CleanupCursor,
 }

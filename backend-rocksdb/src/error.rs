@@ -2,15 +2,74 @@
 //! whether retrying can help, the message names what was being done, and
 //! the RocksDB error is kept as the source.
 
-use std::fmt::Display;
+use std::fmt::{self, Display};
 
 use flowstate_api::{Error, ErrorKind};
 
 /// A flowstate error for RocksDB error `e`, which happened while doing `what`
-/// (e.g. `reading state "count"`, `opening /data/db`).
+/// (e.g. `reading state "count"`, `opening /data/db`). Its source is a
+/// [`RocksDbStatus`]: the RocksDB error and the file it names, if any.
 pub(crate) fn from_rocksdb(what: impl Display, e: rocksdb::Error) -> Error {
     let kind = classify(e.kind(), e.as_ref());
-    Error::new(kind, format!("RocksDB: {what}: {e}")).with_source(e)
+    let message = format!("RocksDB: {what}: {e}");
+    Error::new(kind, message).with_source(RocksDbStatus::new(e))
+}
+
+/// A RocksDB error with the file its status names (e.g. the SST file a
+/// checksum mismatch was found in), read once where the error is made.
+#[derive(Debug)]
+pub(crate) struct RocksDbStatus {
+    /// The file named, as RocksDB wrote its path.
+    pub(crate) file: Option<String>,
+    pub(crate) error: rocksdb::Error,
+}
+
+impl RocksDbStatus {
+    fn new(error: rocksdb::Error) -> Self {
+        RocksDbStatus {
+            file: status_file(error.as_ref()).map(str::to_owned),
+            error,
+        }
+    }
+}
+
+impl Display for RocksDbStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for RocksDbStatus {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// The file a RocksDB status message names: its last word holding a path
+/// separator (RocksDB ends messages about a file with `in <path>` or
+/// `: <path>`, optionally followed by an offset and size).
+fn status_file(message: &str) -> Option<&str> {
+    message
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .map(|w| w.trim_end_matches(':'))
+        .rfind(|w| w.contains('/'))
+}
+
+/// The file named by the RocksDB status behind `e`, if `e` came from
+/// RocksDB and its status names one.
+pub(crate) fn rocksdb_file(e: &Error) -> Option<&str> {
+    std::error::Error::source(e)?
+        .downcast_ref::<RocksDbStatus>()?
+        .file
+        .as_deref()
+}
+
+/// The error of a snapshot step that finds the backend closed.
+pub(crate) fn closed(id: u64) -> Error {
+    Error::new(
+        ErrorKind::Closed,
+        format!("checkpoint {id}: the RocksDB backend was closed"),
+    )
 }
 
 /// The flowstate kind of a RocksDB error of `kind` with `message`.
@@ -65,14 +124,6 @@ fn io_kind(message: &str) -> ErrorKind {
     } else {
         ErrorKind::Unavailable
     }
-}
-
-/// The error of a snapshot step that finds the backend closed.
-pub(crate) fn closed(id: u64) -> Error {
-    Error::new(
-        ErrorKind::Closed,
-        format!("checkpoint {id}: the RocksDB backend was closed"),
-    )
 }
 
 #[cfg(test)]
@@ -170,7 +221,11 @@ mod tests {
             "{e}"
         );
         let source = std::error::Error::source(&e).expect("source");
-        assert!(source.downcast_ref::<rocksdb::Error>().is_some(), "{source:?}");
+        let status = source.downcast_ref::<RocksDbStatus>().expect("a RocksDB status");
+        assert!(std::error::Error::source(status)
+            .and_then(|s| s.downcast_ref::<rocksdb::Error>())
+            .is_some());
+        assert_eq!(rocksdb_file(&e), status.file.as_deref());
 
         let mut options = Options::default();
         options.create_if_missing(true);
@@ -199,5 +254,31 @@ mod tests {
         std::fs::write(path.join("CURRENT"), b"garbage").unwrap();
         let e = err_of(DB::open(&options, &path), "opening a damaged db");
         assert_eq!(e.kind(), ErrorKind::Corrupted, "{e}");
+    }
+
+    #[test]
+    fn the_file_a_status_names_is_kept_as_data() {
+        let cases = [
+            (
+                "Corruption: block checksum mismatch: stored = 1, computed = 2, type = 1  in \
+                 /w/db/000012.sst offset 0 size 4096",
+                Some("/w/db/000012.sst"),
+            ),
+            (
+                "Corruption: Bad table magic number: expected 1, found 2 in rel/db/000009.sst",
+                Some("rel/db/000009.sst"),
+            ),
+            (
+                "IO error: While open a file for random read: /w/db/000007.sst: No such file or directory",
+                Some("/w/db/000007.sst"),
+            ),
+            ("Corruption: checksum mismatch", None),
+            ("", None),
+        ];
+        for (message, want) in cases {
+            assert_eq!(status_file(message), want, "{message}");
+        }
+        // An error that did not come from RocksDB names no file.
+        assert_eq!(rocksdb_file(&Error::corrupted("in /w/db/000012.sst")), None);
     }
 }

@@ -47,6 +47,7 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + 
 
 /// The files of a directory, with sizes.
 pub(crate) fn list_files(dir: &Path) -> Result<Vec<(String, u64)>> {
+    flowstate_api::runtime::check_blocking("listing a directory");
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir.display(), e))? {
         let entry = entry.map_err(|e| Error::io(dir.display(), e))?;
@@ -66,6 +67,7 @@ pub(crate) fn list_files(dir: &Path) -> Result<Vec<(String, u64)>> {
 /// Hard-links every file of `src` into `dst` (created), copying where a
 /// link is impossible (another device).
 pub(crate) fn link_or_copy_dir(src: &Path, dst: &Path) -> Result<()> {
+    flowstate_api::runtime::check_blocking("linking or copying a directory");
     let _ = std::fs::remove_dir_all(dst);
     std::fs::create_dir_all(dst).map_err(|e| Error::io(dst.display(), e))?;
     for (name, _) in list_files(src)? {

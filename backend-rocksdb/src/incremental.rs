@@ -217,22 +217,23 @@ async fn upload_file(
     // Streamed in chunks, the CRC-32C computed in the same pass: at most one
     // chunk of the file is in memory.
     let p = path.to_path_buf();
-    let mut file = blocking(move || std::fs::File::open(&p).map_err(|e| Error::io(p.display(), e))).await?;
+    let mut file = Some(blocking(move || std::fs::File::open(&p).map_err(|e| Error::io(p.display(), e))).await?);
     let mut stream = location.create_output_stream(scope).await?;
     let mut crc = 0u32;
-    loop {
+    while let Some(mut f) = file.take() {
         let p = path.to_path_buf();
-        let (f, chunk, c) = blocking(move || {
+        // The file is closed on the blocking thread once it is read.
+        let (rest, chunk, c) = blocking(move || {
             let mut chunk = Vec::with_capacity(CHUNK);
-            (&mut file)
+            (&mut f)
                 .take(CHUNK as u64)
                 .read_to_end(&mut chunk)
                 .map_err(|e| Error::io(p.display(), e))?;
             let crc = flowstate_api::format::codec::crc32c_append(crc, &chunk);
-            Ok((file, chunk, crc))
+            Ok(((!chunk.is_empty()).then_some(f), chunk, crc))
         })
         .await?;
-        (file, crc) = (f, c);
+        (file, crc) = (rest, c);
         if chunk.is_empty() {
             break;
         }

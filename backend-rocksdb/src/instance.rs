@@ -44,6 +44,7 @@ impl InstanceDir {
     /// Removes the instance directories of dead backends under
     /// `working_dir`, then creates and locks a new one.
     pub(crate) fn create(working_dir: &Path) -> Result<Self> {
+        flowstate_api::runtime::check_blocking("creating an instance directory");
         std::fs::create_dir_all(working_dir).map_err(|e| Error::io(working_dir.display(), e))?;
         remove_abandoned(working_dir);
         // Made and locked under a name the clean-up of others ignores, then
@@ -92,6 +93,7 @@ impl Drop for InstanceDir {
 /// Removes every instance directory under `working_dir` whose lock can be
 /// taken: no live backend holds it. Errors are logged, never fatal.
 pub(crate) fn remove_abandoned(working_dir: &Path) {
+    flowstate_api::runtime::check_blocking("removing abandoned instance directories");
     let Ok(entries) = std::fs::read_dir(working_dir) else {
         return;
     };

@@ -104,9 +104,9 @@ pub(crate) fn db_err(what: impl std::fmt::Display) -> impl FnOnce(rocksdb::Error
     move |e| error::from_rocksdb(what, e)
 }
 
-/// A state's storage: its column family (its metadata, TTL config and
-/// namespace are in the backend's core).
-pub(crate) struct RState {
+/// The RocksDB backend's storage of one state: its column family (its
+/// metadata, TTL config and namespace are in the backend's core). Opaque.
+pub struct RocksDbState {
     pub(crate) cf: String,
     pub(crate) ttl_slot: Arc<TtlSlot>,
     /// The timer cache of a timer service (unused for other states).
@@ -120,8 +120,9 @@ pub(crate) fn cf_name(state: &str) -> String {
 
 /// The RocksDB keyed state backend.
 pub struct RocksDbBackend<K> {
-    /// Config, current key and state registry.
-    pub(crate) core: BackendCore<K>,
+    /// Config, current key and state registry, with each state's column
+    /// family.
+    pub(crate) core: BackendCore<K, RocksDbState>,
     options: RocksDbOptions,
     resources: Arc<Resources>,
     pub(crate) db: DB,
@@ -130,8 +131,6 @@ pub struct RocksDbBackend<K> {
     /// pointers to their compaction filters, so they outlive the database
     /// (fields drop in order, `db` first).
     cf_options: Vec<rocksdb::Options>,
-    /// The column family of each state, indexed by state id.
-    pub(crate) states: Vec<RState>,
     write: WriteOptions,
     /// The RocksDB key of the current access.
     composite: Vec<u8>,
@@ -176,6 +175,7 @@ impl<K> RocksDbBackend<K> {
         existing: Option<&Path>,
         metas: &[StateMetaInfo],
     ) -> Result<Self> {
+        flowstate_api::runtime::check_blocking("opening a RocksDB database");
         let mut core = BackendCore::new(config)?;
         options.validate()?;
         if core.max_parallelism() > 1 << 15 {
@@ -192,7 +192,6 @@ impl<K> RocksDbBackend<K> {
             std::fs::rename(src, &db_dir).map_err(|e| Error::io(db_dir.display(), e))?;
         }
         let resources = Arc::new(Resources::new(&options, core.clock().clone()));
-        let mut states = Vec::new();
         let mut cfs = Vec::new();
         for meta in metas {
             let slot = Arc::new(TtlSlot::default());
@@ -200,12 +199,12 @@ impl<K> RocksDbBackend<K> {
                 cf_name(&meta.name),
                 resources.cf_options(meta.kind.storage(), Arc::clone(&slot)),
             ));
-            core.add_state(meta.clone());
-            states.push(RState {
+            let state = RocksDbState {
                 cf: cf_name(&meta.name),
                 ttl_slot: slot,
                 timers: Default::default(),
-            });
+            };
+            core.add_state(meta.clone(), state)?;
         }
         let db = DB::open_cf_descriptors(&resources.db_options(), &db_dir, cfs)
             .map_err(db_err(format!("opening {}", db_dir.display())))?;
@@ -219,7 +218,6 @@ impl<K> RocksDbBackend<K> {
             db,
             instance,
             cf_options: Vec::new(),
-            states,
             write,
             composite: Vec::new(),
             operand: Vec::new(),
@@ -247,8 +245,8 @@ impl<K> RocksDbBackend<K> {
     /// Flushes memtables and compacts every state fully, running the TTL
     /// compaction filter over all entries.
     pub fn compact(&self) -> Result<()> {
-        for s in &self.states {
-            let cf = self.cf(s)?;
+        for s in self.core.states() {
+            let cf = self.cf(s.storage())?;
             self.db.compact_range_cf::<&[u8], &[u8]>(cf, None, None);
         }
         Ok(())
@@ -257,20 +255,17 @@ impl<K> RocksDbBackend<K> {
     /// Marks the backend closed: snapshots in their async phase fail.
     pub fn close(self) {}
 
-    pub(crate) fn cf(&self, s: &RState) -> Result<&rocksdb::ColumnFamily> {
+    pub(crate) fn cf(&self, s: &RocksDbState) -> Result<&rocksdb::ColumnFamily> {
         self.db
             .cf_handle(&s.cf)
             .ok_or_else(|| Error::internal(format!("column family {:?} is missing", s.cf)))
     }
 
     /// State `id`'s storage, column family and metadata.
-    fn state_cf(&self, id: StateId) -> Result<(&RState, &rocksdb::ColumnFamily, &StateMetaInfo)> {
-        let meta = self.core.state(id)?.meta();
-        let s = self
-            .states
-            .get(id as usize)
-            .ok_or_else(|| Error::internal(format!("state {id} has no column family")))?;
-        Ok((s, self.cf(s)?, meta))
+    fn state_cf(&self, id: StateId) -> Result<(&RocksDbState, &rocksdb::ColumnFamily, &StateMetaInfo)> {
+        let state = self.core.state(id)?;
+        let s = state.storage();
+        Ok((s, self.cf(s)?, state.meta()))
     }
 
     /// Builds the RocksDB key of the current key, state `id`'s namespace
@@ -330,14 +325,15 @@ impl<K> RocksDbBackend<K> {
 
 impl<K> KeyedStateBackend for RocksDbBackend<K> {
     type Key = K;
+    type StateStorage = RocksDbState;
 
     #[inline]
-    fn core(&self) -> &BackendCore<K> {
+    fn core(&self) -> &BackendCore<K, RocksDbState> {
         &self.core
     }
 
     #[inline]
-    fn core_mut(&mut self) -> &mut BackendCore<K> {
+    fn core_mut(&mut self) -> &mut BackendCore<K, RocksDbState> {
         &mut self.core
     }
 
@@ -345,14 +341,7 @@ impl<K> KeyedStateBackend for RocksDbBackend<K> {
         capabilities_of(&self.options)
     }
 
-    fn create_state_storage(&mut self, state: StateId, meta: &StateMetaInfo) -> Result<()> {
-        if state as usize != self.states.len() {
-            return Err(Error::internal(format!(
-                "state {:?} would get id {state}, but the RocksDB backend holds {} states",
-                meta.name,
-                self.states.len()
-            )));
-        }
+    fn create_state_storage(&mut self, meta: &StateMetaInfo) -> Result<RocksDbState> {
         let slot = Arc::new(TtlSlot::default());
         let cf = cf_name(&meta.name);
         let options = self.resources.cf_options(meta.kind.storage(), Arc::clone(&slot));
@@ -360,12 +349,11 @@ impl<K> KeyedStateBackend for RocksDbBackend<K> {
             .create_cf(&cf, &options)
             .map_err(db_err(format!("creating the column family of state {:?}", meta.name)))?;
         self.cf_options.push(options);
-        self.states.push(RState {
+        Ok(RocksDbState {
             cf,
             ttl_slot: slot,
             timers: Default::default(),
-        });
-        Ok(())
+        })
     }
 
     /// Hands the state's TTL to its compaction filter.
@@ -376,11 +364,7 @@ impl<K> KeyedStateBackend for RocksDbBackend<K> {
             .ttl()
             .filter(|t| t.cleanup().compaction_filter.is_some())
             .map_or(0, |t| t.ttl_millis().max(1));
-        self.states
-            .get(state as usize)
-            .ok_or_else(|| Error::internal(format!("state {state} has no column family")))?
-            .ttl_slot
-            .set(filter_ttl);
+        self.core.state(state)?.storage().ttl_slot.set(filter_ttl);
         Ok(())
     }
 
@@ -712,15 +696,13 @@ impl<K> RocksDbBackend<K> {
             CurrentAccess<'_>,
         ) -> Result<R>,
     ) -> Result<R> {
-        let core = &self.core;
-        let meta = core.state(id)?.meta();
-        if meta.kind.storage() != StorageKind::Timers {
-            return Err(meta.wrong_kind(StorageKind::Timers));
+        let range = self.core.key_group_range();
+        let (state, current_key) = self.core.state_and_current_key(id)?;
+        if state.meta().kind.storage() != StorageKind::Timers {
+            return Err(state.meta().wrong_kind(StorageKind::Timers));
         }
-        let s = self
-            .states
-            .get_mut(id as usize)
-            .ok_or_else(|| Error::internal(format!("state {id} has no column family")))?;
+        let name = state.meta().name.clone();
+        let s = state.storage_mut();
         let cf = self
             .db
             .cf_handle(&s.cf)
@@ -729,10 +711,10 @@ impl<K> RocksDbBackend<K> {
             db: &self.db,
             cf,
             write: &self.write,
-            name: &meta.name,
+            name: &name,
         };
-        let current = || core.access(id).map(|a| (a.key_group, a.key));
-        f(&mut s.timers, &db, core.key_group_range(), &current)
+        let current = || current_key.get();
+        f(&mut s.timers, &db, range, &current)
     }
 
     pub(crate) fn config(&self) -> &KeyedBackendConfig<K> {

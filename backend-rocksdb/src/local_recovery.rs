@@ -68,6 +68,7 @@ pub(crate) fn local_scope_dir(l: &LocalRecovery) -> Result<PathBuf> {
 
 /// True if `dir` holds exactly the files of `wanted`, by size and CRC-32C.
 pub(crate) fn verify_local(dir: &Path, wanted: &[HandleFile]) -> bool {
+    flowstate_api::runtime::check_blocking("verifying a local copy");
     let Ok(present) = list_files(dir) else { return false };
     if present.len() != wanted.len() {
         return false;
@@ -81,6 +82,7 @@ pub(crate) fn verify_local(dir: &Path, wanted: &[HandleFile]) -> bool {
 
 /// The CRC-32C of a file, read in chunks.
 pub(crate) fn file_crc32c(path: &Path) -> Result<u32> {
+    flowstate_api::runtime::check_blocking("reading a file for its CRC-32C");
     use std::io::Read;
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path.display(), e))?;
     let mut buf = vec![0u8; 1 << 20];
@@ -99,6 +101,7 @@ impl<K> RocksDbBackend<K> {
     /// once a newer checkpoint completes) and deletes any other copy of this
     /// backend's scope: they belong to earlier runs.
     pub(crate) fn adopt_local_copies(&mut self, keep: Option<u64>) -> Result<()> {
+        flowstate_api::runtime::check_blocking("adopting local copies");
         let Some(l) = self.options().local_recovery.clone() else {
             return Ok(());
         };

@@ -159,6 +159,7 @@ pub(crate) fn open_read_only(
     states: &[flowstate_api::backend::StateMetaInfo],
     resources: &Resources,
 ) -> Result<DB> {
+    flowstate_api::runtime::check_blocking("opening a RocksDB database read-only");
     let cfs = states.iter().map(|m| {
         ColumnFamilyDescriptor::new(
             cf_name(&m.name),

@@ -28,6 +28,7 @@ use flowstate_api::{Error, ErrorKind, KeyGroupRange, KeyedBackendConfig, KeyedSt
 use futures::{StreamExt, TryStreamExt};
 use rocksdb::{ReadOptions, WriteBatch};
 
+use crate::error::rocksdb_file;
 use crate::files::{blocking, link_or_copy_dir, DirGuard};
 use crate::keys::{key_group_of, key_part, kg_prefix, pack, put_namespace, timer_key};
 use crate::local_recovery::{file_crc32c, local_dir, verify_local};
@@ -66,6 +67,15 @@ impl<K: 'static> RocksDbBackend<K> {
     /// Only reads from `reader` run on the calling task: opening databases,
     /// scanning and writing them, and file I/O run on blocking threads.
     pub async fn restore(
+        config: KeyedBackendConfig<K>,
+        handles: &[KeyedStateHandle],
+        reader: &dyn StateReader,
+        options: RocksDbOptions,
+    ) -> Result<Self> {
+        flowstate_api::runtime::nonblocking(Self::restore_all(config, handles, reader, options)).await
+    }
+
+    async fn restore_all(
         config: KeyedBackendConfig<K>,
         handles: &[KeyedStateHandle],
         reader: &dyn StateReader,
@@ -162,9 +172,10 @@ impl<K> RocksDbBackend<K> {
 
     /// Deletes every key group outside `range` from every state.
     fn delete_outside(&self, range: KeyGroupRange) -> Result<()> {
+        flowstate_api::runtime::check_blocking("deleting key groups outside the range");
         let mut batch = WriteBatch::default();
-        for s in &self.states {
-            let cf = self.cf(s)?;
+        for s in self.core.states() {
+            let cf = self.cf(s.storage())?;
             if range.start() > 0 {
                 batch.delete_range_cf(cf, [0u8, 0].as_slice(), kg_prefix(range.start()).as_slice());
             }
@@ -218,6 +229,7 @@ impl<K: 'static> RocksDbBackend<K> {
         states: &[StateMetaInfo],
         name: &str,
     ) -> Result<()> {
+        flowstate_api::runtime::check_blocking("copying key groups between RocksDB databases");
         let ids = states
             .iter()
             .map(|m| self.restored_state(m, name))
@@ -229,7 +241,7 @@ impl<K: 'static> RocksDbBackend<K> {
             let src = other
                 .cf_handle(&crate::cf_name(&meta.name))
                 .ok_or_else(|| Error::corrupted(format!("{name}: state {:?} has no column family", meta.name)))?;
-            let dst = self.cf(&self.states[id as usize])?;
+            let dst = self.cf(self.core.state(id)?.storage())?;
             let mut it = other.raw_iterator_cf(src);
             it.seek(kg_prefix(overlap.start()));
             while it.valid() {
@@ -283,6 +295,7 @@ impl<K: 'static> RocksDbBackend<K> {
         ids: &[u32],
         name: &str,
     ) -> Result<()> {
+        flowstate_api::runtime::check_blocking("writing restored key groups to RocksDB");
         let max = self.config().max_parallelism;
         let mut batch = WriteBatch::default();
         let mut k = Vec::new();
@@ -292,11 +305,11 @@ impl<K: 'static> RocksDbBackend<K> {
             records
                 .for_each_verified(max, |record| {
                     let (state, key, namespace) = (record.state(), record.key(), record.namespace());
-                    let (s, entry) = ids
+                    let entry = ids
                         .get(state as usize)
-                        .and_then(|id| self.states.get(*id as usize).zip(self.core.states().get(*id as usize)))
+                        .and_then(|id| self.core.states().get(*id as usize))
                         .ok_or_else(|| Error::corrupted(format!("snapshot {name}: unknown state {state}")))?;
-                    let cf = self.cf(s)?;
+                    let cf = self.cf(entry.storage())?;
                     key_part(&mut k, kg, key);
                     put_namespace(&mut k, namespace);
                     match (&record, entry.meta().kind.storage()) {
@@ -428,6 +441,7 @@ const VERIFY_READAHEAD: usize = 4 << 20;
 /// are not read by a scan: a damaged one fails, as corrupted, the first
 /// lookup that reads it.
 fn verify_blocks(dir: &Path, states: &[StateMetaInfo], options: &RocksDbOptions, clock: SharedClock) -> Result<()> {
+    flowstate_api::runtime::check_blocking("verifying block checksums");
     let started = Instant::now();
     let resources = Resources::new(options, clock);
     let db = open_read_only(dir, states, &resources)?;
@@ -456,16 +470,15 @@ fn verify_blocks(dir: &Path, states: &[StateMetaInfo], options: &RocksDbOptions,
 }
 
 /// Adds the checkpoint `name`, and for corruption the damaged file and where
-/// it was downloaded from, to an error of [`verify_blocks`].
+/// it was downloaded from, to an error of [`verify_blocks`]. The file is the
+/// one the RocksDB status names ([`rocksdb_file`]).
 fn name_damaged_file(e: Error, name: &str, files: &[HandleFile]) -> Error {
-    let mentions = |f: &&HandleFile| {
-        let path_end = format!("/{}", f.name);
-        e.message()
-            .split(|c: char| c.is_whitespace() || c == ':' || c == ',')
-            .any(|word| word.ends_with(&path_end))
-    };
-    let file = files.iter().filter(|_| e.kind() == ErrorKind::Corrupted).find(mentions);
-    match file {
+    let damaged = (e.kind() == ErrorKind::Corrupted)
+        .then(|| rocksdb_file(&e))
+        .flatten()
+        .and_then(|path| Path::new(path).file_name())
+        .and_then(|file| files.iter().find(|f| std::ffi::OsStr::new(&f.name) == file));
+    match damaged {
         Some(f) => e.context(format!("{name}: file {} ({})", f.name, f.stream.describe())),
         None => e.context(name),
     }
@@ -526,6 +539,12 @@ async fn download(reader: &dyn StateReader, f: &HandleFile, target: std::path::P
         .await?;
         pos = end;
     }
+    // Closing a file may block too.
+    blocking(move || {
+        drop(file);
+        Ok(())
+    })
+    .await?;
     if crc != f.crc32c {
         return Err(mismatch());
     }

@@ -119,6 +119,7 @@ impl FullSource {
         closed: Arc<AtomicBool>,
         id: u64,
     ) -> Result<Self> {
+        flowstate_api::runtime::check_blocking("opening a checkpoint for a full snapshot");
         Ok(FullSource {
             db: open_read_only(dir, &header.states, resources)?,
             states: header

@@ -8,6 +8,7 @@
 //! S3-compatible server of `FLOWSTATE_S3_*` (see `scripts/s3-server.sh`).
 
 mod scale;
+mod stall;
 mod timers;
 mod w1;
 mod w2;

@@ -102,7 +102,9 @@ async fn heap_full(scale: usize) -> Result<u64> {
         }
         let location = storage.init_checkpoint(id).await?;
         let pending = b.snapshot(id, location.clone(), SnapshotOptions::checkpoint())?;
-        let result = pending.await?;
+        let (result, stall) = crate::stall::measured(pending).await;
+        let result = result?;
+        emit_stall("heap-full", &format!("ckpt.{id}"), stall);
         let mut metadata = CheckpointMetadata::new(id, CheckpointKind::Checkpoint, 0);
         metadata
             .operators
@@ -121,7 +123,9 @@ async fn heap_full(scale: usize) -> Result<u64> {
         .await?
         .ok_or_else(|| Error::not_found("checkpoint 6"))?;
     let handles = latest.metadata.operators[0].keyed.clone();
-    let mut r = HeapBackend::restore(config()?, &handles, &*latest.reader).await?;
+    let (r, stall) = crate::stall::measured(HeapBackend::restore(config()?, &handles, &*latest.reader)).await;
+    let mut r = r?;
+    emit_stall("heap-full", "restore.remote", stall);
     let s = r.register(descriptor())?;
     r.set_current_key(&last_key)?;
     let got = r.value(&s)?;
@@ -159,6 +163,17 @@ pub(crate) fn rocks_options(dir: &std::path::Path, mode: RocksMode, local: bool)
     } else {
         o
     }
+}
+
+/// Emits the worst stall of the runtime during `what`.
+fn emit_stall(backend: &str, what: &str, stall: std::time::Duration) {
+    emit(
+        "W2",
+        backend,
+        &format!("{what}.stall_ms"),
+        stall.as_secs_f64() * 1e3,
+        "ms",
+    );
 }
 
 fn emit_stats(backend: &str, id: u64, st: &SnapshotStats) {
@@ -230,7 +245,11 @@ async fn rocksdb(scale: usize, mode: RocksMode, object: Option<&ObjectTarget>) -
         } else {
             (store.begin_checkpoint(id).await?, SnapshotOptions::checkpoint())
         };
-        let result = b.snapshot(id, Arc::clone(&location), options)?.await?;
+        let (result, stall) = crate::stall::measured(b.snapshot(id, Arc::clone(&location), options)?).await;
+        let result = result?;
+        if id < 7 {
+            emit_stall(name, &format!("ckpt.{id}"), stall);
+        }
         let metadata = CheckpointMetadata::new(id, options.kind, 0).with_operator(OperatorState::new(
             "w2",
             1,
@@ -264,13 +283,15 @@ async fn rocksdb(scale: usize, mode: RocksMode, object: Option<&ObjectTarget>) -
         let started = Instant::now();
         let latest = storage.resolve(&pointer).await?;
         let handles = latest.metadata.operators[0].keyed.clone();
-        let mut r = RocksDbBackend::restore(
+        let (r, stall) = crate::stall::measured(RocksDbBackend::restore(
             config()?,
             &handles,
             &*latest.reader,
             rocks_options(dir.path(), mode, local),
-        )
-        .await?;
+        ))
+        .await;
+        let mut r = r?;
+        emit_stall(name, metric.trim_end_matches("_ms"), stall);
         let s = r.register(descriptor())?;
         r.set_current_key(&last_key)?;
         let got = r.value(&s)?;

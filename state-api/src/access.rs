@@ -389,10 +389,20 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
     /// Registers a state and returns its handle. Registering a name again
     /// with the same kind and serializers returns an equivalent handle;
     /// a state restored under that name must match it.
+    ///
+    /// A restored state whose values were written by another serializer is
+    /// migrated first when the descriptor's serializer reads that one
+    /// ([`SchemaCompatibility::AfterMigration`](crate::serializer::SchemaCompatibility)):
+    /// every value is rewritten in the new encoding, and snapshots from then
+    /// on record the new serializer. Otherwise the registration fails with
+    /// `Incompatible`, naming the state and both serializers.
     fn register<D: StateDescriptor>(&mut self, descriptor: D) -> Result<D::Handle> {
+        let meta = descriptor.meta();
+        migrate_if_needed(self, &descriptor, &meta)
+            .map_err(|e| e.context(format!("registering state {:?}", meta.name)))?;
         let id = self
-            .register_state(descriptor.meta(), descriptor.ttl())
-            .map_err(|e| e.context(format!("registering state {:?}", descriptor.meta().name)))?;
+            .register_state(meta.clone(), descriptor.ttl())
+            .map_err(|e| e.context(format!("registering state {:?}", meta.name)))?;
         let slot = StateRef {
             backend: self.backend_id(),
             id,
@@ -829,3 +839,40 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
 }
 
 impl<B: KeyedStateBackend> KeyedStateBackendExt for B {}
+
+/// Migrates the restored state of `meta`'s name, not yet registered in this
+/// run, when it differs from `meta` only by a value serializer that
+/// `descriptor` migrates from.
+fn migrate_if_needed<B: KeyedStateBackend, D: StateDescriptor>(
+    backend: &mut B,
+    descriptor: &D,
+    meta: &crate::backend::StateMetaInfo,
+) -> Result<()> {
+    let Some(id) = backend.core().find(&meta.name) else {
+        return Ok(());
+    };
+    let state = backend.core().state(id)?;
+    let written = state.meta().value_serializer.clone();
+    if state.is_registered() || written == meta.value_serializer {
+        return Ok(());
+    }
+    let mut same_but_values = state.meta().clone();
+    same_but_values.value_serializer = meta.value_serializer.clone();
+    if same_but_values != *meta {
+        return Ok(()); // The registration reports what else differs.
+    }
+    match descriptor.value_compatibility(&written) {
+        crate::serializer::SchemaCompatibility::Incompatible => Ok(()),
+        crate::serializer::SchemaCompatibility::AsIs => backend
+            .core_mut()
+            .set_value_serializer(id, meta.value_serializer.clone()),
+        crate::serializer::SchemaCompatibility::AfterMigration => {
+            backend
+                .raw_migrate_values(id, &mut |bytes| descriptor.migrate_value(&written, bytes))
+                .map_err(|e| e.context(format!("migrating from {written} to {}", meta.value_serializer)))?;
+            backend
+                .core_mut()
+                .set_value_serializer(id, meta.value_serializer.clone())
+        }
+    }
+}

@@ -11,7 +11,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::serializer::{default_serializer, SerializerId, SharedSerializer, VoidNamespace, VoidNamespaceSerializer};
+use crate::serializer::{
+    default_serializer, SchemaCompatibility, SerializerId, SharedSerializer, VoidNamespace, VoidNamespaceSerializer,
+};
 use crate::ttl::StateTtlConfig;
 
 /// The kind of a keyed state.
@@ -230,6 +232,51 @@ pub trait StateDescriptor {
     fn ttl(&self) -> Option<StateTtlConfig>;
     /// Builds the handle for `slot`.
     fn into_handle(self, slot: StateRef) -> Self::Handle;
+
+    /// How this descriptor's value serializer (of values, list elements,
+    /// map values or accumulators) reads values written by `written`. By
+    /// default only as is, by the same serializer.
+    fn value_compatibility(&self, written: &SerializerId) -> SchemaCompatibility {
+        if *written == self.meta().value_serializer {
+            SchemaCompatibility::AsIs
+        } else {
+            SchemaCompatibility::Incompatible
+        }
+    }
+
+    /// Rewrites one stored value written by `written` in this descriptor's
+    /// encoding (when [`value_compatibility`](Self::value_compatibility) is
+    /// [`AfterMigration`](SchemaCompatibility::AfterMigration)). By default
+    /// refused.
+    fn migrate_value(&self, written: &SerializerId, bytes: &[u8]) -> Result<Vec<u8>> {
+        let _ = bytes;
+        Err(Error::incompatible(format!(
+            "state {:?} cannot migrate values written by {written}",
+            self.meta().name
+        )))
+    }
+}
+
+/// Reads `bytes` written by `written` with `serializer` and writes them in
+/// its own encoding.
+fn migrate_with<V>(serializer: &SharedSerializer<V>, written: &SerializerId, bytes: &[u8]) -> Result<Vec<u8>> {
+    let value = serializer.deserialize_written_by(written, bytes)?;
+    let mut out = Vec::with_capacity(bytes.len());
+    serializer.serialize(&value, &mut out)?;
+    Ok(out)
+}
+
+/// The value-migration methods of a descriptor whose value serializer is
+/// its field `$field`.
+macro_rules! migrations {
+    ($field:ident) => {
+        fn value_compatibility(&self, written: &SerializerId) -> SchemaCompatibility {
+            self.$field.compatibility(written)
+        }
+        fn migrate_value(&self, written: &SerializerId, bytes: &[u8]) -> Result<Vec<u8>> {
+            migrate_with(&self.$field, written, bytes)
+        }
+    };
 }
 
 /// A reduce function: folds two values into one.
@@ -382,6 +429,7 @@ impl<V, N> StateDescriptor for ValueStateDescriptor<V, N> {
     fn meta(&self) -> StateMetaInfo {
         meta(&self.common, StateKind::Value, self.value.id(), None)
     }
+    migrations!(value);
     fn ttl(&self) -> Option<StateTtlConfig> {
         self.common.ttl
     }
@@ -438,6 +486,7 @@ impl<V, N> StateDescriptor for ListStateDescriptor<V, N> {
     fn meta(&self) -> StateMetaInfo {
         meta(&self.common, StateKind::List, self.element.id(), None)
     }
+    migrations!(element);
     fn ttl(&self) -> Option<StateTtlConfig> {
         self.common.ttl
     }
@@ -500,6 +549,7 @@ impl<UK, UV, N> StateDescriptor for MapStateDescriptor<UK, UV, N> {
     fn meta(&self) -> StateMetaInfo {
         meta(&self.common, StateKind::Map, self.value.id(), Some(self.user_key.id()))
     }
+    migrations!(value);
     fn ttl(&self) -> Option<StateTtlConfig> {
         self.common.ttl
     }
@@ -563,6 +613,7 @@ impl<V, N> StateDescriptor for ReducingStateDescriptor<V, N> {
     fn meta(&self) -> StateMetaInfo {
         meta(&self.common, StateKind::Reducing, self.value.id(), None)
     }
+    migrations!(value);
     fn ttl(&self) -> Option<StateTtlConfig> {
         self.common.ttl
     }
@@ -630,6 +681,7 @@ impl<IN, ACC, OUT, N> StateDescriptor for AggregatingStateDescriptor<IN, ACC, OU
     fn meta(&self) -> StateMetaInfo {
         meta(&self.common, StateKind::Aggregating, self.accumulator.id(), None)
     }
+    migrations!(accumulator);
     fn ttl(&self) -> Option<StateTtlConfig> {
         self.common.ttl
     }

@@ -14,12 +14,22 @@ use crate::error::{Error, Result};
 /// The largest supported max parallelism, as in Flink (2^15).
 pub const MAX_PARALLELISM_UPPER_BOUND: u32 = 1 << 15;
 
-/// The default max parallelism for a given parallelism, following Flink:
-/// `round_up_to_power_of_two(parallelism * 1.5)` bounded to `[128, 32768]`.
-pub fn default_max_parallelism(parallelism: u32) -> u32 {
-    let wanted = u64::from(parallelism) + u64::from(parallelism) / 2;
-    let pow = wanted.max(1).next_power_of_two();
-    pow.clamp(128, u64::from(MAX_PARALLELISM_UPPER_BOUND)) as u32
+/// The smallest default max parallelism, as in Flink (2^7).
+const DEFAULT_LOWER_BOUND_MAX_PARALLELISM: u32 = 1 << 7;
+
+/// The default max parallelism for a given parallelism, following Flink's
+/// `computeDefaultMaxParallelism`: `parallelism + parallelism / 2` rounded
+/// up to a power of two, bounded to `[128, 32768]`. A parallelism outside
+/// `1..=32768` is refused (`Invalid`), as Flink refuses it.
+pub fn default_max_parallelism(parallelism: u32) -> Result<u32> {
+    if parallelism == 0 || parallelism > MAX_PARALLELISM_UPPER_BOUND {
+        return Err(Error::invalid(format!(
+            "parallelism {parallelism} is outside 1..={MAX_PARALLELISM_UPPER_BOUND}"
+        )));
+    }
+    let wanted = parallelism + parallelism / 2;
+    let pow = wanted.next_power_of_two();
+    Ok(pow.clamp(DEFAULT_LOWER_BOUND_MAX_PARALLELISM, MAX_PARALLELISM_UPPER_BOUND))
 }
 
 /// MurmurHash3, x86 32-bit variant, over `data` with `seed`.
@@ -226,9 +236,43 @@ mod tests {
 
     #[test]
     fn default_max_parallelism_follows_flink() {
-        assert_eq!(default_max_parallelism(1), 128);
-        assert_eq!(default_max_parallelism(100), 256);
-        assert_eq!(default_max_parallelism(1_000_000), 32768);
+        // min(max(roundUpToPowerOfTwo(p + p / 2), 128), 32768).
+        for (p, max) in [
+            (1, 128),
+            (2, 128),
+            (85, 128),
+            (86, 256),
+            (100, 256),
+            (171, 256),
+            (172, 512),
+            (1000, 2048),
+            (21_845, 32768),
+            (21_846, 32768),
+            (32_768, 32768),
+        ] {
+            assert_eq!(default_max_parallelism(p).unwrap(), max, "parallelism {p}");
+        }
+        // Every result is a power of two in [128, 32768], at least the parallelism.
+        for p in 1..=MAX_PARALLELISM_UPPER_BOUND {
+            let max = default_max_parallelism(p).unwrap();
+            assert!(
+                max.is_power_of_two() && (128..=32768).contains(&max) && max >= p,
+                "{p} -> {max}"
+            );
+            check_parallelism(max, p).unwrap();
+        }
+    }
+
+    #[test]
+    fn default_max_parallelism_refuses_parallelism_outside_1_to_32768() {
+        for p in [0, 32_769, 1_000_000, u32::MAX] {
+            let e = default_max_parallelism(p).unwrap_err();
+            assert_eq!(e.kind(), crate::error::ErrorKind::Invalid, "{e}");
+            assert!(
+                e.message().contains(&format!("parallelism {p} ")) && e.message().contains("1..=32768"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

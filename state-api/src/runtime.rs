@@ -12,6 +12,18 @@
 //!   temporary directory), off async code.
 //! - [`io_runtime`]: network I/O (object-store requests) needs a Tokio
 //!   reactor; when the engine runs none, flowstate starts its own, once.
+//! - [`nonblocking`] and [`check_blocking`]: how that is checked. The
+//!   library's futures (snapshots' async phases, restores) are wrapped in
+//!   [`nonblocking`], and its blocking calls (file system, RocksDB) call
+//!   [`check_blocking`] first; in debug builds a blocking call made while a
+//!   wrapped future is being polled panics, naming the call. So a test of
+//!   any backend on any storage fails on the first blocking call that
+//!   escaped [`run_blocking`], however idle or busy the machine.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use crate::error::{Error, Result};
 
@@ -36,7 +48,10 @@ pub async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Sen
 pub fn run_detached(f: impl FnOnce() + Send + 'static) {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => drop(handle.spawn_blocking(f)),
-        Err(_) => f(),
+        Err(_) => {
+            check_blocking("detached clean-up without a Tokio runtime");
+            f()
+        }
     }
 }
 
@@ -59,9 +74,86 @@ pub fn io_runtime() -> Option<tokio::runtime::Handle> {
     .map(|rt| rt.handle().clone())
 }
 
+thread_local! {
+    /// How many [`NonBlocking`] futures this thread is polling.
+    static POLLING: Cell<u32> = const { Cell::new(0) };
+}
+
+pin_project_lite::pin_project! {
+    /// A future that must not block the executor: see [`nonblocking`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct NonBlocking<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+/// Marks `future` as one that never blocks its executor: while it is
+/// polled, [`check_blocking`] panics in debug builds. Costs a thread-local
+/// increment per poll.
+pub fn nonblocking<F: Future>(future: F) -> NonBlocking<F> {
+    NonBlocking { inner: future }
+}
+
+impl<F: Future> Future for NonBlocking<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        struct Polling;
+        impl Drop for Polling {
+            fn drop(&mut self) {
+                POLLING.with(|p| p.set(p.get().saturating_sub(1)));
+            }
+        }
+        POLLING.with(|p| p.set(p.get() + 1));
+        let _polling = Polling;
+        self.project().inner.poll(cx)
+    }
+}
+
+/// True while this thread polls a [`nonblocking`] future (outside
+/// [`run_blocking`], whose work runs on other threads).
+pub fn in_nonblocking_future() -> bool {
+    POLLING.with(|p| p.get() > 0)
+}
+
+/// Called before blocking work `what` (a file-system or RocksDB call): in
+/// debug builds, panics if a [`nonblocking`] future is being polled on this
+/// thread, since the work would block the executor; it belongs in
+/// [`run_blocking`]. Does nothing in release builds.
+#[inline]
+#[track_caller]
+pub fn check_blocking(what: &str) {
+    if cfg!(debug_assertions) && in_nonblocking_future() {
+        panic!("blocking call on an async path: {what} (run it with flowstate_api::runtime::run_blocking)");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocking_calls_in_nonblocking_futures_are_caught() {
+        let outside = std::panic::catch_unwind(|| futures::executor::block_on(async { check_blocking("outside") }));
+        assert!(outside.is_ok(), "a blocking call outside a marked future is allowed");
+        let inside = std::panic::catch_unwind(|| {
+            futures::executor::block_on(nonblocking(async { check_blocking("reading a file") }))
+        });
+        if cfg!(debug_assertions) {
+            let e = inside.expect_err("a blocking call inside a marked future panics");
+            let message = e.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(message.contains("reading a file"), "{message}");
+        } else {
+            assert!(inside.is_ok());
+        }
+        assert!(!in_nonblocking_future(), "the mark is cleared after a panic");
+        let offloaded = futures::executor::block_on(nonblocking(run_blocking(|| {
+            check_blocking("on a blocking thread");
+            Ok(1)
+        })));
+        assert_eq!(offloaded.ok(), Some(1), "run_blocking's work may block");
+    }
 
     #[test]
     fn runs_without_a_tokio_runtime() {

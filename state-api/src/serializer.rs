@@ -3,7 +3,24 @@
 //! Every serializer has an identity ([`SerializerId`]: a name and a version)
 //! that is written into snapshots. Restoring state with a serializer whose
 //! identity differs fails with [`ErrorKind::Incompatible`](crate::ErrorKind)
-//! instead of decoding garbage.
+//! instead of decoding garbage, unless the new serializer declares that it
+//! reads the old one ([`Serializer::compatibility`]; [`Versioned`] is the
+//! usual way): then the state's values are migrated when it is registered,
+//! as Flink's `TypeSerializerSnapshot#resolveSchemaCompatibility` allows.
+//!
+//! ```
+//! use flowstate_api::serializer::{Bincode, SchemaCompatibility, Serializer, Versioned};
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct UserV1 { name: String }
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct UserV2 { name: String, visits: u64 }
+//!
+//! // Version 2 of the state's type, which reads values written by version 1.
+//! let v2 = Versioned::new(Bincode::<UserV2>::named("user", 2))
+//!     .migrates_from(Bincode::<UserV1>::named("user", 1), |old: UserV1| UserV2 { name: old.name, visits: 0 });
+//! let v1 = Bincode::<UserV1>::named("user", 1).id();
+//! assert_eq!(v2.compatibility(&v1), SchemaCompatibility::AfterMigration);
+//! ```
 
 use std::any::type_name;
 use std::fmt;
@@ -51,6 +68,116 @@ pub trait Serializer<T>: Send + Sync {
     fn deserialize(&self, bytes: &[u8]) -> Result<T>;
     /// The identity written into snapshots and checked on restore.
     fn id(&self) -> SerializerId;
+
+    /// How this serializer reads values written by the serializer
+    /// `written` (the identity a snapshot recorded). By default only its
+    /// own identity is read, as is.
+    fn compatibility(&self, written: &SerializerId) -> SchemaCompatibility {
+        if *written == self.id() {
+            SchemaCompatibility::AsIs
+        } else {
+            SchemaCompatibility::Incompatible
+        }
+    }
+
+    /// Decodes `bytes` written by the serializer `written`: one this
+    /// serializer reads as is, or migrates from. By default only its own.
+    fn deserialize_written_by(&self, written: &SerializerId, bytes: &[u8]) -> Result<T> {
+        if *written == self.id() {
+            self.deserialize(bytes)
+        } else {
+            Err(Error::incompatible(format!(
+                "serializer {} cannot read values written by {written}",
+                self.id()
+            )))
+        }
+    }
+}
+
+/// Whether a serializer reads what another one wrote (see
+/// [`Serializer::compatibility`]), as Flink's schema compatibility.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaCompatibility {
+    /// The bytes are read as they are.
+    AsIs,
+    /// The bytes are read with
+    /// [`deserialize_written_by`](Serializer::deserialize_written_by) and
+    /// written again in this serializer's encoding: a restored state is
+    /// migrated when it is registered.
+    AfterMigration,
+    /// The bytes cannot be read: restoring fails with `Incompatible`.
+    Incompatible,
+}
+
+/// Decodes bytes of an older serializer into the current type.
+type Reader<T> = Box<dyn Fn(&[u8]) -> Result<T> + Send + Sync>;
+
+/// A serializer that writes with `current` and also reads what older
+/// serializers wrote, converting their values: how a state's type gains a
+/// field between releases of a job (see the [module docs](self)).
+pub struct Versioned<T> {
+    current: Box<dyn Serializer<T>>,
+    older: Vec<(SerializerId, Reader<T>)>,
+}
+
+impl<T> Versioned<T> {
+    /// Writes and reads with `current`.
+    pub fn new(current: impl Serializer<T> + 'static) -> Self {
+        Versioned {
+            current: Box::new(current),
+            older: Vec::new(),
+        }
+    }
+
+    /// Also reads values written by `old`, converted with `convert`.
+    pub fn migrates_from<O: 'static>(
+        mut self,
+        old: impl Serializer<O> + 'static,
+        convert: impl Fn(O) -> T + Send + Sync + 'static,
+    ) -> Self {
+        let id = old.id();
+        self.older
+            .push((id, Box::new(move |bytes: &[u8]| old.deserialize(bytes).map(&convert))));
+        self
+    }
+
+    /// Shared, as descriptors take it.
+    pub fn shared(self) -> SharedSerializer<T>
+    where
+        T: 'static,
+    {
+        Arc::new(self)
+    }
+}
+
+impl<T> Serializer<T> for Versioned<T> {
+    fn serialize(&self, value: &T, out: &mut Vec<u8>) -> Result<()> {
+        self.current.serialize(value, out)
+    }
+
+    fn deserialize(&self, bytes: &[u8]) -> Result<T> {
+        self.current.deserialize(bytes)
+    }
+
+    fn id(&self) -> SerializerId {
+        self.current.id()
+    }
+
+    fn compatibility(&self, written: &SerializerId) -> SchemaCompatibility {
+        match self.current.compatibility(written) {
+            SchemaCompatibility::Incompatible if self.older.iter().any(|(id, _)| id == written) => {
+                SchemaCompatibility::AfterMigration
+            }
+            c => c,
+        }
+    }
+
+    fn deserialize_written_by(&self, written: &SerializerId, bytes: &[u8]) -> Result<T> {
+        match self.older.iter().find(|(id, _)| id == written) {
+            Some((_, read)) => read(bytes).map_err(|e| e.context(format!("migrating a value written by {written}"))),
+            None => self.current.deserialize_written_by(written, bytes),
+        }
+    }
 }
 
 /// A shared serializer.

@@ -112,7 +112,8 @@ impl PendingSnapshot {
         PendingSnapshot {
             checkpoint_id,
             sync_duration: sync_started.elapsed(),
-            phase: Box::pin(phase),
+            // The async phase never blocks its executor (checked in debug builds).
+            phase: Box::pin(crate::runtime::nonblocking(phase)),
         }
     }
 

@@ -22,6 +22,7 @@ pub(crate) enum Last {
 }
 
 fn canonical(path: &Path) -> Result<PathBuf> {
+    flowstate_api::runtime::check_blocking("resolving a path");
     path.canonicalize().map_err(|e| Error::io(path.display(), e))
 }
 
@@ -32,6 +33,7 @@ fn canonical(path: &Path) -> Result<PathBuf> {
 /// returned path has no symlink in its directories, so using it does not
 /// depend on links that were checked earlier.
 pub(crate) fn confine(root: &Path, path: &str, last: Last) -> Result<PathBuf> {
+    flowstate_api::runtime::check_blocking("confining a path to the storage root");
     validate_relative_path(path)?;
     let real_root = canonical(root)?;
     let full = root.join(path);
@@ -55,6 +57,7 @@ pub(crate) fn confine(root: &Path, path: &str, last: Last) -> Result<PathBuf> {
 /// The directory `path` under `root` (the root itself if `path` is empty):
 /// confined to the root, and a real directory, not a symlink to one.
 pub(crate) fn real_dir(root: &Path, path: &str) -> Result<PathBuf> {
+    flowstate_api::runtime::check_blocking("resolving a directory");
     if path.is_empty() {
         return canonical(root);
     }
@@ -101,6 +104,7 @@ fn not_regular(path: &Path, t: FileType) -> Error {
 /// the last component; the type is then checked on the opened handle, so
 /// nothing can be swapped in between. Returns the file and its length.
 pub(crate) fn open_regular(path: &Path) -> Result<(File, u64)> {
+    flowstate_api::runtime::check_blocking("opening a file");
     let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
@@ -128,6 +132,7 @@ pub(crate) fn open_regular(path: &Path) -> Result<(File, u64)> {
 /// Reads the bytes of `range` of the regular file at `path`: fewer if the
 /// file ends first, never more than the range.
 pub(crate) fn read_range(path: &Path, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+    flowstate_api::runtime::check_blocking("reading a file");
     use std::io::{Seek, SeekFrom};
     let (mut file, len) = open_regular(path)?;
     let want = range.end.saturating_sub(range.start);

@@ -123,6 +123,7 @@ impl FsBlobStore {
     /// Creates the parent directory of `path` (inside the root, never
     /// through a symlink) and returns it.
     fn parent_dir(root: &Path, path: &BlobPath) -> Result<PathBuf> {
+        flowstate_api::runtime::check_blocking("creating a directory");
         std::fs::create_dir_all(root).map_err(|e| Error::io(root.display(), e))?;
         match path.as_str().rsplit_once('/') {
             Some((parent, _)) => {
@@ -350,6 +351,7 @@ impl BlobStore for FsBlobStore {
 /// gone are not an error. Directories left empty are removed, up to the
 /// root, except those in `keep`.
 fn delete_confined(root: &Path, paths: &[BlobPath], keep: &[String]) -> Result<()> {
+    flowstate_api::runtime::check_blocking("deleting files");
     let mut targets = Vec::with_capacity(paths.len());
     for p in paths {
         match confine(root, p.as_str(), Last::Keep) {
@@ -397,6 +399,7 @@ fn delete_confined(root: &Path, paths: &[BlobPath], keep: &[String]) -> Result<(
 /// the root (`prefix` is `dir`'s). Symlinks, FIFOs, sockets and devices are
 /// not listed, and symlinked directories are not entered.
 fn list_dir(dir: &Path, prefix: &str, out: &mut Vec<BlobMeta>) -> Result<()> {
+    flowstate_api::runtime::check_blocking("listing a directory");
     visit_dir(dir, prefix, |entry, path, file_type| {
         if file_type.is_dir() {
             list_dir(&entry.path(), path.as_str(), out)
@@ -416,6 +419,7 @@ fn visit_dir(
     prefix: &str,
     mut f: impl FnMut(&std::fs::DirEntry, BlobPath, std::fs::FileType) -> Result<()>,
 ) -> Result<()> {
+    flowstate_api::runtime::check_blocking("listing a directory");
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -467,6 +471,7 @@ fn modified_millis(meta: &std::fs::Metadata) -> u64 {
 /// symlink planted under either name: `create_new` refuses one (`O_EXCL`),
 /// and a link never replaces or follows an existing entry.
 fn write_if_absent(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    flowstate_api::runtime::check_blocking("writing a file");
     let target = dir.join(name);
     let temp = dir.join(format!("{name}.inprogress-{}", unique_file_name()));
     let result = (|| {

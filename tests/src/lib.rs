@@ -57,6 +57,7 @@ pub mod lifecycle;
 pub mod operator;
 pub mod rescale;
 pub mod runtime;
+pub mod schema;
 pub mod snapshot;
 pub mod storage;
 pub mod timers;
@@ -273,6 +274,10 @@ contracts! {
             timers_survive_checkpoint_and_savepoint, timer_after_sync_phase_is_not_in_snapshot,
             timer_service_mismatches_are_refused, timers_rescale_15_to_77, timers_rescale_77_to_15,
         }
+        schema [] {
+            schema_migrates_from_a_savepoint, schema_migrates_from_a_checkpoint,
+            schema_change_without_migration_is_incompatible, failed_migration_names_both_versions,
+        }
         ttl [] {
             on_create_and_write_is_not_refreshed_by_reads, on_read_and_write_is_refreshed_by_reads,
             return_expired_if_not_cleaned_up, expiry_boundary_is_exact, ttl_near_max_does_not_overflow,
@@ -281,7 +286,11 @@ contracts! {
             ttl_flag_mismatch_is_refused,
         }
         ttl [Need::TtlIncrementalCleanup] { incremental_cleanup_removes_expired_as_it_goes }
-        ttl [Need::TtlCompactionFilter] { compaction_filter_drops_expired_entries }
+        ttl [Need::TtlCompactionFilter] {
+            compaction_filter_drops_expired_entries, compaction_filter_drops_expired_list_elements_one_by_one,
+            compaction_filter_drops_expired_list_elements_after_rescaling,
+            compaction_filter_reclaims_state_never_returned,
+        }
         corruption [Need::OneStorage] {
             every_byte_flip_of_a_snapshot_is_refused, every_truncation_of_a_snapshot_is_refused,
             every_byte_flip_of_metadata_is_refused, hostile_lengths_do_not_allocate,
@@ -304,7 +313,7 @@ contracts! {
         }
         // Measures our code on the runtime, not a store's: `object_store`'s in-memory
         // store copies on the calling task by design. Once, on the first storage (fs).
-        runtime [Need::OneStorage, Need::UnlimitedState] { runtime_never_stalls_during_snapshot_and_restore }
+        runtime [Need::OneStorage, Need::UnlimitedState] { snapshot_and_restore_never_block_the_runtime }
         incremental [Need::IncrementalCheckpoints] { incremental_checkpoints_upload_only_new_files }
         incremental [Need::IncrementalCheckpoints, Need::SharedState] {
             shared_files_are_deleted_when_no_retained_checkpoint_uses_them,

@@ -182,8 +182,8 @@ pub async fn split_state_restores_with_flinks_assignment(factory: Arc<dyn Storag
 }
 
 /// Union state gives every restored subtask every entry, at the same
-/// parallelism too; broadcast state gives new subtask `i` the copy of old
-/// subtask `i % p_old`.
+/// parallelism too; broadcast state gives new subtask `i` the copy of the
+/// (i mod n)-th of the n old subtasks that reported it.
 pub async fn union_and_broadcast_state_restore_through_storage(factory: Arc<dyn StorageFactory>) {
     let layout: Layout = (0..3)
         .map(|i| {

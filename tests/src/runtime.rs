@@ -1,25 +1,29 @@
 //! The engine's runtime is never blocked: the async phases of snapshots and
 //! restores do their file I/O, compression, database work and decoding on
 //! blocking threads, so the tasks that share the runtime keep running.
+//!
+//! This is checked deterministically, not by the clock: the library's
+//! futures are marked [`nonblocking`](flowstate_api::runtime::nonblocking)
+//! and, in debug builds, every blocking file-system or RocksDB call made
+//! while one is polled panics (see [`flowstate_api::runtime`]). Every
+//! contract that snapshots or restores, on every backend and storage,
+//! therefore fails on such a call, however idle or busy the machine. How
+//! long a task of the runtime waits while they run is a figure of the W2
+//! workload (`stall_ms`), not a test.
 
 use std::future::IntoFuture;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use flowstate_api::checkpoint::OperatorState;
 use flowstate_api::*;
 
 use crate::{full_config, BackendFactory, Ctx, OPERATOR};
 
-/// Keys of the W2 workload (see `BENCHMARKS.md`), each with a 100-byte value.
-const KEYS: u64 = 2_000_000;
+/// A tenth of the keys of the W2 workload (see `BENCHMARKS.md`), each with a
+/// 100-byte value.
+const KEYS: u64 = 200_000;
 /// Bytes per value.
 const VALUE_BYTES: usize = 100;
-/// The longest a ticking task may wait beyond its period.
-const MAX_STALL: Duration = Duration::from_millis(20);
-/// The ticking task's period.
-const TICK: Duration = Duration::from_millis(1);
 
 /// The W2 value of `key`: 100 bytes of a xorshift sequence seeded by it.
 fn value_of(key: u64) -> Vec<u8> {
@@ -35,52 +39,18 @@ fn value_of(key: u64) -> Vec<u8> {
     v
 }
 
-/// A task on the runtime that wakes every [`TICK`] and records how much
-/// later than asked it ran; [`Ticker::stop`] returns the worst delay.
-struct Ticker {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Duration>,
+/// Runs `task` as a task of the runtime, as an engine runs the library's
+/// futures.
+async fn spawned<T: Send + 'static>(task: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    tokio::spawn(task).await.unwrap()
 }
 
-impl Ticker {
-    fn start() -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let task = tokio::spawn(async move {
-            let mut worst = Duration::ZERO;
-            while !flag.load(Ordering::Acquire) {
-                let asked = Instant::now();
-                tokio::time::sleep(TICK).await;
-                // Tokio's timer has a resolution of 1 ms: a tick may be up
-                // to one period late without anything blocking.
-                worst = worst.max(asked.elapsed().saturating_sub(TICK * 2));
-            }
-            worst
-        });
-        Ticker { stop, task }
-    }
-
-    async fn stop(self) -> Duration {
-        self.stop.store(true, Ordering::Release);
-        self.task.await.unwrap()
-    }
-}
-
-/// Runs `task` on the runtime while a [`Ticker`] measures it; returns
-/// its output and the worst delay.
-async fn measured<T: Send + 'static>(task: impl std::future::Future<Output = T> + Send + 'static) -> (T, Duration) {
-    let ticker = Ticker::start();
-    let out = tokio::spawn(task).await.unwrap();
-    (out, ticker.stop().await)
-}
-
-/// While the async phase of a W2-sized full snapshot (a canonical
-/// savepoint) runs, then that of a checkpoint (incremental where the
-/// backend has them), then a restore of each, a task ticking every
-/// millisecond on the same 2-worker runtime is never delayed by more than
-/// 20 ms. The phases and restores run as tasks of the runtime, as an
-/// engine runs them.
-pub async fn runtime_never_stalls_during_snapshot_and_restore<F: BackendFactory>(ctx: Ctx<F>) {
+/// The async phase of a full snapshot (a canonical savepoint), then that of
+/// a checkpoint (incremental where the backend has them), then a restore of
+/// each, run as tasks of a 2-worker runtime, as an engine runs them: in
+/// debug builds any blocking call they make on the runtime's threads panics
+/// (see the module documentation); the restored state is checked.
+pub async fn snapshot_and_restore_never_block_the_runtime<F: BackendFactory>(ctx: Ctx<F>) {
     let storage = ctx.storage.storage(&crate::job_id("stall"));
     let builder = Arc::new(ctx.backend);
     let mut b = builder.build(full_config::<u64>()).unwrap();
@@ -89,7 +59,6 @@ pub async fn runtime_never_stalls_during_snapshot_and_restore<F: BackendFactory>
         b.set_current_key(&k).unwrap();
         b.update(&v, value_of(k)).unwrap();
     }
-    let mut report = Vec::new();
     let mut pointers = Vec::new();
     let mut handles = Vec::new();
     for (id, options) in [(1, SnapshotOptions::savepoint()), (2, SnapshotOptions::checkpoint())] {
@@ -98,10 +67,7 @@ pub async fn runtime_never_stalls_during_snapshot_and_restore<F: BackendFactory>
             CheckpointKind::Checkpoint => storage.init_checkpoint(id).await.unwrap(),
         };
         let pending = b.snapshot(id, Arc::clone(&location), options).unwrap();
-        let started = Instant::now();
-        let (result, stall) = measured(pending.into_future()).await;
-        let result = result.unwrap();
-        report.push((format!("{:?} {id}", options.kind), stall, started.elapsed()));
+        let result = spawned(pending.into_future()).await.unwrap();
         if id == 1 {
             let size = result.handle.state_size();
             assert!(
@@ -124,28 +90,17 @@ pub async fn runtime_never_stalls_during_snapshot_and_restore<F: BackendFactory>
     for (pointer, handle) in pointers.into_iter().zip(handles) {
         let reader = storage.resolve(&pointer).await.unwrap().reader;
         let builder2 = Arc::clone(&builder);
-        let started = Instant::now();
-        let (restored, stall) = measured(async move {
+        let restored = spawned(async move {
             let handles = [handle];
             builder2.restore(full_config::<u64>(), &handles, reader).await
         })
         .await;
-        report.push((format!("restore of {pointer}"), stall, started.elapsed()));
-        let mut r = restored.unwrap();
+        let mut r = restored.unwrap_or_else(|e| panic!("restore of {pointer}: {e}"));
         let v = r.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
         for k in [0, KEYS / 2, KEYS - 1] {
             r.set_current_key(&k).unwrap();
             assert_eq!(r.value(&v).unwrap(), Some(value_of(k)), "key {k} after the restore");
         }
         assert_eq!(r.entry_count(&v).unwrap(), KEYS);
-    }
-    for (what, stall, took) in &report {
-        eprintln!("{}: worst stall {stall:?} during the {what} ({took:?})", builder.name());
-    }
-    for (what, stall, _) in report {
-        assert!(
-            stall <= MAX_STALL,
-            "a task of the runtime stalled {stall:?} during the {what}"
-        );
     }
 }

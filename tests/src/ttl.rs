@@ -373,3 +373,203 @@ pub async fn compaction_filter_drops_expired_entries<F: BackendFactory>(ctx: Ctx
         assert_eq!(count.unwrap(), 0);
     }
 }
+
+/// Sums, as an aggregating state's function.
+struct Sum;
+impl AggregateFunction<u64, u64, u64> for Sum {
+    fn create_accumulator(&self) -> u64 {
+        0
+    }
+    fn add(&self, value: u64, acc: &mut u64) {
+        *acc += value;
+    }
+    fn get_result(&self, acc: &u64) -> u64 {
+        *acc
+    }
+    fn merge(&self, a: u64, b: u64) -> u64 {
+        a + b
+    }
+}
+
+/// The states of the compaction-filter contracts below, all with a TTL of
+/// 100 ms, cleaned up only by the compaction filter, with `visibility`.
+struct Compacted {
+    list: ListState<u64>,
+    strings: ListState<String>,
+    map: MapState<u64, String>,
+    reducing: ReducingState<u64>,
+    aggregating: AggregatingState<u64, u64, u64>,
+    value: ValueState<u64>,
+}
+
+impl Compacted {
+    fn register<B: KeyedStateBackend<Key = u64>>(b: &mut B, visibility: TtlStateVisibility) -> Self {
+        let ttl = StateTtlConfig::new(TTL)
+            .disable_cleanup_in_background()
+            .cleanup_in_compaction_filter(1000)
+            .with_visibility(visibility);
+        Compacted {
+            list: b.register(ListStateDescriptor::<u64>::new("l").with_ttl(ttl)).unwrap(),
+            strings: b
+                .register(ListStateDescriptor::<String>::new("s").with_ttl(ttl))
+                .unwrap(),
+            map: b
+                .register(MapStateDescriptor::<u64, String>::new("m").with_ttl(ttl))
+                .unwrap(),
+            reducing: b
+                .register(ReducingStateDescriptor::<u64>::new("r", |a, b| a + b).with_ttl(ttl))
+                .unwrap(),
+            aggregating: b
+                .register(AggregatingStateDescriptor::new("a", Sum).with_ttl(ttl))
+                .unwrap(),
+            value: b.register(ValueStateDescriptor::<u64>::new("v").with_ttl(ttl)).unwrap(),
+        }
+    }
+
+    /// Flink's `testCompactFilter` data for key `k`, written at 1000 and
+    /// 1050 (the clock is left at 1050): lists [5, 7, 10] then [8, 9, 11]
+    /// (plus `k`), strings of varying length, map entries 1 then 2, a
+    /// reducing state written at 1000, an aggregating state and a value
+    /// written at 1050.
+    fn write<B: KeyedStateBackend<Key = u64>>(&self, b: &mut B, clock: &ManualClock, k: u64) {
+        clock.set(1000);
+        b.set_current_key(&k).unwrap();
+        b.append_all(&self.list, [5 + k, 7 + k, 10 + k]).unwrap();
+        b.append_all(&self.strings, [String::new(), "a".repeat(300), "bc".into()])
+            .unwrap();
+        b.map_put(&self.map, 1u64, "old".to_string()).unwrap();
+        b.reduce(&self.reducing, k).unwrap();
+        clock.set(1050);
+        b.append_all(&self.list, [8 + k, 9 + k, 11 + k]).unwrap();
+        b.append(&self.strings, "d".repeat(200)).unwrap();
+        b.map_put(&self.map, 2u64, "new".to_string()).unwrap();
+        b.aggregate(&self.aggregating, k).unwrap();
+        b.update(&self.value, k).unwrap();
+    }
+
+    /// Checks key `k` holds all it was written with.
+    fn check_all<B: KeyedStateBackend<Key = u64>>(&self, b: &mut B, k: u64) {
+        b.set_current_key(&k).unwrap();
+        assert_eq!(
+            b.list(&self.list).unwrap(),
+            [5 + k, 7 + k, 10 + k, 8 + k, 9 + k, 11 + k]
+        );
+        assert_eq!(b.list(&self.strings).unwrap().len(), 4);
+        assert_eq!(b.map_keys(&self.map).unwrap(), [1, 2]);
+        assert_eq!(b.reduced(&self.reducing).unwrap(), Some(k));
+    }
+
+    /// Checks key `k` holds only what was written at 1050.
+    fn check_fresh<B: KeyedStateBackend<Key = u64>>(&self, b: &mut B, k: u64) {
+        b.set_current_key(&k).unwrap();
+        assert_eq!(
+            b.list(&self.list).unwrap(),
+            [8 + k, 9 + k, 11 + k],
+            "key {k}: expired list elements survived compaction"
+        );
+        assert_eq!(b.list(&self.strings).unwrap(), ["d".repeat(200)], "key {k}");
+        assert_eq!(b.map_entries(&self.map).unwrap(), [(2, "new".to_string())], "key {k}");
+        assert_eq!(b.reduced(&self.reducing).unwrap(), None, "key {k}");
+        assert_eq!(b.aggregated(&self.aggregating).unwrap(), Some(k), "key {k}");
+        assert_eq!(b.value(&self.value).unwrap(), Some(k), "key {k}");
+    }
+
+    /// Checks key `k` holds nothing.
+    fn check_empty<B: KeyedStateBackend<Key = u64>>(&self, b: &mut B, k: u64) {
+        b.set_current_key(&k).unwrap();
+        assert!(b.list(&self.list).unwrap().is_empty(), "key {k}");
+        assert!(b.list(&self.strings).unwrap().is_empty(), "key {k}");
+        assert!(b.map_is_empty(&self.map).unwrap(), "key {k}");
+        assert_eq!(b.aggregated(&self.aggregating).unwrap(), None, "key {k}");
+        assert_eq!(b.value(&self.value).unwrap(), None, "key {k}");
+    }
+}
+
+/// Flink's `testCompactFilter`: with `ReturnExpiredIfNotCleanedUp`, what a
+/// read returns is what the backend stores, and compaction drops expired
+/// list elements one by one (fixed- and variable-length), expired map
+/// entries, and expired values, reducing and aggregating state; nothing
+/// else.
+pub async fn compaction_filter_drops_expired_list_elements_one_by_one<F: BackendFactory>(ctx: Ctx<F>) {
+    let (mut b, clock) = setup(&ctx);
+    let s = Compacted::register(&mut b, TtlStateVisibility::ReturnExpiredIfNotCleanedUp);
+    for k in 0..20 {
+        s.write(&mut b, &clock, k);
+    }
+    clock.set(1080);
+    b.compact().unwrap();
+    for k in 0..20 {
+        s.check_all(&mut b, k);
+    }
+    clock.set(1120);
+    b.compact().unwrap();
+    for k in 0..20 {
+        s.check_fresh(&mut b, k);
+    }
+    clock.set(1150);
+    b.compact().unwrap();
+    for k in 0..20 {
+        s.check_empty(&mut b, k);
+    }
+    assert_eq!(b.entry_count(&s.list).unwrap(), 0);
+    assert_eq!(b.entry_count(&s.map).unwrap(), 0);
+}
+
+/// Flink's `testCompactFilterWithSnapshotAndRescalingAfterRestore`: state
+/// checkpointed before it expires, restored at parallelism 2, is compacted
+/// element by element in each restored backend.
+pub async fn compaction_filter_drops_expired_list_elements_after_rescaling<F: BackendFactory>(ctx: Ctx<F>) {
+    let storage = ctx.storage.storage(&crate::job_id("ttl-compact-rescale"));
+    let (mut b, clock) = setup(&ctx);
+    let s = Compacted::register(&mut b, TtlStateVisibility::ReturnExpiredIfNotCleanedUp);
+    for k in 0..20 {
+        s.write(&mut b, &clock, k);
+    }
+    clock.set(1060);
+    let pointer = checkpoint(&mut b, &storage, 1).await;
+    drop(b);
+    for index in 0..2 {
+        let config = crate::operator_config::<u64>(2, index).with_clock(clock.clone());
+        let mut r = restore_from(&ctx, &storage, config, &pointer).await.unwrap();
+        let s = Compacted::register(&mut r, TtlStateVisibility::ReturnExpiredIfNotCleanedUp);
+        let keys: Vec<u64> = (0..20).filter(|k| crate::operator_for_key(k, 2) == index).collect();
+        assert!(!keys.is_empty());
+        clock.set(1080);
+        r.compact().unwrap();
+        for &k in &keys {
+            s.check_all(&mut r, k);
+        }
+        clock.set(1120);
+        r.compact().unwrap();
+        for &k in &keys {
+            s.check_fresh(&mut r, k);
+        }
+    }
+}
+
+/// With `NeverReturnExpired`, compaction reclaims expired state rather than
+/// only hiding it: a savepoint taken after the compaction, restored with the
+/// clock turned back and `ReturnExpiredIfNotCleanedUp`, holds only what had
+/// not expired.
+pub async fn compaction_filter_reclaims_state_never_returned<F: BackendFactory>(ctx: Ctx<F>) {
+    let storage = ctx.storage.storage(&crate::job_id("ttl-compact-reclaim"));
+    let (mut b, clock) = setup(&ctx);
+    let s = Compacted::register(&mut b, TtlStateVisibility::NeverReturnExpired);
+    for k in 0..20 {
+        s.write(&mut b, &clock, k);
+    }
+    // The first compaction merges each list's appends into one value.
+    clock.set(1080);
+    b.compact().unwrap();
+    clock.set(1120);
+    b.compact().unwrap();
+    let (_, pointer) = crate::snapshot_and_complete(&mut b, &storage, 1, SnapshotOptions::savepoint()).await;
+    clock.set(1000);
+    let mut r = restore_from(&ctx, &storage, clocked_config::<u64>(clock.clone()), &pointer)
+        .await
+        .unwrap();
+    let s = Compacted::register(&mut r, TtlStateVisibility::ReturnExpiredIfNotCleanedUp);
+    for k in 0..20 {
+        s.check_fresh(&mut r, k);
+    }
+}

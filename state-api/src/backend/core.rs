@@ -4,7 +4,8 @@
 //! bytes: its configuration (key groups, max parallelism, key serializer,
 //! clock), its process-unique id, the current key, and the state registry
 //! (name → [`StateId`], each state's [`StateMetaInfo`], TTL config, whether it
-//! was registered in this run or only restored, and its current namespace).
+//! was registered in this run or only restored, its current namespace, and
+//! the backend's own storage of it, an `S`).
 //! [`KeyedStateBackend`](crate::KeyedStateBackend) derives every accessor,
 //! the current key, namespaces and registration from it, so a backend only
 //! implements storage.
@@ -19,16 +20,18 @@ use crate::keygroup::KeyGroupRange;
 use crate::serializer::SharedSerializer;
 use crate::ttl::{SharedClock, StateTtlConfig};
 
-/// One state of a backend's registry.
+/// One state of a backend's registry, with the backend's storage of it
+/// (an `S`).
 #[derive(Debug, Clone)]
-pub struct RegisteredState {
+pub struct RegisteredState<S> {
     meta: StateMetaInfo,
     ttl: Option<StateTtlConfig>,
     registered: bool,
     namespace: Vec<u8>,
+    storage: S,
 }
 
-impl RegisteredState {
+impl<S> RegisteredState<S> {
     /// The state's name, kind and serializers.
     #[inline]
     pub fn meta(&self) -> &StateMetaInfo {
@@ -53,39 +56,82 @@ impl RegisteredState {
     pub fn namespace(&self) -> &[u8] {
         &self.namespace
     }
+
+    /// The backend's storage of this state.
+    #[inline]
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// The backend's storage of this state, mutably.
+    #[inline]
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
 }
 
 /// What one state access acts on: the current key, its key group, and the
 /// state with its current namespace. See [`BackendCore::access`].
-#[derive(Debug, Clone, Copy)]
-pub struct StateAccess<'a> {
+#[derive(Debug)]
+pub struct StateAccess<'a, S> {
     /// The current key's key group.
     pub key_group: u32,
     /// The serialized current key.
     pub key: &'a [u8],
     /// The state accessed.
-    pub state: &'a RegisteredState,
+    pub state: &'a RegisteredState<S>,
+}
+
+impl<S> Clone for StateAccess<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for StateAccess<'_, S> {}
+
+/// What one state access acts on, with the backend's storage of the state
+/// borrowed mutably. See [`BackendCore::access_mut`].
+#[derive(Debug)]
+pub struct StateAccessMut<'a, S> {
+    /// The current key's key group.
+    pub key_group: u32,
+    /// The serialized current key.
+    pub key: &'a [u8],
+    /// The state's name, kind and serializers.
+    pub meta: &'a StateMetaInfo,
+    /// Its TTL config, as registered in this run.
+    pub ttl: Option<&'a StateTtlConfig>,
+    /// Its current namespace.
+    pub namespace: &'a [u8],
+    /// The backend's storage of it.
+    pub storage: &'a mut S,
+    /// The TTL clock.
+    pub clock: &'a SharedClock,
 }
 
 /// The bookkeeping shared by every keyed state backend: config, backend
 /// id, current key and state registry. A backend owns one and hands it out
 /// through [`KeyedStateBackend::core`](crate::KeyedStateBackend::core).
 ///
-/// State ids are indexes into the registry, given out in order from 0, so a
-/// backend can keep its own per-state storage in a `Vec` indexed the same
-/// way.
-pub struct BackendCore<K> {
+/// The registry keeps, beside each state's metadata, the backend's storage
+/// of that state (an `S`, created by
+/// [`KeyedStateBackend::create_state_storage`](crate::KeyedStateBackend::create_state_storage)):
+/// state ids are given out here and nowhere else, and a backend reaches a
+/// state's storage with [`access_mut`](Self::access_mut) or
+/// [`storage_mut`](Self::storage_mut).
+pub struct BackendCore<K, S> {
     id: u64,
     config: KeyedBackendConfig<K>,
     current: CurrentKey,
-    states: Vec<RegisteredState>,
+    states: Vec<RegisteredState<S>>,
     by_name: HashMap<String, StateId>,
     /// Reused by the typed layer to encode values, so a write allocates
     /// nothing.
     pub(crate) buffer: Vec<u8>,
 }
 
-impl<K> std::fmt::Debug for BackendCore<K> {
+impl<K, S> std::fmt::Debug for BackendCore<K, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BackendCore")
             .field("id", &self.id)
@@ -95,7 +141,7 @@ impl<K> std::fmt::Debug for BackendCore<K> {
     }
 }
 
-impl<K> BackendCore<K> {
+impl<K, S> BackendCore<K, S> {
     /// The core of a new backend with `config` (validated) and a fresh
     /// process-unique id; no state, no current key.
     pub fn new(config: KeyedBackendConfig<K>) -> Result<Self> {
@@ -163,6 +209,11 @@ impl<K> BackendCore<K> {
             .set(&c.key_serializer, key, c.key_group_range, c.max_parallelism)
     }
 
+    /// Makes no key current.
+    pub fn clear_current_key(&mut self) {
+        self.current.clear();
+    }
+
     /// Makes the serialized `key` current and returns its key group. On
     /// error no key is current.
     pub fn set_current_key_bytes(&mut self, key: &[u8]) -> Result<u32> {
@@ -174,12 +225,8 @@ impl<K> BackendCore<K> {
     /// a state operation needs. Fails without a current key or for an
     /// unknown state.
     #[inline]
-    pub fn access(&self, state: StateId) -> Result<StateAccess<'_>> {
-        let (Some(key_group), Some(key)) = (self.current.key_group(), self.current.bytes()) else {
-            return Err(Error::invalid(
-                "no current key: call set_current_key before accessing state",
-            ));
-        };
+    pub fn access(&self, state: StateId) -> Result<StateAccess<'_, S>> {
+        let (key_group, key) = self.current.get()?;
         Ok(StateAccess {
             key_group,
             key,
@@ -187,20 +234,65 @@ impl<K> BackendCore<K> {
         })
     }
 
+    /// As [`access`](Self::access), with the backend's storage of `state`
+    /// borrowed mutably.
+    #[inline]
+    pub fn access_mut(&mut self, state: StateId) -> Result<StateAccessMut<'_, S>> {
+        let (key_group, key) = self.current.get()?;
+        let s = self.states.get_mut(state as usize).ok_or_else(|| no_state(state))?;
+        Ok(StateAccessMut {
+            key_group,
+            key,
+            meta: &s.meta,
+            ttl: s.ttl.as_ref(),
+            namespace: &s.namespace,
+            storage: &mut s.storage,
+            clock: &self.config.clock,
+        })
+    }
+
+    /// The state `state` and the current key at once, for an operation
+    /// that may or may not need a current key.
+    #[inline]
+    pub fn state_and_current_key(&mut self, state: StateId) -> Result<(&mut RegisteredState<S>, &CurrentKey)> {
+        let s = self.states.get_mut(state as usize).ok_or_else(|| no_state(state))?;
+        Ok((s, &self.current))
+    }
+
     // ------------------------------------------------------------ registry
 
     /// The state with id `state`.
     #[inline]
-    pub fn state(&self, state: StateId) -> Result<&RegisteredState> {
+    pub fn state(&self, state: StateId) -> Result<&RegisteredState<S>> {
+        self.states.get(state as usize).ok_or_else(|| no_state(state))
+    }
+
+    /// The state with id `state`, mutably (its storage; the registry entry
+    /// itself changes only through the core).
+    #[inline]
+    pub fn state_mut(&mut self, state: StateId) -> Result<&mut RegisteredState<S>> {
+        self.states.get_mut(state as usize).ok_or_else(|| no_state(state))
+    }
+
+    /// The backend's storage of `state`, mutably.
+    #[inline]
+    pub fn storage_mut(&mut self, state: StateId) -> Result<&mut S> {
         self.states
-            .get(state as usize)
-            .ok_or_else(|| Error::invalid(format!("no state with id {state}")))
+            .get_mut(state as usize)
+            .map(|s| &mut s.storage)
+            .ok_or_else(|| no_state(state))
     }
 
     /// Every state, registered or restored, indexed by [`StateId`].
     #[inline]
-    pub fn states(&self) -> &[RegisteredState] {
+    pub fn states(&self) -> &[RegisteredState<S>] {
         &self.states
+    }
+
+    /// Every state, mutably (its storage; the registry itself is fixed).
+    #[inline]
+    pub fn states_mut(&mut self) -> impl Iterator<Item = &mut RegisteredState<S>> {
+        self.states.iter_mut()
     }
 
     /// The metadata of every state, in id order (the order a snapshot
@@ -214,17 +306,9 @@ impl<K> BackendCore<K> {
         self.by_name.get(name).copied()
     }
 
-    /// The id the next added state gets.
-    pub fn next_state_id(&self) -> StateId {
-        self.states.len() as StateId
-    }
-
     /// Sets the namespace `state`'s operations act in.
     pub fn set_namespace(&mut self, state: StateId, namespace: &[u8]) -> Result<()> {
-        let s = self
-            .states
-            .get_mut(state as usize)
-            .ok_or_else(|| Error::invalid(format!("no state with id {state}")))?;
+        let s = self.states.get_mut(state as usize).ok_or_else(|| no_state(state))?;
         s.namespace.clear();
         s.namespace.extend_from_slice(namespace);
         Ok(())
@@ -267,27 +351,47 @@ impl<K> BackendCore<K> {
         Ok(Some(id))
     }
 
-    /// Adds a state, not yet registered in this run, and returns its id
-    /// ([`next_state_id`](Self::next_state_id)). Its name must be new:
-    /// check with [`find`](Self::find) or the `check_` methods first.
-    pub fn add_state(&mut self, meta: StateMetaInfo) -> StateId {
-        let id = self.next_state_id();
-        self.by_name.insert(meta.name.clone(), id);
+    /// Adds a state, not yet registered in this run, with the backend's
+    /// `storage` of it, and returns its id: ids are given out in order from
+    /// 0. Fails when a state of that name exists (check with
+    /// [`find`](Self::find) or the `check_` methods first).
+    pub fn add_state(&mut self, meta: StateMetaInfo, storage: S) -> Result<StateId> {
+        let id = StateId::try_from(self.states.len())
+            .map_err(|_| Error::invalid(format!("state {:?}: too many states", meta.name)))?;
+        match self.by_name.entry(meta.name.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                return Err(Error::internal(format!("state {:?} is held already", meta.name)))
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(id);
+            }
+        }
         self.states.push(RegisteredState {
             meta,
             ttl: None,
             registered: false,
             namespace: Vec::new(),
+            storage,
         });
-        id
+        Ok(id)
+    }
+
+    /// Records that the values of `state` are now written by the serializer
+    /// `value_serializer` (after a migration): snapshots carry it from now
+    /// on.
+    pub fn set_value_serializer(
+        &mut self,
+        state: StateId,
+        value_serializer: crate::serializer::SerializerId,
+    ) -> Result<()> {
+        let s = self.states.get_mut(state as usize).ok_or_else(|| no_state(state))?;
+        s.meta.value_serializer = value_serializer;
+        Ok(())
     }
 
     /// Marks `state` registered in this run, with `ttl`.
     pub fn mark_registered(&mut self, state: StateId, ttl: Option<StateTtlConfig>) -> Result<()> {
-        let s = self
-            .states
-            .get_mut(state as usize)
-            .ok_or_else(|| Error::invalid(format!("no state with id {state}")))?;
+        let s = self.states.get_mut(state as usize).ok_or_else(|| no_state(state))?;
         s.registered = true;
         s.ttl = ttl;
         Ok(())
@@ -317,4 +421,8 @@ impl<K> BackendCore<K> {
             now: self.config.clock.now_millis(),
         }
     }
+}
+
+fn no_state(state: StateId) -> Error {
+    Error::invalid(format!("no state with id {state}"))
 }

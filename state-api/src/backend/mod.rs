@@ -14,7 +14,7 @@
 //! - this module: [`KeyedStateBackend`], [`BackendFactory`],
 //!   [`KeyedBackendConfig`], [`BackendCapabilities`], the current key and
 //!   the key and map visitors;
-//! - `core.rs`: [`BackendCore`], with [`StateAccess`] and [`RegisteredState`];
+//! - `core.rs`: [`BackendCore`], with [`StateAccess`], [`StateAccessMut`] and [`RegisteredState`];
 //! - re-exported from [`runtime`](crate::runtime): [`run_blocking`] and
 //!   [`run_detached`], for file I/O, RocksDB and compression off the async
 //!   executor;
@@ -27,7 +27,7 @@
 
 mod core;
 
-pub use self::core::{BackendCore, RegisteredState, StateAccess};
+pub use self::core::{BackendCore, RegisteredState, StateAccess, StateAccessMut};
 pub use crate::descriptor::{
     validate_state_name, StateId, StateKind, StateMetaInfo, StateRef, StorageKind, MAX_STATE_NAME_LEN,
 };
@@ -179,6 +179,23 @@ impl CurrentKey {
     pub fn key_group(&self) -> Option<u32> {
         self.key_group
     }
+
+    /// Makes no key current.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.key_group = None;
+    }
+
+    /// The current key's key group and bytes; fails without a current key.
+    #[inline]
+    pub fn get(&self) -> Result<(u32, &[u8])> {
+        match self.key_group {
+            Some(key_group) => Ok((key_group, &self.bytes[..])),
+            None => Err(Error::invalid(
+                "no current key: call set_current_key before accessing state",
+            )),
+        }
+    }
 }
 
 /// What every backend is built from: its key groups, key serializer and clock.
@@ -281,7 +298,9 @@ pub(crate) fn next_backend_id() -> u64 {
 /// [`core`](Self::core) and [`core_mut`](Self::core_mut). The required
 /// methods are those two, [`capabilities`](Self::capabilities), the hook
 /// that creates storage for a new state
-/// ([`create_state_storage`](Self::create_state_storage)), the byte-level
+/// ([`create_state_storage`](Self::create_state_storage), which returns a
+/// [`StateStorage`](Self::StateStorage) the core keeps, so state ids and
+/// per-state lookups are the core's), the byte-level
 /// value, list and map operations, key listing and the snapshot. Every
 /// other method has a default derived from these; a backend may override
 /// [`raw_list_append_all`](Self::raw_list_append_all),
@@ -296,20 +315,23 @@ pub(crate) fn next_backend_id() -> u64 {
 pub trait KeyedStateBackend: Send {
     /// The key type.
     type Key;
+    /// The backend's storage of one state, kept by the core beside the
+    /// state's metadata.
+    type StateStorage;
 
     // ------------------------------------------------------------ required
 
     /// The shared bookkeeping: config, id, current key, state registry.
-    fn core(&self) -> &BackendCore<Self::Key>;
+    fn core(&self) -> &BackendCore<Self::Key, Self::StateStorage>;
     /// The shared bookkeeping, mutably.
-    fn core_mut(&mut self) -> &mut BackendCore<Self::Key>;
+    fn core_mut(&mut self) -> &mut BackendCore<Self::Key, Self::StateStorage>;
     /// What it can do.
     fn capabilities(&self) -> BackendCapabilities;
 
     /// Creates the storage of a new state `meta` (registered, or found in
-    /// a snapshot being restored), which gets id `state`: the next id of the
-    /// core, which records the state once this succeeds.
-    fn create_state_storage(&mut self, state: StateId, meta: &StateMetaInfo) -> Result<()>;
+    /// a snapshot being restored); the core gives the state its id and
+    /// keeps the storage once this succeeds.
+    fn create_state_storage(&mut self, meta: &StateMetaInfo) -> Result<Self::StateStorage>;
 
     /// Calls `f` with the value (or accumulator) of `state`, borrowed from
     /// the backend (no copy), or `None`; returns what `f` returns.
@@ -417,9 +439,8 @@ pub trait KeyedStateBackend: Send {
         let id = match self.core().check_registration(&meta)? {
             Some(id) => id,
             None => {
-                let id = self.core().next_state_id();
-                self.create_state_storage(id, &meta)?;
-                self.core_mut().add_state(meta)
+                let storage = self.create_state_storage(&meta)?;
+                self.core_mut().add_state(meta, storage)?
             }
         };
         self.core_mut().mark_registered(id, ttl)?;
@@ -505,6 +526,101 @@ pub trait KeyedStateBackend: Send {
         Ok(n)
     }
 
+    /// Rewrites every value of `state` with `migrate`: values, list
+    /// elements, map values and accumulators, each without its TTL
+    /// timestamp (kept as it is). What registering a restored state with a
+    /// serializer that migrates from the one it was written with does (see
+    /// [`SchemaCompatibility`](crate::serializer::SchemaCompatibility)).
+    /// The current key and the state's namespace are left as they were.
+    ///
+    /// Every value is first migrated without being written, so a value that
+    /// does not migrate fails the whole migration with nothing rewritten.
+    /// By default visits every key and namespace through the byte-level
+    /// operations; a backend may override it with a native rewrite.
+    fn raw_migrate_values(&mut self, state: StateId, migrate: &mut dyn FnMut(&[u8]) -> Result<Vec<u8>>) -> Result<()> {
+        let entry = self.core().state(state)?;
+        let (kind, ttl, namespace) = (
+            entry.meta().kind.storage(),
+            entry.meta().ttl,
+            entry.namespace().to_vec(),
+        );
+        let current = self.core().current_key().bytes().map(<[u8]>::to_vec);
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        self.raw_for_each_key(state, None, &mut |key, ns| {
+            pairs.push((key.to_vec(), ns.to_vec()));
+            Ok(())
+        })?;
+        // One value, its TTL timestamp kept.
+        let mut rewrite = |bytes: &[u8]| -> Result<Vec<u8>> {
+            if !ttl {
+                return migrate(bytes);
+            }
+            let (timestamp, user) = crate::ttl::split_ttl_value(bytes)?;
+            let mut out = Vec::with_capacity(bytes.len());
+            crate::ttl::put_ttl_timestamp(&mut out, timestamp);
+            out.extend_from_slice(&migrate(user)?);
+            Ok(out)
+        };
+        // Every value is migrated once without writing, so that a value
+        // that does not migrate fails the whole migration before anything
+        // is rewritten; then again, written.
+        let mut migrated = Ok(());
+        'passes: for write in [false, true] {
+            for (key, ns) in &pairs {
+                let result = (|| -> Result<()> {
+                    self.core_mut().set_current_key_bytes(key)?;
+                    self.core_mut().set_namespace(state, ns)?;
+                    match kind {
+                        StorageKind::Value => {
+                            let new = self.raw_value_get(state, |v| v.map(&mut rewrite).transpose())?;
+                            if let (true, Some(new)) = (write, new) {
+                                self.raw_value_put(state, &new)?;
+                            }
+                        }
+                        StorageKind::List => {
+                            let mut elements = Vec::new();
+                            self.raw_list_get(state, |e| {
+                                elements.push(rewrite(e)?);
+                                Ok(())
+                            })?;
+                            if write {
+                                self.raw_list_replace(state, &elements)?;
+                            }
+                        }
+                        StorageKind::Map => {
+                            let mut entries = Vec::new();
+                            self.raw_map_for_each(state, &mut |user_key, value| {
+                                entries.push((user_key.to_vec(), rewrite(value)?));
+                                Ok(MapVisit::Keep)
+                            })?;
+                            let entries: Vec<(&[u8], &[u8])> =
+                                entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+                            if write {
+                                self.raw_map_put_all(state, &entries)?;
+                            }
+                        }
+                        StorageKind::Timers => {}
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = result {
+                    migrated = Err(e);
+                    break 'passes;
+                }
+            }
+        }
+        // The current key and namespace as they were, whatever happened.
+        let core = self.core_mut();
+        core.set_namespace(state, &namespace)?;
+        match current {
+            Some(key) => {
+                core.set_current_key_bytes(&key)?;
+            }
+            None => core.clear_current_key(),
+        }
+        migrated
+    }
+
     /// Checkpoint `checkpoint_id` is complete (its metadata is written).
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
         let _ = checkpoint_id;
@@ -551,9 +667,8 @@ pub trait KeyedStateBackend: Send {
         if let Some(id) = self.core().check_restored(meta, source)? {
             return Ok(id);
         }
-        let id = self.core().next_state_id();
-        self.create_state_storage(id, meta)?;
-        Ok(self.core_mut().add_state(meta.clone()))
+        let storage = self.create_state_storage(meta)?;
+        self.core_mut().add_state(meta.clone(), storage)
     }
 
     /// For implementations restoring the canonical snapshot `name`: checks
@@ -575,7 +690,7 @@ pub trait KeyedStateBackend: Send {
     }
 }
 
-fn timers_unsupported<K>(core: &BackendCore<K>, state: StateId) -> Error {
+fn timers_unsupported<K, S>(core: &BackendCore<K, S>, state: StateId) -> Error {
     let name = core.state(state).map(|s| s.meta().name.clone()).unwrap_or_default();
     Error::unsupported(format!("timer service {name:?}: this backend does not store timers"))
 }

@@ -292,14 +292,18 @@ impl OperatorStateStore {
     /// Restores the operator state of subtask `subtask_index` of
     /// `parallelism` from the handles `old` of an operator that ran at
     /// `old_parallelism` (at most one handle per old subtask; subtasks
-    /// without one had no operator state).
+    /// without one, or with an [empty](OperatorStateHandle::is_empty) one,
+    /// had no operator state).
     ///
-    /// Entries are assigned exactly as Flink assigns them ([`repartition`]):
-    /// at unchanged parallelism each subtask gets its own split and
-    /// broadcast state back; union state always gives every subtask every
-    /// entry. Only the blocks this subtask is given are read, and each is
-    /// checked against its checksum and entry count. States are typed when
-    /// registered again, which checks their mode and serializers.
+    /// Entries are assigned as Flink assigns them ([`repartition`]): at
+    /// unchanged parallelism each subtask gets its own split state back;
+    /// union state gives every subtask every entry; broadcast state gives
+    /// subtask `i` the copy of the `(i % n)`-th of the `n` old subtasks that
+    /// reported it, so every subtask gets one even when some old subtasks
+    /// lack it (with all reporting, at unchanged parallelism, each subtask
+    /// gets its own back). Only the blocks this subtask is given are read,
+    /// and each is checked against its checksum and entry count. States are
+    /// typed when registered again, which checks their mode and serializers.
     ///
     /// Changing the parallelism references each split-state entry on its
     /// own while assigning; more than [`MAX_RESTORE_SPLIT_ENTRIES`] are

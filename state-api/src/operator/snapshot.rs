@@ -4,6 +4,7 @@
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use bytes::Bytes;
 use super::store::*;
 use crate::checkpoint::{CheckpointLocation, CheckpointOutputStream, StateScope, StreamStateHandle};
 use crate::checkpoint::{OperatorStateBlock, OperatorStateHandle};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::codec::{crc32c, crc32c_append, put_bytes};
 
 /// One state as the synchronous phase saw it.
@@ -24,7 +25,8 @@ pub(super) struct View {
 /// An operator state snapshot whose synchronous phase is done: each state's
 /// entries as they were are referenced, and the store is free to change.
 /// Await it (or call [`run`](PendingOperatorSnapshot::run)) on any runtime
-/// to write them; dropping it writes nothing.
+/// to write them; dropping it writes nothing. Once the store is closed or
+/// dropped it fails instead ([`Closed`](crate::ErrorKind::Closed)).
 #[must_use = "a pending snapshot does nothing until awaited"]
 pub struct PendingOperatorSnapshot {
     pub(super) checkpoint_id: u64,
@@ -32,6 +34,8 @@ pub struct PendingOperatorSnapshot {
     pub(super) views: Vec<View>,
     pub(super) location: Arc<CheckpointLocation>,
     pub(super) sync_duration: Duration,
+    /// The store's closed flag.
+    pub(super) closed: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for PendingOperatorSnapshot {
@@ -61,13 +65,20 @@ impl PendingOperatorSnapshot {
     /// A store without entries writes nothing (the stream is
     /// [`Empty`](StreamStateHandle::Empty)); one without states gives an
     /// [empty](OperatorStateHandle::is_empty) handle.
+    ///
+    /// If the store was closed or dropped before this phase completes, it
+    /// fails with [`Closed`](crate::ErrorKind::Closed), naming the
+    /// checkpoint, and deletes what it wrote.
     pub async fn run(self) -> Result<OperatorStateHandle> {
         let (id, subtask) = (self.checkpoint_id, self.subtask_index);
-        let handle = write_views(subtask, &self.views, &self.location).await.map_err(|e| {
-            e.context(format!(
-                "operator state snapshot of subtask {subtask} for checkpoint {id}"
-            ))
-        })?;
+        let closed = ClosedFlag(&self.closed);
+        let handle = write_views(subtask, &self.views, &self.location, closed)
+            .await
+            .map_err(|e| {
+                e.context(format!(
+                    "operator state snapshot of subtask {subtask} for checkpoint {id}"
+                ))
+            })?;
         tracing::debug!(
             checkpoint_id = id,
             subtask,
@@ -88,6 +99,23 @@ impl IntoFuture for PendingOperatorSnapshot {
     }
 }
 
+/// A pending snapshot's view of its store's closed flag.
+#[derive(Clone, Copy)]
+pub(super) struct ClosedFlag<'a>(&'a AtomicBool);
+
+impl ClosedFlag<'_> {
+    /// `Closed` once the store was closed or dropped.
+    fn check(self) -> Result<()> {
+        if self.0.load(Ordering::Acquire) {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                "the operator state store was closed before its snapshot completed",
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub(super) fn block_of(view: &View, offset: u64, length: u64, crc32c: u32) -> OperatorStateBlock {
     OperatorStateBlock {
         name: view.meta.name.to_string(),
@@ -101,11 +129,16 @@ pub(super) fn block_of(view: &View, offset: u64, length: u64, crc32c: u32) -> Op
     }
 }
 
+/// Writes the views into one stream of `location`, checking `closed`
+/// before each write to the stream and before returning; a failure leaves
+/// nothing behind.
 pub(super) async fn write_views(
     subtask_index: u32,
     views: &[View],
     location: &CheckpointLocation,
+    closed: ClosedFlag<'_>,
 ) -> Result<OperatorStateHandle> {
+    closed.check()?;
     let mut states = Vec::with_capacity(views.len());
     if views.iter().all(|v| v.data.len() == 0) {
         states.extend(views.iter().map(|v| block_of(v, 0, 0, crc32c(&[]))));
@@ -122,6 +155,7 @@ pub(super) async fn write_views(
         flushed: 0,
         crc: 0,
         crc_from: 0,
+        closed,
     };
     for view in views {
         match w.block(view).await {
@@ -133,12 +167,16 @@ pub(super) async fn write_views(
         }
     }
     let (stream, written) = w.close().await?;
-    if stream.size() != written {
-        let e = Error::internal(format!(
+    let failed = if stream.size() != written {
+        Some(Error::internal(format!(
             "operator state stream {} holds {} bytes but {written} were written",
             stream.describe(),
             stream.size()
-        ));
+        )))
+    } else {
+        closed.check().err()
+    };
+    if let Some(e) = failed {
         if let Err(d) = location.discard(std::slice::from_ref(&stream)).await {
             tracing::warn!(error = %d, "could not discard an operator state stream");
         }
@@ -153,7 +191,7 @@ pub(super) async fn write_views(
 
 /// Writes blocks into a stream through a buffer, computing each block's
 /// checksum on the way.
-pub(super) struct BlockWriter {
+pub(super) struct BlockWriter<'a> {
     pub(super) stream: CheckpointOutputStream,
     pub(super) buf: Vec<u8>,
     /// Bytes handed to the stream.
@@ -161,14 +199,17 @@ pub(super) struct BlockWriter {
     /// Checksum of the current block up to `buf[crc_from..]`.
     pub(super) crc: u32,
     pub(super) crc_from: usize,
+    /// Checked before each write to the stream.
+    pub(super) closed: ClosedFlag<'a>,
 }
 
-impl BlockWriter {
+impl BlockWriter<'_> {
     pub(super) fn position(&self) -> u64 {
         self.flushed + self.buf.len() as u64
     }
 
     pub(super) async fn flush(&mut self) -> Result<()> {
+        self.closed.check()?;
         self.crc = crc32c_append(self.crc, &self.buf[self.crc_from..]);
         self.crc_from = 0;
         let data = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_CHUNK)));
@@ -249,6 +290,7 @@ impl OperatorStateStore {
             views,
             location,
             sync_duration: started.elapsed(),
+            closed: Arc::clone(&self.closed),
         })
     }
 }

@@ -34,7 +34,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -115,12 +115,24 @@ pub(super) struct StateRef {
 /// mode and serializers for its whole life, across restores: registering a
 /// name again with another mode or serializer is refused as
 /// [`Incompatible`](crate::ErrorKind::Incompatible).
+///
+/// Closing the store ([`close`](OperatorStateStore::close), or dropping
+/// it) fails the snapshots still in their asynchronous phase, as closing a
+/// keyed backend does.
 pub struct OperatorStateStore {
     pub(super) id: u64,
     pub(super) subtask_index: u32,
     pub(super) parallelism: u32,
     pub(super) slots: Vec<Slot>,
     pub(super) by_name: BTreeMap<Arc<str>, usize>,
+    /// Set when the store is closed or dropped; its pending snapshots check it.
+    pub(super) closed: Arc<AtomicBool>,
+}
+
+impl Drop for OperatorStateStore {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+    }
 }
 
 impl fmt::Debug for OperatorStateStore {
@@ -157,8 +169,14 @@ impl OperatorStateStore {
             parallelism,
             slots: Vec::new(),
             by_name: BTreeMap::new(),
+            closed: Arc::new(AtomicBool::new(false)),
         })
     }
+
+    /// Closes the store: snapshots still in their async phase fail
+    /// ([`Closed`](crate::ErrorKind::Closed)) and discard what they wrote.
+    /// Dropping the store does the same.
+    pub fn close(self) {}
 
     /// The subtask's index.
     pub fn subtask_index(&self) -> u32 {
@@ -317,6 +335,7 @@ mod tests {
     use std::sync::Mutex;
 
     use async_trait::async_trait;
+    use tokio::sync::Notify;
 
     use super::*;
 
@@ -326,11 +345,12 @@ mod tests {
     use std::ops::Range;
 
     use crate::checkpoint::{
-        CheckpointKind, CheckpointMetadata, CheckpointStorage, InlineReader, MemoryBlobStore, OperatorState,
-        ResolvedCheckpoint,
+        BlobMeta, BlobPath, BlobStore, BlobWriter, CheckpointLocation, OperatorStateBlock, OperatorStateHandle,
+        StateReader, StreamStateHandle,
     };
     use crate::checkpoint::{
-        CheckpointLocation, OperatorStateBlock, OperatorStateHandle, StateReader, StreamStateHandle,
+        CheckpointKind, CheckpointMetadata, CheckpointStorage, InlineReader, MemoryBlobStore, OperatorState,
+        ResolvedCheckpoint,
     };
     use crate::descriptor::{ListStateDescriptor, MapStateDescriptor};
     use crate::error::ErrorKind;
@@ -541,6 +561,60 @@ mod tests {
         }
     }
 
+    /// Old subtask 1 of 3 had no operator state at all (no handle, or an
+    /// empty one), or other state but not broadcast state "b": restored at
+    /// 5, 3 and 2 subtasks, new subtask `i` gets the copy of old subtask 0
+    /// when `i` is even and of old subtask 2 when it is odd.
+    #[tokio::test]
+    async fn broadcast_restores_from_the_old_subtasks_that_have_it() {
+        let broadcast = |i: u32| {
+            let mut store = OperatorStateStore::new(i, 3).unwrap();
+            let b = store.broadcast_state(&map("b")).unwrap();
+            b.put(&mut store, format!("copy{i}"), u64::from(i)).unwrap();
+            b.put(&mut store, "shared".to_string(), 7).unwrap();
+            store
+        };
+        let mut id = 0;
+        for storage in [memory(), files()] {
+            for subtask_1 in ["no handle", "empty handle", "split state only"] {
+                id += 1;
+                let middle = if subtask_1 == "split state only" {
+                    split_store(1, 3, &["x"])
+                } else {
+                    OperatorStateStore::new(1, 3).unwrap()
+                };
+                let resolved = checkpoint(&storage, id, &[broadcast(0), middle, broadcast(2)]).await;
+                let mut old = resolved.metadata.operator("op").unwrap().operator_state.clone();
+                if subtask_1 == "empty handle" {
+                    assert_eq!(old.len(), 2, "the checkpoint lists no empty handle");
+                    let location = storage.init_checkpoint(1000 + id).await.unwrap();
+                    let empty = OperatorStateStore::new(1, 3)
+                        .unwrap()
+                        .snapshot(1000 + id, location)
+                        .unwrap()
+                        .await
+                        .unwrap();
+                    assert!(empty.is_empty());
+                    old.insert(1, empty);
+                }
+                for p in [5, 3, 2] {
+                    for i in 0..p {
+                        let mut s = OperatorStateStore::restore(i, p, &old, 3, &*resolved.reader)
+                            .await
+                            .unwrap();
+                        let b = s.broadcast_state(&map("b")).unwrap();
+                        let from = if i % 2 == 0 { 0 } else { 2 };
+                        assert_eq!(
+                            b.entries(&s).unwrap(),
+                            [(format!("copy{from}"), from), ("shared".to_string(), 7)],
+                            "{subtask_1}: 3 → {p}, subtask {i}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn restored_mode_and_serializers_are_checked_on_registration() {
         let resolved = checkpoint(&memory(), 1, &[split_store(0, 1, &["a"])]).await;
@@ -688,6 +762,219 @@ mod tests {
             .snapshot(1, location)
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    }
+
+    /// `n` elements of 200 bytes each.
+    fn big_elements(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{i:0>200}")).collect()
+    }
+
+    /// A store with split state "s" = [`big_elements`]`(n)`.
+    fn big_store(n: usize) -> OperatorStateStore {
+        let mut store = OperatorStateStore::new(0, 1).unwrap();
+        let s = store.list_state(&list("s")).unwrap();
+        s.update(&mut store, big_elements(n)).unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn snapshot_of_a_dropped_store_fails_closed_and_writes_nothing() {
+        let storage = files();
+        let location = storage.init_checkpoint(7).await.unwrap();
+        let store = big_store(10);
+        let pending = store.snapshot(7, Arc::clone(&location)).unwrap();
+        drop(store);
+        let e = pending.await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+        assert!(e.message().contains("checkpoint 7"), "{e}");
+        assert!(storage.list_files().await.unwrap().is_empty());
+
+        // A store whose states have no entries writes no stream; its snapshot fails too.
+        let mut store = OperatorStateStore::new(0, 1).unwrap();
+        store.broadcast_state(&map("b")).unwrap();
+        let pending = store.snapshot(7, Arc::clone(&location)).unwrap();
+        drop(store);
+        let e = pending.await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+        assert!(e.message().contains("checkpoint 7"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn snapshot_of_a_closed_store_fails_closed_and_writes_nothing() {
+        let storage = files();
+        let location = storage.init_checkpoint(3).await.unwrap();
+        let store = big_store(10);
+        let pending = store.snapshot(3, location).unwrap();
+        store.close();
+        let e = pending.run().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+        assert!(e.message().contains("checkpoint 3"), "{e}");
+        assert!(storage.list_files().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn snapshot_that_ran_before_the_drop_is_unaffected() {
+        let storage = files();
+        let store = big_store(10);
+        let first = storage.init_checkpoint(1).await.unwrap();
+        let done = store.snapshot(1, Arc::clone(&first)).unwrap().await.unwrap();
+        let file = done.stream.file_path().unwrap().to_string();
+        let second = storage.init_checkpoint(2).await.unwrap();
+        let pending = store.snapshot(2, second).unwrap();
+        drop(store);
+        assert_eq!(pending.await.unwrap_err().kind(), ErrorKind::Closed);
+        // The first snapshot's file is all there is, and its checkpoint
+        // completes and restores after the drop.
+        let files: Vec<String> = storage
+            .list_files()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        assert_eq!(files, [file]);
+        let op = OperatorState::new("op", 1, 128, Vec::new()).with_operator_state(vec![done]);
+        first
+            .write_metadata(&CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 0).with_operator(op))
+            .await
+            .unwrap();
+        let resolved = storage.resolve(&storage.checkpoint_pointer(1)).await.unwrap();
+        let mut r = restore_all(&resolved, 1).await.remove(0);
+        let s = r.list_state(&list("s")).unwrap();
+        assert_eq!(s.get(&r).unwrap(), big_elements(10));
+    }
+
+    /// Where a [`Gated`] store's writers wait.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Gate {
+        /// Before the first bytes reach the object.
+        FirstWrite,
+        /// Before the object is made visible.
+        Finish,
+    }
+
+    /// A memory blob store whose writers stop at `gate`, say so through
+    /// `reached`, and go on once `release` is notified.
+    #[derive(Debug)]
+    struct Gated {
+        inner: MemoryBlobStore,
+        gate: Gate,
+        reached: Arc<Notify>,
+        release: Arc<Notify>,
+    }
+
+    struct GatedWriter {
+        inner: Box<dyn BlobWriter>,
+        gate: Gate,
+        wrote: bool,
+        reached: Arc<Notify>,
+        release: Arc<Notify>,
+    }
+
+    /// Says the gate is reached and waits for the release.
+    async fn wait_at_gate(reached: &Notify, release: &Notify) {
+        reached.notify_one();
+        release.notified().await;
+    }
+
+    #[async_trait]
+    impl BlobWriter for GatedWriter {
+        async fn write(&mut self, data: Bytes) -> Result<()> {
+            if self.gate == Gate::FirstWrite && !self.wrote {
+                self.wrote = true;
+                wait_at_gate(&self.reached, &self.release).await;
+            }
+            self.inner.write(data).await
+        }
+
+        async fn finish(self: Box<Self>) -> Result<()> {
+            if self.gate == Gate::Finish {
+                wait_at_gate(&self.reached, &self.release).await;
+            }
+            self.inner.finish().await
+        }
+
+        async fn abort(self: Box<Self>) {
+            self.inner.abort().await
+        }
+    }
+
+    #[async_trait]
+    impl BlobStore for Gated {
+        fn root(&self) -> &str {
+            self.inner.root()
+        }
+
+        async fn create(&self, path: &BlobPath) -> Result<Box<dyn BlobWriter>> {
+            Ok(Box::new(GatedWriter {
+                inner: self.inner.create(path).await?,
+                gate: self.gate,
+                wrote: false,
+                reached: Arc::clone(&self.reached),
+                release: Arc::clone(&self.release),
+            }))
+        }
+
+        async fn put_if_absent(&self, path: &BlobPath, data: Bytes) -> Result<()> {
+            self.inner.put_if_absent(path, data).await
+        }
+
+        async fn get_range(&self, path: &BlobPath, range: Range<u64>) -> Result<Bytes> {
+            self.inner.get_range(path, range).await
+        }
+
+        async fn head(&self, path: &BlobPath) -> Result<Option<BlobMeta>> {
+            self.inner.head(path).await
+        }
+
+        async fn list(&self, prefix: Option<&BlobPath>) -> Result<Vec<BlobMeta>> {
+            self.inner.list(prefix).await
+        }
+
+        async fn delete(&self, paths: &[BlobPath]) -> Result<()> {
+            self.inner.delete(paths).await
+        }
+
+        fn open(&self, location: &str) -> Result<Arc<dyn BlobStore>> {
+            self.inner.open(location)
+        }
+    }
+
+    /// The store is dropped while its snapshot's stream is being written
+    /// (more than one write chunk of state, so the snapshot is stopped
+    /// between two writes) or while the stream is being made visible
+    /// (stopped after closing it): the snapshot fails with `Closed`, naming
+    /// the checkpoint, and leaves no file behind.
+    #[tokio::test]
+    async fn dropping_the_store_during_the_async_phase_fails_it_and_discards_its_output() {
+        for (gate, elements) in [(Gate::FirstWrite, 4000), (Gate::Finish, 10)] {
+            let (reached, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+            let blobs = Gated {
+                inner: MemoryBlobStore::new("memory://job"),
+                gate,
+                reached: Arc::clone(&reached),
+                release: Arc::clone(&release),
+            };
+            let storage = CheckpointStorage::new(Arc::new(blobs), "job")
+                .unwrap()
+                .with_inline_threshold(64)
+                .unwrap()
+                .with_write_chunk(4096);
+            let location = storage.init_checkpoint(5).await.unwrap();
+            let store = big_store(elements);
+            let running = tokio::spawn(store.snapshot(5, location).unwrap().run());
+            reached.notified().await;
+            drop(store);
+            release.notify_one();
+            let e = running.await.unwrap().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Closed, "{gate:?}: {e}");
+            assert!(e.message().contains("checkpoint 5"), "{gate:?}: {e}");
+            if gate == Gate::FirstWrite {
+                // Stopped while writing the block of "s", not after it.
+                assert!(e.message().contains("operator state \"s\""), "{e}");
+            }
+            assert!(storage.list_files().await.unwrap().is_empty(), "{gate:?}");
+        }
     }
 
     /// Handle of one subtask with split state "s" = `[a, b]` and union "u" = `[x]`.
@@ -847,23 +1134,34 @@ mod tests {
             .unwrap();
         let reads = reader.reads.lock().unwrap().clone();
         let h2 = &op.operator_state[2];
-        // One ranged read of the file: its split block only (broadcast "b" goes to
-        // subtask 2 % 3 = 2, which does not exist at parallelism 2).
-        assert_eq!(reads, [(file.clone(), vec![h2.state("s").unwrap().range()])]);
+        // One ranged read of the file: its two blocks, in block order (broadcast
+        // "b" was reported by old subtask 2 only, so every new subtask gets its copy).
+        assert_eq!(
+            reads,
+            [(
+                file.clone(),
+                vec![h2.state("b").unwrap().range(), h2.state("s").unwrap().range()]
+            )]
+        );
         let s1 = r1.list_state(&list("s")).unwrap();
         assert_eq!(s1.get(&r1).unwrap(), big[99..].to_vec());
         let b1 = r1.broadcast_state(&map("b")).unwrap();
-        assert!(b1.is_empty(&r1).unwrap());
+        assert_eq!(b1.entries(&r1).unwrap(), [("k".to_string(), 1)]);
 
         let mut all = restore_all(&resolved, 2).await;
         let mut expected = strings(&["a", "b", "c"]);
         expected.extend_from_slice(&big[..99]);
         assert_eq!(lists(&mut all, "s", false)[0], expected);
-        // Unchanged parallelism: subtask 2 gets its file back, broadcast included.
+        let b0 = all[0].broadcast_state(&map("b")).unwrap();
+        assert_eq!(b0.entries(&all[0]).unwrap(), [("k".to_string(), 1)]);
+        // Unchanged parallelism: subtask 2 gets its file back, and the broadcast
+        // state only it reported goes to the other subtasks too.
         let mut same = restore_all(&resolved, 3).await;
         assert_eq!(lists(&mut same, "s", false)[2], big);
-        let b2 = same[2].broadcast_state(&map("b")).unwrap();
-        assert_eq!(b2.entries(&same[2]).unwrap(), [("k".to_string(), 1)]);
+        for (i, s) in same.iter_mut().enumerate() {
+            let b = s.broadcast_state(&map("b")).unwrap();
+            assert_eq!(b.entries(s).unwrap(), [("k".to_string(), 1)], "subtask {i}");
+        }
     }
 
     #[test]
@@ -893,12 +1191,13 @@ mod tests {
     }
 
     /// Through storage, every assignment is exactly what `repartition`
-    /// (Flink's) gives for the same entries.
+    /// (Flink's) gives for the same entries, also when some old subtasks
+    /// lack some states or have no operator state at all.
     #[tokio::test]
     async fn restores_match_repartition() {
         let storage = files();
         let mut rng = Lcg(7);
-        for round in 0..40u64 {
+        for round in 0..80u64 {
             let p_old = 1 + rng.below(5) as u32;
             let p_new = 1 + rng.below(6) as u32;
             let names = [
@@ -912,7 +1211,11 @@ mod tests {
             for i in 0..p_old {
                 let mut store = OperatorStateStore::new(i, p_old).unwrap();
                 let mut states = BTreeMap::new();
+                let stateless = round % 2 == 1 && rng.below(4) == 0;
                 for (name, mode) in names {
+                    if stateless || (round % 2 == 1 && rng.below(3) == 0) {
+                        continue;
+                    }
                     let n = rng.below(if round % 3 == 0 { 40 } else { 5 });
                     let entries: Vec<String> = (0..n).map(|e| format!("{name}{i}.{e}")).collect();
                     match mode {
@@ -945,7 +1248,7 @@ mod tests {
                             b.entries(store).unwrap().into_iter().map(|(k, _)| k).collect()
                         }
                     };
-                    let mut want = want[name].entries.clone();
+                    let mut want = want.get(name).map_or_else(Vec::new, |s| s.entries.clone());
                     if mode == DistributionMode::Broadcast {
                         got.sort();
                         want.sort();
