@@ -49,9 +49,12 @@ impl<K> HeapBackend<K> {
     {
         let range = self.core.key_group_range();
         let KeyedStateHandle::KeyGroups(h) = handle else {
-            return Err(Error::unsupported(
-                "the heap backend restores canonical snapshots only; restore native RocksDB checkpoints into RocksDB or take a savepoint",
-            ));
+            return Err(Error::incompatible(format!(
+                "the heap backend cannot restore {}: it restores canonical snapshots only; restore native RocksDB \
+                 snapshots into the RocksDB backend, or turn this one into a canonical savepoint with \
+                 `flowstate savepoint convert`",
+                describe_native(handle)
+            )));
         };
         let overlap = h.range.intersect(&range);
         if h.stream == flowstate_api::checkpoint::StreamStateHandle::Empty || overlap.is_empty() {
@@ -85,6 +88,17 @@ impl<K> HeapBackend<K> {
             })?;
         }
         Ok(())
+    }
+}
+
+/// Names a native handle for errors.
+fn describe_native(handle: &KeyedStateHandle) -> String {
+    match handle {
+        KeyedStateHandle::Incremental(h) => format!(
+            "the native RocksDB checkpoint {} of backend {} (key groups {})",
+            h.checkpoint_id, h.backend_id, h.range
+        ),
+        other => format!("a native snapshot of key groups {}", other.key_group_range()),
     }
 }
 

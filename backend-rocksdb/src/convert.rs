@@ -36,7 +36,7 @@ pub async fn incremental_to_canonical(
     let dir = instance.temp_path("convert");
     let guard = DirGuard::new(dir.clone());
     let mut stats = crate::RestoreStats::default();
-    crate::restore::materialize(handle, &header.states, &clock, reader, options, &dir, &mut stats).await?;
+    crate::restore::materialize(handle, reader, options, &dir, &mut stats).await?;
     let resources = Arc::new(Resources::new(options, clock));
     let (open_dir, h) = (dir.clone(), header.clone());
     let id = handle.checkpoint_id;

@@ -79,6 +79,10 @@ pub(crate) struct Upload {
     pub(crate) id: u64,
     pub(crate) backend_id: String,
     pub(crate) header: SnapshotHeader,
+    /// Incremental: SST files go to shared state, may be reused, and are
+    /// recorded for reuse. Otherwise (a native full checkpoint) every file
+    /// is exclusive to the checkpoint.
+    pub(crate) share: bool,
     pub(crate) concurrency: usize,
     pub(crate) local: Option<PathBuf>,
     pub(crate) uploads: Arc<std::sync::Mutex<Uploads>>,
@@ -123,11 +127,12 @@ impl Upload {
             let reused = reuse.get(&name).filter(|f| f.stream.size() == size).cloned();
             let path = guard.0.join(&name);
             let closed_flag = Arc::clone(&self.closed);
+            let share = self.share;
             async move {
                 if closed_flag.load(Ordering::Acquire) {
                     return Err(closed(id));
                 }
-                let shared = name.ends_with(".sst");
+                let shared = share && name.ends_with(".sst");
                 if let (true, Some(f)) = (shared, reused) {
                     return Ok((true, f, 0));
                 }
@@ -185,8 +190,10 @@ impl Upload {
                 .uploads
                 .lock()
                 .map_err(|_| Error::internal("upload registry lock poisoned"))?;
-            u.pending
-                .insert(id, shared.iter().map(|f| (f.name.clone(), f.clone())).collect());
+            if self.share {
+                u.pending
+                    .insert(id, shared.iter().map(|f| (f.name.clone(), f.clone())).collect());
+            }
             if let Some(local) = self.local {
                 u.local_copies.push((id, local));
             }

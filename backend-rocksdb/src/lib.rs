@@ -734,7 +734,8 @@ fn capabilities_of(options: &RocksDbOptions) -> BackendCapabilities {
     } else {
         c
     };
-    // Local copies are kept of incremental checkpoints only.
+    // Local copies are kept of every checkpoint; the local-recovery
+    // contracts are those of incremental checkpoints.
     if options.local_recovery.is_some() && options.incremental {
         c.with_local_recovery()
     } else {

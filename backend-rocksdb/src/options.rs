@@ -28,13 +28,16 @@ pub struct RocksDbOptions {
     /// the backend is dropped).
     pub working_dir: PathBuf,
     /// Checkpoints upload only new SST files (the default); when false,
-    /// every checkpoint is a full canonical snapshot.
+    /// every checkpoint is a native full one: every file of a RocksDB
+    /// checkpoint, in the checkpoint's own directory, nothing shared.
+    /// Savepoints are canonical either way.
     pub incremental: bool,
     /// Block cache shared by all states.
     pub block_cache_bytes: usize,
     /// Memtable budget shared by all states.
     pub write_buffer_bytes: usize,
-    /// Files uploaded concurrently in a checkpoint's async phase.
+    /// Files uploaded concurrently in a checkpoint's async phase, and
+    /// downloaded concurrently in a restore.
     pub upload_concurrency: usize,
     /// Local recovery, if enabled.
     pub local_recovery: Option<LocalRecovery>,
@@ -136,7 +139,7 @@ impl Resources {
 
     /// Options of the column family of a state of `kind`.
     pub fn cf_options(&self, kind: StorageKind, ttl: Arc<TtlSlot>) -> Options {
-        let mut o = Options::default();
+        let mut o = verified_on_write();
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&self.cache);
         table.set_bloom_filter(10.0, false);
@@ -150,6 +153,22 @@ impl Resources {
         }
         crate::ttl_filter::install(&mut o, kind, ttl, self.clock.clone());
         o
+    }
+}
+
+/// Default options under which RocksDB reads back and checks every SST
+/// file it writes (flushes and compactions) before using it
+/// (`paranoid_file_checks`): the write side of checkpoint verification (see
+/// the `restore` module). The option has no typed setter; it is parsed from
+/// a string onto bare options, so nothing set on options later (caches,
+/// filters, merge operators) is copied through C.
+fn verified_on_write() -> Options {
+    match Options::default().get_options_from_string("paranoid_file_checks=true") {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "RocksDB refused paranoid_file_checks; files are not checked when written");
+            Options::default()
+        }
     }
 }
 
@@ -168,4 +187,47 @@ pub(crate) fn open_read_only(
     });
     DB::open_cf_descriptors_read_only(&resources.db_options(), dir, cfs, false)
         .map_err(db_err(format!("opening {}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every state's column family checks the files it writes: RocksDB
+    /// records the option in the OPTIONS file of the database.
+    #[test]
+    fn column_families_check_the_files_they_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: SharedClock = Arc::new(flowstate_api::ttl::SystemClock);
+        let resources = Resources::new(&RocksDbOptions::new(dir.path()), clock);
+        let mut db_options = resources.db_options();
+        db_options.create_if_missing(true);
+        let path = dir.path().join("db");
+        let mut db = DB::open(&db_options, &path).unwrap();
+        db.create_cf(
+            "state",
+            &resources.cf_options(StorageKind::Value, Arc::new(TtlSlot::default())),
+        )
+        .unwrap();
+        drop(db);
+        // The newest OPTIONS file that describes the column family.
+        let mut files: Vec<_> = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("OPTIONS-"))
+            })
+            .collect();
+        files.sort();
+        let text = files
+            .iter()
+            .rev()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .find(|t| t.contains("[CFOptions \"state\"]"))
+            .expect("an OPTIONS file describing the column family");
+        let section = text.split("[CFOptions \"state\"]").nth(1).unwrap();
+        let section = section.split("[CFOptions ").next().unwrap();
+        assert!(section.contains("paranoid_file_checks=true"), "{section}");
+    }
 }

@@ -2,18 +2,27 @@
 //! a download), with rescaling by `delete_range` and key-group copies, and
 //! from canonical snapshots of any backend.
 //!
-//! Downloaded files are checked twice: each whole file against the size and
-//! CRC-32C in its handle, then every block of every SST file against its
-//! RocksDB block checksum, by a full scan of the downloaded checkpoint. The
-//! handle's CRC-32C alone cannot catch a file damaged before (or forged
-//! together with) its handle; the block checksums do, at restore rather
-//! than on the first read that reaches the damaged block. Local copies are
-//! not scanned: one is used only if each of its files matches the handle's
+//! Files are verified on the write side, checked cheaply on the read side:
+//! - Every SST file the backend writes (flush or compaction) is read back
+//!   and checked by RocksDB before it is used (`paranoid_file_checks`), so
+//!   a checkpoint uploads only files that were whole when written, and a
+//!   completed checkpoint only holds such files.
+//! - A download is checked against the size and CRC-32C of its handle, in
+//!   the same pass as the copy; that catches anything that happened to the
+//!   file after its upload. Opening the database checks every file's
+//!   footer, properties and index (all files are opened at open).
+//! - Every block read after that is checked against its RocksDB block
+//!   checksum, as on any read. A file damaged before it was uploaded and
+//!   given a forged handle checksum is therefore refused at the latest on
+//!   the first read of the damaged block, as `Corrupted` naming the state;
+//!   the restore no longer reads every block of every file to find it
+//!   earlier (that scan was most of a restore's time).
+//!
+//! Local copies are used only if each of their files matches the handle's
 //! CRC-32C, which was computed from these same local bytes when the
 //! checkpoint was taken, so a damaged or forged file in storage (or a
 //! forged checksum) makes the local copy mismatch and the restore download
-//! and scan instead. Only someone who can write this machine's disks, and
-//! so the live database too, could make a local copy match a forged handle.
+//! instead.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -23,17 +32,16 @@ use flowstate_api::checkpoint::{HandleFile, IncrementalStateHandle, KeyGroupsSta
 use flowstate_api::format::canonical::{
     check_compatible, restore_key_groups, CanonicalSnapshot, Record, SnapshotHeader,
 };
-use flowstate_api::ttl::SharedClock;
 use flowstate_api::{Error, ErrorKind, KeyGroupRange, KeyedBackendConfig, KeyedStateHandle, RestoreMode, Result};
 use futures::{StreamExt, TryStreamExt};
-use rocksdb::{ReadOptions, WriteBatch};
+use rocksdb::WriteBatch;
 
 use crate::error::rocksdb_file;
 use crate::files::{blocking, link_or_copy_dir, DirGuard};
 use crate::keys::{key_group_of, key_part, kg_prefix, pack, put_namespace, timer_key};
 use crate::local_recovery::{file_crc32c, local_dir, verify_local};
-use crate::options::{open_read_only, Resources};
-use crate::{cf_name, db_err, RocksDbBackend, RocksDbOptions};
+use crate::options::open_read_only;
+use crate::{db_err, RocksDbBackend, RocksDbOptions};
 
 /// How a restore went. Only the handles that hold key groups of the
 /// restored range are read, and counted.
@@ -117,7 +125,7 @@ impl<K: 'static> RocksDbBackend<K> {
                 let instance = blocking(move || crate::instance::InstanceDir::create(&working_dir)).await?;
                 let dir = instance.temp_path("restore");
                 let guard = DirGuard::new(dir.clone());
-                materialize(base, &header.states, &config.clock, reader, &options, &dir, &mut stats).await?;
+                materialize(base, reader, &options, &dir, &mut stats).await?;
                 let states = header.states;
                 let backend = blocking(move || {
                     let backend = Self::open(config, options, Some(instance), Some(&dir), &states)?;
@@ -126,7 +134,8 @@ impl<K: 'static> RocksDbBackend<K> {
                     }
                     Ok(backend)
                 })
-                .await?;
+                .await
+                .map_err(|e| name_damaged_file(e, &describe(base), &handle_files(base)))?;
                 guard.remove().await;
                 if base.range == range && incremental.len() == 1 && backend.options().restore_mode == RestoreMode::Claim
                 {
@@ -207,15 +216,16 @@ impl<K: 'static> RocksDbBackend<K> {
         )?;
         let dir = self.temp_path("restore");
         let guard = DirGuard::new(dir.clone());
-        let clock = self.config().clock.clone();
-        materialize(h, &header.states, &clock, reader, self.options(), &dir, stats).await?;
+        materialize(h, reader, self.options(), &dir, stats).await?;
         let range = h.range;
         let mut this = self;
+        let files = handle_files(h);
         let this = blocking(move || {
             this.copy_key_groups(&dir, range, &header.states, &name)?;
             Ok(this)
         })
-        .await?;
+        .await
+        .map_err(|e| name_damaged_file(e, &describe(h), &files))?;
         guard.remove().await;
         Ok(this)
     }
@@ -349,6 +359,11 @@ impl<K: 'static> RocksDbBackend<K> {
     }
 }
 
+/// The files of `h`, shared and private.
+fn handle_files(h: &IncrementalStateHandle) -> Vec<HandleFile> {
+    h.shared.iter().chain(&h.private).cloned().collect()
+}
+
 fn describe(h: &IncrementalStateHandle) -> String {
     format!(
         "incremental checkpoint {} of {} ({})",
@@ -376,14 +391,12 @@ pub(crate) async fn read_header(h: &IncrementalStateHandle, reader: &dyn StateRe
 /// documentation).
 pub(crate) async fn materialize(
     h: &IncrementalStateHandle,
-    states: &[StateMetaInfo],
-    clock: &SharedClock,
     reader: &dyn StateReader,
     options: &RocksDbOptions,
     dir: &Path,
     stats: &mut RestoreStats,
 ) -> Result<()> {
-    let files: Vec<HandleFile> = h.shared.iter().chain(&h.private).cloned().collect();
+    let files = handle_files(h);
     let total: u64 = files.iter().map(|f| f.stream.size()).sum();
     if let Some(local) = options
         .local_recovery
@@ -424,54 +437,12 @@ pub(crate) async fn materialize(
     .await?;
     stats.handles_from_storage += 1;
     stats.downloaded_bytes += total;
-    let (dir, states, options, clock) = (dir.to_path_buf(), states.to_vec(), options.clone(), clock.clone());
-    blocking(move || verify_blocks(&dir, &states, &options, clock))
-        .await
-        .map_err(|e| name_damaged_file(e, &name, &files))
-}
-
-/// Bytes read ahead while scanning a restored checkpoint.
-const VERIFY_READAHEAD: usize = 4 << 20;
-
-/// Reads every entry of every state of the checkpoint in `dir`, verifying
-/// the checksum of each block read: every data block and index block of
-/// every SST file; opening the files checks their footers, properties and
-/// meta-index blocks. Range deletions are ignored so that no block is
-/// skipped because a newer tombstone covers its keys. Bloom filter blocks
-/// are not read by a scan: a damaged one fails, as corrupted, the first
-/// lookup that reads it.
-fn verify_blocks(dir: &Path, states: &[StateMetaInfo], options: &RocksDbOptions, clock: SharedClock) -> Result<()> {
-    flowstate_api::runtime::check_blocking("verifying block checksums");
-    let started = Instant::now();
-    let resources = Resources::new(options, clock);
-    let db = open_read_only(dir, states, &resources)?;
-    for meta in states {
-        let cf = db
-            .cf_handle(&cf_name(&meta.name))
-            .ok_or_else(|| Error::corrupted(format!("state {:?} has no column family", meta.name)))?;
-        let mut read = ReadOptions::default();
-        read.set_verify_checksums(true);
-        read.fill_cache(false);
-        read.set_readahead_size(VERIFY_READAHEAD);
-        #[allow(deprecated)] // Deprecated for speed only; still honoured.
-        read.set_ignore_range_deletions(true);
-        let mut it = db.raw_iterator_cf_opt(cf, read);
-        it.seek_to_first();
-        while it.valid() {
-            it.next();
-        }
-        it.status().map_err(db_err(format_args!(
-            "verifying the block checksums of state {:?}",
-            meta.name
-        )))?;
-    }
-    tracing::debug!(dir = %dir.display(), elapsed = ?started.elapsed(), "verified block checksums");
     Ok(())
 }
 
 /// Adds the checkpoint `name`, and for corruption the damaged file and where
-/// it was downloaded from, to an error of [`verify_blocks`]. The file is the
-/// one the RocksDB status names ([`rocksdb_file`]).
+/// it came from, to an error of opening the files of `files`. The file is
+/// the one the RocksDB status names ([`rocksdb_file`]).
 fn name_damaged_file(e: Error, name: &str, files: &[HandleFile]) -> Error {
     let damaged = (e.kind() == ErrorKind::Corrupted)
         .then(|| rocksdb_file(&e))

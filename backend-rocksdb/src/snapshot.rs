@@ -1,8 +1,11 @@
 //! Snapshots. The sync phase is a RocksDB checkpoint: memtables are flushed
 //! and the live files hard-linked into a private directory. The async phase
-//! then either uploads the SST files the last completed checkpoint does not
-//! already hold (incremental, see `incremental.rs`), or reads the checkpoint key group by key
-//! group into the canonical format (full snapshots and savepoints).
+//! then uploads its files (checkpoints, see `incremental.rs`): only the SST
+//! files the last completed checkpoint does not already hold when
+//! incremental, every file into the checkpoint's own directory otherwise (a
+//! native full checkpoint, nothing shared, as Flink's
+//! `RocksNativeFullSnapshotStrategy`); or it reads the checkpoint key group
+//! by key group into the canonical format (savepoints).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,9 +48,12 @@ pub(crate) fn snapshot<K>(
         )))?;
     let guard = DirGuard::new(dir);
     let closed_flag = Arc::clone(&b.closed);
-    let incremental =
-        options.kind == CheckpointKind::Checkpoint && b.options().incremental && !header.states.is_empty();
-    if !incremental {
+    // Checkpoints upload the RocksDB checkpoint's own files: only new SST
+    // files when incremental, every file (a native full checkpoint, nothing
+    // shared) otherwise. Savepoints are canonical.
+    let native = options.kind == CheckpointKind::Checkpoint && !header.states.is_empty();
+    let incremental = native && b.options().incremental;
+    if !native {
         let filter = b.core.ttl_filter();
         let resources = Arc::clone(b.resources());
         let phase = async move {
@@ -71,12 +77,14 @@ pub(crate) fn snapshot<K>(
         return Ok(PendingSnapshot::new(id, started, phase));
     }
     let files = list_files(&guard.0)?;
-    let reuse = {
+    let reuse = if incremental {
         let mut u = b
             .uploads
             .lock()
             .map_err(|_| Error::internal("upload registry lock poisoned"))?;
         plan_reuse(&mut u, id, &files)
+    } else {
+        Default::default()
     };
     let upload = Upload {
         id,
@@ -86,6 +94,7 @@ pub(crate) fn snapshot<K>(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         header,
+        share: incremental,
         concurrency: b.options().upload_concurrency.max(1),
         local: b
             .options()

@@ -245,9 +245,12 @@ fn damage_with_forged_checksum(s: &Setup, handle: &KeyedStateHandle) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn damaged_sst_block_with_forged_checksum_fails_the_restore() {
+async fn damaged_sst_block_with_forged_checksum_is_refused_at_the_latest_on_first_read() {
     // With local recovery too: the forged checksum makes the intact local
-    // copy mismatch, so the damaged file is downloaded and must be caught.
+    // copy mismatch, so the damaged file is downloaded. Files are verified
+    // when written, not scanned at restore: the damaged block is refused,
+    // as corrupted and naming the state, when it is first read (or when the
+    // restore opens the file, if the damage reaches what opening reads).
     for local_recovery in [false, true] {
         let s = setup(local_recovery);
         let mut store = CheckpointStore::open(Arc::clone(&s.storage), CheckpointStoreConfig::default())
@@ -264,14 +267,34 @@ async fn damaged_sst_block_with_forged_checksum_fails_the_restore() {
         let handles = resolved.metadata.operators[0].keyed.clone();
         let restored = RocksDbBackend::restore(config(), &handles, &*resolved.reader, s.options.clone()).await;
         let e = match restored {
-            Ok(_) => panic!("local recovery {local_recovery}: a damaged data block was restored"),
-            Err(e) => e,
+            Err(e) => {
+                let message = e.to_string();
+                assert!(message.contains("incremental checkpoint 1"), "{message}");
+                assert!(message.contains(&stored), "names the stored file: {message}");
+                e
+            }
+            Ok(mut r) => {
+                let v = r.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
+                let mut first_error = None;
+                for k in 0..KEYS {
+                    r.set_current_key(&k).unwrap();
+                    match r.value(&v) {
+                        // Nothing wrong is ever returned.
+                        Ok(got) => assert_eq!(got, Some(varied(k)), "key {k}"),
+                        Err(e) => {
+                            first_error = Some(e);
+                            break;
+                        }
+                    }
+                }
+                let e = first_error
+                    .unwrap_or_else(|| panic!("local recovery {local_recovery}: the damaged block was read"));
+                assert!(e.to_string().contains("state \"v\""), "names the state: {e}");
+                e
+            }
         };
         assert_eq!(e.kind(), ErrorKind::Corrupted, "local recovery {local_recovery}: {e}");
-        let message = e.to_string();
-        assert!(message.contains("incremental checkpoint 1"), "{message}");
-        assert!(message.contains(&stored), "names the stored file: {message}");
-        assert!(message.contains("checksum mismatch"), "{message}");
+        assert!(e.to_string().contains("checksum mismatch"), "{e}");
     }
 }
 

@@ -3,8 +3,8 @@
 //! 20M keys), one tab-separated line per figure:
 //! `flowstate <workload> <backend> <metric> <value> <unit>`.
 //!
-//! `workload [W1|W2|T1|S1|all] [--quick] [--storage s3] [--only heap|rocksdb]`; `--quick` shrinks every
-//! size 10x; `--storage s3` runs W2's RocksDB checkpoints against the
+//! `workload [W1|W2|W3|T1|S1|all] [--quick] [--keys N] [--storage s3] [--only heap|rocksdb]`; `--quick` shrinks every
+//! size 10x; `--keys N` sets W3's keys (default 2,000,000; W3 runs only when named); `--storage s3` runs W2's RocksDB checkpoints against the
 //! S3-compatible server of `FLOWSTATE_S3_*` (see `scripts/s3-server.sh`).
 
 mod scale;
@@ -12,6 +12,7 @@ mod stall;
 mod timers;
 mod w1;
 mod w2;
+mod w3;
 
 use std::process::ExitCode;
 
@@ -48,7 +49,9 @@ fn main() -> ExitCode {
     let which = args
         .iter()
         .enumerate()
-        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || !["--only", "--storage"].contains(&args[i - 1].as_str())))
+        .find(|(i, a)| {
+            !a.starts_with("--") && (*i == 0 || !["--only", "--storage", "--keys"].contains(&args[i - 1].as_str()))
+        })
         .map(|(_, a)| a.as_str())
         .unwrap_or("all");
     let scale = if quick { 10 } else { 1 };
@@ -67,10 +70,19 @@ fn main() -> ExitCode {
         }
     };
     let only = args.windows(2).find(|w| w[0] == "--only").map(|w| w[1].as_str());
+    let keys = match args.windows(2).find(|w| w[0] == "--keys").map(|w| w[1].parse::<u64>()) {
+        None => 2_000_000 / scale as u64,
+        Some(Ok(n)) if n >= 1_000 => n,
+        Some(_) => {
+            eprintln!("workload: --keys takes a number of keys, at least 1000");
+            return ExitCode::FAILURE;
+        }
+    };
     let which = if which == "s3" || which == "fs" { "all" } else { which };
     let result = match which {
         "W1" => w1::run(scale, only),
         "W2" => w2::run(scale, object.as_ref()),
+        "W3" => w3::run(keys, only),
         "T1" => timers::run(scale),
         "S1" => scale::run(scale, only),
         "all" => w1::run(scale, only)
@@ -78,7 +90,7 @@ fn main() -> ExitCode {
             .and_then(|_| timers::run(scale))
             .and_then(|_| scale::run(scale, only)),
         other => {
-            eprintln!("usage: workload [W1|W2|T1|S1|all] [--quick] (unknown workload {other:?})");
+            eprintln!("usage: workload [W1|W2|W3|T1|S1|all] [--quick] [--keys N] (unknown workload {other:?})");
             return ExitCode::FAILURE;
         }
     };
