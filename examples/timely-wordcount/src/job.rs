@@ -118,9 +118,10 @@ struct Txn {
 struct Ack {
     epoch: u64,
     worker: usize,
-    /// The worker's handles, as a partial checkpoint metadata (the one
-    /// public encoding of handles).
-    metadata: Vec<u8>,
+    /// The worker's keyed state handle (`KeyedStateHandle::to_bytes`).
+    keyed: Vec<u8>,
+    /// The worker's source offsets (`OperatorStateHandle::to_bytes`).
+    offsets: Vec<u8>,
     /// The sink transaction to commit once the checkpoint completes.
     txn: PathBuf,
     /// The synchronous phases of the worker's snapshots (keyed backend, source).
@@ -385,17 +386,15 @@ impl Coordinator {
         }
         let (mut keyed, mut offsets) = (Vec::new(), Vec::new());
         for ack in &acks {
-            let part = CheckpointMetadata::decode(
-                &bytes::Bytes::from(ack.metadata.clone()),
-                &format!("{name} (the part of worker {})", ack.worker),
-            )?;
-            for op in part.operators {
-                match op.operator_id.as_str() {
-                    COUNT => keyed.extend(op.keyed),
-                    SOURCE => offsets.extend(op.operator_state),
-                    other => return Err(Error::corrupted(format!("{name}: unknown operator {other:?}"))),
-                }
-            }
+            let part = format!("{name} (the part of worker {})", ack.worker);
+            keyed.push(KeyedStateHandle::from_bytes(
+                &bytes::Bytes::from(ack.keyed.clone()),
+                &part,
+            )?);
+            offsets.push(flowstate_api::checkpoint::OperatorStateHandle::from_bytes(
+                &bytes::Bytes::from(ack.offsets.clone()),
+                &part,
+            )?);
         }
         let p = peers as u32;
         let metadata = CheckpointMetadata::new(id, CheckpointKind::Checkpoint, SystemClock.now_millis())
@@ -490,15 +489,13 @@ pub fn run_worker<F: BackendFactory>(worker: &mut Worker, ctx: Arc<Ctx<F>>) -> R
 
         // Routing by key group: the record goes to the worker whose key
         // groups flowstate says hold its key.
-        let key_serializer = default_serializer::<String>();
-        let mut key_buf = Vec::new();
-        let route = Exchange::new(move |e: &Event| {
-            key_buf.clear();
-            if let Err(err) = key_serializer.serialize(&e.word, &mut key_buf) {
-                fail(index, &err);
-            }
-            let kg = key_group_for_key_bytes(&key_buf, MAX_PARALLELISM);
-            u64::from(operator_index_for_key_group(MAX_PARALLELISM, n, kg))
+        let router = match KeyGroupRange::all(MAX_PARALLELISM) {
+            Ok(all) => KeyedBackendConfig::<String>::new(all, MAX_PARALLELISM),
+            Err(e) => fail(index, &e),
+        };
+        let route = Exchange::new(move |e: &Event| match router.operator_index_of(&e.word, n) {
+            Ok(i) => u64::from(i),
+            Err(err) => fail(index, &err),
         });
 
         // The keyed operator.
@@ -690,16 +687,11 @@ pub fn run_worker<F: BackendFactory>(worker: &mut Worker, ctx: Arc<Ctx<F>>) -> R
                                 })??;
                                 let offsets = offsets.await?;
                                 let size = offsets.state_size();
-                                let part = CheckpointMetadata::new(t, CheckpointKind::Checkpoint, 0)
-                                    .with_operator(
-                                        OperatorState::new(SOURCE, n, MAX_PARALLELISM, Vec::new())
-                                            .with_operator_state(vec![offsets]),
-                                    )
-                                    .with_operator(OperatorState::new(COUNT, n, MAX_PARALLELISM, vec![keyed.handle]));
                                 Ok(Ack {
                                     epoch: t,
                                     worker: index,
-                                    metadata: part.encode(),
+                                    keyed: keyed.handle.to_bytes(),
+                                    offsets: offsets.to_bytes(),
                                     txn: txn.file,
                                     sync,
                                     pre_commit,

@@ -261,6 +261,35 @@ impl<K> KeyedBackendConfig<K> {
         self
     }
 
+    /// The key group of `key`, serialized with this config's key serializer
+    /// and hashed as a backend built with it does: what an engine routes a
+    /// record by.
+    ///
+    /// ```
+    /// use flowstate_api::*;
+    /// let config = KeyedBackendConfig::<u64>::new(KeyGroupRange::all(128)?, 128);
+    /// let subtask = config.operator_index_of(&42, 4)?;
+    /// assert!(KeyGroupRange::for_operator(128, 4, subtask)?.contains(config.key_group_of(&42)?));
+    /// # Ok::<(), flowstate_api::Error>(())
+    /// ```
+    pub fn key_group_of(&self, key: &K) -> Result<u32> {
+        let mut bytes = Vec::new();
+        self.key_serializer.serialize(key, &mut bytes)?;
+        Ok(crate::keygroup::key_group_for_key_bytes(&bytes, self.max_parallelism))
+    }
+
+    /// The subtask, of `parallelism`, whose backend holds `key`: where an
+    /// engine sends a record of that key (Flink's `KeyGroupStreamPartitioner`).
+    pub fn operator_index_of(&self, key: &K, parallelism: u32) -> Result<u32> {
+        check_parallelism(self.max_parallelism, parallelism)?;
+        let key_group = self.key_group_of(key)?;
+        Ok(crate::keygroup::operator_index_for_key_group(
+            self.max_parallelism,
+            parallelism,
+            key_group,
+        ))
+    }
+
     /// Checks the range against the max parallelism.
     pub fn validate(&self) -> Result<()> {
         check_parallelism(self.max_parallelism, 1)?;
@@ -368,6 +397,11 @@ pub trait KeyedStateBackend: Send {
     /// The synchronous phase of a snapshot: captures an immutable view of
     /// all state and returns the asynchronous phase, which writes it to
     /// `location`. Writes made after this returns are not in the snapshot.
+    ///
+    /// Keep the backend alive until the asynchronous phase is done: a
+    /// backend dropped (or closed) before then fails it with `Closed` and
+    /// discards what it wrote, as Flink cancels the snapshots of a disposed
+    /// backend.
     fn snapshot(
         &mut self,
         checkpoint_id: u64,

@@ -241,6 +241,29 @@ pub enum KeyedStateHandle {
 }
 
 impl KeyedStateHandle {
+    /// The handle in the encoding `_metadata` files use (docs/format.md):
+    /// what a subtask sends to the coordinator of a checkpoint.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+
+    /// Decodes a handle written by [`to_bytes`](Self::to_bytes); `source`
+    /// names the bytes in errors. Fails with `Corrupted` unless `bytes`
+    /// hold exactly one valid handle.
+    pub fn from_bytes(bytes: &Bytes, source: &str) -> Result<Self> {
+        let mut r = Reader::new(bytes);
+        let handle = Self::decode(&mut r, bytes).map_err(|e| e.context(source))?;
+        if !r.is_empty() {
+            return Err(Error::corrupted(format!(
+                "{source}: {} bytes after the keyed state handle",
+                r.remaining()
+            )));
+        }
+        Ok(handle)
+    }
+
     /// The key groups covered.
     pub fn key_group_range(&self) -> KeyGroupRange {
         match self {
@@ -376,6 +399,46 @@ impl KeyedStateHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyed_handles_travel_as_bytes() {
+        let handles = [
+            KeyedStateHandle::KeyGroups(KeyGroupsStateHandle {
+                range: KeyGroupRange::new(3, 5).unwrap(),
+                offsets: vec![0, 17],
+                stream: StreamStateHandle::File {
+                    path: "chk-1/a".into(),
+                    size: 40,
+                },
+            }),
+            KeyedStateHandle::Incremental(IncrementalStateHandle {
+                range: KeyGroupRange::new(0, 64).unwrap(),
+                backend_id: "b".into(),
+                checkpoint_id: 2,
+                shared: vec![HandleFile {
+                    name: "000009.sst".into(),
+                    stream: StreamStateHandle::File {
+                        path: "shared/x".into(),
+                        size: 9,
+                    },
+                    crc32c: 7,
+                }],
+                private: Vec::new(),
+                meta: StreamStateHandle::Inline(Bytes::from_static(b"meta")),
+            }),
+        ];
+        for h in handles {
+            let bytes = Bytes::from(h.to_bytes());
+            assert_eq!(KeyedStateHandle::from_bytes(&bytes, "subtask 0").unwrap(), h);
+            let mut longer = bytes.to_vec();
+            longer.push(0);
+            let e = KeyedStateHandle::from_bytes(&Bytes::from(longer), "subtask 0").unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Corrupted, "{e}");
+            assert!(e.to_string().contains("subtask 0"), "{e}");
+            let e = KeyedStateHandle::from_bytes(&bytes.slice(..bytes.len() - 1), "subtask 0").unwrap_err();
+            assert!(e.to_string().contains("subtask 0"), "{e}");
+        }
+    }
 
     #[test]
     fn paths_that_leave_the_root_are_refused() {

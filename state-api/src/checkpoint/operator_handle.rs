@@ -112,6 +112,29 @@ pub struct OperatorStateHandle {
 }
 
 impl OperatorStateHandle {
+    /// The handle in the encoding `_metadata` files use (docs/format.md):
+    /// what a subtask sends to the coordinator of a checkpoint.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+
+    /// Decodes a handle written by [`to_bytes`](Self::to_bytes); `source`
+    /// names the bytes in errors. Fails with `Corrupted` unless `bytes`
+    /// hold exactly one valid handle.
+    pub fn from_bytes(bytes: &Bytes, source: &str) -> Result<Self> {
+        let mut r = Reader::new(bytes);
+        let handle = Self::decode(&mut r, bytes).map_err(|e| e.context(source))?;
+        if !r.is_empty() {
+            return Err(Error::corrupted(format!(
+                "{source}: {} bytes after the operator state handle",
+                r.remaining()
+            )));
+        }
+        Ok(handle)
+    }
+
     /// True when the handle holds no state at all.
     pub fn is_empty(&self) -> bool {
         self.states.is_empty() && self.stream == StreamStateHandle::Empty

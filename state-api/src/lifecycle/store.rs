@@ -242,6 +242,11 @@ impl CheckpointStore {
     }
 
     /// Starts checkpoint `checkpoint_id`; ids must grow.
+    ///
+    /// After a crash, begin ids above every checkpoint directory in storage
+    /// (`storage().checkpoint_dirs()`), not only above the restored one: an
+    /// attempt that died mid-checkpoint leaves a `chk-<id>` without
+    /// `_metadata`, whose files only garbage collection removes.
     pub async fn begin_checkpoint(&mut self, checkpoint_id: u64) -> Result<Arc<CheckpointLocation>> {
         if let Some(newest) = self.newest_id().filter(|n| checkpoint_id <= *n) {
             return Err(Error::new(
