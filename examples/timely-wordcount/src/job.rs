@@ -202,7 +202,8 @@ impl<F> WorkerShared<F> {
         if let Some(l) = self.locations.get(&id) {
             return Ok(Arc::clone(l));
         }
-        let l = self.ctx.rt.block_on(self.ctx.storage.init_checkpoint(id))?;
+        // The coordinator began it; a subtask's location needs no I/O.
+        let l = self.ctx.storage.checkpoint_location(id)?;
         self.locations.insert(id, Arc::clone(&l));
         Ok(l)
     }

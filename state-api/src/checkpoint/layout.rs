@@ -302,6 +302,16 @@ impl CheckpointStorage {
                 format!("checkpoint {} already exists", self.checkpoint_pointer(checkpoint_id)),
             ));
         }
+        self.checkpoint_location(checkpoint_id)
+    }
+
+    /// The location of checkpoint `checkpoint_id`, which the coordinator
+    /// began ([`init_checkpoint`](Self::init_checkpoint), or
+    /// `CheckpointStore::begin_checkpoint`): what each subtask writes its
+    /// snapshots to, in this process or another. No I/O: the coordinator
+    /// checked that the checkpoint is new. Checkpoints only; a savepoint's
+    /// directory is named when it begins, so subtasks use its location.
+    pub fn checkpoint_location(&self, checkpoint_id: u64) -> Result<Arc<CheckpointLocation>> {
         let dir = BlobPath::new(&format!("chk-{checkpoint_id}"))?;
         Ok(Arc::new(self.location(
             checkpoint_id,
