@@ -34,13 +34,14 @@ use flowstate_api::format::canonical::{
 };
 use flowstate_api::{Error, ErrorKind, KeyGroupRange, KeyedBackendConfig, KeyedStateHandle, RestoreMode, Result};
 use futures::{StreamExt, TryStreamExt};
-use rocksdb::WriteBatch;
+use rocksdb::{IngestExternalFileOptions, SstFileWriter, WriteBatch};
 
 use crate::error::rocksdb_file;
 use crate::files::{blocking, link_or_copy_dir, DirGuard};
 use crate::keys::{key_group_of, key_part, kg_prefix, pack, put_namespace, timer_key};
 use crate::local_recovery::{file_crc32c, local_dir, verify_local};
 use crate::options::open_read_only;
+use crate::ttl_filter::TtlSlot;
 use crate::{db_err, RocksDbBackend, RocksDbOptions};
 
 /// How a restore went. Only the handles that hold key groups of the
@@ -246,12 +247,24 @@ impl<K: 'static> RocksDbBackend<K> {
             .collect::<Result<Vec<_>>>()?;
         let other = open_read_only(dir, states, self.resources())?;
         let overlap = range.intersect(&self.config().key_group_range);
-        let mut batch = WriteBatch::default();
-        for (meta, id) in states.iter().zip(ids) {
+        let ingest_dir = dir.join("ingest");
+        std::fs::create_dir_all(&ingest_dir).map_err(|e| Error::io(ingest_dir.display(), e))?;
+        for (i, (meta, id)) in states.iter().zip(ids).enumerate() {
             let src = other
                 .cf_handle(&crate::cf_name(&meta.name))
                 .ok_or_else(|| Error::corrupted(format!("{name}: state {:?} has no column family", meta.name)))?;
-            let dst = self.cf(self.core.state(id)?.storage())?;
+            // The owned key groups, in key order, into one SST file in the
+            // state's table format, then ingested: nothing goes through the
+            // memtable or the write-ahead path.
+            let options = self
+                .resources()
+                .cf_options(meta.kind.storage(), std::sync::Arc::new(TtlSlot::default()));
+            let mut writer = SstFileWriter::create(&options);
+            let path = ingest_dir.join(format!("{i}.sst"));
+            writer
+                .open(&path)
+                .map_err(db_err(format_args!("{name}: writing {}", path.display())))?;
+            let mut written = 0u64;
             let mut it = other.raw_iterator_cf(src);
             it.seek(kg_prefix(overlap.start()));
             while it.valid() {
@@ -261,17 +274,30 @@ impl<K: 'static> RocksDbBackend<K> {
                 if key_group_of(k, &meta.name)? >= overlap.end() {
                     break;
                 }
-                batch.put_cf(dst, k, v);
-                if batch.size_in_bytes() >= BATCH_BYTES {
-                    self.db
-                        .write(std::mem::take(&mut batch))
-                        .map_err(db_err(format!("restoring {name}")))?;
-                }
+                writer
+                    .put(k, v)
+                    .map_err(db_err(format_args!("{name}: writing {}", path.display())))?;
+                written += 1;
                 it.next();
             }
             it.status().map_err(db_err(format!("reading {name}")))?;
+            if written == 0 {
+                continue;
+            }
+            writer
+                .finish()
+                .map_err(db_err(format_args!("{name}: writing {}", path.display())))?;
+            let dst = self.cf(self.core.state(id)?.storage())?;
+            let mut ingest = IngestExternalFileOptions::default();
+            ingest.set_move_files(true);
+            self.db
+                .ingest_external_file_cf_opts(dst, &ingest, vec![&path])
+                .map_err(db_err(format_args!(
+                    "{name}: ingesting the key groups of state {:?}",
+                    meta.name
+                )))?;
         }
-        self.db.write(batch).map_err(db_err(format!("restoring {name}")))
+        Ok(())
     }
 
     /// The state a restored `meta` goes into, checking it agrees with any
