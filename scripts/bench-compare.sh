@@ -3,11 +3,11 @@
 # Flink's own backends, back to back on this machine, and prints one table:
 # workload, backend, metric, flowstate, Flink, ratio (flowstate / Flink).
 #
-#   bash scripts/bench-compare.sh [W1|W2|T1|S1|all] [--quick]
+#   bash scripts/bench-compare.sh [W1|W2|W3|T1|S1|all] [--quick] [--keys N]
 #
 # Flink's harness is not part of this repository: set FLINK_BENCH to its
 # run.sh (default ../shared/anchors/flink-bench/run.sh beside this clone);
-# it runs W1 and W2 (T1 and S1 are flowstate's alone). The raw outputs are
+# it runs W1, W2 and W3 (T1 and S1 are flowstate's alone; W3 runs only when named). The raw outputs are
 # kept in $OUT (default target/bench-compare), and the plots of the run are
 # rendered into $PLOTS (default $OUT/plots).
 set -euo pipefail
