@@ -253,15 +253,7 @@ impl KeyedStateHandle {
     /// names the bytes in errors. Fails with `Corrupted` unless `bytes`
     /// hold exactly one valid handle.
     pub fn from_bytes(bytes: &Bytes, source: &str) -> Result<Self> {
-        let mut r = Reader::new(bytes);
-        let handle = Self::decode(&mut r, bytes).map_err(|e| e.context(source))?;
-        if !r.is_empty() {
-            return Err(Error::corrupted(format!(
-                "{source}: {} bytes after the keyed state handle",
-                r.remaining()
-            )));
-        }
-        Ok(handle)
+        decode_exactly(bytes, source, "keyed state handle", Self::decode)
     }
 
     /// The key groups covered.
@@ -394,6 +386,25 @@ impl KeyedStateHandle {
             t => Err(Error::corrupted(format!("unknown keyed state handle tag {t}"))),
         }
     }
+}
+
+/// Decodes exactly one `what` from `bytes` with `decode`; `source` names
+/// the bytes in errors.
+pub(crate) fn decode_exactly<T>(
+    bytes: &Bytes,
+    source: &str,
+    what: &str,
+    decode: impl FnOnce(&mut Reader<'_>, &Bytes) -> Result<T>,
+) -> Result<T> {
+    let mut r = Reader::new(bytes);
+    let value = decode(&mut r, bytes).map_err(|e| e.context(source))?;
+    if !r.is_empty() {
+        return Err(Error::corrupted(format!(
+            "{source}: {} bytes after the {what}",
+            r.remaining()
+        )));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]

@@ -124,15 +124,7 @@ impl OperatorStateHandle {
     /// names the bytes in errors. Fails with `Corrupted` unless `bytes`
     /// hold exactly one valid handle.
     pub fn from_bytes(bytes: &Bytes, source: &str) -> Result<Self> {
-        let mut r = Reader::new(bytes);
-        let handle = Self::decode(&mut r, bytes).map_err(|e| e.context(source))?;
-        if !r.is_empty() {
-            return Err(Error::corrupted(format!(
-                "{source}: {} bytes after the operator state handle",
-                r.remaining()
-            )));
-        }
-        Ok(handle)
+        crate::checkpoint::handle::decode_exactly(bytes, source, "operator state handle", Self::decode)
     }
 
     /// True when the handle holds no state at all.
