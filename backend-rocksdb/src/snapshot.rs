@@ -4,8 +4,9 @@
 //! files the last completed checkpoint does not already hold when
 //! incremental, every file into the checkpoint's own directory otherwise (a
 //! native full checkpoint, nothing shared, as Flink's
-//! `RocksNativeFullSnapshotStrategy`); or it reads the checkpoint key group
-//! by key group into the canonical format (savepoints).
+//! `RocksNativeFullSnapshotStrategy`; native savepoints the same, in the
+//! savepoint's directory); or it reads the checkpoint key group by key
+//! group into the canonical format (canonical savepoints).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,9 +51,12 @@ pub(crate) fn snapshot<K>(
     let closed_flag = Arc::clone(&b.closed);
     // Checkpoints upload the RocksDB checkpoint's own files: only new SST
     // files when incremental, every file (a native full checkpoint, nothing
-    // shared) otherwise. Savepoints are canonical.
-    let native = options.kind == CheckpointKind::Checkpoint && !header.states.is_empty();
-    let incremental = native && b.options().incremental;
+    // shared) otherwise. Savepoints are canonical unless native: then every
+    // file, exclusive to the savepoint's directory (paths relative to it),
+    // never reused by a checkpoint nor reusing one.
+    let checkpoint = options.kind == CheckpointKind::Checkpoint;
+    let native = (checkpoint || options.native) && !header.states.is_empty();
+    let incremental = native && checkpoint && b.options().incremental;
     if !native {
         let filter = b.core.ttl_filter();
         let resources = Arc::clone(b.resources());
@@ -96,10 +100,12 @@ pub(crate) fn snapshot<K>(
         header,
         share: incremental,
         concurrency: b.options().upload_concurrency.max(1),
+        // Local copies are of checkpoints only.
         local: b
             .options()
             .local_recovery
             .as_ref()
+            .filter(|_| checkpoint)
             .map(|l| local_dir(l, id))
             .transpose()?,
         uploads: Arc::clone(&b.uploads),

@@ -438,3 +438,108 @@ async fn damaged_inline_state_names_its_key_groups() {
         "{e}"
     );
 }
+
+/// Native savepoints (FLIP-203): every file of a RocksDB checkpoint, in the
+/// savepoint's own directory, sharing nothing with checkpoints in either
+/// direction. Moved elsewhere with every checkpoint deleted, the savepoint
+/// restores into a backend in either restore mode; the first checkpoint
+/// after the restore uploads everything (no checkpoint ever refers to a
+/// savepoint's files), and that checkpoint restores with the savepoint
+/// gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_savepoints_are_self_contained_and_relocatable() {
+    for mode in [RestoreMode::Claim, RestoreMode::NoClaim] {
+        let s = setup(false);
+        let mut store = CheckpointStore::open(Arc::clone(&s.storage), CheckpointStoreConfig::default())
+            .await
+            .unwrap();
+        let mut b = RocksDbBackend::new(config(), s.options.clone()).unwrap();
+        let v = b.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
+        fill_varied(&mut b, &v, 0..KEYS);
+        // A checkpoint first: the savepoint must not reuse its files.
+        checkpoint(&mut b, &mut store, 1).await;
+        let savepoints = s._dir.path().join("savepoints");
+        let location = store
+            .begin_savepoint(2, Some(&savepoints.display().to_string()))
+            .await
+            .unwrap();
+        let result = b
+            .snapshot(2, Arc::clone(&location), SnapshotOptions::native_savepoint())
+            .unwrap()
+            .await
+            .unwrap();
+        let KeyedStateHandle::Incremental(h) = &result.handle else {
+            panic!("a native savepoint is native: {:?}", result.handle);
+        };
+        assert!(h.shared.is_empty(), "a native savepoint shares nothing: {:?}", h.shared);
+        assert!(h.private.iter().any(|f| f.name.ends_with(".sst")));
+        // Small files are inline in the metadata; the others are relative.
+        for path in h.private.iter().filter_map(|f| f.stream.file_path()) {
+            assert!(!path.starts_with('/') && !path.contains(".."), "relative: {path}");
+        }
+        let meta = CheckpointMetadata::new(2, CheckpointKind::Savepoint, 0).with_operator(OperatorState::new(
+            "op",
+            1,
+            128,
+            vec![result.handle.clone()],
+        ));
+        let completion = store.complete(&location, meta).await.unwrap();
+        // A savepoint's completion leaves checkpoint 1 the base of the next.
+        b.notify_checkpoint_complete(2).unwrap();
+        let (next, _) = checkpoint(&mut b, &mut store, 3).await;
+        assert!(
+            next.stats.bytes_written < result.stats.bytes_written / 10,
+            "the checkpoint after a savepoint reuses checkpoint 1's files: {} of {} bytes",
+            next.stats.bytes_written,
+            result.stats.bytes_written
+        );
+        drop((b, store));
+
+        // Move the savepoint, delete every checkpoint.
+        let moved = s._dir.path().join("elsewhere");
+        std::fs::create_dir_all(&moved).unwrap();
+        let name = std::path::Path::new(&completion.pointer)
+            .file_name()
+            .unwrap()
+            .to_owned();
+        std::fs::rename(savepoints.join(&name), moved.join(&name)).unwrap();
+        std::fs::remove_dir_all(s._dir.path().join("checkpoints")).unwrap();
+        let storage: Arc<CheckpointStorage> =
+            Arc::new(flowstate_fs::checkpoint_storage(s._dir.path().join("checkpoints"), "job").unwrap());
+        let mut store = CheckpointStore::open(Arc::clone(&storage), CheckpointStoreConfig::default())
+            .await
+            .unwrap();
+        let pointer = moved.join(&name).display().to_string();
+        // The store restores savepoints without claiming them (a claim is
+        // refused as Unsupported); the backend's own restore mode is either.
+        let resolved = store.restore(&pointer, RestoreMode::NoClaim).await.unwrap();
+        let claim = store.restore(&pointer, RestoreMode::Claim).await.err();
+        assert_eq!(claim.map(|e| e.kind()), Some(ErrorKind::Unsupported));
+        let handles = resolved.metadata.operators[0].keyed.clone();
+        let options = s.options.clone().with_restore_mode(mode);
+        let mut r = RocksDbBackend::restore(config(), &handles, &*resolved.reader, options)
+            .await
+            .unwrap();
+        let v = r.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
+        for k in (0..KEYS).step_by(97) {
+            r.set_current_key(&k).unwrap();
+            assert_eq!(r.value(&v).unwrap(), Some(varied(k)), "{mode:?}: key {k}");
+        }
+        // The first checkpoint uploads everything, and restores alone.
+        let (after, c) = checkpoint(&mut r, &mut store, 4).await;
+        assert_eq!(
+            after.stats.bytes_written, after.stats.full_size,
+            "{mode:?}: the first checkpoint after a savepoint uploads everything"
+        );
+        drop(r);
+        std::fs::remove_dir_all(moved.join(&name)).unwrap();
+        let resolved = storage.resolve(&c.pointer).await.unwrap();
+        let handles = resolved.metadata.operators[0].keyed.clone();
+        let mut r = RocksDbBackend::restore(config(), &handles, &*resolved.reader, s.options.clone())
+            .await
+            .unwrap();
+        let v = r.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
+        r.set_current_key(&7).unwrap();
+        assert_eq!(r.value(&v).unwrap(), Some(varied(7)), "{mode:?}");
+    }
+}

@@ -17,6 +17,13 @@ pub struct SnapshotOptions {
     pub kind: CheckpointKind,
     /// zstd-compress state (canonical format), at this level.
     pub compression: Option<i32>,
+    /// For a savepoint: the backend's native format instead of the
+    /// canonical one (FLIP-203). A native RocksDB savepoint holds the files
+    /// of a RocksDB checkpoint, self-contained and relocatable, shares
+    /// nothing with checkpoints either way, and restores only into the
+    /// RocksDB backend; a backend without a native format writes a
+    /// canonical one. Checkpoints are always in the backend's own format.
+    pub native: bool,
 }
 
 impl SnapshotOptions {
@@ -25,6 +32,7 @@ impl SnapshotOptions {
         SnapshotOptions {
             kind: CheckpointKind::Checkpoint,
             compression: None,
+            native: false,
         }
     }
 
@@ -33,6 +41,16 @@ impl SnapshotOptions {
         SnapshotOptions {
             kind: CheckpointKind::Savepoint,
             compression: None,
+            native: false,
+        }
+    }
+
+    /// A savepoint in the backend's native format (see
+    /// [`native`](Self::native)).
+    pub fn native_savepoint() -> Self {
+        SnapshotOptions {
+            native: true,
+            ..Self::savepoint()
         }
     }
 

@@ -88,34 +88,37 @@ async fn rocksdb_savepoint_restores_into_heap() {
     transfer(RocksDbFactory::new(), HeapBackendFactory).await;
 }
 
-/// A native RocksDB checkpoint (full or incremental) restored into the heap
-/// backend is refused as `Incompatible`, naming both and the way out.
+/// A native RocksDB checkpoint (full or incremental) or native savepoint
+/// restored into the heap backend is refused as `Incompatible`, naming
+/// both and the way out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn native_rocksdb_checkpoints_are_refused_by_heap() {
+async fn native_rocksdb_snapshots_are_refused_by_heap() {
     for rocksdb in [RocksDbFactory::new(), RocksDbFactory::full()] {
         let storage = FsStorageFactory::new().storage("native-into-heap");
         let mut a = rocksdb.build(full_config::<u64>()).unwrap();
         let s = register(&mut a);
         a.set_current_key(&1).unwrap();
         a.update(&s.v, 7).unwrap();
-        let (result, pointer) = snapshot_and_complete(&mut a, &storage, 1, SnapshotOptions::checkpoint()).await;
-        assert!(
-            matches!(result.handle, KeyedStateHandle::Incremental(_)),
-            "{}: a checkpoint is native",
-            rocksdb.name()
-        );
-        let ctx = flowstate_conformance::Ctx::new(HeapBackendFactory, FsStorageFactory::new());
-        let Err(e) = restore_from(&ctx, &storage, full_config::<u64>(), &pointer).await else {
-            panic!("{}: a native checkpoint restored into the heap backend", rocksdb.name());
-        };
-        assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
-        let message = e.to_string();
-        for part in [
-            "heap backend",
-            "native RocksDB checkpoint 1",
-            "flowstate savepoint convert",
+        for (id, options) in [
+            (1, SnapshotOptions::checkpoint()),
+            (2, SnapshotOptions::native_savepoint()),
         ] {
-            assert!(message.contains(part), "{part:?} missing: {message}");
+            let (result, pointer) = snapshot_and_complete(&mut a, &storage, id, options).await;
+            assert!(
+                matches!(result.handle, KeyedStateHandle::Incremental(_)),
+                "{}: {options:?} is native",
+                rocksdb.name()
+            );
+            let ctx = flowstate_conformance::Ctx::new(HeapBackendFactory, FsStorageFactory::new());
+            let Err(e) = restore_from(&ctx, &storage, full_config::<u64>(), &pointer).await else {
+                panic!("{}: a native snapshot restored into the heap backend", rocksdb.name());
+            };
+            assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
+            let message = e.to_string();
+            let native = format!("native RocksDB checkpoint {id}");
+            for part in ["heap backend", native.as_str(), "flowstate savepoint convert"] {
+                assert!(message.contains(part), "{part:?} missing: {message}");
+            }
         }
     }
 }
