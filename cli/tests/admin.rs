@@ -479,3 +479,69 @@ fn a_fifo_or_a_link_in_place_of_metadata_is_unreadable_and_stops_gc() {
         assert_eq!(code(&out), 0, "{chk}: {}", stdout(&out));
     }
 }
+
+/// A native RocksDB savepoint is inspected and verified like any
+/// checkpoint, and `savepoint convert` turns it into a canonical one that
+/// the heap backend restores to the same state.
+#[test]
+fn a_native_savepoint_verifies_and_converts_to_a_canonical_one() {
+    use flowstate_api::checkpoint::OperatorState;
+    use flowstate_api::*;
+    let dir = tempfile::tempdir().unwrap();
+    let savepoints = dir.path().join("savepoints");
+    let config = || KeyedBackendConfig::<u64>::new(KeyGroupRange::all(128).unwrap(), 128);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pointer = rt.block_on(async {
+        let storage = flowstate_fs::checkpoint_storage(dir.path().join("checkpoints"), "job")
+            .unwrap()
+            .with_savepoint_dir(s(&savepoints).to_string());
+        let mut b = flowstate_rocksdb::RocksDbBackend::new(
+            config(),
+            flowstate_rocksdb::RocksDbOptions::new(dir.path().join("w")),
+        )
+        .unwrap();
+        let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
+        for k in 0..5_000u64 {
+            b.set_current_key(&k).unwrap();
+            b.update(&v, k * 3).unwrap();
+        }
+        let location = storage.init_savepoint(1, None).await.unwrap();
+        let result = b
+            .snapshot(1, std::sync::Arc::clone(&location), SnapshotOptions::native_savepoint())
+            .unwrap()
+            .await
+            .unwrap();
+        let metadata = CheckpointMetadata::new(1, CheckpointKind::Savepoint, 0).with_operator(OperatorState::new(
+            "op",
+            1,
+            128,
+            vec![result.handle],
+        ));
+        location.write_metadata(&metadata).await.unwrap()
+    });
+
+    let out = flowstate(&["inspect", &pointer, "--verify", "--json"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["kind"], "savepoint");
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0);
+
+    let target = dir.path().join("converted");
+    let out = flowstate(&["savepoint", "convert", &pointer, s(&target)]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let converted = stdout(&out).lines().last().unwrap().trim().to_string();
+    rt.block_on(async {
+        let storage = flowstate_fs::checkpoint_storage(dir.path().join("checkpoints"), "job").unwrap();
+        let resolved = storage.resolve(&converted).await.unwrap();
+        let handles = resolved.metadata.operator("op").unwrap().keyed.clone();
+        assert!(handles.iter().all(|h| matches!(h, KeyedStateHandle::KeyGroups(_))));
+        let mut heap = flowstate_heap::HeapBackend::restore(config(), &handles, &*resolved.reader)
+            .await
+            .unwrap();
+        let v = heap.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
+        for k in (0..5_000u64).step_by(7) {
+            heap.set_current_key(&k).unwrap();
+            assert_eq!(heap.value(&v).unwrap(), Some(k * 3), "key {k}");
+        }
+    });
+}
