@@ -40,18 +40,18 @@ pub async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Sen
 }
 
 /// Runs `f` on a blocking thread without waiting for it when called on a
-/// Tokio runtime, and on the calling thread otherwise: for clean-up that
-/// must not block async code but that nobody awaits, such as a destructor
-/// deleting a temporary directory. Work not yet started when the runtime
+/// Tokio runtime, or from one of the library's [`nonblocking`] futures on
+/// any executor (then on this library's own blocking threads); on the
+/// calling thread otherwise (synchronous code). For clean-up that must not
+/// block async code but that nobody awaits, such as a destructor deleting
+/// a temporary directory. Work not yet started when the runtime or process
 /// shuts down may not run, so it must be safe to leave undone (and be
 /// redone later).
 pub fn run_detached(f: impl FnOnce() + Send + 'static) {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => drop(handle.spawn_blocking(f)),
-        Err(_) => {
-            check_blocking("detached clean-up without a Tokio runtime");
-            f()
-        }
+        Err(_) if in_nonblocking_future() => blocking::unblock(f).detach(),
+        Err(_) => f(),
     }
 }
 
@@ -153,6 +153,17 @@ mod tests {
             Ok(1)
         })));
         assert_eq!(offloaded.ok(), Some(1), "run_blocking's work may block");
+        // Detached clean-up from a marked future on another executor goes to
+        // a blocking thread instead of blocking (or failing) the poll.
+        let (tx, rx) = std::sync::mpsc::channel();
+        futures::executor::block_on(nonblocking(async move {
+            run_detached(move || {
+                check_blocking("clean-up");
+                let _ = tx.send(std::thread::current().id());
+            });
+        }));
+        let ran_on = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert_ne!(ran_on, std::thread::current().id());
     }
 
     #[test]
