@@ -65,6 +65,18 @@ struct Setup {
     options: RocksDbOptions,
 }
 
+/// A checkpoint store on `s`'s storage and a backend holding `KEYS` varied
+/// values in state "v".
+async fn filled(s: &Setup) -> (CheckpointStore, RocksDbBackend<u64>, ValueState<Vec<u8>>) {
+    let store = CheckpointStore::open(Arc::clone(&s.storage), CheckpointStoreConfig::default())
+        .await
+        .unwrap();
+    let mut b = RocksDbBackend::new(config(), s.options.clone()).unwrap();
+    let v = b.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
+    fill_varied(&mut b, &v, 0..KEYS);
+    (store, b, v)
+}
+
 fn setup(local_recovery: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let storage: Arc<CheckpointStorage> =
@@ -253,12 +265,7 @@ async fn damaged_sst_block_with_forged_checksum_is_refused_at_the_latest_on_firs
     // restore opens the file, if the damage reaches what opening reads).
     for local_recovery in [false, true] {
         let s = setup(local_recovery);
-        let mut store = CheckpointStore::open(Arc::clone(&s.storage), CheckpointStoreConfig::default())
-            .await
-            .unwrap();
-        let mut b = RocksDbBackend::new(config(), s.options.clone()).unwrap();
-        let v = b.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
-        fill_varied(&mut b, &v, 0..KEYS);
+        let (mut store, mut b, _) = filled(&s).await;
         let (result, _) = checkpoint(&mut b, &mut store, 1).await;
         drop(b);
         let stored = damage_with_forged_checksum(&s, &result.handle);
@@ -450,12 +457,7 @@ async fn damaged_inline_state_names_its_key_groups() {
 async fn native_savepoints_are_self_contained_and_relocatable() {
     for mode in [RestoreMode::Claim, RestoreMode::NoClaim] {
         let s = setup(false);
-        let mut store = CheckpointStore::open(Arc::clone(&s.storage), CheckpointStoreConfig::default())
-            .await
-            .unwrap();
-        let mut b = RocksDbBackend::new(config(), s.options.clone()).unwrap();
-        let v = b.register(ValueStateDescriptor::<Vec<u8>>::new("v")).unwrap();
-        fill_varied(&mut b, &v, 0..KEYS);
+        let (mut store, mut b, _) = filled(&s).await;
         // A checkpoint first: the savepoint must not reuse its files.
         checkpoint(&mut b, &mut store, 1).await;
         let savepoints = s._dir.path().join("savepoints");
