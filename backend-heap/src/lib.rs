@@ -34,9 +34,11 @@
 //! # Ok(()) }
 //! ```
 
+mod chain;
 mod restore;
 mod table;
 
+pub use chain::{chain_to_canonical, HeapOptions, CHAIN_MAGIC, CHAIN_VERSION};
 pub use table::HeapState;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,9 +53,11 @@ use flowstate_api::checkpoint::{CheckpointLocation, StateReader, StateScope};
 use flowstate_api::format::canonical::write_canonical_snapshot;
 use flowstate_api::format::codec::put_varint;
 use flowstate_api::{
-    BackendFactory, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, PendingSnapshot, Result, SnapshotOptions,
+    BackendFactory, CheckpointKind, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, PendingSnapshot, Result,
+    SnapshotOptions,
 };
 
+use chain::{mark, mark_timer, ChainWrite, Changes, Incremental};
 use table::{elements, pack, packed, split_composite, CompositeKey, FrozenTables, Inline, Table, TimerQueues};
 
 /// The in-memory keyed state backend.
@@ -64,6 +68,9 @@ pub struct HeapBackend<K> {
     composite: Vec<u8>,
     /// States with incremental TTL cleanup that runs once per record.
     per_record_cleanup: Vec<StateId>,
+    options: HeapOptions,
+    /// Chains and change tracking, when checkpoints are incremental.
+    incremental: Option<Incremental>,
     closed: Arc<AtomicBool>,
 }
 
@@ -80,14 +87,31 @@ impl<K> Drop for HeapBackend<K> {
 }
 
 impl<K> HeapBackend<K> {
-    /// An empty backend.
+    /// An empty backend whose checkpoints are canonical full snapshots.
     pub fn new(config: KeyedBackendConfig<K>) -> Result<Self> {
+        Self::with_options(config, HeapOptions::default())
+    }
+
+    /// An empty backend with `options` (e.g. incremental checkpoints).
+    pub fn with_options(config: KeyedBackendConfig<K>, options: HeapOptions) -> Result<Self> {
+        options.validate()?;
+        let key_groups = config.key_group_range.len() as usize;
+        let incremental = options
+            .incremental
+            .then(|| Incremental::new(key_groups, options.max_delta_ratio));
         Ok(HeapBackend {
             core: BackendCore::new(config)?,
             composite: Vec::new(),
             per_record_cleanup: Vec::new(),
+            options,
+            incremental,
             closed: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// The options the backend runs with.
+    pub fn options(&self) -> &HeapOptions {
+        &self.options
     }
 
     /// Marks the backend closed: snapshots still in their async phase fail
@@ -123,26 +147,33 @@ impl<K> HeapBackend<K> {
 }
 
 impl<K> HeapBackend<K> {
-    /// The timers of timer state `id`, the current key's key-group index and the current key.
-    fn timers(&mut self, id: StateId) -> Result<(&mut TimerQueues, usize, &[u8])> {
+    /// The timers of timer state `id` and their change set, the current
+    /// key's key-group index and the current key.
+    fn timers(&mut self, id: StateId) -> Result<TimerAccess<'_>> {
         let first = self.core.key_group_range().start();
         let access = self.core.access_mut(id)?;
         let kg = (access.key_group - first) as usize;
-        match &mut access.storage.table {
-            Table::Timers(t) => Ok((t, kg, access.key)),
+        let storage = access.storage;
+        match &mut storage.table {
+            Table::Timers(t) => Ok((t, &mut storage.changes, kg, access.key)),
             _ => Err(access.meta.wrong_kind(StorageKind::Timers)),
         }
     }
 
-    /// The timers of timer state `id`.
-    fn timer_queues(&mut self, id: StateId) -> Result<&mut TimerQueues> {
+    /// The timers of timer state `id` and their change set.
+    fn timer_queues(&mut self, id: StateId) -> Result<(&mut TimerQueues, &mut Option<Box<Changes>>)> {
         let meta = self.core.state(id)?.meta().clone();
-        match &mut self.tables(id)?.table {
-            Table::Timers(t) => Ok(t),
+        let storage = self.tables(id)?;
+        match &mut storage.table {
+            Table::Timers(t) => Ok((t, &mut storage.changes)),
             _ => Err(meta.wrong_kind(StorageKind::Timers)),
         }
     }
 }
+
+/// A timer state's queues and change set, the current key's key-group
+/// index and the current key.
+type TimerAccess<'a> = (&'a mut TimerQueues, &'a mut Option<Box<Changes>>, usize, &'a [u8]);
 
 /// What the heap backend can do.
 fn heap_capabilities() -> BackendCapabilities {
@@ -173,12 +204,12 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
     }
 
     fn capabilities(&self) -> BackendCapabilities {
-        heap_capabilities()
+        capabilities_of(&self.options)
     }
 
     fn create_state_storage(&mut self, meta: &StateMetaInfo) -> Result<HeapState> {
         let groups = self.core.key_group_range().len() as usize;
-        Ok(HeapState::new(meta.kind.storage(), groups))
+        Ok(HeapState::new(meta.kind.storage(), groups, self.incremental.is_some()))
     }
 
     fn state_registered(&mut self, state: StateId) -> Result<()> {
@@ -235,6 +266,7 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
                 map.insert(CompositeKey::from_slice(ck), Inline::from_slice(value));
             }
         }
+        mark(&mut s.changes, kg, ck);
         Ok(())
     }
 
@@ -252,6 +284,7 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
                 m[kg].remove(ck);
             }
         }
+        mark(&mut s.changes, kg, ck);
         Ok(())
     }
 
@@ -287,6 +320,7 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
                 );
             }
         }
+        mark(&mut s.changes, kg, ck);
         Ok(())
     }
 
@@ -301,6 +335,7 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
                 Arc::new(packed(elements.iter().map(AsRef::as_ref))),
             );
         }
+        mark(&mut s.changes, kg, ck);
         Ok(())
     }
 
@@ -332,21 +367,25 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
                 map.insert(CompositeKey::from_slice(ck), Arc::new(m));
             }
         }
+        mark(&mut s.changes, kg, ck);
         Ok(())
     }
 
     fn raw_map_remove(&mut self, state: StateId, user_key: &[u8]) -> Result<()> {
         let (s, meta, kg, ck) = self.target(state)?;
         let map = &mut maps!(s, meta, Map, Map)[kg];
-        let now_empty = match map.get_mut(ck) {
+        let (removed, now_empty) = match map.get_mut(ck) {
             Some(m) if m.contains_key(user_key) => {
                 Arc::make_mut(m).remove(user_key);
-                m.is_empty()
+                (true, m.is_empty())
             }
-            _ => false,
+            _ => (false, false),
         };
         if now_empty {
             map.remove(ck);
+        }
+        if removed {
+            mark(&mut s.changes, kg, ck);
         }
         Ok(())
     }
@@ -380,6 +419,7 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
             if now_empty {
                 map.remove(ck);
             }
+            mark(&mut s.changes, kg, ck);
         }
         Ok(())
     }
@@ -407,26 +447,53 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
     }
 
     fn raw_timer_register(&mut self, state: StateId, timestamp: i64, namespace: &[u8]) -> Result<()> {
-        let (timers, kg, key) = self.timers(state)?;
+        let (timers, changes, kg, key) = self.timers(state)?;
         timers.insert(kg, timestamp, key, namespace);
+        mark_timer(changes, kg, timestamp, key, namespace);
         Ok(())
     }
 
     fn raw_timer_delete(&mut self, state: StateId, timestamp: i64, namespace: &[u8]) -> Result<()> {
-        let (timers, kg, key) = self.timers(state)?;
+        let (timers, changes, kg, key) = self.timers(state)?;
         timers.remove(kg, timestamp, key, namespace);
+        mark_timer(changes, kg, timestamp, key, namespace);
         Ok(())
     }
 
     fn raw_timer_peek(&mut self, state: StateId) -> Result<Option<i64>> {
-        Ok(self.timer_queues(state)?.peek())
+        Ok(self.timer_queues(state)?.0.peek())
     }
 
     fn raw_timer_poll(&mut self, state: StateId, time: i64) -> Result<Option<flowstate_api::backend::RawTimer>> {
-        Ok(self
-            .timer_queues(state)?
-            .poll(time)
-            .map(|(ts, key, ns)| (ts, key.into_vec(), ns.into_vec())))
+        let (timers, changes) = self.timer_queues(state)?;
+        Ok(timers.poll(time).map(|(kg, (ts, key, ns))| {
+            mark_timer(changes, kg, ts, &key, &ns);
+            (ts, key.into_vec(), ns.into_vec())
+        }))
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        if let Some(inc) = &mut self.incremental {
+            let changes = self.core.states_mut().map(|s| &mut s.storage_mut().changes);
+            chain::confirmed(inc, checkpoint_id, changes)?;
+        }
+        Ok(())
+    }
+
+    fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
+        if let Some(inc) = &mut self.incremental {
+            chain::aborted(inc, checkpoint_id)?;
+        }
+        Ok(())
+    }
+
+    /// With incremental checkpoints: the next checkpoint writes every key
+    /// group whole, so no checkpoint after it references older files.
+    fn compact(&mut self) -> Result<()> {
+        if let Some(inc) = &mut self.incremental {
+            inc.rewrite_all = true;
+        }
+        Ok(())
     }
 
     fn snapshot(
@@ -440,6 +507,33 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
         let range = self.core.key_group_range();
         let header = self.core.snapshot_header(options.compression.is_some());
         let filter = self.core.ttl_filter();
+        // With no state, a checkpoint is an empty handle either way.
+        let chain = options.kind == CheckpointKind::Checkpoint && !header.states.is_empty();
+        if let (Some(inc), true) = (&mut self.incremental, chain) {
+            let states = self
+                .core
+                .states_mut()
+                .map(|s| {
+                    let storage = s.storage_mut();
+                    (&storage.table, &mut storage.changes)
+                })
+                .collect();
+            let sealed = chain::seal(inc, states, checkpoint_id)?;
+            let write = ChainWrite {
+                checkpoint_id,
+                seq: sealed.seq,
+                header,
+                states: sealed.states,
+                plans: sealed.plans,
+                base: sealed.base,
+                filter,
+                level: options.compression,
+                book: Arc::clone(&inc.book),
+                backend_id: inc.backend_id.clone(),
+                closed: Arc::clone(&self.closed),
+            };
+            return Ok(PendingSnapshot::new(checkpoint_id, started, write.run(location)));
+        }
         let source = FrozenTables {
             tables: self.core.states().iter().map(|s| s.storage().table.clone()).collect(),
             first_key_group: range.start(),
@@ -468,28 +562,66 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
 ///
 /// # fn main() -> Result<()> {
 /// let config = KeyedBackendConfig::<u64>::new(KeyGroupRange::all(128)?, 128);
-/// let mut backend = HeapBackendFactory.build(config)?;
+/// let mut backend = HeapBackendFactory::incremental().build(config)?;
 /// let count = backend.register(ValueStateDescriptor::<u64>::new("count"))?;
 /// backend.set_current_key(&7)?;
 /// backend.update(&count, 1)?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HeapBackendFactory;
+#[derive(Debug, Clone, Default)]
+pub struct HeapBackendFactory {
+    options: HeapOptions,
+}
+
+impl HeapBackendFactory {
+    /// Backends whose checkpoints are canonical full snapshots: `heap`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Backends with incremental checkpoints: `heap-incremental`.
+    pub fn incremental() -> Self {
+        Self::with_options(HeapOptions::incremental())
+    }
+
+    /// Backends with `options`.
+    pub fn with_options(options: HeapOptions) -> Self {
+        HeapBackendFactory { options }
+    }
+
+    /// The options backends are built with.
+    pub fn options(&self) -> &HeapOptions {
+        &self.options
+    }
+}
+
+/// What a heap backend with `options` can do.
+fn capabilities_of(options: &HeapOptions) -> BackendCapabilities {
+    let c = heap_capabilities();
+    if options.incremental {
+        c.with_incremental_checkpoints()
+    } else {
+        c
+    }
+}
 
 impl BackendFactory for HeapBackendFactory {
     type Backend<K: 'static> = HeapBackend<K>;
 
     fn name(&self) -> &str {
-        "heap"
+        if self.options.incremental {
+            "heap-incremental"
+        } else {
+            "heap"
+        }
     }
 
     fn capabilities(&self) -> BackendCapabilities {
-        heap_capabilities()
+        capabilities_of(&self.options)
     }
 
     fn build<K: 'static>(&self, config: KeyedBackendConfig<K>) -> Result<HeapBackend<K>> {
-        HeapBackend::new(config)
+        HeapBackend::with_options(config, self.options.clone())
     }
 
     async fn restore<K: 'static>(
@@ -498,6 +630,6 @@ impl BackendFactory for HeapBackendFactory {
         handles: &[KeyedStateHandle],
         reader: Arc<dyn StateReader>,
     ) -> Result<HeapBackend<K>> {
-        HeapBackend::restore(config, handles, &*reader).await
+        HeapBackend::restore_with_options(config, self.options.clone(), handles, &*reader).await
     }
 }

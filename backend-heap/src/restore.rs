@@ -5,10 +5,13 @@
 use std::sync::Arc;
 
 use flowstate_api::backend::StateId;
-use flowstate_api::checkpoint::StateReader;
+use flowstate_api::checkpoint::{IncrementalStateHandle, NativeFormat, StateReader};
 use flowstate_api::format::canonical::{restore_key_groups, CanonicalSnapshot, Record};
-use flowstate_api::{Error, KeyGroupRange, KeyedBackendConfig, KeyedStateHandle, Result};
+use flowstate_api::{
+    Error, KeyGroupRange, KeyedBackendConfig, KeyedStateBackend, KeyedStateHandle, RestoreMode, Result,
+};
 
+use crate::chain::{self, HeapOptions};
 use crate::table::{compose, packed, CompositeKey, Inline, Table};
 use crate::HeapBackend;
 
@@ -24,11 +27,30 @@ impl<K> HeapBackend<K> {
     where
         K: 'static,
     {
-        flowstate_api::runtime::nonblocking(Self::restore_all(config, handles, reader)).await
+        Self::restore_with_options(config, HeapOptions::default(), handles, reader).await
+    }
+
+    /// Like [`restore`](Self::restore), into a backend with `options`.
+    /// Canonical snapshots and the heap's own chains (incremental
+    /// checkpoints) restore at any parallelism. With incremental
+    /// checkpoints and [`RestoreMode::Claim`], the next checkpoint builds on
+    /// the restored chains of the key groups whose states line up with this
+    /// backend's; every other key group is written whole.
+    pub async fn restore_with_options(
+        config: KeyedBackendConfig<K>,
+        options: HeapOptions,
+        handles: &[KeyedStateHandle],
+        reader: &dyn StateReader,
+    ) -> Result<Self>
+    where
+        K: 'static,
+    {
+        flowstate_api::runtime::nonblocking(Self::restore_all(config, options, handles, reader)).await
     }
 
     async fn restore_all(
         config: KeyedBackendConfig<K>,
+        options: HeapOptions,
         handles: &[KeyedStateHandle],
         reader: &dyn StateReader,
     ) -> Result<Self>
@@ -36,7 +58,7 @@ impl<K> HeapBackend<K> {
         K: 'static,
     {
         flowstate_api::checkpoint::check_restore_handles(handles, config.max_parallelism)?;
-        let mut backend = Self::new(config)?;
+        let mut backend = Self::with_options(config, options)?;
         for handle in handles {
             backend = backend.restore_handle(handle, reader).await?;
         }
@@ -48,6 +70,11 @@ impl<K> HeapBackend<K> {
         K: 'static,
     {
         let range = self.core.key_group_range();
+        if let KeyedStateHandle::Incremental(h) = handle {
+            if h.format == NativeFormat::HeapChain {
+                return self.restore_chain(h, reader).await;
+            }
+        }
         let KeyedStateHandle::KeyGroups(h) = handle else {
             return Err(Error::incompatible(format!(
                 "the heap backend cannot restore {}: it restores canonical snapshots only; restore native RocksDB \
@@ -63,6 +90,57 @@ impl<K> HeapBackend<K> {
         // Only the header and the frames of the key groups this backend
         // owns are read, a bounded batch of them at a time.
         let (this, _) = restore_key_groups(self, h, reader, Self::insert_key_groups).await?;
+        Ok(this)
+    }
+
+    /// Restores the owned key groups of a heap chain handle: per key group,
+    /// its base and deltas in order.
+    async fn restore_chain(mut self, h: &IncrementalStateHandle, reader: &dyn StateReader) -> Result<Self>
+    where
+        K: 'static,
+    {
+        let range = self.core.key_group_range();
+        let overlap = h.range.intersect(&range);
+        if overlap.is_empty() {
+            return Ok(self);
+        }
+        let name = chain::describe(h);
+        let index = chain::read_index(h, reader).await?;
+        let ids = self.restore_header(&index.header, &name)?;
+        let first = range.start();
+        let max = self.core.max_parallelism();
+        let apply_ids = ids.clone();
+        let apply_name = name.clone();
+        let (mut this, _) = chain::read_segments(&index, range, reader, self, move |mut this: Self, items| {
+            let (ids, name) = (apply_ids.clone(), apply_name.clone());
+            Box::pin(flowstate_api::runtime::run_blocking(move || {
+                let mut scratch = Vec::new();
+                let mut tables: Vec<&mut Table> = this.core.states_mut().map(|s| &mut s.storage_mut().table).collect();
+                for (kg, segments) in items {
+                    let i = (kg - first) as usize;
+                    for (n, (data, compressed)) in segments.iter().enumerate() {
+                        chain::apply_segment(&mut tables, &ids, (kg, i), (data, *compressed), max, &mut scratch)
+                            .map_err(|e| {
+                                e.context(format!("{name}, key group {kg}, segment {n} of {}", segments.len()))
+                            })?;
+                    }
+                }
+                drop(tables);
+                Ok(this)
+            }))
+        })
+        .await?;
+        // Claimed, with states in this backend's order: the next checkpoint
+        // builds on these chains.
+        let lined_up = ids.iter().enumerate().all(|(i, id)| *id as usize == i);
+        let claimed = this.options.restore_mode == RestoreMode::Claim && reader.claimed();
+        if let (Some(inc), true, true) = (&mut this.incremental, claimed, lined_up) {
+            let mut book = inc.book()?;
+            for kg in overlap.iter() {
+                book.base[(kg - first) as usize] = Some(index.chains[(kg - h.range.start()) as usize].clone());
+            }
+            book.base_id = book.base_id.max(Some(h.checkpoint_id));
+        }
         Ok(this)
     }
 
@@ -95,8 +173,11 @@ impl<K> HeapBackend<K> {
 fn describe_native(handle: &KeyedStateHandle) -> String {
     match handle {
         KeyedStateHandle::Incremental(h) => format!(
-            "the native RocksDB checkpoint {} of backend {} (key groups {})",
-            h.checkpoint_id, h.backend_id, h.range
+            "the native {} checkpoint {} of backend {} (key groups {})",
+            h.format.backend(),
+            h.checkpoint_id,
+            h.backend_id,
+            h.range
         ),
         other => format!("a native snapshot of key groups {}", other.key_group_range()),
     }

@@ -14,6 +14,8 @@ use flowstate_api::format::codec::{put_bytes, put_varint, Reader};
 use flowstate_api::ttl::{is_expired, split_ttl_value};
 use flowstate_api::{Error, ErrorKind, Result};
 
+use crate::chain::{mark, Changes};
+
 /// A composite key, stored inline in the map node when it is short (so
 /// comparing keys touches no other memory).
 pub(crate) type CompositeKey = smallvec::SmallVec<[u8; 24]>;
@@ -152,17 +154,16 @@ impl TimerQueues {
         self.heads.first().map(|h| h.0)
     }
 
-    /// Removes and returns the first timer if it is due at `time`.
-    pub(crate) fn poll(&mut self, time: i64) -> Option<TimerEntry> {
+    /// Removes and returns the first timer if it is due at `time`, with its
+    /// key-group index.
+    pub(crate) fn poll(&mut self, time: i64) -> Option<(usize, TimerEntry)> {
         let &(ts, kg) = self.heads.first()?;
         if ts > time {
             return None;
         }
-        let entry = self.change(kg, |s| s.remove_min());
-        if entry.is_some() {
-            self.len -= 1;
-        }
-        entry
+        let entry = self.change(kg, |s| s.remove_min())?;
+        self.len -= 1;
+        Some((kg, entry))
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -286,13 +287,17 @@ pub(crate) fn split_composite(composite: &[u8]) -> Result<(&[u8], &[u8])> {
 pub struct HeapState {
     pub(crate) table: Table,
     pub(crate) cleanup: CleanupCursor,
+    /// The keys changed since the last confirmed checkpoint, when
+    /// checkpoints are incremental.
+    pub(crate) changes: Option<Box<Changes>>,
 }
 
 impl HeapState {
-    pub(crate) fn new(kind: StorageKind, key_groups: usize) -> Self {
+    pub(crate) fn new(kind: StorageKind, key_groups: usize, track_changes: bool) -> Self {
         HeapState {
             table: Table::new(kind, key_groups),
             cleanup: CleanupCursor::default(),
+            changes: track_changes.then(|| Box::new(Changes::new(key_groups))),
         }
     }
 
@@ -310,7 +315,11 @@ impl HeapState {
         }
         for _ in 0..budget {
             match self.cleanup.pending.pop() {
-                Some(ck) => clean_entry(&mut self.table, self.cleanup.kg, &ck, ttl, now),
+                Some(ck) => {
+                    if clean_entry(&mut self.table, self.cleanup.kg, &ck, ttl, now) {
+                        mark(&mut self.changes, self.cleanup.kg, &ck);
+                    }
+                }
                 None => {
                     self.cleanup.kg = (self.cleanup.kg + 1) % key_groups;
                     self.cleanup.pending = self.table.keys_of(self.cleanup.kg);
@@ -332,17 +341,20 @@ fn expired(value: &[u8], ttl: u64, now: u64) -> bool {
     matches!(split_ttl_value(value), Ok((ts, _)) if is_expired(ts, ttl, now))
 }
 
-fn clean_entry(table: &mut Table, kg: usize, ck: &[u8], ttl: u64, now: u64) {
+/// Removes what expired of entry `ck`; true if anything was.
+fn clean_entry(table: &mut Table, kg: usize, ck: &[u8], ttl: u64, now: u64) -> bool {
     match table {
         Table::Value(maps) => {
             if maps[kg].get(ck).is_some_and(|v| expired(v, ttl, now)) {
                 maps[kg].remove(ck);
+                return true;
             }
+            false
         }
         Table::List(maps) => {
-            let Some(list) = maps[kg].get(ck) else { return };
+            let Some(list) = maps[kg].get(ck) else { return false };
             if !elements(list).any(|e| expired(e, ttl, now)) {
-                return;
+                return false;
             }
             let kept = packed(elements(list).filter(|e| !expired(e, ttl, now)));
             if kept.is_empty() {
@@ -350,11 +362,12 @@ fn clean_entry(table: &mut Table, kg: usize, ck: &[u8], ttl: u64, now: u64) {
             } else {
                 maps[kg].insert(CompositeKey::from_slice(ck), Arc::new(kept));
             }
+            true
         }
         Table::Map(maps) => {
-            let Some(user_map) = maps[kg].get(ck) else { return };
+            let Some(user_map) = maps[kg].get(ck) else { return false };
             if !user_map.values().any(|v| expired(v, ttl, now)) {
-                return;
+                return false;
             }
             let mut kept = (**user_map).clone();
             kept.retain(|_, v| !expired(v, ttl, now));
@@ -363,8 +376,9 @@ fn clean_entry(table: &mut Table, kg: usize, ck: &[u8], ttl: u64, now: u64) {
             } else {
                 maps[kg].insert(CompositeKey::from_slice(ck), Arc::new(kept));
             }
+            true
         }
-        Table::Timers(_) => {}
+        Table::Timers(_) => false,
     }
 }
 

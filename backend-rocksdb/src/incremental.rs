@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use flowstate_api::backend::AsyncOutput;
 use flowstate_api::checkpoint::{
-    CheckpointLocation, HandleFile, IncrementalStateHandle, StateScope, StreamStateHandle,
+    CheckpointLocation, HandleFile, IncrementalStateHandle, NativeFormat, StateScope, StreamStateHandle,
 };
 use flowstate_api::format::canonical::SnapshotHeader;
 use flowstate_api::{Error, KeyedStateHandle, Result};
@@ -201,6 +201,7 @@ impl Upload {
         guard.remove().await;
         Ok(AsyncOutput {
             handle: KeyedStateHandle::Incremental(IncrementalStateHandle {
+                format: NativeFormat::RocksDb,
                 range: self.header.range,
                 backend_id: self.backend_id,
                 checkpoint_id: id,

@@ -28,7 +28,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use flowstate_api::backend::{StateMetaInfo, StorageKind};
-use flowstate_api::checkpoint::{HandleFile, IncrementalStateHandle, KeyGroupsStateHandle, StateReader};
+use flowstate_api::checkpoint::{HandleFile, IncrementalStateHandle, KeyGroupsStateHandle, NativeFormat, StateReader};
 use flowstate_api::format::canonical::{
     check_compatible, restore_key_groups, CanonicalSnapshot, Record, SnapshotHeader,
 };
@@ -98,6 +98,21 @@ impl<K: 'static> RocksDbBackend<K> {
             .iter()
             .filter(|h| !h.is_empty() && !h.key_group_range().intersect(&range).is_empty())
             .collect();
+        if let Some(KeyedStateHandle::Incremental(h)) = overlapping
+            .iter()
+            .find(|h| matches!(h, KeyedStateHandle::Incremental(h) if h.format != NativeFormat::RocksDb))
+        {
+            return Err(Error::incompatible(format!(
+                "the RocksDB backend cannot restore the native {} checkpoint {} of backend {} (key groups {}): \
+                 restore it into the {} backend, or turn it into a canonical savepoint with `flowstate savepoint \
+                 convert`",
+                h.format.backend(),
+                h.checkpoint_id,
+                h.backend_id,
+                h.range,
+                h.format.backend()
+            )));
+        }
         let incremental: Vec<&IncrementalStateHandle> = overlapping
             .iter()
             .filter_map(|h| match h {
@@ -138,7 +153,10 @@ impl<K: 'static> RocksDbBackend<K> {
                 .await
                 .map_err(|e| name_damaged_file(e, &describe(base), &handle_files(base)))?;
                 guard.remove().await;
-                if base.range == range && incremental.len() == 1 && backend.options().restore_mode == RestoreMode::Claim
+                if base.range == range
+                    && incremental.len() == 1
+                    && backend.options().restore_mode == RestoreMode::Claim
+                    && reader.claimed()
                 {
                     // Claimed and not rescaled: the next checkpoint shares these files.
                     let mut u = backend

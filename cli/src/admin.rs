@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use flowstate_api::checkpoint::{
-    checkpoint_dir_id, BlobPath, BlobStore, CheckpointLocation, KeyGroupsStateHandle, OperatorState,
+    checkpoint_dir_id, BlobPath, BlobStore, CheckpointLocation, KeyGroupsStateHandle, NativeFormat, OperatorState,
     OperatorStateHandle, StateReader, StateScope, StreamStateHandle, METADATA_FILE, SHARED_DIR,
 };
 use flowstate_api::format::canonical::{CanonicalSnapshot, SnapshotHeader};
@@ -523,7 +523,10 @@ pub async fn inspect(args: InspectArgs) -> Result<Outcome> {
                     inline_bytes: inline_bytes(&k.stream),
                 },
                 KeyedStateHandle::Incremental(i) => InspectedHandle {
-                    format: "incremental",
+                    format: match i.format {
+                        NativeFormat::RocksDb => "incremental",
+                        NativeFormat::HeapChain => "heap-chain",
+                    },
                     key_groups: i.range.to_string(),
                     files: i
                         .shared
@@ -1181,6 +1184,9 @@ pub async fn convert(args: ConvertArgs) -> Result<Outcome> {
                         offsets: k.offsets.clone(),
                         stream: copy_stream(&k.stream, reader, &location).await?,
                     }),
+                    KeyedStateHandle::Incremental(i) if i.format == NativeFormat::HeapChain => {
+                        KeyedStateHandle::KeyGroups(flowstate_heap::chain_to_canonical(i, reader, &location).await?)
+                    }
                     KeyedStateHandle::Incremental(i) => KeyedStateHandle::KeyGroups(
                         flowstate_rocksdb::incremental_to_canonical(i, reader, &location, &rocks).await?,
                     ),

@@ -179,6 +179,7 @@ fn incremental_metadata_vector() {
         crc32c,
     };
     let h = IncrementalStateHandle {
+        format: Default::default(),
         range: KeyGroupRange::new(0, 128).unwrap(),
         backend_id: "b".into(),
         checkpoint_id: 2,

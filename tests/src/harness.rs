@@ -260,7 +260,7 @@ impl<F: BackendFactory> BackendEntry for Registered<F> {
 /// fn main() {
 ///     Suite::new()
 ///         .storage(MemoryStorageFactory::new)
-///         .backend(|| HeapBackendFactory)
+///         .backend(HeapBackendFactory::new)
 ///         .run();
 /// }
 /// ```
@@ -442,13 +442,13 @@ mod tests {
         // compaction filter and the shared-state storage contracts never run.
         let suite = Suite::new()
             .storage(MemoryStorageFactory::new)
-            .backend(|| HeapBackendFactory)
+            .backend(HeapBackendFactory::new)
             .require_every_contract();
         assert_eq!(outcome(&suite, "suite/every_contract_runs", false), (0, 1, 0));
         // Without the requirement there is no such trial.
         let suite = Suite::new()
             .storage(MemoryStorageFactory::new)
-            .backend(|| HeapBackendFactory);
+            .backend(HeapBackendFactory::new);
         assert_eq!(outcome(&suite, "suite/every_contract_runs", false), (0, 0, 0));
     }
 
@@ -456,7 +456,7 @@ mod tests {
     fn unmet_needs_ignore_the_trial_even_when_ignored_trials_run() {
         let suite = Suite::new()
             .storage(MemoryStorageFactory::new)
-            .backend(|| HeapBackendFactory);
+            .backend(HeapBackendFactory::new);
         let name = "heap/memory/incremental/incremental_checkpoints_upload_only_new_files";
         assert_eq!(outcome(&suite, name, false), (0, 0, 1));
         assert_eq!(outcome(&suite, name, true), (0, 0, 1));
@@ -490,7 +490,7 @@ mod tests {
     #[should_panic(expected = "registered twice")]
     fn two_backends_of_one_name_are_refused() {
         let _ = Suite::new()
-            .backend(|| HeapBackendFactory)
-            .backend(|| HeapBackendFactory);
+            .backend(HeapBackendFactory::new)
+            .backend(HeapBackendFactory::new);
     }
 }

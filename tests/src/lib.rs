@@ -22,7 +22,7 @@
 //! fn main() {
 //!     Suite::new()
 //!         .storage(MemoryStorageFactory::new) // a fresh factory per trial
-//!         .backend(|| HeapBackendFactory)
+//!         .backend(HeapBackendFactory::new)
 //!         .run(); // parses libtest's arguments, runs, exits
 //! }
 //! ```
@@ -40,7 +40,7 @@
 //! use flowstate_conformance::{block_on, run, snapshot, storage, Ctx, MemoryStorageFactory};
 //! use flowstate_heap::HeapBackendFactory;
 //!
-//! run(Ctx::new(HeapBackendFactory, MemoryStorageFactory::new()), snapshot::snapshot_isolation);
+//! run(Ctx::new(HeapBackendFactory::new(), MemoryStorageFactory::new()), snapshot::snapshot_isolation);
 //! block_on(storage::latest_checkpoint_is_the_newest(Arc::new(MemoryStorageFactory::new())));
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A test suite: failures are panics.
@@ -267,6 +267,7 @@ contracts! {
         }
         rescale [] {
             rescale_4_to_2, rescale_2_to_4, rescale_1_to_3, rescale_3_to_1, rescale_15_to_77, rescale_77_to_15,
+            rescale_15_to_77_after_changes, rescale_77_to_15_after_changes,
             canonical_rescale_reads_only_owned_key_groups,
         }
         timers [Need::Timers] {

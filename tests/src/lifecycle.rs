@@ -497,6 +497,7 @@ fn incremental(id: u64, shared: &[&StreamStateHandle], private: StreamStateHandl
         crc32c: 0,
     };
     KeyedStateHandle::Incremental(IncrementalStateHandle {
+        format: Default::default(),
         range: KeyGroupRange::all(MAX_PARALLELISM).unwrap(),
         backend_id: "contract".into(),
         checkpoint_id: id,

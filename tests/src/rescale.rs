@@ -98,6 +98,102 @@ pub async fn rescale_77_to_15<F: BackendFactory>(ctx: Ctx<F>) {
     rescale(ctx, 77, 15).await
 }
 
+/// 15 → 77 operators from the last of several checkpoints, each after
+/// updates, deletes, list appends and map removals (a chain of deltas on a
+/// backend with incremental checkpoints).
+pub async fn rescale_15_to_77_after_changes<F: BackendFactory>(ctx: Ctx<F>) {
+    rescale_after_changes(ctx, 15, 77).await
+}
+
+/// 77 → 15 operators from the last of several checkpoints with changes.
+pub async fn rescale_77_to_15_after_changes<F: BackendFactory>(ctx: Ctx<F>) {
+    rescale_after_changes(ctx, 77, 15).await
+}
+
+/// What one key holds: value, list, map entries.
+type Held = (Option<u64>, Vec<u64>, Vec<(u8, u64)>);
+
+async fn rescale_after_changes<F: BackendFactory>(ctx: Ctx<F>, from: u32, to: u32) {
+    const ROUNDS: u64 = 4;
+    let storage = ctx
+        .storage
+        .storage(&crate::job_id(&format!("rescale-changes-{from}-{to}")));
+    let mut model: std::collections::BTreeMap<u64, Held> = std::collections::BTreeMap::new();
+    let mut handles = Vec::new();
+    for index in 0..from {
+        let mut b = ctx.backend.build(operator_config::<u64>(from, index)).unwrap();
+        let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
+        let l = b.register(ListStateDescriptor::<u64>::new("l")).unwrap();
+        let m = b.register(MapStateDescriptor::<u8, u64>::new("m")).unwrap();
+        let mine: Vec<u64> = (0..KEYS).filter(|k| operator_for_key(k, from) == index).collect();
+        let mut last = None;
+        for round in 0..=ROUNDS {
+            for &k in &mine {
+                b.set_current_key(&k).unwrap();
+                let held = model.entry(k).or_default();
+                if round == 0 || k % 4 == round % 4 {
+                    b.update(&v, k * 3 + round).unwrap();
+                    held.0 = Some(k * 3 + round);
+                    b.append(&l, round).unwrap();
+                    held.1.push(round);
+                    let uk = ((k + round) % 7) as u8;
+                    b.map_put(&m, uk, k + round).unwrap();
+                    held.2.retain(|e| e.0 != uk);
+                    held.2.push((uk, k + round));
+                    held.2.sort_unstable();
+                }
+                if round > 0 && k % 9 == round {
+                    b.clear(&v).unwrap();
+                    held.0 = None;
+                    let uk = (k % 7) as u8;
+                    b.map_remove(&m, &uk).unwrap();
+                    held.2.retain(|e| e.0 != uk);
+                }
+                if round > 0 && k % 11 == round {
+                    b.clear(&l).unwrap();
+                    held.1.clear();
+                }
+            }
+            let result = snapshot_into(&mut b, &storage, round + 1, SnapshotOptions::checkpoint()).await;
+            b.notify_checkpoint_complete(round + 1).unwrap();
+            last = Some(result.handle);
+        }
+        handles.push(last.unwrap());
+    }
+    let pointer = complete(&storage, ROUNDS + 1, CheckpointKind::Checkpoint, from, handles).await;
+    let mut seen = 0;
+    for index in 0..to {
+        let mut r = restore_from(&ctx, &storage, operator_config::<u64>(to, index), &pointer)
+            .await
+            .unwrap();
+        let v = r.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
+        let l = r.register(ListStateDescriptor::<u64>::new("l")).unwrap();
+        let m = r.register(MapStateDescriptor::<u8, u64>::new("m")).unwrap();
+        let mine: Vec<u64> = (0..KEYS).filter(|k| operator_for_key(k, to) == index).collect();
+        let mut counts = [0u64; 3];
+        for &k in &mine {
+            r.set_current_key(&k).unwrap();
+            let got: Held = (r.value(&v).unwrap(), r.list(&l).unwrap(), r.map_entries(&m).unwrap());
+            let want = &model[&k];
+            assert_eq!(&got, want, "{from}->{to}: key {k} on operator {index}");
+            counts[0] += u64::from(want.0.is_some());
+            counts[1] += u64::from(!want.1.is_empty());
+            counts[2] += u64::from(!want.2.is_empty());
+            seen += 1;
+        }
+        let held = [
+            r.entry_count(&v).unwrap(),
+            r.entry_count(&l).unwrap(),
+            r.entry_count(&m).unwrap(),
+        ];
+        assert_eq!(
+            held, counts,
+            "{from}->{to}: operator {index} holds foreign or deleted keys"
+        );
+    }
+    assert_eq!(seen, KEYS, "keys lost in {from}->{to}");
+}
+
 /// Counts the bytes a restore reads.
 #[derive(Debug)]
 struct CountingReader {

@@ -21,7 +21,8 @@ fn main() {
         suite = suite.storage(ObjectStorageFactory::s3);
     }
     suite
-        .backend(|| HeapBackendFactory)
+        .backend(HeapBackendFactory::new)
+        .backend(HeapBackendFactory::incremental)
         .backend(RocksDbFactory::new)
         .backend(RocksDbFactory::full)
         .backend(RocksDbFactory::with_local_recovery)

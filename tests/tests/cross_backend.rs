@@ -80,12 +80,12 @@ async fn transfer<A: BackendFactory, B: BackendFactory>(from: A, to: B) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heap_savepoint_restores_into_rocksdb() {
-    transfer(HeapBackendFactory, RocksDbFactory::new()).await;
+    transfer(HeapBackendFactory::new(), RocksDbFactory::new()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rocksdb_savepoint_restores_into_heap() {
-    transfer(RocksDbFactory::new(), HeapBackendFactory).await;
+    transfer(RocksDbFactory::new(), HeapBackendFactory::new()).await;
 }
 
 /// A native RocksDB checkpoint (full or incremental) or native savepoint
@@ -109,7 +109,7 @@ async fn native_rocksdb_snapshots_are_refused_by_heap() {
                 "{}: {options:?} is native",
                 rocksdb.name()
             );
-            let ctx = flowstate_conformance::Ctx::new(HeapBackendFactory, FsStorageFactory::new());
+            let ctx = flowstate_conformance::Ctx::new(HeapBackendFactory::new(), FsStorageFactory::new());
             let Err(e) = restore_from(&ctx, &storage, full_config::<u64>(), &pointer).await else {
                 panic!("{}: a native snapshot restored into the heap backend", rocksdb.name());
             };
@@ -161,7 +161,7 @@ async fn timers_move_heap_rocksdb_heap() {
     let storage = factory.storage("cross-timers");
     let desc = || TimerServiceDescriptor::event_time("t").in_namespace::<u32>();
     let timers = timer_workload(3_000);
-    let mut heap = HeapBackendFactory.build(full_config::<u64>()).unwrap();
+    let mut heap = HeapBackendFactory::new().build(full_config::<u64>()).unwrap();
     let t = heap.register(desc()).unwrap();
     for &(ts, k, ns) in &timers {
         heap.set_current_key(&k).unwrap();
@@ -173,7 +173,7 @@ async fn timers_move_heap_rocksdb_heap() {
         .await
         .unwrap();
     let (_, p2) = snapshot_and_complete(&mut rocks, &storage, 2, SnapshotOptions::savepoint()).await;
-    let heap_ctx = flowstate_conformance::Ctx::new(HeapBackendFactory, FsStorageFactory::new());
+    let heap_ctx = flowstate_conformance::Ctx::new(HeapBackendFactory::new(), FsStorageFactory::new());
     let mut back = restore_from(&heap_ctx, &storage, full_config::<u64>(), &p2)
         .await
         .unwrap();

@@ -137,6 +137,7 @@ impl World {
                 }
                 let private = stream(&location, StateScope::Exclusive, 9).await;
                 let handle = KeyedStateHandle::Incremental(IncrementalStateHandle {
+                    format: Default::default(),
                     range: KeyGroupRange::all(128).unwrap(),
                     backend_id: "prop".into(),
                     checkpoint_id: id,
@@ -407,6 +408,7 @@ async fn old_job(backing: Backing, base: &std::path::Path) -> Vec<String> {
         let location = store.begin_checkpoint(id).await.unwrap();
         shared.push(stream(&location, StateScope::Shared, id as u8).await);
         let handle = KeyedStateHandle::Incremental(IncrementalStateHandle {
+            format: Default::default(),
             range: KeyGroupRange::all(128).unwrap(),
             backend_id: "old".into(),
             checkpoint_id: id,

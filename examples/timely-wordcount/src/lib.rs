@@ -202,7 +202,7 @@ pub fn run(opts: &RunOptions) -> Result<Option<RunReport>> {
     }
     let ctx_parts = (rt.handle().clone(), storage, restored, store);
     let report = match opts.backend {
-        BackendKind::Heap => execute(opts, HeapBackendFactory, ctx_parts)?,
+        BackendKind::Heap => execute(opts, HeapBackendFactory::new(), ctx_parts)?,
         BackendKind::Rocksdb => {
             let work = opts.dir.join("rocksdb").join(format!("process-{}", opts.process));
             let options = RocksDbOptions::new(work).with_incremental(true);

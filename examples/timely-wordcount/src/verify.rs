@@ -102,7 +102,7 @@ pub fn verify(dir: &Path, storage_options: &[(String, String)]) -> Result<Verdic
         )));
     }
     let words = match settings.backend {
-        BackendKind::Heap => read_state(&rt, &HeapBackendFactory, &latest)?,
+        BackendKind::Heap => read_state(&rt, &HeapBackendFactory::new(), &latest)?,
         BackendKind::Rocksdb => {
             let work = tempdir_in(dir)?;
             let factory = RocksDbBackendFactory::new(RocksDbOptions::new(work.path()));

@@ -212,10 +212,34 @@ pub struct HandleFile {
     pub crc32c: u32,
 }
 
-/// An incremental snapshot of a native backend (RocksDB): immutable files
-/// shared between checkpoints plus files private to this one.
+/// Whose files an [`IncrementalStateHandle`] holds, so a backend refuses a
+/// native snapshot of another kind with a clear error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NativeFormat {
+    /// The files of a RocksDB checkpoint (SST files, manifest, options).
+    #[default]
+    RocksDb,
+    /// The heap backend's chains of key-group frames: a base and the deltas
+    /// on top of it per key group (docs/format.md, "Heap chains").
+    HeapChain,
+}
+
+impl NativeFormat {
+    /// The backend that reads this format, for messages.
+    pub fn backend(self) -> &'static str {
+        match self {
+            NativeFormat::RocksDb => "RocksDB",
+            NativeFormat::HeapChain => "heap",
+        }
+    }
+}
+
+/// An incremental snapshot of a native backend: immutable files shared
+/// between checkpoints plus files private to this one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncrementalStateHandle {
+    /// Whose files these are.
+    pub format: NativeFormat,
     /// The key groups the snapshot covers.
     pub range: KeyGroupRange,
     /// The backend instance that wrote it (unique across restarts).
@@ -309,7 +333,10 @@ impl KeyedStateHandle {
                 h.stream.encode(out);
             }
             KeyedStateHandle::Incremental(h) => {
-                out.push(2);
+                out.push(match h.format {
+                    NativeFormat::RocksDb => 2,
+                    NativeFormat::HeapChain => 3,
+                });
                 put_varint(out, u64::from(h.range.start()));
                 put_varint(out, u64::from(h.range.end()));
                 put_str(out, &h.backend_id);
@@ -351,7 +378,12 @@ impl KeyedStateHandle {
                     stream,
                 }))
             }
-            2 => {
+            tag @ (2 | 3) => {
+                let format = if tag == 2 {
+                    NativeFormat::RocksDb
+                } else {
+                    NativeFormat::HeapChain
+                };
                 let start = r.varint_u32("key-group range start")?;
                 let end = r.varint_u32("key-group range end")?;
                 let range = KeyGroupRange::new(start, end).map_err(|e| Error::corrupted(e.message().to_string()))?;
@@ -375,6 +407,7 @@ impl KeyedStateHandle {
                 let [shared, private] = lists;
                 let meta = StreamStateHandle::decode(r, source)?;
                 Ok(KeyedStateHandle::Incremental(IncrementalStateHandle {
+                    format,
                     range,
                     backend_id,
                     checkpoint_id,
@@ -423,6 +456,7 @@ mod tests {
                 },
             }),
             KeyedStateHandle::Incremental(IncrementalStateHandle {
+                format: Default::default(),
                 range: KeyGroupRange::new(0, 64).unwrap(),
                 backend_id: "b".into(),
                 checkpoint_id: 2,
@@ -546,6 +580,7 @@ mod tests {
             crc32c: 0xdead_beef,
         };
         let h = KeyedStateHandle::Incremental(IncrementalStateHandle {
+            format: Default::default(),
             range: KeyGroupRange::new(0, 64).unwrap(),
             backend_id: "b1".into(),
             checkpoint_id: 9,

@@ -84,7 +84,7 @@ mod storage;
 pub use self::blob::{BlobListing, BlobMeta, BlobPath, BlobStore, BlobWriter, MemoryBlobStore};
 pub use self::handle::{
     check_restore_handles, validate_relative_path, HandleFile, IncrementalStateHandle, KeyGroupsStateHandle,
-    KeyedStateHandle, StreamStateHandle,
+    KeyedStateHandle, NativeFormat, StreamStateHandle,
 };
 pub use self::layout::{
     BlobStateReader, CheckpointLocation, CheckpointOutputStream, CheckpointStorage, DEFAULT_INLINE_THRESHOLD,
@@ -93,6 +93,7 @@ pub use self::layout::{
 pub use self::memory::DEFAULT_MAX_STATE_SIZE;
 pub use self::metadata::{CheckpointKind, CheckpointMetadata, OperatorState, METADATA_MAGIC, METADATA_VERSION};
 pub use self::operator_handle::{DistributionMode, OperatorStateBlock, OperatorStateHandle};
+pub(crate) use self::storage::UnclaimedReader;
 pub use self::storage::{
     checkpoint_dir_id, is_own_file_name, metadata_path, metadata_path_id, parse_pointer, unique_file_name,
     InlineReader, ParsedPointer, ResolvedCheckpoint, StateReader, StateScope, StorageCapabilities, StoredFile,

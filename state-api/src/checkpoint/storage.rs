@@ -77,6 +77,39 @@ pub trait StateReader: Send + Sync + fmt::Debug {
         let _ = handle;
         None
     }
+    /// Whether checkpoints taken after the restore may reference the files
+    /// read here. False when the checkpoint store restored them without
+    /// claim ([`RestoreMode::NoClaim`](crate::RestoreMode)): it refuses a
+    /// checkpoint that shares them, so a backend's first checkpoint after
+    /// such a restore writes everything anew. The store decides this, not
+    /// the backend's own options.
+    fn claimed(&self) -> bool {
+        true
+    }
+}
+
+/// The reader of a checkpoint restored without claim: reads through
+/// `inner`, and says its files must not be shared.
+#[derive(Debug)]
+pub(crate) struct UnclaimedReader(pub(crate) Arc<dyn StateReader>);
+
+#[async_trait]
+impl StateReader for UnclaimedReader {
+    async fn read(&self, handle: &StreamStateHandle) -> Result<Bytes> {
+        self.0.read(handle).await
+    }
+
+    async fn read_ranges(&self, handle: &StreamStateHandle, ranges: &[std::ops::Range<u64>]) -> Result<Vec<Bytes>> {
+        self.0.read_ranges(handle, ranges).await
+    }
+
+    async fn local_path(&self, handle: &StreamStateHandle) -> Option<std::path::PathBuf> {
+        self.0.local_path(handle).await
+    }
+
+    fn claimed(&self) -> bool {
+        false
+    }
 }
 
 /// Reads inline handles only: what is needed when every stream was inlined.

@@ -195,8 +195,10 @@ pub struct TtlFilter {
 }
 
 impl TtlFilter {
+    /// False when `value` of state index `state` has expired and the state
+    /// drops expired entries from snapshots.
     #[inline]
-    fn keeps(&self, state: u32, value: &[u8]) -> bool {
+    pub fn keeps(&self, state: u32, value: &[u8]) -> bool {
         match self.ttl_millis.get(state as usize).copied().flatten() {
             None => true,
             Some(ttl) => match split_ttl_value(value) {
@@ -280,27 +282,62 @@ impl KeyGroupWriter {
     }
 
     fn finish_frame(&mut self, kg: u32, level: Option<i32>) -> Result<Vec<u8>> {
-        let stored: Vec<u8> = match level {
-            None => std::mem::take(&mut self.buf),
-            Some(level) => {
-                let mut s = Vec::with_capacity(self.buf.len() / 2 + 16);
-                s.extend_from_slice(&(self.buf.len() as u32).to_le_bytes());
-                let compressed = zstd::bulk::compress(&self.buf, level)
-                    .map_err(|e| Error::internal(format!("zstd compression of key group {kg} failed: {e}")))?;
-                s.extend_from_slice(&compressed);
-                self.buf.clear();
-                s
-            }
-        };
-        let len = u32::try_from(stored.len())
-            .map_err(|_| Error::invalid(format!("key group {kg} holds more than 4 GiB of state")))?;
-        let crc = crc32c_append(crc32c(&kg.to_le_bytes()), &stored);
-        let mut frame = Vec::with_capacity(8 + stored.len());
-        frame.extend_from_slice(&len.to_le_bytes());
-        frame.extend_from_slice(&crc.to_le_bytes());
-        frame.extend_from_slice(&stored);
+        let frame = encode_frame(kg, &self.buf, level)?;
+        self.buf.clear();
         Ok(frame)
     }
+}
+
+/// Encodes one key-group frame (docs/format.md): `u32 len | u32 crc | stored`,
+/// where `stored` is `payload`, or with `level` its zstd compression after
+/// its `u32` length, and `crc` is the CRC-32C of `kg` (4 bytes, little
+/// endian) followed by `stored`, so a frame moved to another key group fails
+/// its check.
+pub fn encode_frame(kg: u32, payload: &[u8], level: Option<i32>) -> Result<Vec<u8>> {
+    let compressed;
+    let stored: &[u8] = match level {
+        None => payload,
+        Some(level) => {
+            let mut s = Vec::with_capacity(payload.len() / 2 + 16);
+            s.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            let z = zstd::bulk::compress(payload, level)
+                .map_err(|e| Error::internal(format!("zstd compression of key group {kg} failed: {e}")))?;
+            s.extend_from_slice(&z);
+            compressed = s;
+            &compressed
+        }
+    };
+    let len = u32::try_from(stored.len())
+        .map_err(|_| Error::invalid(format!("key group {kg} holds more than 4 GiB of state")))?;
+    let crc = crc32c_append(crc32c(&kg.to_le_bytes()), stored);
+    let mut frame = Vec::with_capacity(8 + stored.len());
+    frame.extend_from_slice(&len.to_le_bytes());
+    frame.extend_from_slice(&crc.to_le_bytes());
+    frame.extend_from_slice(stored);
+    Ok(frame)
+}
+
+/// Checks and opens the key-group frame of `kg` at the start of `data`
+/// (written by [`encode_frame`]); returns the payload (decompressed when
+/// `compressed`) and the frame's length. Fails with `Corrupted` on a short
+/// frame or a checksum mismatch.
+pub fn decode_frame(kg: u32, data: &Bytes, compressed: bool) -> Result<(Bytes, usize)> {
+    let mut r = Reader::new(data);
+    let len = r.u32_le("frame length")? as usize;
+    let crc = r.u32_le("frame checksum")?;
+    let stored = r.take(len, "key-group frame")?;
+    let actual = crc32c_append(crc32c(&kg.to_le_bytes()), stored);
+    if actual != crc {
+        return Err(Error::corrupted(format!(
+            "checksum mismatch (stored {crc:#010x}, computed {actual:#010x})"
+        )));
+    }
+    let payload = if compressed {
+        decompress(stored)?
+    } else {
+        data.slice(8..8 + len)
+    };
+    Ok((payload, 8 + len))
 }
 
 /// A backend's view of its state, frozen at the sync phase, that writes one
@@ -689,26 +726,7 @@ impl CanonicalSnapshot {
             )));
         }
         let offset = (at - self.base) as usize;
-        let mut r = Reader::new(&self.data[offset..]);
-        let stored = (|| {
-            let len = r.u32_le("frame length")? as usize;
-            let crc = r.u32_le("frame checksum")?;
-            let stored = r.take(len, "key-group frame")?;
-            let actual = crc32c_append(crc32c(&kg.to_le_bytes()), stored);
-            if actual != crc {
-                return Err(Error::corrupted(format!(
-                    "checksum mismatch (stored {crc:#010x}, computed {actual:#010x})"
-                )));
-            }
-            Ok(stored)
-        })()
-        .map_err(ctx)?;
-        let payload = if self.header.compressed {
-            decompress(stored).map_err(ctx)?
-        } else {
-            let start = offset + 8;
-            self.data.slice(start..start + stored.len())
-        };
+        let (payload, _) = decode_frame(kg, &self.data.slice(offset..), self.header.compressed).map_err(ctx)?;
         Ok(KeyGroupRecords {
             payload,
             kinds: &self.kinds,

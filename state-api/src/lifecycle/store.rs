@@ -534,6 +534,11 @@ impl CheckpointStore {
                     )));
                 }
                 self.registry.protect(resolved.metadata.file_paths());
+                let reader = Arc::clone(&resolved.reader);
+                return Ok(ResolvedCheckpoint {
+                    reader: Arc::new(crate::checkpoint::UnclaimedReader(reader)),
+                    ..resolved
+                });
             }
         }
         Ok(resolved)
