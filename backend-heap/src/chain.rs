@@ -1037,3 +1037,32 @@ pub async fn chain_to_canonical(
         })?;
     Ok(written.handle)
 }
+
+/// Checks a heap chain handle whole, as `flowstate inspect --verify` does:
+/// its index, and the checksum of every frame of every chain, read a
+/// bounded batch at a time. Errors name the checkpoint, key group and
+/// segment.
+pub async fn verify_chain(handle: &IncrementalStateHandle, reader: &dyn StateReader) -> Result<()> {
+    let name = describe(handle);
+    let index = read_index(handle, reader).await?;
+    read_segments(&index, handle.range, reader, (), move |(), items| {
+        let name = name.clone();
+        Box::pin(async move {
+            for (kg, segments) in items {
+                for (n, (data, compressed)) in segments.iter().enumerate() {
+                    let (_, len) = decode_frame(kg, data, *compressed)
+                        .map_err(|e| e.context(format!("{name}, key group {kg}, segment {n}")))?;
+                    if len != data.len() {
+                        return Err(Error::corrupted(format!(
+                            "{name}, key group {kg}, segment {n}: {} bytes hold a frame of {len}",
+                            data.len()
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        })
+    })
+    .await?;
+    Ok(())
+}

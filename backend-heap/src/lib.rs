@@ -38,7 +38,7 @@ mod chain;
 mod restore;
 mod table;
 
-pub use chain::{chain_to_canonical, HeapOptions, CHAIN_MAGIC, CHAIN_VERSION};
+pub use chain::{chain_to_canonical, verify_chain, HeapOptions, CHAIN_MAGIC, CHAIN_VERSION};
 pub use table::HeapState;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,7 +5,11 @@
 
 use std::sync::Arc;
 
-use flowstate_api::checkpoint::{CheckpointLocation, MemoryBlobStore, OperatorState};
+use bytes::Bytes;
+use flowstate_api::checkpoint::{
+    CheckpointLocation, IncrementalStateHandle, InlineReader, MemoryBlobStore, NativeFormat, OperatorState,
+    StreamStateHandle,
+};
 use flowstate_api::*;
 use flowstate_heap::{HeapBackend, HeapBackendFactory, HeapOptions};
 
@@ -193,4 +197,137 @@ async fn a_delta_holds_the_changed_entries_and_chains_stay_bounded() {
         );
     }
     assert_eq!(job.read(30, 0).await.map(|v| v.len()), Some(100));
+}
+
+/// A small chain (a base and a delta) of every storage kind, as a handle
+/// whose streams are all inline.
+async fn small_chain() -> IncrementalStateHandle {
+    let storage = CheckpointStorage::in_memory("corruption");
+    let mut b = HeapBackend::with_options(config(), HeapOptions::incremental()).unwrap();
+    let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
+    let l = b.register(ListStateDescriptor::<u64>::new("l")).unwrap();
+    let m = b.register(MapStateDescriptor::<u64, u64>::new("m")).unwrap();
+    let t = b.register(TimerServiceDescriptor::event_time("t")).unwrap();
+    for round in 0..2u64 {
+        for k in 0..3u64 {
+            b.set_current_key(&k).unwrap();
+            b.update(&v, k + round).unwrap();
+            b.append(&l, k).unwrap();
+            b.map_put(&m, k + round, k).unwrap();
+            t.register(&mut b, (k + round) as i64, &VoidNamespace).unwrap();
+        }
+        let location = storage.init_checkpoint(round + 1).await.unwrap();
+        let r = b
+            .snapshot(round + 1, location, SnapshotOptions::checkpoint())
+            .unwrap()
+            .await
+            .unwrap();
+        b.notify_checkpoint_complete(round + 1).unwrap();
+        if round == 1 {
+            let KeyedStateHandle::Incremental(h) = r.handle else {
+                panic!("not a chain")
+            };
+            assert_eq!(h.shared.len(), 2, "a base and a delta");
+            return h;
+        }
+    }
+    unreachable!()
+}
+
+async fn restore_chain(h: &IncrementalStateHandle) -> Result<HeapBackend<u64>> {
+    HeapBackend::restore_with_options(
+        config(),
+        HeapOptions::incremental(),
+        &[KeyedStateHandle::Incremental(h.clone())],
+        &InlineReader,
+    )
+    .await
+}
+
+fn inline_bytes(s: &StreamStateHandle) -> Vec<u8> {
+    match s {
+        StreamStateHandle::Inline(b) => b.to_vec(),
+        other => panic!("not inline: {other:?}"),
+    }
+}
+
+/// Every single-byte flip and every truncation of a chain file or of the
+/// chain's metadata is refused as corrupted, naming the checkpoint.
+#[tokio::test]
+async fn every_byte_flip_and_truncation_of_a_chain_is_refused() {
+    let h = small_chain().await;
+    // The intact chain restores (the checks below are not vacuous).
+    let mut r = restore_chain(&h).await.unwrap();
+    let v = r.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
+    assert_eq!(r.entry_count(&v).unwrap(), 3);
+    // Stream 0 and 1: the chain files; 2: the metadata.
+    for which in 0..3 {
+        let original = if which < 2 {
+            inline_bytes(&h.shared[which].stream)
+        } else {
+            inline_bytes(&h.meta)
+        };
+        let with = |bytes: Vec<u8>| {
+            let mut bad = h.clone();
+            let stream = StreamStateHandle::Inline(Bytes::from(bytes));
+            if which < 2 {
+                bad.shared[which].stream = stream;
+            } else {
+                bad.meta = stream;
+            }
+            bad
+        };
+        for i in 0..original.len() {
+            for mask in [0x01u8, 0xff] {
+                let mut bytes = original.clone();
+                bytes[i] ^= mask;
+                let err = restore_chain(&with(bytes)).await.unwrap_err();
+                assert_eq!(
+                    err.kind(),
+                    ErrorKind::Corrupted,
+                    "stream {which}, byte {i} ^ {mask:#x}: {err}"
+                );
+                assert!(err.to_string().contains("heap checkpoint 2"), "{err}");
+            }
+        }
+        for len in 0..original.len() {
+            let err = restore_chain(&with(original[..len].to_vec())).await.unwrap_err();
+            assert_eq!(
+                err.kind(),
+                ErrorKind::Corrupted,
+                "stream {which} truncated to {len}: {err}"
+            );
+        }
+    }
+}
+
+/// The RocksDB format is refused by the heap backend as incompatible,
+/// naming what it is; a heap chain restores only into the heap backend.
+#[tokio::test]
+async fn a_native_rocksdb_handle_is_incompatible() {
+    let mut h = small_chain().await;
+    h.format = NativeFormat::RocksDb;
+    let err = restore_chain(&h).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
+    assert!(err.to_string().contains("RocksDB"), "{err}");
+}
+
+/// `verify_chain` (what `flowstate inspect --verify` runs) accepts an intact
+/// chain and finds a flipped byte in any frame the chain references.
+#[tokio::test]
+async fn verify_chain_checks_every_referenced_frame() {
+    let h = small_chain().await;
+    flowstate_heap::verify_chain(&h, &InlineReader).await.unwrap();
+    for which in 0..2 {
+        let original = inline_bytes(&h.shared[which].stream);
+        for i in 0..original.len() {
+            let mut bytes = original.clone();
+            bytes[i] ^= 0x01;
+            let mut bad = h.clone();
+            bad.shared[which].stream = StreamStateHandle::Inline(Bytes::from(bytes));
+            let err = flowstate_heap::verify_chain(&bad, &InlineReader).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Corrupted, "file {which}, byte {i}: {err}");
+            assert!(err.to_string().contains("key group"), "{err}");
+        }
+    }
 }

@@ -81,12 +81,12 @@ fn main() -> ExitCode {
     let which = if which == "s3" || which == "fs" { "all" } else { which };
     let result = match which {
         "W1" => w1::run(scale, only),
-        "W2" => w2::run(scale, object.as_ref()),
+        "W2" => w2::run(scale, object.as_ref(), only),
         "W3" => w3::run(keys, only),
         "T1" => timers::run(scale),
         "S1" => scale::run(scale, only),
         "all" => w1::run(scale, only)
-            .and_then(|_| w2::run(scale, object.as_ref()))
+            .and_then(|_| w2::run(scale, object.as_ref(), only))
             .and_then(|_| timers::run(scale))
             .and_then(|_| scale::run(scale, only)),
         other => {

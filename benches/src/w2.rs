@@ -37,15 +37,17 @@ fn load<B: KeyedStateBackend<Key = u64>>(
     Ok(expected)
 }
 
-/// Updates `updates` random keys with new values; returns the last key.
+/// Updates `updates` random keys with new values; returns the last key
+/// and the number of distinct keys updated.
 fn update_round<B: KeyedStateBackend<Key = u64>>(
     b: &mut B,
     s: &ValueState<Vec<u8>>,
     updates: usize,
     rng: &mut XorShift,
     expected: &mut [Vec<u8>],
-) -> Result<u64> {
+) -> Result<(u64, usize)> {
     let mut last_key = 0;
+    let mut distinct = std::collections::HashSet::with_capacity(updates);
     for _ in 0..updates {
         let k = rng.next_u64() % expected.len() as u64;
         let v = value(rng);
@@ -53,8 +55,9 @@ fn update_round<B: KeyedStateBackend<Key = u64>>(
         b.update(s, &v)?;
         expected[k as usize] = v;
         last_key = k;
+        distinct.insert(k);
     }
-    Ok(last_key)
+    Ok((last_key, distinct.len()))
 }
 
 /// Checks 10,000 random keys of a restored backend.
@@ -82,29 +85,48 @@ pub(crate) fn descriptor() -> ValueStateDescriptor<Vec<u8>> {
     ValueStateDescriptor::with_serializer("w2-value", Arc::new(RawBytes))
 }
 
-async fn heap_full(scale: usize) -> Result<u64> {
+/// W2 on the heap backend: `heap-full` (canonical full checkpoints) or
+/// `heap-incremental` (chains of deltas, with `ckpt.N.changed_bytes`, the
+/// bytes of the entries changed since the checkpoint before: 8-byte key
+/// and 100-byte value per distinct key).
+async fn heap(scale: usize, incremental: bool) -> Result<u64> {
+    let name = if incremental { "heap-incremental" } else { "heap-full" };
+    let options = flowstate_heap::HeapOptions {
+        incremental,
+        ..Default::default()
+    };
     let keys = 2_000_000 / scale as u64;
     let updates = 20_000 / scale;
     let dir = tempfile::tempdir().map_err(|e| Error::io("temporary directory", e))?;
     let storage = flowstate_fs::checkpoint_storage(dir.path(), "w2")?;
     let mut rng = XorShift::new(42);
-    let mut b = HeapBackend::new(config()?)?;
+    let mut b = HeapBackend::with_options(config()?, options.clone())?;
     let s = b.register(descriptor())?;
     let started = Instant::now();
     let mut expected = load(&mut b, &s, keys, &mut rng)?;
-    emit("W2", "heap-full", "load", started.elapsed().as_secs_f64() * 1e3, "ms");
+    emit("W2", name, "load", started.elapsed().as_secs_f64() * 1e3, "ms");
 
     let mut last_key = 0;
     let mut full_bytes = 0;
     for id in 1..=6u64 {
         if id > 1 {
-            last_key = update_round(&mut b, &s, updates, &mut rng, &mut expected)?;
+            let (last, distinct) = update_round(&mut b, &s, updates, &mut rng, &mut expected)?;
+            last_key = last;
+            if incremental {
+                emit(
+                    "W2",
+                    name,
+                    &format!("ckpt.{id}.changed_bytes"),
+                    (distinct * 108) as f64,
+                    "bytes",
+                );
+            }
         }
         let location = storage.init_checkpoint(id).await?;
         let pending = b.snapshot(id, location.clone(), SnapshotOptions::checkpoint())?;
         let (result, stall) = crate::stall::measured(pending).await;
         let result = result?;
-        emit_stall("heap-full", &format!("ckpt.{id}"), stall);
+        emit_stall(name, &format!("ckpt.{id}"), stall);
         let mut metadata = CheckpointMetadata::new(id, CheckpointKind::Checkpoint, 0);
         metadata
             .operators
@@ -112,7 +134,7 @@ async fn heap_full(scale: usize) -> Result<u64> {
         location.write_metadata(&metadata).await?;
         b.notify_checkpoint_complete(id)?;
         let st = result.stats;
-        emit_stats("heap-full", id, &st);
+        emit_stats(name, id, &st);
         full_bytes = st.full_size;
     }
     drop(b);
@@ -123,9 +145,10 @@ async fn heap_full(scale: usize) -> Result<u64> {
         .await?
         .ok_or_else(|| Error::not_found("checkpoint 6"))?;
     let handles = latest.metadata.operators[0].keyed.clone();
-    let (r, stall) = crate::stall::measured(HeapBackend::restore(config()?, &handles, &*latest.reader)).await;
+    let restore = HeapBackend::restore_with_options(config()?, options, &handles, &*latest.reader);
+    let (r, stall) = crate::stall::measured(restore).await;
     let mut r = r?;
-    emit_stall("heap-full", "restore.remote", stall);
+    emit_stall(name, "restore.remote", stall);
     let s = r.register(descriptor())?;
     r.set_current_key(&last_key)?;
     let got = r.value(&s)?;
@@ -133,13 +156,7 @@ async fn heap_full(scale: usize) -> Result<u64> {
     if got.as_ref() != Some(&expected[last_key as usize]) {
         return Err(Error::internal("restore returned a wrong value"));
     }
-    emit(
-        "W2",
-        "heap-full",
-        "restore.remote_ms",
-        elapsed.as_secs_f64() * 1e3,
-        "ms",
-    );
+    emit("W2", name, "restore.remote_ms", elapsed.as_secs_f64() * 1e3, "ms");
     check_restored(&mut r, &s, &expected)?;
     Ok(full_bytes)
 }
@@ -238,7 +255,7 @@ async fn rocksdb(scale: usize, mode: RocksMode, object: Option<&ObjectTarget>) -
     let mut savepoint = None;
     for id in 1..=7u64 {
         if (2..=6).contains(&id) {
-            last_key = update_round(&mut b, &s, updates, &mut rng, &mut expected)?;
+            last_key = update_round(&mut b, &s, updates, &mut rng, &mut expected)?.0;
         }
         let (location, options) = if id == 7 {
             (store.begin_savepoint(id, None).await?, SnapshotOptions::savepoint())
@@ -442,19 +459,35 @@ fn disk(bytes: u64) -> Result<()> {
     Ok(())
 }
 
-/// Runs W2 for every backend and the disk limit.
-pub fn run(scale: usize, object: Option<&ObjectTarget>) -> Result<()> {
+/// Runs W2 for every backend (or those whose name starts with `only`) and
+/// the disk limit.
+pub fn run(scale: usize, object: Option<&ObjectTarget>, only: Option<&str>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::internal(format!("runtime: {e}")))?;
+    let wanted = |name: &str| only.is_none_or(|o| name.starts_with(o));
     if object.is_some() {
         // Only the RocksDB runs depend on the storage.
         rt.block_on(rocksdb(scale, RocksMode::Full, object))?;
         return rt.block_on(rocksdb(scale, RocksMode::Incremental, object));
     }
-    let full = rt.block_on(heap_full(scale))?;
-    rt.block_on(rocksdb(scale, RocksMode::Full, None))?;
-    rt.block_on(rocksdb(scale, RocksMode::Incremental, None))?;
-    disk(full)
+    let mut full = None;
+    if wanted("heap-full") {
+        full = Some(rt.block_on(heap(scale, false))?);
+    }
+    if wanted("heap-incremental") {
+        let bytes = rt.block_on(heap(scale, true))?;
+        full.get_or_insert(bytes);
+    }
+    if wanted("rocksdb-full") {
+        rt.block_on(rocksdb(scale, RocksMode::Full, None))?;
+    }
+    if wanted("rocksdb-incremental") {
+        rt.block_on(rocksdb(scale, RocksMode::Incremental, None))?;
+    }
+    match full {
+        Some(bytes) => disk(bytes),
+        None => Ok(()),
+    }
 }

@@ -696,6 +696,10 @@ async fn verify(m: &CheckpointMetadata, reader: &dyn StateReader) -> Vec<String>
                         .and_then(|data| SnapshotHeader::decode(&data).map(|_| ()));
                     if let Err(e) = header {
                         problems.push(format!("{}: {e}", i.meta.describe()));
+                    } else if i.format == NativeFormat::HeapChain {
+                        if let Err(e) = flowstate_heap::verify_chain(i, reader).await {
+                            problems.push(format!("{}: {e}", i.meta.describe()));
+                        }
                     }
                 }
                 other => problems.push(format!(

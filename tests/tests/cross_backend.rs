@@ -123,6 +123,63 @@ async fn native_rocksdb_snapshots_are_refused_by_heap() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_heap_savepoint_restores_into_rocksdb() {
+    transfer(HeapBackendFactory::incremental(), RocksDbFactory::new()).await;
+}
+
+/// A heap chain checkpoint restored into RocksDB is refused as
+/// `Incompatible`, naming it and the way out; converted to a canonical
+/// snapshot (what `flowstate savepoint convert` does) it restores there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heap_chains_are_refused_by_rocksdb_until_converted() {
+    let storage = FsStorageFactory::new().storage("chain-into-rocksdb");
+    let mut a = HeapBackendFactory::incremental().build(full_config::<u64>()).unwrap();
+    let s = register(&mut a);
+    for k in 0..100 {
+        a.set_current_key(&k).unwrap();
+        a.update(&s.v, k).unwrap();
+    }
+    let (result, pointer) = snapshot_and_complete(&mut a, &storage, 1, SnapshotOptions::checkpoint()).await;
+    let KeyedStateHandle::Incremental(chain) = &result.handle else {
+        panic!("an incremental heap checkpoint is a chain")
+    };
+    let ctx = flowstate_conformance::Ctx::new(RocksDbFactory::new(), FsStorageFactory::new());
+    let Err(e) = restore_from(&ctx, &storage, full_config::<u64>(), &pointer).await else {
+        panic!("a heap chain restored into RocksDB");
+    };
+    assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
+    for part in [
+        "RocksDB backend",
+        "native heap checkpoint 1",
+        "flowstate savepoint convert",
+    ] {
+        assert!(e.to_string().contains(part), "{part:?} missing: {e}");
+    }
+    let resolved = storage.resolve(&pointer).await.unwrap();
+    let location = storage.init_savepoint(2, None).await.unwrap();
+    let canonical = flowstate_heap::chain_to_canonical(chain, &*resolved.reader, &location)
+        .await
+        .unwrap();
+    let mut metadata = CheckpointMetadata::new(2, CheckpointKind::Savepoint, 0);
+    metadata.operators.push(flowstate_api::checkpoint::OperatorState::new(
+        flowstate_conformance::OPERATOR,
+        1,
+        128,
+        vec![KeyedStateHandle::KeyGroups(canonical)],
+    ));
+    let converted = location.write_metadata(&metadata).await.unwrap();
+    let mut r = restore_from(&ctx, &storage, full_config::<u64>(), &converted)
+        .await
+        .unwrap();
+    let s = register(&mut r);
+    let s2 = register(&mut r);
+    let sa = register(&mut a);
+    let want = dump(&mut a, &sa, 0..100);
+    assert_eq!(dump(&mut r, &s2, 0..100), want);
+    assert_eq!(r.entry_count(&s.v).unwrap(), 100);
+}
+
 /// `n` timers `(timestamp, key, namespace)`, negative and equal timestamps
 /// included.
 fn timer_workload(n: u64) -> Vec<(i64, u64, u32)> {

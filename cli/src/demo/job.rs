@@ -13,7 +13,7 @@ use flowstate_api::checkpoint::{CheckpointLocation, OperatorState, ResolvedCheck
 use flowstate_api::operator::PendingOperatorSnapshot;
 use flowstate_api::ttl::{Clock, SystemClock};
 use flowstate_api::*;
-use flowstate_heap::HeapBackend;
+use flowstate_heap::{HeapBackend, HeapOptions};
 use flowstate_rocksdb::{RocksDbBackend, RocksDbOptions};
 
 use super::sink::Sink;
@@ -44,17 +44,24 @@ pub(crate) trait DemoBackend: KeyedStateBackend<Key = u64> + Sized + Send + 'sta
 
 impl DemoBackend for HeapBackend<u64> {
     const NAME: &'static str = "heap";
-    fn create(config: KeyedBackendConfig<u64>, _env: &Env, _subtask: u32) -> Result<Self> {
-        HeapBackend::new(config)
+    fn create(config: KeyedBackendConfig<u64>, env: &Env, _subtask: u32) -> Result<Self> {
+        HeapBackend::with_options(config, heap_options(env))
     }
     async fn restore(
         config: KeyedBackendConfig<u64>,
         handles: &[KeyedStateHandle],
         reader: &dyn StateReader,
-        _env: &Env,
+        env: &Env,
         _subtask: u32,
     ) -> Result<Self> {
-        HeapBackend::restore(config, handles, reader).await
+        HeapBackend::restore_with_options(config, heap_options(env), handles, reader).await
+    }
+}
+
+fn heap_options(env: &Env) -> HeapOptions {
+    HeapOptions {
+        incremental: env.incremental,
+        ..HeapOptions::default()
     }
 }
 

@@ -73,7 +73,7 @@ pub struct DemoArgs {
     /// State backend.
     #[arg(long, value_enum, default_value_t = BackendKind::Rocksdb)]
     backend: BackendKind,
-    /// Full checkpoints instead of incremental ones (RocksDB).
+    /// Full checkpoints instead of incremental ones.
     #[arg(long)]
     full: bool,
     /// Really terminate the process (abort) at this event of the first
@@ -378,11 +378,7 @@ fn print_header<B: DemoBackend>(args: &DemoArgs, setup: &Setup) {
         "flowstate demo: {} backend ({} checkpoints), {} checkpoint storage; {} events over {} keys, \
          parallelism {}, checkpoint every {} events, crash after event {}, retaining {}",
         B::NAME,
-        if args.full || B::NAME == "heap" {
-            "full"
-        } else {
-            "incremental"
-        },
+        if args.full { "full" } else { "incremental" },
         match &setup.kind {
             StorageKind::Fs => "filesystem",
             StorageKind::Dir(d) => d.to_str().unwrap_or("a directory"),
