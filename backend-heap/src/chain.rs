@@ -26,7 +26,9 @@ use flowstate_api::format::codec::{
 };
 use flowstate_api::{Error, ErrorKind, KeyGroupRange, KeyedStateHandle, RestoreMode, Result};
 
-use crate::table::{compose, elements, packed, split_composite, CompositeKey, Inline, Table, UserMap};
+use crate::table::{
+    compose, elements, packed, split_composite, ChangeSet, Changes, CompositeKey, Inline, Table, UserMap,
+};
 
 /// Magic of the chain index that follows the snapshot header in a heap
 /// chain handle's metadata stream.
@@ -115,52 +117,6 @@ pub(crate) struct Segment {
 /// A key group's chain: its base, then its deltas, oldest first. Empty when
 /// the key group holds nothing.
 pub(crate) type Chain = Vec<Segment>;
-
-/// The keys changed in one state, per key group (composite keys; for
-/// timers, the timestamp's 8 bytes followed by the composite key).
-pub(crate) type ChangeSet = Vec<HashSet<CompositeKey, foldhash::fast::RandomState>>;
-
-/// Change tracking of one state.
-pub(crate) struct Changes {
-    /// Changed since the last checkpoint's sync phase.
-    current: ChangeSet,
-    /// Sealed by the sync phases of checkpoints since the last confirmed
-    /// one, with their sequence numbers.
-    sealed: Vec<(u64, Arc<ChangeSet>)>,
-}
-
-impl Changes {
-    pub(crate) fn new(key_groups: usize) -> Self {
-        Changes {
-            current: vec![HashSet::default(); key_groups],
-            sealed: Vec::new(),
-        }
-    }
-}
-
-/// Marks `key` of key-group index `kg` changed, if changes are tracked.
-#[inline]
-pub(crate) fn mark(changes: &mut Option<Box<Changes>>, kg: usize, key: &[u8]) {
-    if let Some(c) = changes {
-        let set = &mut c.current[kg];
-        if !set.contains(key) {
-            set.insert(CompositeKey::from_slice(key));
-        }
-    }
-}
-
-/// Marks a timer changed, if changes are tracked.
-#[inline]
-pub(crate) fn mark_timer(changes: &mut Option<Box<Changes>>, kg: usize, timestamp: i64, key: &[u8], namespace: &[u8]) {
-    if changes.is_some() {
-        let mut k = Vec::with_capacity(8 + 2 + key.len() + namespace.len());
-        k.extend_from_slice(&encode_timestamp(timestamp));
-        let mut composite = Vec::new();
-        compose(&mut composite, key, namespace);
-        k.extend_from_slice(&composite);
-        mark(changes, kg, &k);
-    }
-}
 
 /// What the backend knows of its chains: the chains of the last confirmed
 /// checkpoint and of those whose async phase finished since.

@@ -57,8 +57,11 @@ use flowstate_api::{
     SnapshotOptions,
 };
 
-use chain::{mark, mark_timer, ChainWrite, Changes, Incremental};
-use table::{elements, pack, packed, split_composite, CompositeKey, FrozenTables, Inline, Table, TimerQueues};
+use chain::{ChainWrite, Incremental};
+use table::{
+    elements, mark, mark_timer, pack, packed, split_composite, Changes, CompositeKey, FrozenTables, Inline, Table,
+    TimerQueues,
+};
 
 /// The in-memory keyed state backend.
 pub struct HeapBackend<K> {

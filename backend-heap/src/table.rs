@@ -5,16 +5,15 @@
 //! write after a clone copies only the nodes on its path, so a snapshot
 //! freezes the whole table by cloning one root per key group.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use flowstate_api::backend::StorageKind;
 use flowstate_api::format::canonical::{KeyGroupSource, KeyGroupWriter};
-use flowstate_api::format::codec::{put_bytes, put_varint, Reader};
+use flowstate_api::format::codec::{encode_timestamp, put_bytes, put_varint, Reader};
 use flowstate_api::ttl::{is_expired, split_ttl_value};
 use flowstate_api::{Error, ErrorKind, Result};
-
-use crate::chain::{mark, Changes};
 
 /// A composite key, stored inline in the map node when it is short (so
 /// comparing keys touches no other memory).
@@ -241,12 +240,12 @@ pub(crate) fn packed<'a>(elements: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8
 
 /// The elements of a packed list.
 #[derive(Clone)]
-pub(crate) struct Elements<'a>(Reader<'a>);
+pub(crate) struct Elements<'a>(&'a [u8]);
 
 /// Iterates a packed list.
 #[inline]
 pub(crate) fn elements(buf: &[u8]) -> Elements<'_> {
-    Elements(Reader::new(buf))
+    Elements(buf)
 }
 
 impl<'a> Iterator for Elements<'a> {
@@ -255,11 +254,18 @@ impl<'a> Iterator for Elements<'a> {
     #[inline]
     fn next(&mut self) -> Option<&'a [u8]> {
         // The buffer is only ever written by `pack`, so it always parses.
-        if self.0.is_empty() {
-            None
-        } else {
-            self.0.bytes("list element").ok()
+        let (&first, rest) = self.0.split_first()?;
+        if first < 0x80 {
+            // A length below 128: one byte, the common case.
+            let n = usize::from(first);
+            let (element, rest) = (rest.get(..n)?, rest.get(n..)?);
+            self.0 = rest;
+            return Some(element);
         }
+        let mut r = Reader::new(self.0);
+        let element = r.bytes("list element").ok()?;
+        self.0 = &self.0[r.position()..];
+        Some(element)
     }
 }
 
@@ -279,6 +285,52 @@ pub(crate) fn split_composite(composite: &[u8]) -> Result<(&[u8], &[u8])> {
     let key = r.bytes("composite key")?;
     let ns = r.take(r.remaining(), "namespace")?;
     Ok((key, ns))
+}
+
+/// The keys changed in one state, per key group (composite keys; for
+/// timers, the timestamp's 8 bytes followed by the composite key).
+pub(crate) type ChangeSet = Vec<HashSet<CompositeKey, foldhash::fast::RandomState>>;
+
+/// Change tracking of one state.
+pub(crate) struct Changes {
+    /// Changed since the last checkpoint's sync phase.
+    pub(crate) current: ChangeSet,
+    /// Sealed by the sync phases of checkpoints since the last confirmed
+    /// one, with their sequence numbers.
+    pub(crate) sealed: Vec<(u64, Arc<ChangeSet>)>,
+}
+
+impl Changes {
+    pub(crate) fn new(key_groups: usize) -> Self {
+        Changes {
+            current: vec![HashSet::default(); key_groups],
+            sealed: Vec::new(),
+        }
+    }
+}
+
+/// Marks `key` of key-group index `kg` changed, if changes are tracked.
+#[inline]
+pub(crate) fn mark(changes: &mut Option<Box<Changes>>, kg: usize, key: &[u8]) {
+    if let Some(c) = changes {
+        let set = &mut c.current[kg];
+        if !set.contains(key) {
+            set.insert(CompositeKey::from_slice(key));
+        }
+    }
+}
+
+/// Marks a timer changed, if changes are tracked.
+#[inline]
+pub(crate) fn mark_timer(changes: &mut Option<Box<Changes>>, kg: usize, timestamp: i64, key: &[u8], namespace: &[u8]) {
+    if changes.is_some() {
+        let mut k = Vec::with_capacity(8 + 2 + key.len() + namespace.len());
+        k.extend_from_slice(&encode_timestamp(timestamp));
+        let mut composite = Vec::new();
+        compose(&mut composite, key, namespace);
+        k.extend_from_slice(&composite);
+        mark(changes, kg, &k);
+    }
 }
 
 /// The heap backend's storage of one registered or restored state: its

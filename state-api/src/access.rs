@@ -458,7 +458,9 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
         let i = &state.0;
         let name = &*i.core.common.name;
         let id = state_id(self, i.core.slot, name)?;
-        let mut out = Vec::new();
+        // Room for a typical list up front: growing from empty reallocates
+        // several times per read.
+        let mut out = Vec::with_capacity(16);
         let ser = &i.element;
         let push = |e: &[u8]| {
             out.push(decode(ser, e, name)?);

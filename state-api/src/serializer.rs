@@ -234,6 +234,9 @@ where
 {
     #[inline]
     fn serialize(&self, value: &T, out: &mut Vec<u8>) -> Result<()> {
+        if varint::encode(value, out) {
+            return Ok(());
+        }
         bincode::serde::encode_into_std_write(value, out, bincode_config())
             .map(|_| ())
             .map_err(|e| Error::invalid(format!("cannot encode {}: {e}", type_name::<T>())).with_source(e))
@@ -241,6 +244,9 @@ where
 
     #[inline]
     fn deserialize(&self, bytes: &[u8]) -> Result<T> {
+        if let Some(value) = varint::decode(bytes) {
+            return Ok(value);
+        }
         let (value, used) = bincode::serde::decode_from_slice(bytes, bincode_config()).map_err(|e| {
             Error::corrupted(format!(
                 "cannot decode {} from {} bytes: {e}",
@@ -263,6 +269,89 @@ where
         match &self.name {
             Some(name) => SerializerId::new(name.clone(), self.version),
             None => SerializerId::new(format!("bincode2:{}", type_name::<T>()), self.version),
+        }
+    }
+}
+
+/// The bytes bincode's standard configuration gives `u64` and `i64` (one
+/// variable-length integer; `i64` zigzag-encoded), written and read without
+/// going through serde: the most common keys and values, on every access.
+/// Anything else, and any input these do not read exactly as bincode
+/// would, goes through bincode.
+mod varint {
+    use std::any::Any;
+
+    /// `bytes` as a `T` if `T` is `u64` or `i64` and `bytes` is exactly one
+    /// varint that bincode reads as one.
+    #[inline]
+    pub(super) fn decode<T: 'static>(bytes: &[u8]) -> Option<T> {
+        let mut out: Option<T> = None;
+        let slot = &mut out as &mut dyn Any;
+        if let Some(s) = slot.downcast_mut::<Option<u64>>() {
+            *s = Some(read(bytes)?);
+        } else if let Some(s) = slot.downcast_mut::<Option<i64>>() {
+            *s = Some(unzigzag(read(bytes)?));
+        }
+        out
+    }
+
+    /// Appends `value`'s encoding if `T` is `u64` or `i64`; false otherwise.
+    #[inline]
+    pub(super) fn encode<T: 'static>(value: &T, out: &mut Vec<u8>) -> bool {
+        let any = value as &dyn Any;
+        let n = if let Some(v) = any.downcast_ref::<u64>() {
+            *v
+        } else if let Some(v) = any.downcast_ref::<i64>() {
+            zigzag(*v)
+        } else {
+            return false;
+        };
+        write(n, out);
+        true
+    }
+
+    fn zigzag(v: i64) -> u64 {
+        if v < 0 {
+            !(v as u64) * 2 + 1
+        } else {
+            (v as u64) * 2
+        }
+    }
+
+    fn unzigzag(n: u64) -> i64 {
+        if n.is_multiple_of(2) {
+            (n / 2) as i64
+        } else {
+            !(n / 2) as i64
+        }
+    }
+
+    /// bincode's varint: below 251 one byte; else 251, 252 or 253 and the
+    /// value as a little-endian u16, u32 or u64.
+    #[inline]
+    fn write(n: u64, out: &mut Vec<u8>) {
+        if n < 251 {
+            out.push(n as u8);
+        } else if n <= u64::from(u16::MAX) {
+            out.push(251);
+            out.extend_from_slice(&(n as u16).to_le_bytes());
+        } else if n <= u64::from(u32::MAX) {
+            out.push(252);
+            out.extend_from_slice(&(n as u32).to_le_bytes());
+        } else {
+            out.push(253);
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+
+    #[inline]
+    fn read(bytes: &[u8]) -> Option<u64> {
+        match *bytes {
+            [b] if b < 251 => Some(u64::from(b)),
+            [251, a, b] => Some(u64::from(u16::from_le_bytes([a, b]))),
+            [252, a, b, c, d] => Some(u64::from(u32::from_le_bytes([a, b, c, d]))),
+            [253, a, b, c, d, e, f, g, h] => Some(u64::from_le_bytes([a, b, c, d, e, f, g, h])),
+            _ => None,
         }
     }
 }
@@ -331,6 +420,64 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `u64`/`i64` fast paths write exactly bincode's bytes and read
+    /// exactly what bincode reads, with the same values, for every length
+    /// class and its edges, and for arbitrary short byte strings.
+    #[test]
+    fn integer_fast_paths_match_bincode() {
+        fn through_bincode<T: Serialize>(v: &T) -> Vec<u8> {
+            bincode::serde::encode_to_vec(v, bincode_config()).unwrap()
+        }
+        fn read_bincode<T: DeserializeOwned>(b: &[u8]) -> Option<T> {
+            match bincode::serde::decode_from_slice::<T, _>(b, bincode_config()) {
+                Ok((v, used)) if used == b.len() => Some(v),
+                _ => None,
+            }
+        }
+        let mut edges: Vec<u64> = vec![0, 1, 250, 251, 252, 253, 255, 256, u64::MAX];
+        for bits in [16u32, 32, 63, 64] {
+            let top = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+            edges.extend([top - 1, top, top.wrapping_add(1)]);
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            edges.push(x >> (x % 64));
+        }
+        let (u, i) = (Bincode::<u64>::new(), Bincode::<i64>::new());
+        for &n in &edges {
+            let mut buf = Vec::new();
+            u.serialize(&n, &mut buf).unwrap();
+            assert_eq!(buf, through_bincode(&n), "u64 {n}");
+            assert_eq!(u.deserialize(&buf).unwrap(), n);
+            let v = n as i64;
+            buf.clear();
+            i.serialize(&v, &mut buf).unwrap();
+            assert_eq!(buf, through_bincode(&v), "i64 {v}");
+            assert_eq!(i.deserialize(&buf).unwrap(), v);
+        }
+        // Arbitrary inputs: accepted exactly when bincode accepts them.
+        for len in 0..=10usize {
+            for round in 0..2_000u64 {
+                let mut b = Vec::with_capacity(len);
+                for j in 0..len {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    b.push(if j == 0 && round % 2 == 0 {
+                        248 + (x % 8) as u8
+                    } else {
+                        x as u8
+                    });
+                }
+                assert_eq!(u.deserialize(&b).ok(), read_bincode::<u64>(&b), "u64 from {b:?}");
+                assert_eq!(i.deserialize(&b).ok(), read_bincode::<i64>(&b), "i64 from {b:?}");
+            }
+        }
+    }
 
     #[test]
     fn bincode_round_trips_and_names_type() {

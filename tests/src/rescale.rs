@@ -10,14 +10,21 @@ use crate::{complete, operator_config, operator_for_key, restore_from, snapshot_
 
 const KEYS: u64 = 3000;
 
+/// The value, list and map states these contracts write.
+fn register_states<B: KeyedStateBackend>(b: &mut B) -> (ValueState<u64>, ListState<u64>, MapState<u8, u64>) {
+    (
+        b.register(ValueStateDescriptor::<u64>::new("v")).unwrap(),
+        b.register(ListStateDescriptor::<u64>::new("l")).unwrap(),
+        b.register(MapStateDescriptor::<u8, u64>::new("m")).unwrap(),
+    )
+}
+
 async fn rescale<F: BackendFactory>(ctx: Ctx<F>, from: u32, to: u32) {
     let storage = ctx.storage.storage(&crate::job_id(&format!("rescale-{from}-{to}")));
     let mut handles = Vec::new();
     for index in 0..from {
         let mut b = ctx.backend.build(operator_config::<u64>(from, index)).unwrap();
-        let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
-        let l = b.register(ListStateDescriptor::<u64>::new("l")).unwrap();
-        let m = b.register(MapStateDescriptor::<u8, u64>::new("m")).unwrap();
+        let (v, l, m) = register_states(&mut b);
         for k in (0..KEYS).filter(|k| operator_for_key(k, from) == index) {
             b.set_current_key(&k).unwrap();
             b.update(&v, k * 3).unwrap();
@@ -36,9 +43,7 @@ async fn rescale<F: BackendFactory>(ctx: Ctx<F>, from: u32, to: u32) {
         let mut r = restore_from(&ctx, &storage, operator_config::<u64>(to, index), &pointer)
             .await
             .unwrap();
-        let v = r.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
-        let l = r.register(ListStateDescriptor::<u64>::new("l")).unwrap();
-        let m = r.register(MapStateDescriptor::<u8, u64>::new("m")).unwrap();
+        let (v, l, m) = register_states(&mut r);
         let mine: Vec<u64> = (0..KEYS).filter(|k| operator_for_key(k, to) == index).collect();
         for &k in &mine {
             r.set_current_key(&k).unwrap();
@@ -122,9 +127,7 @@ async fn rescale_after_changes<F: BackendFactory>(ctx: Ctx<F>, from: u32, to: u3
     let mut handles = Vec::new();
     for index in 0..from {
         let mut b = ctx.backend.build(operator_config::<u64>(from, index)).unwrap();
-        let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
-        let l = b.register(ListStateDescriptor::<u64>::new("l")).unwrap();
-        let m = b.register(MapStateDescriptor::<u8, u64>::new("m")).unwrap();
+        let (v, l, m) = register_states(&mut b);
         let mine: Vec<u64> = (0..KEYS).filter(|k| operator_for_key(k, from) == index).collect();
         let mut last = None;
         for round in 0..=ROUNDS {
@@ -166,9 +169,7 @@ async fn rescale_after_changes<F: BackendFactory>(ctx: Ctx<F>, from: u32, to: u3
         let mut r = restore_from(&ctx, &storage, operator_config::<u64>(to, index), &pointer)
             .await
             .unwrap();
-        let v = r.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
-        let l = r.register(ListStateDescriptor::<u64>::new("l")).unwrap();
-        let m = r.register(MapStateDescriptor::<u8, u64>::new("m")).unwrap();
+        let (v, l, m) = register_states(&mut r);
         let mine: Vec<u64> = (0..KEYS).filter(|k| operator_for_key(k, to) == index).collect();
         let mut counts = [0u64; 3];
         for &k in &mine {
