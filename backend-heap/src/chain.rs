@@ -146,6 +146,10 @@ pub(crate) struct Incremental {
     pub(crate) seq: u64,
     /// The next checkpoint writes every key group whole (after `compact`).
     pub(crate) rewrite_all: bool,
+    /// Writes are tracked: from the first checkpoint's sync phase on, or
+    /// from a restore that builds on restored chains. Before, every key
+    /// group's next checkpoint writes it whole, so tracking would only cost.
+    pub(crate) armed: bool,
     pub(crate) max_delta_ratio: f64,
     pub(crate) backend_id: String,
 }
@@ -159,6 +163,7 @@ impl Incremental {
             })),
             seq: 0,
             rewrite_all: false,
+            armed: false,
             max_delta_ratio,
             backend_id: unique_backend_id(),
         }
@@ -220,6 +225,7 @@ pub(crate) fn seal(
     checkpoint_id: u64,
 ) -> Result<Sealed> {
     inc.seq += 1;
+    inc.armed = true;
     let seq = inc.seq;
     let mut frozen = Vec::with_capacity(states.len());
     for (table, changes) in states {

@@ -212,7 +212,8 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
 
     fn create_state_storage(&mut self, meta: &StateMetaInfo) -> Result<HeapState> {
         let groups = self.core.key_group_range().len() as usize;
-        Ok(HeapState::new(meta.kind.storage(), groups, self.incremental.is_some()))
+        let track = self.incremental.as_ref().is_some_and(|i| i.armed);
+        Ok(HeapState::new(meta.kind.storage(), groups, track))
     }
 
     fn state_registered(&mut self, state: StateId) -> Result<()> {

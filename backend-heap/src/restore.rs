@@ -12,7 +12,7 @@ use flowstate_api::{
 };
 
 use crate::chain::{self, HeapOptions};
-use crate::table::{compose, packed, CompositeKey, Inline, Table};
+use crate::table::{compose, packed, Changes, CompositeKey, Inline, Table};
 use crate::HeapBackend;
 
 impl<K> HeapBackend<K> {
@@ -135,11 +135,21 @@ impl<K> HeapBackend<K> {
         let lined_up = ids.iter().enumerate().all(|(i, id)| *id as usize == i);
         let claimed = this.options.restore_mode == RestoreMode::Claim && reader.claimed();
         if let (Some(inc), true, true) = (&mut this.incremental, claimed, lined_up) {
-            let mut book = inc.book()?;
-            for kg in overlap.iter() {
-                book.base[(kg - first) as usize] = Some(index.chains[(kg - h.range.start()) as usize].clone());
+            {
+                let mut book = inc.book()?;
+                for kg in overlap.iter() {
+                    book.base[(kg - first) as usize] = Some(index.chains[(kg - h.range.start()) as usize].clone());
+                }
+                book.base_id = book.base_id.max(Some(h.checkpoint_id));
             }
-            book.base_id = book.base_id.max(Some(h.checkpoint_id));
+            // From now on every write goes into the next delta.
+            inc.armed = true;
+            let groups = range.len() as usize;
+            for s in this.core.states_mut() {
+                s.storage_mut()
+                    .changes
+                    .get_or_insert_with(|| Box::new(Changes::new(groups)));
+            }
         }
         Ok(this)
     }
