@@ -5,7 +5,10 @@
 //! of the state), and writes made while its asynchronous phase runs copy
 //! only the map nodes they touch, so they never leak into the snapshot.
 //! Snapshots use the canonical format, so they restore into any backend at
-//! any parallelism.
+//! any parallelism; with [`HeapOptions::incremental`], checkpoints write
+//! only what changed since the last confirmed one, per key group, as a
+//! chain of a base and deltas (docs/format.md, "Heap chains"), and
+//! savepoints stay canonical.
 //!
 //! ```
 //! use flowstate_api::*;

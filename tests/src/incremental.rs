@@ -188,6 +188,60 @@ pub async fn shared_files_are_deleted_when_no_retained_checkpoint_uses_them<F: B
     }
 }
 
+/// A checkpoint restored without claim lends a new job nothing: the first
+/// checkpoint after the restore references none of its files (the store
+/// would refuse it), because the store's no-claim decision reaches the
+/// backend through its reader (`StateReader::claimed`), whatever the
+/// backend's own options say; after it, checkpoints are incremental again.
+pub async fn no_claim_restore_shares_nothing_with_the_next_checkpoint<F: BackendFactory>(ctx: Ctx<F>) {
+    let old = ctx.storage.storage(&crate::job_id("no-claim-share-old"));
+    let mut old_store = CheckpointStore::open(Arc::clone(&old), CheckpointStoreConfig::default())
+        .await
+        .unwrap();
+    let mut b = ctx.backend.build(full_config::<u64>()).unwrap();
+    let v = register(&mut b);
+    fill(&mut b, &v, 0..KEYS, 1);
+    let (_, c) = checkpoint(&mut b, &mut old_store, 1).await;
+    drop(b);
+    let restored_files = old_store.latest().unwrap().files().to_vec();
+    assert!(
+        restored_files.iter().any(|f| f.starts_with(&format!("{SHARED_DIR}/"))),
+        "the state is large enough for shared files: {restored_files:?}"
+    );
+
+    let storage = ctx.storage.storage(&crate::job_id("no-claim-share-new"));
+    let mut store = CheckpointStore::open(Arc::clone(&storage), CheckpointStoreConfig::default())
+        .await
+        .unwrap();
+    let resolved = store.restore(&c.pointer, RestoreMode::NoClaim).await.unwrap();
+    assert!(!resolved.reader.claimed(), "a no-claim restore's reader says so");
+    let mut r = restore_resolved(&ctx, &resolved, full_config::<u64>()).await.unwrap();
+    let v = register(&mut r);
+    fill(&mut r, &v, 0..KEYS / 100, 2);
+    let (second, _) = checkpoint(&mut r, &mut store, 2).await;
+    for f in shared_files(&second.handle) {
+        if let Some(path) = f.stream.file_path() {
+            assert!(
+                !restored_files.iter().any(|p| p == path),
+                "checkpoint 2 shares {path} of the checkpoint restored without claim"
+            );
+        }
+    }
+    fill(&mut r, &v, 0..KEYS / 100, 3);
+    let (third, _) = checkpoint(&mut r, &mut store, 3).await;
+    assert!(
+        third.stats.bytes_written * 5 < third.stats.full_size,
+        "after the first, checkpoints are incremental again: wrote {} of {}",
+        third.stats.bytes_written,
+        third.stats.full_size
+    );
+    let resolved = storage.resolve(&store.latest().unwrap().pointer).await.unwrap();
+    let mut r = restore_resolved(&ctx, &resolved, full_config::<u64>()).await.unwrap();
+    let v = register(&mut r);
+    check(&mut r, &v, 0, 3, "checkpoint 3");
+    check(&mut r, &v, KEYS - 1, 1, "checkpoint 3");
+}
+
 /// Counts what a restore takes from storage of some streams (the state
 /// files of a checkpoint): bytes read, and bytes of files handed out as
 /// local paths to link.
@@ -244,6 +298,10 @@ impl StateReader for CountingReader {
         let path = self.inner.local_path(handle).await?;
         self.count(handle, handle.size());
         Some(path)
+    }
+
+    fn claimed(&self) -> bool {
+        self.inner.claimed()
     }
 }
 

@@ -318,6 +318,7 @@ contracts! {
         incremental [Need::IncrementalCheckpoints] { incremental_checkpoints_upload_only_new_files }
         incremental [Need::IncrementalCheckpoints, Need::SharedState] {
             shared_files_are_deleted_when_no_retained_checkpoint_uses_them,
+            no_claim_restore_shares_nothing_with_the_next_checkpoint,
         }
         incremental [Need::LocalRecovery] { local_recovery_uses_a_verified_copy_and_falls_back_to_download }
     }
