@@ -882,7 +882,7 @@ pub(crate) fn apply_segment(
         match &mut **table {
             Table::Value(maps) => {
                 if op == OP_PUT {
-                    maps[i].insert(CompositeKey::from_slice(ck), Inline::from_slice(r.bytes("value")?));
+                    maps[i].put(ck, r.bytes("value")?);
                 } else {
                     maps[i].remove(ck);
                 }

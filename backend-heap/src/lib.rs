@@ -257,22 +257,13 @@ impl<K> KeyedStateBackend for HeapBackend<K> {
     #[inline]
     fn raw_value_get<R>(&mut self, state: StateId, f: impl FnOnce(Option<&[u8]>) -> Result<R>) -> Result<R> {
         let (s, meta, kg, ck) = self.target(state)?;
-        f(maps!(s, meta, Value, Value)[kg].get(ck).map(|v| &v[..]))
+        f(maps!(s, meta, Value, Value)[kg].get(ck))
     }
 
     #[inline]
     fn raw_value_put(&mut self, state: StateId, value: &[u8]) -> Result<()> {
         let (s, meta, kg, ck) = self.target(state)?;
-        let map = &mut maps!(s, meta, Value, Value)[kg];
-        match map.get_mut(ck) {
-            Some(v) => {
-                v.clear();
-                v.extend_from_slice(value);
-            }
-            None => {
-                map.insert(CompositeKey::from_slice(ck), Inline::from_slice(value));
-            }
-        }
+        maps!(s, meta, Value, Value)[kg].put(ck, value);
         mark(&mut s.changes, kg, ck);
         Ok(())
     }

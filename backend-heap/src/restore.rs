@@ -77,9 +77,9 @@ impl<K> HeapBackend<K> {
         }
         let KeyedStateHandle::KeyGroups(h) = handle else {
             return Err(Error::incompatible(format!(
-                "the heap backend cannot restore {}: it restores canonical snapshots only; restore native RocksDB \
-                 snapshots into the RocksDB backend, or turn this one into a canonical savepoint with \
-                 `flowstate savepoint convert`",
+                "the heap backend cannot restore {}: it restores canonical snapshots and its own chains only; \
+                 restore native RocksDB snapshots into the RocksDB backend, or turn this one into a canonical \
+                 savepoint with `flowstate savepoint convert`",
                 describe_native(handle)
             )));
         };
@@ -165,9 +165,24 @@ impl<K> HeapBackend<K> {
         let range = self.core.key_group_range();
         let max = self.core.max_parallelism();
         let mut scratch = Vec::new();
+        let mut counts = vec![0usize; ids.len()];
         for kg in part.iter() {
             let records = snapshot.key_group(kg)?;
             let i = (kg - range.start()) as usize;
+            // Each table is sized once for the key group's records.
+            counts.iter_mut().for_each(|c| *c = 0);
+            records.for_each(|record| {
+                if let Some(c) = counts.get_mut(record.state() as usize) {
+                    *c += 1;
+                }
+                Ok(())
+            })?;
+            for (state, &n) in counts.iter().enumerate() {
+                if n > 0 {
+                    let id = ids[state];
+                    self.core.storage_mut(id)?.table.reserve(i, n);
+                }
+            }
             records.for_each_verified(max, |record| {
                 let state = record.state();
                 let id = ids[state as usize];
@@ -203,7 +218,7 @@ pub(crate) fn insert_record(table: &mut Table, kg: usize, record: &Record<'_>, s
             },
         ) => {
             compose(scratch, key, namespace);
-            maps[kg].insert(CompositeKey::from_slice(scratch), Inline::from_slice(value));
+            maps[kg].put(scratch, value);
         }
         (
             Table::List(maps),

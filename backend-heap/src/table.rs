@@ -76,6 +76,197 @@ impl<V: Clone> Map<V> {
     pub(crate) fn len(&self) -> usize {
         self.0.len()
     }
+
+    /// Makes room for `additional` more entries.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        Arc::make_mut(&mut self.0).reserve(additional);
+    }
+}
+
+/// Values longer than this are kept in the key group's arena.
+const INLINE_VALUE: usize = 24;
+/// A new arena chunk is started once the last one would pass this size.
+const CHUNK_BYTES: usize = 1 << 20;
+/// The arena is compacted once it holds more dead bytes than this and than
+/// live ones.
+const MIN_GARBAGE: usize = 1 << 20;
+
+/// Where a value's bytes are: inline, or a range of an arena chunk.
+#[derive(Clone)]
+enum Slot {
+    Inline(Inline),
+    Arena { chunk: u32, at: u32, len: u32 },
+}
+
+/// The values of one key group: a flat table of slots, and the arena that
+/// holds every value longer than 24 bytes in a few large chunks, so that
+/// millions of values are not millions of allocations. Shared with the
+/// snapshots taken since its last write, like [`Map`]: the first write
+/// after a snapshot copies the table of slots and shares the chunks (full
+/// chunks never change; appends go to a chunk no snapshot holds).
+#[derive(Clone, Default)]
+pub(crate) struct Values(Arc<ValuesInner>);
+
+#[derive(Clone, Default)]
+struct ValuesInner {
+    slots: std::collections::HashMap<CompositeKey, Slot, foldhash::fast::RandomState>,
+    chunks: Vec<Arc<Vec<u8>>>,
+    /// Bytes of the arena that live slots reference.
+    live: usize,
+    /// Bytes written to the arena.
+    stored: usize,
+}
+
+impl ValuesInner {
+    #[inline]
+    fn bytes<'a>(&'a self, slot: &'a Slot) -> &'a [u8] {
+        match slot {
+            Slot::Inline(v) => v,
+            Slot::Arena { chunk, at, len } => {
+                let (at, len) = (*at as usize, *len as usize);
+                &self.chunks[*chunk as usize][at..at + len]
+            }
+        }
+    }
+
+    /// Stores `value`, in the last chunk if no snapshot holds it and it has
+    /// room, else in a new chunk.
+    fn store(&mut self, value: &[u8]) -> Slot {
+        let n = value.len();
+        // Values of 4 GiB or more do not fit a slot's range: their own allocation.
+        if n <= INLINE_VALUE || u32::try_from(n).is_err() {
+            return Slot::Inline(Inline::from_slice(value));
+        }
+        self.live += n;
+        self.stored += n;
+        let last = self.chunks.len().wrapping_sub(1);
+        if let Some(chunk) = self
+            .chunks
+            .last_mut()
+            .and_then(Arc::get_mut)
+            .filter(|c| c.len() + n <= CHUNK_BYTES)
+        {
+            let at = chunk.len();
+            chunk.extend_from_slice(value);
+            return Slot::Arena {
+                chunk: last as u32,
+                at: at as u32,
+                len: n as u32,
+            };
+        }
+        let mut chunk = Vec::with_capacity(n.max(64 << 10));
+        chunk.extend_from_slice(value);
+        self.chunks.push(Arc::new(chunk));
+        Slot::Arena {
+            chunk: (self.chunks.len() - 1) as u32,
+            at: 0,
+            len: n as u32,
+        }
+    }
+
+    /// Forgets the arena bytes of `slot`.
+    fn release(&mut self, slot: &Slot) {
+        if let Slot::Arena { len, .. } = slot {
+            self.live -= *len as usize;
+        }
+    }
+
+    /// Rewrites the live values into fresh chunks once most of the arena is
+    /// dead.
+    fn compact_if_sparse(&mut self) {
+        let dead = self.stored - self.live;
+        if dead <= MIN_GARBAGE || dead <= self.live {
+            return;
+        }
+        let old = std::mem::take(&mut self.chunks);
+        let (live, slots) = (self.live, std::mem::take(&mut self.slots));
+        self.live = 0;
+        self.stored = 0;
+        self.chunks.push(Arc::new(Vec::with_capacity(live.min(CHUNK_BYTES))));
+        let mut rebuilt = std::collections::HashMap::with_capacity_and_hasher(slots.len(), Default::default());
+        for (key, slot) in slots {
+            let slot = match slot {
+                Slot::Arena { chunk, at, len } => {
+                    let (at, len) = (at as usize, len as usize);
+                    let bytes = old[chunk as usize][at..at + len].to_vec();
+                    self.store(&bytes)
+                }
+                inline => inline,
+            };
+            rebuilt.insert(key, slot);
+        }
+        self.slots = rebuilt;
+    }
+}
+
+impl Values {
+    /// The value of `key`.
+    #[inline]
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        let inner = &*self.0;
+        inner.slots.get(key).map(|s| inner.bytes(s))
+    }
+
+    /// Sets the value of `key`.
+    #[inline]
+    pub(crate) fn put(&mut self, key: &[u8], value: &[u8]) {
+        let inner = Arc::make_mut(&mut self.0);
+        if let Some(slot) = inner.slots.get_mut(key) {
+            if let (Slot::Inline(v), true) = (&mut *slot, value.len() <= INLINE_VALUE) {
+                v.clear();
+                v.extend_from_slice(value);
+                return;
+            }
+            let old = std::mem::replace(slot, Slot::Inline(Inline::new()));
+            inner.release(&old);
+            let new = inner.store(value);
+            if let Some(slot) = inner.slots.get_mut(key) {
+                *slot = new;
+            }
+        } else {
+            let new = inner.store(value);
+            inner.slots.insert(CompositeKey::from_slice(key), new);
+        }
+        inner.compact_if_sparse();
+    }
+
+    /// Removes `key`; true if it was there.
+    #[inline]
+    pub(crate) fn remove(&mut self, key: &[u8]) -> bool {
+        // Shared with a snapshot: copy only if the key is there to remove.
+        if Arc::get_mut(&mut self.0).is_none() && !self.0.slots.contains_key(key) {
+            return false;
+        }
+        let inner = Arc::make_mut(&mut self.0);
+        match inner.slots.remove(key) {
+            Some(slot) => {
+                inner.release(&slot);
+                inner.compact_if_sparse();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every key and value.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&CompositeKey, &[u8])> {
+        let inner = &*self.0;
+        inner.slots.iter().map(move |(k, s)| (k, inner.bytes(s)))
+    }
+
+    /// Every key.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &CompositeKey> {
+        self.0.slots.keys()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.slots.len()
+    }
+
+    /// Makes room for `additional` more values.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        Arc::make_mut(&mut self.0).slots.reserve(additional);
+    }
 }
 
 /// A list's elements packed into one buffer, each as `varint(len) | bytes`,
@@ -173,7 +364,7 @@ impl TimerQueues {
 /// The maps of one state, one per key group of the backend's range.
 #[derive(Clone)]
 pub(crate) enum Table {
-    Value(Vec<Map<Inline>>),
+    Value(Vec<Values>),
     List(Vec<Map<ListValue>>),
     Map(Vec<Map<UserMap>>),
     Timers(TimerQueues),
@@ -182,7 +373,7 @@ pub(crate) enum Table {
 impl Table {
     pub(crate) fn new(kind: StorageKind, key_groups: usize) -> Self {
         match kind {
-            StorageKind::Value => Table::Value(vec![Map::default(); key_groups]),
+            StorageKind::Value => Table::Value(vec![Values::default(); key_groups]),
             StorageKind::List => Table::List(vec![Map::default(); key_groups]),
             StorageKind::Map => Table::Map(vec![Map::default(); key_groups]),
             StorageKind::Timers => Table::Timers(TimerQueues::new(key_groups)),
@@ -195,6 +386,16 @@ impl Table {
             Table::List(m) => m.iter().map(|m| m.len() as u64).sum(),
             Table::Map(m) => m.iter().map(|m| m.len() as u64).sum(),
             Table::Timers(t) => t.len(),
+        }
+    }
+
+    /// Makes room in key-group index `kg` for `records` more records (map
+    /// records are entries of user maps, so they size nothing).
+    pub(crate) fn reserve(&mut self, kg: usize, records: usize) {
+        match self {
+            Table::Value(m) => m[kg].reserve(records),
+            Table::List(m) => m[kg].reserve(records),
+            Table::Map(_) | Table::Timers(_) => {}
         }
     }
 
@@ -481,5 +682,80 @@ impl KeyGroupSource for FrozenTables {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(k: u32, round: u32, len: usize) -> Vec<u8> {
+        let mut v = vec![(k ^ round) as u8; len];
+        v[..4].copy_from_slice(&k.to_le_bytes());
+        v
+    }
+
+    /// Short values inline, long ones in the arena: written, overwritten
+    /// (either way), removed; a clone taken before writes (a snapshot) keeps
+    /// what it saw; the arena is compacted once mostly dead and every value
+    /// survives it, in the table and in the clone.
+    #[test]
+    fn values_survive_overwrites_snapshots_and_compaction() {
+        let mut v = Values::default();
+        let mut want: std::collections::HashMap<u32, Vec<u8>> = Default::default();
+        let key = |k: u32| k.to_le_bytes();
+        for k in 0..2_000u32 {
+            let len = if k % 3 == 0 { 8 } else { 100 };
+            v.put(&key(k), &value(k, 0, len));
+            want.insert(k, value(k, 0, len));
+        }
+        let frozen = v.clone();
+        let frozen_want = want.clone();
+        for round in 1..60u32 {
+            for k in (0..2_000u32).filter(|k| k % 7 != round % 7) {
+                // Sizes move between inline and arena across rounds.
+                let len = if (k + round) % 4 == 0 {
+                    20
+                } else {
+                    100 + (round as usize % 5)
+                };
+                v.put(&key(k), &value(k, round, len));
+                want.insert(k, value(k, round, len));
+            }
+            if round % 10 == 0 {
+                for k in (0..2_000u32).filter(|k| k % 11 == round % 11) {
+                    assert!(v.remove(&key(k)));
+                    want.remove(&k);
+                }
+            }
+        }
+        let inner = &*v.0;
+        assert!(
+            inner.stored - inner.live <= MIN_GARBAGE.max(inner.live),
+            "the arena was compacted: {} stored, {} live",
+            inner.stored,
+            inner.live
+        );
+        assert_eq!(
+            inner.live,
+            inner
+                .slots
+                .values()
+                .map(|s| match s {
+                    Slot::Arena { len, .. } => *len as usize,
+                    Slot::Inline(_) => 0,
+                })
+                .sum::<usize>()
+        );
+        assert_eq!(v.len(), want.len());
+        for (k, bytes) in &want {
+            assert_eq!(v.get(&key(*k)), Some(&bytes[..]), "key {k}");
+        }
+        assert_eq!(v.iter().count(), want.len());
+        assert!(!v.remove(&key(1_000_000)));
+        assert_eq!(frozen.len(), frozen_want.len());
+        for (k, bytes) in &frozen_want {
+            assert_eq!(frozen.get(&key(*k)), Some(&bytes[..]), "snapshot, key {k}");
+        }
     }
 }
