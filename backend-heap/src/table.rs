@@ -154,7 +154,9 @@ impl ValuesInner {
                 len: n as u32,
             };
         }
-        let mut chunk = Vec::with_capacity(n.max(64 << 10));
+        // The whole chunk at once, so it never moves; pages are only touched
+        // as values are written.
+        let mut chunk = Vec::with_capacity(n.max(CHUNK_BYTES));
         chunk.extend_from_slice(value);
         self.chunks.push(Arc::new(chunk));
         Slot::Arena {
@@ -179,10 +181,10 @@ impl ValuesInner {
             return;
         }
         let old = std::mem::take(&mut self.chunks);
-        let (live, slots) = (self.live, std::mem::take(&mut self.slots));
+        let slots = std::mem::take(&mut self.slots);
         self.live = 0;
         self.stored = 0;
-        self.chunks.push(Arc::new(Vec::with_capacity(live.min(CHUNK_BYTES))));
+        self.chunks.push(Arc::new(Vec::with_capacity(CHUNK_BYTES)));
         let mut rebuilt = std::collections::HashMap::with_capacity_and_hasher(slots.len(), Default::default());
         for (key, slot) in slots {
             let slot = match slot {
