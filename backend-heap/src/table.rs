@@ -85,8 +85,13 @@ impl<V: Clone> Map<V> {
 
 /// Values longer than this are kept in the key group's arena.
 const INLINE_VALUE: usize = 24;
-/// A new arena chunk is started once the last one would pass this size.
+/// The largest arena chunk; a value longer than this has a chunk of its own.
 const CHUNK_BYTES: usize = 1 << 20;
+/// The smallest arena chunk: a chunk has twice the bytes of the one before
+/// it, from this up to `CHUNK_BYTES`, so a key group written a little
+/// after each snapshot (which starts a new chunk) does not hold a megabyte
+/// for a few values.
+const FIRST_CHUNK_BYTES: usize = 4 << 10;
 /// The arena is compacted once it holds more dead bytes than this and than
 /// live ones.
 const MIN_GARBAGE: usize = 1 << 20;
@@ -140,11 +145,12 @@ impl ValuesInner {
         self.live += n;
         self.stored += n;
         let last = self.chunks.len().wrapping_sub(1);
+        // A chunk never grows past its capacity, so its bytes never move.
         if let Some(chunk) = self
             .chunks
             .last_mut()
             .and_then(Arc::get_mut)
-            .filter(|c| c.len() + n <= CHUNK_BYTES)
+            .filter(|c| c.len() + n <= c.capacity())
         {
             let at = chunk.len();
             chunk.extend_from_slice(value);
@@ -154,9 +160,8 @@ impl ValuesInner {
                 len: n as u32,
             };
         }
-        // The whole chunk at once, so it never moves; pages are only touched
-        // as values are written.
-        let mut chunk = Vec::with_capacity(n.max(CHUNK_BYTES));
+        let grown = self.chunks.last().map_or(0, |c| c.len().saturating_mul(2));
+        let mut chunk = Vec::with_capacity(grown.clamp(FIRST_CHUNK_BYTES, CHUNK_BYTES).max(n));
         chunk.extend_from_slice(value);
         self.chunks.push(Arc::new(chunk));
         Slot::Arena {
@@ -182,9 +187,12 @@ impl ValuesInner {
         }
         let old = std::mem::take(&mut self.chunks);
         let slots = std::mem::take(&mut self.slots);
+        let live_bytes = self.live;
         self.live = 0;
         self.stored = 0;
-        self.chunks.push(Arc::new(Vec::with_capacity(CHUNK_BYTES)));
+        self.chunks.push(Arc::new(Vec::with_capacity(
+            live_bytes.clamp(FIRST_CHUNK_BYTES, CHUNK_BYTES),
+        )));
         let mut rebuilt = std::collections::HashMap::with_capacity_and_hasher(slots.len(), Default::default());
         for (key, slot) in slots {
             let slot = match slot {
