@@ -33,6 +33,7 @@
 //! ```
 
 mod convert;
+mod crash;
 mod error;
 mod files;
 mod incremental;

@@ -120,6 +120,7 @@ impl<K> RocksDbBackend<K> {
                 Some(id) if Some(id) == keep => u.local_copies.push((id, entry.path())),
                 Some(_) => {
                     let _ = std::fs::remove_dir_all(entry.path());
+                    crate::crash::point("restore.local-copy-removed");
                 }
                 None => {}
             }

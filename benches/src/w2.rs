@@ -330,9 +330,31 @@ async fn rocksdb(scale: usize, mode: RocksMode, object: Option<&ObjectTarget>) -
         check_restored(&mut r, &s, &expected)?;
     }
     if mode == RocksMode::Incremental {
+        let savepoint = savepoint.ok_or_else(|| Error::not_found("savepoint 7"))?;
+        // The whole canonical savepoint into a fresh RocksDB backend (what a
+        // backend switch or a savepoint restore does), checked key by key.
+        let started = Instant::now();
+        let resolved = storage.resolve(&savepoint).await?;
+        let handles = resolved.metadata.operators[0].keyed.clone();
+        let mut r = RocksDbBackend::restore(
+            config()?,
+            &handles,
+            &*resolved.reader,
+            rocks_options(dir.path(), RocksMode::Full, false),
+        )
+        .await?;
+        emit(
+            "W2",
+            name,
+            "restore.savepoint_ms",
+            started.elapsed().as_secs_f64() * 1e3,
+            "ms",
+        );
+        let s = r.register(descriptor())?;
+        check_restored(&mut r, &s, &expected)?;
+        drop(r);
         // A rescaled restore: subtask 0 of 4 from the canonical savepoint
         // reads only its key groups' byte ranges.
-        let savepoint = savepoint.ok_or_else(|| Error::not_found("savepoint 7"))?;
         let started = Instant::now();
         let resolved = storage.resolve(&savepoint).await?;
         let handles = resolved.metadata.operators[0].keyed.clone();
