@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+mod bulk;
 mod convert;
 mod crash;
 mod error;
@@ -61,6 +62,7 @@ use flowstate_api::{
 };
 use rocksdb::{ColumnFamilyDescriptor, WriteBatch, WriteOptions, DB};
 
+pub use bulk::{BulkLoad, BulkLoadStats, DEFAULT_SPILL_BYTES};
 pub use convert::incremental_to_canonical;
 use incremental::Uploads;
 use instance::InstanceDir;

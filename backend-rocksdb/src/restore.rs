@@ -42,6 +42,7 @@ use flowstate_api::{Error, ErrorKind, KeyGroupRange, KeyedBackendConfig, KeyedSt
 use futures::{StreamExt, TryStreamExt};
 use rocksdb::{IngestExternalFileOptions, SstFileWriter, WriteBatch};
 
+use crate::bulk::SortedRun;
 use crate::error::rocksdb_file;
 use crate::files::{blocking, link_or_copy_dir, DirGuard};
 use crate::keys::{key_group_of, key_part, kg_prefix, pack, put_namespace, timer_key};
@@ -305,49 +306,6 @@ impl<K: 'static> RocksDbBackend<K> {
         Ok(())
     }
 
-    /// Writes one uncompressed SST file at `path` for state `id` (`fill`
-    /// adds its entries in key order and says how many) and ingests it,
-    /// moving the file into the database. An empty file is neither
-    /// finished nor ingested.
-    fn ingest_sorted(
-        &self,
-        id: u32,
-        path: &Path,
-        name: &str,
-        fill: impl FnOnce(&mut SstFileWriter<'_>, &Path) -> Result<u64>,
-    ) -> Result<()> {
-        let entry = self.core.state(id)?;
-        let options = self
-            .resources()
-            .cf_options(entry.meta().kind.storage(), std::sync::Arc::new(TtlSlot::default()));
-        // Uncompressed: LZ4 on the way in was a quarter of a canonical
-        // restore's time (W2's 2M keys: 980 against 730 ms). Compaction
-        // compresses the data when it rewrites these files.
-        let mut options = options;
-        options.set_compression_type(rocksdb::DBCompressionType::None);
-        let mut writer = SstFileWriter::create(&options);
-        writer
-            .open(path)
-            .map_err(db_err(format_args!("{name}: writing {}", path.display())))?;
-        if fill(&mut writer, path)? == 0 {
-            return Ok(());
-        }
-        writer
-            .finish()
-            .map_err(db_err(format_args!("{name}: writing {}", path.display())))?;
-        crate::crash::point("restore.sst-written");
-        let mut ingest = IngestExternalFileOptions::default();
-        ingest.set_move_files(true);
-        self.db
-            .ingest_external_file_cf_opts(self.cf(entry.storage())?, &ingest, vec![path])
-            .map_err(db_err(format_args!(
-                "{name}: ingesting the key groups of state {:?}",
-                entry.meta().name
-            )))?;
-        crate::crash::point("restore.ingested");
-        Ok(())
-    }
-
     /// The state a restored `meta` goes into, checking it agrees with any
     /// state of the same name.
     fn restored_state(&mut self, meta: &StateMetaInfo, name: &str) -> Result<u32> {
@@ -400,21 +358,21 @@ impl<K: 'static> RocksDbBackend<K> {
                     key_part(&mut k, kg, key);
                     put_namespace(&mut k, namespace);
                     match (&record, entry.meta().kind.storage()) {
-                        (Record::Value { value, .. }, StorageKind::Value) => run.push(&k, value),
+                        (Record::Value { value, .. }, StorageKind::Value) => run.put(&k, value),
                         (Record::List { elements, .. }, StorageKind::List) => {
                             v.clear();
                             for e in elements {
                                 pack(&mut v, e);
                             }
-                            run.push(&k, &v);
+                            run.merge(&k, &v);
                         }
                         (Record::MapEntry { user_key, value, .. }, StorageKind::Map) => {
                             k.extend_from_slice(user_key);
-                            run.push(&k, value);
+                            run.put(&k, value);
                         }
                         (Record::Timer { timestamp, .. }, StorageKind::Timers) => {
                             timer_key(&mut k, kg, *timestamp, key, namespace);
-                            run.push(&k, &[]);
+                            run.put(&k, &[]);
                         }
                         _ => {
                             return Err(Error::corrupted(format!(
@@ -430,74 +388,14 @@ impl<K: 'static> RocksDbBackend<K> {
         let dir = self.temp_path("ingest");
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
         let result = runs.iter_mut().zip(ids).enumerate().try_for_each(|(i, (run, &id))| {
-            let list = self.core.state(id)?.meta().kind.storage() == StorageKind::List;
             run.sort();
             self.ingest_sorted(id, &dir.join(format!("{i}.sst")), name, |writer, path| {
-                run.write(writer, list)
+                run.write(writer)
                     .map_err(db_err(format_args!("{name}: writing {}", path.display())))
             })
         });
         let _ = std::fs::remove_dir_all(&dir);
         result
-    }
-}
-
-/// One state's entries of a restored batch of key groups, in one buffer,
-/// sorted by key before they are written to an SST file.
-#[derive(Default)]
-struct SortedRun {
-    bytes: Vec<u8>,
-    /// Start in `bytes`, key length, value length.
-    entries: Vec<(usize, usize, usize)>,
-}
-
-impl SortedRun {
-    fn push(&mut self, key: &[u8], value: &[u8]) {
-        self.entries.push((self.bytes.len(), key.len(), value.len()));
-        self.bytes.extend_from_slice(key);
-        self.bytes.extend_from_slice(value);
-    }
-
-    fn key(&self, &(at, len, _): &(usize, usize, usize)) -> &[u8] {
-        &self.bytes[at..at + len]
-    }
-
-    fn value(&self, &(at, k, len): &(usize, usize, usize)) -> &[u8] {
-        &self.bytes[at + k..at + k + len]
-    }
-
-    /// Sorts by key; entries of one key keep their order.
-    fn sort(&mut self) {
-        let mut entries = std::mem::take(&mut self.entries);
-        entries.sort_by(|a, b| self.key(a).cmp(self.key(b)));
-        self.entries = entries;
-    }
-
-    /// Writes the sorted entries; returns how many keys were written. A key
-    /// that occurs more than once (only in a damaged snapshot) ends as a
-    /// write batch would have left it: the last value, or for a list state
-    /// all elements in order, as a merge.
-    fn write(&self, writer: &mut SstFileWriter<'_>, list: bool) -> std::result::Result<u64, rocksdb::Error> {
-        let mut written = 0;
-        let mut merged = Vec::new();
-        let mut i = 0;
-        while let Some(first) = self.entries.get(i) {
-            let key = self.key(first);
-            let same = self.entries[i..].iter().take_while(|e| self.key(e) == key).count();
-            let group = &self.entries[i..i + same];
-            if list {
-                merged.clear();
-                for e in group {
-                    merged.extend_from_slice(self.value(e));
-                }
-                writer.merge(key, &merged)?;
-            } else if let Some(last) = group.last() {
-                writer.put(key, self.value(last))?;
-            }
-            written += 1;
-            i += same;
-        }
-        Ok(written)
     }
 }
 
@@ -663,4 +561,49 @@ async fn download(reader: &dyn StateReader, f: &HandleFile, target: std::path::P
         return Err(mismatch());
     }
     Ok(())
+}
+
+impl<K> RocksDbBackend<K> {
+    /// Writes one uncompressed SST file at `path` for state `id` (`fill`
+    /// adds its entries in key order and says how many) and ingests it,
+    /// moving the file into the database. An empty file is neither
+    /// finished nor ingested.
+    pub(crate) fn ingest_sorted(
+        &self,
+        id: u32,
+        path: &Path,
+        name: &str,
+        fill: impl FnOnce(&mut SstFileWriter<'_>, &Path) -> Result<u64>,
+    ) -> Result<()> {
+        let entry = self.core.state(id)?;
+        let options = self
+            .resources()
+            .cf_options(entry.meta().kind.storage(), std::sync::Arc::new(TtlSlot::default()));
+        // Uncompressed: LZ4 on the way in was a quarter of a canonical
+        // restore's time (W2's 2M keys: 980 against 730 ms). Compaction
+        // compresses the data when it rewrites these files.
+        let mut options = options;
+        options.set_compression_type(rocksdb::DBCompressionType::None);
+        let mut writer = SstFileWriter::create(&options);
+        writer
+            .open(path)
+            .map_err(db_err(format_args!("{name}: writing {}", path.display())))?;
+        if fill(&mut writer, path)? == 0 {
+            return Ok(());
+        }
+        writer
+            .finish()
+            .map_err(db_err(format_args!("{name}: writing {}", path.display())))?;
+        crate::crash::point("restore.sst-written");
+        let mut ingest = IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        self.db
+            .ingest_external_file_cf_opts(self.cf(entry.storage())?, &ingest, vec![path])
+            .map_err(db_err(format_args!(
+                "{name}: ingesting the key groups of state {:?}",
+                entry.meta().name
+            )))?;
+        crate::crash::point("restore.ingested");
+        Ok(())
+    }
 }
