@@ -275,33 +275,54 @@ impl<K: 'static> RocksDbBackend<K> {
         let overlap = range.intersect(&self.config().key_group_range);
         let ingest_dir = dir.join("ingest");
         std::fs::create_dir_all(&ingest_dir).map_err(|e| Error::io(ingest_dir.display(), e))?;
+        // The key groups are split into parts copied side by side, each into
+        // an SST file of its own (disjoint key ranges, so one ingestion).
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_COPY_THREADS);
+        let parts = (0..threads as u32)
+            .map(|p| {
+                let (start, len) = (overlap.start(), overlap.len());
+                KeyGroupRange::new(start + len * p / threads as u32, start + len * (p + 1) / threads as u32)
+            })
+            .collect::<Result<Vec<_>>>()?;
         for (i, (meta, id)) in states.iter().zip(ids).enumerate() {
             let src = other
                 .cf_handle(&crate::cf_name(&meta.name))
                 .ok_or_else(|| Error::corrupted(format!("{name}: state {:?} has no column family", meta.name)))?;
-            // The owned key groups, in key order, into one SST file in the
+            let options = self.sst_options(id)?;
+            let (other, options) = (&other, &options);
+            // The owned key groups, in key order, into SST files in the
             // state's table format, then ingested: nothing goes through the
             // memtable or the write-ahead path.
-            self.ingest_sorted(id, &ingest_dir.join(format!("{i}.sst")), name, |writer, path| {
-                let mut written = 0u64;
-                let mut it = other.raw_iterator_cf(src);
-                it.seek(kg_prefix(overlap.start()));
-                while it.valid() {
-                    let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                        break;
-                    };
-                    if key_group_of(k, &meta.name)? >= overlap.end() {
-                        break;
-                    }
-                    writer
-                        .put(k, v)
-                        .map_err(db_err(format_args!("{name}: writing {}", path.display())))?;
-                    written += 1;
-                    it.next();
-                }
-                it.status().map_err(db_err(format!("reading {name}")))?;
-                Ok(written)
-            })?;
+            let written: Vec<Result<Option<std::path::PathBuf>>> = std::thread::scope(|scope| {
+                let copies: Vec<_> = parts
+                    .iter()
+                    .filter(|part| !part.is_empty())
+                    .enumerate()
+                    .map(|(p, part)| {
+                        let path = ingest_dir.join(format!("{i}-{p}.sst"));
+                        scope.spawn(move || {
+                            let wrote = write_sst(options, &path, name, |writer, path| {
+                                copy_range(other, src, *part, &meta.name, writer, path, name)
+                            })?;
+                            Ok(wrote.then_some(path))
+                        })
+                    })
+                    .collect();
+                copies
+                    .into_iter()
+                    .map(|c| {
+                        c.join()
+                            .unwrap_or_else(|_| Err(Error::internal("a key-group copy panicked")))
+                    })
+                    .collect()
+            });
+            let files = written
+                .into_iter()
+                .filter_map(Result::transpose)
+                .collect::<Result<Vec<_>>>()?;
+            self.ingest(id, files, name)?;
         }
         Ok(())
     }
@@ -575,30 +596,37 @@ impl<K> RocksDbBackend<K> {
         name: &str,
         fill: impl FnOnce(&mut SstFileWriter<'_>, &Path) -> Result<u64>,
     ) -> Result<()> {
-        let entry = self.core.state(id)?;
-        let options = self
+        if write_sst(&self.sst_options(id)?, path, name, fill)? {
+            self.ingest(id, vec![path.to_path_buf()], name)?;
+        }
+        Ok(())
+    }
+
+    /// The options of the SST files a restore or bulk load writes for
+    /// state `id`: the state's table format, uncompressed. LZ4 on the way
+    /// in was a quarter of a canonical restore's time (W2's 2M keys: 980
+    /// against 730 ms); compaction compresses the data when it rewrites
+    /// these files.
+    fn sst_options(&self, id: u32) -> Result<rocksdb::Options> {
+        let kind = self.core.state(id)?.meta().kind.storage();
+        let mut options = self
             .resources()
-            .cf_options(entry.meta().kind.storage(), std::sync::Arc::new(TtlSlot::default()));
-        // Uncompressed: LZ4 on the way in was a quarter of a canonical
-        // restore's time (W2's 2M keys: 980 against 730 ms). Compaction
-        // compresses the data when it rewrites these files.
-        let mut options = options;
+            .cf_options(kind, std::sync::Arc::new(TtlSlot::default()));
         options.set_compression_type(rocksdb::DBCompressionType::None);
-        let mut writer = SstFileWriter::create(&options);
-        writer
-            .open(path)
-            .map_err(db_err(format_args!("{name}: writing {}", path.display())))?;
-        if fill(&mut writer, path)? == 0 {
+        Ok(options)
+    }
+
+    /// Ingests `files` (SST files with disjoint key ranges) into state
+    /// `id`, moving them into the database.
+    fn ingest(&self, id: u32, files: Vec<std::path::PathBuf>, name: &str) -> Result<()> {
+        if files.is_empty() {
             return Ok(());
         }
-        writer
-            .finish()
-            .map_err(db_err(format_args!("{name}: writing {}", path.display())))?;
-        crate::crash::point("restore.sst-written");
+        let entry = self.core.state(id)?;
         let mut ingest = IngestExternalFileOptions::default();
         ingest.set_move_files(true);
         self.db
-            .ingest_external_file_cf_opts(self.cf(entry.storage())?, &ingest, vec![path])
+            .ingest_external_file_cf_opts(self.cf(entry.storage())?, &ingest, files)
             .map_err(db_err(format_args!(
                 "{name}: ingesting the key groups of state {:?}",
                 entry.meta().name
@@ -606,4 +634,61 @@ impl<K> RocksDbBackend<K> {
         crate::crash::point("restore.ingested");
         Ok(())
     }
+}
+
+/// Parts of a key-group copy written side by side, at most.
+const MAX_COPY_THREADS: usize = 4;
+
+/// Writes an SST file at `path` with `options`; `fill` adds its entries in
+/// key order and says how many. False, and nothing finished, if there were
+/// none.
+fn write_sst(
+    options: &rocksdb::Options,
+    path: &Path,
+    name: &str,
+    fill: impl FnOnce(&mut SstFileWriter<'_>, &Path) -> Result<u64>,
+) -> Result<bool> {
+    let mut writer = SstFileWriter::create(options);
+    writer
+        .open(path)
+        .map_err(db_err(format_args!("{name}: writing {}", path.display())))?;
+    if fill(&mut writer, path)? == 0 {
+        return Ok(false);
+    }
+    writer
+        .finish()
+        .map_err(db_err(format_args!("{name}: writing {}", path.display())))?;
+    crate::crash::point("restore.sst-written");
+    Ok(true)
+}
+
+/// Copies the entries of key groups `part` of column family `src` (state
+/// `state`) of `db` into `writer`; returns how many.
+fn copy_range(
+    db: &rocksdb::DB,
+    src: &rocksdb::ColumnFamily,
+    part: KeyGroupRange,
+    state: &str,
+    writer: &mut SstFileWriter<'_>,
+    path: &Path,
+    name: &str,
+) -> Result<u64> {
+    let mut written = 0u64;
+    let mut it = db.raw_iterator_cf(src);
+    it.seek(kg_prefix(part.start()));
+    while it.valid() {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            break;
+        };
+        if key_group_of(k, state)? >= part.end() {
+            break;
+        }
+        writer
+            .put(k, v)
+            .map_err(db_err(format_args!("{name}: writing {}", path.display())))?;
+        written += 1;
+        it.next();
+    }
+    it.status().map_err(db_err(format!("reading {name}")))?;
+    Ok(written)
 }
