@@ -30,10 +30,11 @@ const GREEN: RGBColor = RGBColor(40, 150, 70);
 /// with a note on stderr.
 pub fn render_all(records: &[Record], out: &Path) -> Result<Vec<&'static str>> {
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let plots: [(&'static str, PlotFn); 4] = [
+    let plots: [(&'static str, PlotFn); 5] = [
         ("w1-ops.svg", w1_ops),
         ("w2-checkpoints.svg", w2_checkpoints),
         ("w2-restore.svg", w2_restore),
+        ("w3-rescale.svg", w3_rescale),
         ("scale.svg", scale),
     ];
     let mut written = Vec::new();
@@ -112,6 +113,25 @@ fn w2_restore(records: &[Record], path: &Path) -> Result<bool> {
     }
     let title = "W2 restore time (lower is better)";
     bar_plot(path, title, &groups, ("backend", "restore time (ms)"), series)
+}
+
+/// W3 rescaled restores: the slowest new subtask per case and backend.
+fn w3_rescale(records: &[Record], path: &Path) -> Result<bool> {
+    let cases = [("2to3", "2 → 3"), ("2to1", "2 → 1"), ("3to2", "3 → 2")];
+    let groups: Vec<String> = cases.iter().map(|(_, name)| name.to_string()).collect();
+    let mut series = Vec::new();
+    for backend in W2_BACKENDS {
+        for (i, system) in data::systems(records).iter().enumerate() {
+            let points = cases.iter().enumerate().filter_map(|(g, (case, _))| {
+                let metric = format!("w3.{case}.restore_ms");
+                Some((g as f64, data::get(records, system, "W3", backend, &metric)?))
+            });
+            let label = format!("{} {backend}", display(system));
+            series.push(Series::new(label, shade(backend_color(backend), i), false, points));
+        }
+    }
+    let title = "W3 rescaled restore, slowest subtask (lower is better)";
+    bar_plot(path, title, &groups, ("rescale", "restore time (ms)"), series)
 }
 
 /// W2 per checkpoint: bytes written and sync + async duration.
@@ -471,6 +491,8 @@ flink-1.20.3\tW2\theap-full\tckpt.1.bytes\t226001684\tbytes
 flowstate\tW2\trocksdb-incremental\trestore.remote_ms\t772.8\tms
 flowstate\tW2\trocksdb-incremental\trestore.local_ms\t58.7\tms
 flink-1.20.3\tW2\theap-full\trestore.remote_ms\t6396.5\tms
+flowstate\tW3\trocksdb-incremental\tw3.2to3.restore_ms\t104\tms
+flink-1.20.3\tW3\trocksdb-incremental\tw3.2to3.restore_ms\t730\tms
 flowstate\tS1\theap-full\t200000.snapshot_ms\t40\tms
 flowstate\tS1\theap-full\t2000000.snapshot_ms\t400\tms
 flowstate\tS1\trocksdb-full\t200000.restore_ms\t140\tms
@@ -478,19 +500,26 @@ flowstate\tS1\trocksdb-full\t20000000.restore_ms\t14000\tms
 ";
 
     #[test]
-    fn renders_all_four_plots() {
+    fn renders_all_five_plots() {
         let records = data::parse(SAMPLE, "sample").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("plots");
         let written = render_all(&records, &out).unwrap();
         assert_eq!(
             written,
-            ["w1-ops.svg", "w2-checkpoints.svg", "w2-restore.svg", "scale.svg"]
+            [
+                "w1-ops.svg",
+                "w2-checkpoints.svg",
+                "w2-restore.svg",
+                "w3-rescale.svg",
+                "scale.svg"
+            ]
         );
         for (name, label) in [
             ("w1-ops.svg", "Flink 1.20.3 rocksdb"),
             ("w2-checkpoints.svg", "flowstate rocksdb-incremental"),
             ("w2-restore.svg", "flowstate restore from local"),
+            ("w3-rescale.svg", "Flink 1.20.3 rocksdb-incremental"),
             ("scale.svg", "rocksdb-full restore"),
         ] {
             let svg = std::fs::read_to_string(out.join(name)).unwrap();
