@@ -33,11 +33,13 @@
 //! Each module's page has an example for its audience.
 
 mod access;
+pub mod asynchronous;
 pub mod descriptor;
 mod error;
 pub mod keygroup;
 pub mod serializer;
 mod snapshot;
+mod stored;
 pub mod timer;
 pub mod ttl;
 
@@ -49,6 +51,7 @@ pub mod operator;
 pub mod runtime;
 
 pub use access::{KeyedStateBackendExt, MergeableState};
+pub use asynchronous::{AsyncKeyedStateBackend, KeyOrderedExecutor, RecordCtx, SyncAsAsync};
 pub use backend::{BackendFactory, KeyedBackendConfig, KeyedStateBackend};
 pub use checkpoint::{CheckpointKind, CheckpointMetadata, CheckpointStorage, KeyedStateHandle};
 pub use descriptor::{
