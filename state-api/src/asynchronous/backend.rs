@@ -105,7 +105,8 @@ pub struct Target<'a> {
 /// there, sharing their byte-level rules with the synchronous face. The
 /// caller keeps the requests of one key in order (the
 /// [`KeyOrderedExecutor`](super::KeyOrderedExecutor) runs one record per
-/// key at a time); requests of different keys may run in any order.
+/// key at a time). A request takes effect while its future is polled or,
+/// in a backend doing I/O of its own, in the order requests were made.
 pub trait AsyncKeyedStateBackend: Send + Sync {
     /// The key type.
     type Key;

@@ -17,7 +17,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::snapshot::{PendingSnapshot, SnapshotOptions};
 use crate::timer::{TimeDomain, Timer, TimerService};
 
-use super::backend::{AsyncKeyedStateBackend, KeyRef};
+use super::backend::{AsyncKeyedStateBackend, KeyRef, Target};
 use super::record::RecordCtx;
 
 /// A record admitted to the executor, wrapped to report which key it held.
@@ -74,12 +74,15 @@ impl Wake for Wakeup {
 ///   every record submitted before them has finished.
 /// - **Timers.** [`advance_watermark`](Self::advance_watermark) drains,
 ///   then fires each due timer, in the timers' total order, as a record of
-///   its key. Timers do not count against `max_in_flight`, so the bound
-///   never blocks them (Flink deadlocked so: FLINK-37089, FLINK-37017), and
-///   they run before any record submitted after the watermark. Timers that
-///   timer records register at or before the watermark fire too. It
-///   returns once every fired timer has finished: only then may the engine
-///   emit the watermark.
+///   its key; timers of different keys run concurrently. Timers do not
+///   count against `max_in_flight`, so the bound never blocks them (Flink
+///   deadlocked so: FLINK-37089, FLINK-37017), and they run before any
+///   record submitted after the watermark. A timer fires only once the
+///   timer record before it of its key has finished, so the timers a timer
+///   record registers or deletes at or before the watermark fire, or not,
+///   exactly as [`TimerService::poll`] would fire them. It returns once
+///   every fired timer has finished: only then may the engine emit the
+///   watermark.
 /// - **Failure.** The first error a record returns (a state error, or its
 ///   own) is returned by the call that sees it, naming the record's key,
 ///   and poisons the executor: its unfinished records are dropped and every
@@ -262,7 +265,7 @@ impl<'a, B: AsyncKeyedStateBackend> KeyOrderedExecutor<'a, B> {
         self.check()?;
         let id = timers.id_in(self.backend.backend_id())?;
         self.drain().await?;
-        // Rounds until a round finds no due timer: a timer record may
+        // Until a poll after a drain finds no due timer: a timer record may
         // register another one that is due.
         loop {
             let mut fired = false;
@@ -272,14 +275,33 @@ impl<'a, B: AsyncKeyedStateBackend> KeyOrderedExecutor<'a, B> {
                     Ok(None) => break,
                     Err(e) => return Err(self.fail(e)),
                 };
-                fired = true;
-                let fired_key = timers
-                    .decode_fired(self.backend.key_serializer(), &key, &namespace)
-                    .and_then(|(k, n)| Ok((k, n, KeyRef::from_bytes(&*self.backend, key)?)));
-                let (key_value, namespace, key) = match fired_key {
-                    Ok(decoded) => decoded,
+                let key = match KeyRef::from_bytes(&*self.backend, key) {
+                    Ok(key) => key,
                     Err(e) => return Err(self.fail(e)),
                 };
+                if self.keys.contains_key(&key) {
+                    // A timer record of its key is unfinished and may still
+                    // register or delete timers of the key: the timer goes
+                    // back until it has finished, then the next is polled.
+                    let at = Target {
+                        state: id,
+                        key: &key,
+                        namespace: &namespace,
+                    };
+                    if let Err(e) = self.backend.timer_register(at, timestamp).await {
+                        return Err(self.fail(e));
+                    }
+                    while self.keys.contains_key(&key) {
+                        self.wait_one().await?;
+                    }
+                    continue;
+                }
+                fired = true;
+                let (key_value, namespace) =
+                    match timers.decode_fired(self.backend.key_serializer(), key.bytes(), &namespace) {
+                        Ok(decoded) => decoded,
+                        Err(e) => return Err(self.fail(e)),
+                    };
                 let ctx = RecordCtx::new(Arc::clone(&self.backend), key.clone());
                 let timer = Timer {
                     timestamp,

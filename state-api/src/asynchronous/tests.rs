@@ -643,6 +643,57 @@ async fn timers_registered_by_fired_timers_fire_before_the_watermark_returns() {
 }
 
 #[tokio::test]
+async fn a_fired_timer_sees_what_the_timers_of_its_key_before_it_registered_and_deleted() {
+    within(async {
+        for max_yields in [0, 1, 3] {
+            let backend = Memory::all(max_yields);
+            let timers = backend.register(TimerServiceDescriptor::event_time("t")).unwrap();
+            let mut executor = KeyOrderedExecutor::new(Arc::clone(&backend), 4).unwrap();
+            let t = &timers;
+            for (key, stamps) in [(5u64, vec![20, 30, 40]), (6, vec![20, 30])] {
+                executor
+                    .submit(&key, move |ctx| async move {
+                        for ts in stamps {
+                            ctx.register_timer(t, ts, &VoidNamespace).await?;
+                        }
+                        Ok(())
+                    })
+                    .await
+                    .unwrap();
+            }
+            let fired = Arc::new(Mutex::new(Vec::new()));
+            let f = Arc::clone(&fired);
+            executor
+                .advance_watermark(&timers, 50, move |timer, ctx| {
+                    let f = Arc::clone(&f);
+                    async move {
+                        f.lock().unwrap().push((timer.key, timer.timestamp));
+                        match (timer.key, timer.timestamp) {
+                            // A due timer of the key deleted, an earlier one registered.
+                            (5, 20) => {
+                                ctx.delete_timer(t, 30, &VoidNamespace).await?;
+                                ctx.register_timer(t, 25, &VoidNamespace).await?;
+                            }
+                            (6, 20) => ctx.register_timer(t, 10, &VoidNamespace).await?,
+                            _ => {}
+                        }
+                        Ok(())
+                    }
+                })
+                .await
+                .unwrap();
+            // What a synchronous poll loop fires, per key.
+            let fired = fired.lock().unwrap().clone();
+            for (key, want) in [(5u64, vec![20, 25, 40]), (6, vec![20, 10, 30])] {
+                let got: Vec<i64> = fired.iter().filter(|f| f.0 == key).map(|f| f.1).collect();
+                assert_eq!(got, want, "key {key}, up to {max_yields} yields per request");
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
 async fn the_first_failure_poisons_the_executor_and_every_later_call_names_it() {
     within(async {
         let backend = Memory::all(2);
