@@ -95,11 +95,12 @@ impl Wake for Wakeup {
 /// Records run while the engine awaits one of these methods; nothing runs
 /// in between. Everything runs on the calling task: no thread, no lock.
 /// Dropping a call's future before it resolves leaves the executor
-/// consistent (a record not yet admitted is dropped).
+/// consistent (a record not yet admitted is dropped). Record futures are
+/// `Send` and may borrow what lives for `'a` (state handles, say).
 pub struct KeyOrderedExecutor<'a, B: AsyncKeyedStateBackend> {
     backend: Arc<B>,
     max_in_flight: usize,
-    /// The first record of each key with unfinished records.
+    /// The running record of each key that has unfinished records.
     running: FuturesUnordered<Running<'a>>,
     keys: HashMap<KeyRef, KeyQueue<'a>>,
     /// Unfinished records, and unfinished timer records, admitted.
