@@ -4,24 +4,22 @@
 //! reducing and aggregating folds and namespace merging all live here, so
 //! every backend behaves identically.
 
-use std::borrow::{Borrow, Cow};
+use std::borrow::Borrow;
 
-use crate::backend::{KeyedStateBackend, MapVisit};
+use crate::backend::KeyedStateBackend;
 use crate::descriptor::{
     AggregatingState, ListState, MapState, ReducingState, State, StateDescriptor, StateId, StateRef, ValueState,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::serializer::SharedSerializer;
-use crate::ttl::{put_ttl_timestamp, split_ttl_value, StateTtlConfig, TtlStateVisibility, TtlUpdateType};
+use crate::stored::{
+    self, check_entry, check_list, decode, encode_all, encode_into, namespace_bytes, visit_map_entry, Checked,
+    MapVisitCtx,
+};
+use crate::ttl::StateTtlConfig;
 
 fn state_id<B: KeyedStateBackend + ?Sized>(b: &B, slot: StateRef, name: &str) -> Result<StateId> {
-    if slot.backend == b.backend_id() {
-        Ok(slot.id)
-    } else {
-        Err(Error::invalid(format!(
-            "state {name:?} was registered with another backend"
-        )))
-    }
+    stored::state_id(b.backend_id(), slot, name)
 }
 
 /// Runs `f` with the core's reusable buffer, cleared: once it has grown,
@@ -36,22 +34,6 @@ where
     let result = f(b, &mut buf);
     b.core_mut().buffer = buf;
     result
-}
-
-/// Appends the encoding of `value` to `buf`, after a TTL timestamp if `stamp`.
-#[inline]
-fn encode_into<T>(
-    buf: &mut Vec<u8>,
-    ser: &SharedSerializer<T>,
-    value: &T,
-    stamp: Option<u64>,
-    name: &str,
-) -> Result<()> {
-    if let Some(now) = stamp {
-        put_ttl_timestamp(buf, now);
-    }
-    ser.serialize(value, buf)
-        .map_err(|e| e.context(format!("state {name:?}")))
 }
 
 /// Encodes `value` into the core's reusable buffer (after a TTL timestamp
@@ -74,101 +56,9 @@ where
     })
 }
 
-/// Encodes each element on its own.
-fn encode_all<T, I>(ser: &SharedSerializer<T>, elements: I, stamp: Option<u64>, name: &str) -> Result<Vec<Vec<u8>>>
-where
-    I: IntoIterator,
-    I::Item: Borrow<T>,
-{
-    elements
-        .into_iter()
-        .map(|e| {
-            let mut buf = Vec::with_capacity(16);
-            encode_into(&mut buf, ser, e.borrow(), stamp, name)?;
-            Ok(buf)
-        })
-        .collect()
-}
-
-#[inline]
-fn decode<T>(ser: &SharedSerializer<T>, bytes: &[u8], name: &str) -> Result<T> {
-    ser.deserialize(bytes).map_err(|e| e.context(format!("state {name:?}")))
-}
-
-fn restamp_into(buf: &mut Vec<u8>, now: u64, user: &[u8]) {
-    buf.clear();
-    put_ttl_timestamp(buf, now);
-    buf.extend_from_slice(user);
-}
-
-fn restamp(now: u64, user: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    restamp_into(&mut v, now, user);
-    v
-}
-
 #[inline]
 fn stamp_time<B: KeyedStateBackend + ?Sized>(b: &B, ttl: Option<&StateTtlConfig>) -> Option<u64> {
-    ttl.map(|_| b.clock().now_millis())
-}
-
-/// The outcome of a TTL check on one stored entry.
-enum TtlRead<'a> {
-    /// Not expired: user bytes, and whether to restamp them.
-    Live(&'a [u8], bool),
-    /// Expired: user bytes, and whether they may still be returned.
-    Expired(&'a [u8], bool),
-}
-
-fn check_ttl<'a>(ttl: &StateTtlConfig, raw: &'a [u8], now: u64, for_read: bool, name: &str) -> Result<TtlRead<'a>> {
-    let (ts, user) = split_ttl_value(raw).map_err(|e| e.context(format!("state {name:?}")))?;
-    if ttl.is_expired(ts, now) {
-        let visible = for_read && ttl.visibility() == TtlStateVisibility::ReturnExpiredIfNotCleanedUp;
-        Ok(TtlRead::Expired(user, visible))
-    } else {
-        Ok(TtlRead::Live(
-            user,
-            for_read && ttl.update_type() == TtlUpdateType::OnReadAndWrite,
-        ))
-    }
-}
-
-/// What a TTL-checked read of one entry found, decoded.
-enum Checked<T> {
-    Absent,
-    /// Live; `restamped` when the refreshed entry is waiting to be written.
-    Live {
-        value: T,
-        restamped: bool,
-    },
-    /// Expired (to be removed): the value if it may still be returned.
-    Expired(Option<T>),
-}
-
-/// Checks a stored entry under TTL and decodes what may be returned; a live
-/// entry due for a refresh is restamped into `restamped`.
-fn check_entry<T>(
-    ttl: &StateTtlConfig,
-    raw: Option<&[u8]>,
-    now: u64,
-    for_read: bool,
-    name: &str,
-    restamped: &mut Vec<u8>,
-    decode: impl FnOnce(&[u8]) -> Result<T>,
-) -> Result<Checked<T>> {
-    let Some(raw) = raw else { return Ok(Checked::Absent) };
-    match check_ttl(ttl, raw, now, for_read, name)? {
-        TtlRead::Live(user, refresh) => {
-            if refresh {
-                restamp_into(restamped, now, user);
-            }
-            Ok(Checked::Live {
-                value: decode(user)?,
-                restamped: refresh,
-            })
-        }
-        TtlRead::Expired(user, visible) => Ok(Checked::Expired(if visible { Some(decode(user)?) } else { None })),
-    }
+    stored::stamp_time(b.clock(), ttl)
 }
 
 /// Reads a single value under TTL rules and decodes its user bytes with
@@ -222,7 +112,7 @@ fn read_list<B: KeyedStateBackend + ?Sized>(
     ttl: Option<&StateTtlConfig>,
     for_read: bool,
     name: &str,
-    mut emit: impl FnMut(&[u8]) -> Result<()>,
+    emit: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
     let Some(ttl) = ttl else {
         return b.raw_list_get(id, emit);
@@ -233,28 +123,7 @@ fn read_list<B: KeyedStateBackend + ?Sized>(
         Ok(())
     })?;
     let now = b.clock().now_millis();
-    let mut keep: Vec<Cow<'_, [u8]>> = Vec::with_capacity(raw.len());
-    let mut changed = false;
-    for e in &raw {
-        match check_ttl(ttl, e, now, for_read, name)? {
-            TtlRead::Live(user, refresh) => {
-                if refresh {
-                    changed = true;
-                    keep.push(Cow::Owned(restamp(now, user)));
-                } else {
-                    keep.push(Cow::Borrowed(e));
-                }
-                emit(if for_read { user } else { e })?;
-            }
-            TtlRead::Expired(user, visible) => {
-                changed = true;
-                if visible {
-                    emit(user)?;
-                }
-            }
-        }
-    }
-    if changed {
+    if let Some(keep) = check_list(ttl, &raw, now, for_read, name, emit)? {
         b.raw_list_replace(id, &keep)?;
     }
     Ok(())
@@ -364,14 +233,6 @@ impl<IN, ACC, OUT, N> MergeableState for AggregatingState<IN, ACC, OUT, N> {
             |a, v| f.merge(a, v),
         )
     }
-}
-
-fn namespace_bytes<H: State>(h: &H, ns: &H::Namespace) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    h.namespace_serializer()
-        .serialize(ns, &mut buf)
-        .map_err(|e| e.context(format!("namespace of state {:?}", h.name())))?;
-    Ok(buf)
 }
 
 /// Typed access to keyed state, for every [`KeyedStateBackend`].
@@ -642,31 +503,16 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
         let name = &*i.core.common.name;
         let id = state_id(self, i.core.slot, name)?;
         let ttl = i.core.common.ttl;
-        let now = stamp_time(self, ttl.as_ref()).unwrap_or(0);
+        let visit = MapVisitCtx {
+            user_key: &i.user_key,
+            value: &i.value,
+            ttl,
+            now: stamp_time(self, ttl.as_ref()).unwrap_or(0),
+            name,
+        };
         let mut refreshed: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         self.raw_map_for_each(id, &mut |uk, raw| {
-            let user = match &ttl {
-                None => raw,
-                Some(ttl) => {
-                    let (ts, user) = split_ttl_value(raw).map_err(|e| e.context(format!("state {name:?}")))?;
-                    if ttl.is_expired(ts, now) {
-                        if ttl.visibility() == TtlStateVisibility::ReturnExpiredIfNotCleanedUp {
-                            keep(&decode(&i.user_key, uk, name)?, &decode(&i.value, user, name)?);
-                        }
-                        return Ok(MapVisit::Remove);
-                    }
-                    user
-                }
-            };
-            let k = decode(&i.user_key, uk, name)?;
-            let v = decode(&i.value, user, name)?;
-            if !keep(&k, &v) {
-                return Ok(MapVisit::Remove);
-            }
-            if ttl.is_some_and(|t| t.update_type() == TtlUpdateType::OnReadAndWrite) {
-                refreshed.push((uk.to_vec(), restamp(now, user)));
-            }
-            Ok(MapVisit::Keep)
+            visit_map_entry(&visit, uk, raw, &mut keep, &mut refreshed)
         })?;
         for (uk, v) in refreshed {
             KeyedStateBackend::raw_map_put(self, id, &uk, &v)?;

@@ -3,9 +3,9 @@
 //!
 //! | who | where | what |
 //! |---|---|---|
-//! | engine authors | the crate root | state descriptors and typed state ([`ValueStateDescriptor`], [`ValueState`], ...), typed access ([`KeyedStateBackendExt`]), key groups ([`KeyGroupRange`]), TTL ([`StateTtlConfig`]), timers ([`TimerService`]), operator state ([`OperatorStateStore`]), serializers ([`Serializer`]), errors ([`Error`]), the two-phase snapshot ([`PendingSnapshot`]), the checkpoint store ([`CheckpointStore`]) and the storages' constructors ([`CheckpointStorage::in_memory`]) |
-//! | engine authors, for the details | [`keygroup`], [`serializer`], [`ttl`], [`timer`], [`descriptor`], [`operator`], [`lifecycle`] | everything of those topics, including what the root leaves out (clocks, shared-state registry, garbage collection, restore modes) |
-//! | backend implementers | [`backend`] | the [`KeyedStateBackend`] contract, the [`BackendCore`](backend::BackendCore) every backend shares, state registry types, the blocking-work runtime |
+//! | engine authors | the crate root | state descriptors and typed state ([`ValueStateDescriptor`], [`ValueState`], ...), typed access ([`KeyedStateBackendExt`]), asynchronous access in key order ([`KeyOrderedExecutor`], [`RecordCtx`], [`SyncAsAsync`]), key groups ([`KeyGroupRange`]), TTL ([`StateTtlConfig`]), timers ([`TimerService`]), operator state ([`OperatorStateStore`]), serializers ([`Serializer`]), errors ([`Error`]), the two-phase snapshot ([`PendingSnapshot`]), the checkpoint store ([`CheckpointStore`]) and the storages' constructors ([`CheckpointStorage::in_memory`]) |
+//! | engine authors, for the details | [`keygroup`], [`serializer`], [`ttl`], [`timer`], [`descriptor`], [`operator`], [`lifecycle`], [`asynchronous`] | everything of those topics, including what the root leaves out (clocks, shared-state registry, garbage collection, restore modes, the asynchronous backend contract) |
+//! | backend implementers | [`backend`] | the [`KeyedStateBackend`] contract, the [`BackendCore`](backend::BackendCore) every backend shares, state registry types, the blocking-work runtime; [`AsyncKeyedStateBackend`], which a backend with remote state implements natively (the others get it from [`SyncAsAsync`]) |
 //! | storage implementers | [`checkpoint`] | the [`BlobStore`](checkpoint::BlobStore) contract, the checkpoint layout over it, state handles and checkpoint metadata |
 //! | backend and storage implementers | [`runtime`] | blocking work off the async executor, on any executor |
 //! | tooling reading the files | [`format`](mod@format) | the on-disk formats: codec, envelope, canonical snapshot reader and writer |
@@ -33,11 +33,13 @@
 //! Each module's page has an example for its audience.
 
 mod access;
+pub mod asynchronous;
 pub mod descriptor;
 mod error;
 pub mod keygroup;
 pub mod serializer;
 mod snapshot;
+mod stored;
 pub mod timer;
 pub mod ttl;
 
@@ -49,6 +51,7 @@ pub mod operator;
 pub mod runtime;
 
 pub use access::{KeyedStateBackendExt, MergeableState};
+pub use asynchronous::{AsyncKeyedStateBackend, KeyOrderedExecutor, RecordCtx, SyncAsAsync};
 pub use backend::{BackendFactory, KeyedBackendConfig, KeyedStateBackend};
 pub use checkpoint::{CheckpointKind, CheckpointMetadata, CheckpointStorage, KeyedStateHandle};
 pub use descriptor::{

@@ -204,7 +204,12 @@ impl<N> TimerService<N> {
     }
 
     fn id<B: KeyedStateBackend + ?Sized>(&self, b: &B) -> Result<crate::descriptor::StateId> {
-        if self.0.slot.backend == b.backend_id() {
+        self.id_in(b.backend_id())
+    }
+
+    /// Its state id, if it was registered with the backend of id `backend`.
+    pub(crate) fn id_in(&self, backend: u64) -> Result<crate::descriptor::StateId> {
+        if self.0.slot.backend == backend {
             Ok(self.0.slot.id)
         } else {
             Err(Error::invalid(format!(
@@ -214,7 +219,8 @@ impl<N> TimerService<N> {
         }
     }
 
-    fn namespace_bytes(&self, namespace: &N) -> Result<Vec<u8>> {
+    /// `namespace`, serialized.
+    pub(crate) fn namespace_bytes(&self, namespace: &N) -> Result<Vec<u8>> {
         let mut ns = Vec::new();
         self.0
             .namespace
@@ -255,15 +261,21 @@ impl<N> TimerService<N> {
         let Some((timestamp, key, ns)) = b.raw_timer_poll(id, time)? else {
             return Ok(None);
         };
-        let ctx = |e: Error| e.context(format!("timer service {:?}: a fired timer", self.0.name));
-        let namespace = self.0.namespace.deserialize(&ns).map_err(ctx)?;
-        let key_value = b.key_serializer().deserialize(&key).map_err(ctx)?;
+        let (key_value, namespace) = self.decode_fired(b.key_serializer(), &key, &ns)?;
         b.set_current_key_bytes(&key)?;
         Ok(Some(Timer {
             timestamp,
             key: key_value,
             namespace,
         }))
+    }
+
+    /// The key and namespace of a fired timer, decoded.
+    pub(crate) fn decode_fired<K>(&self, keys: &SharedSerializer<K>, key: &[u8], ns: &[u8]) -> Result<(K, N)> {
+        let ctx = |e: Error| e.context(format!("timer service {:?}: a fired timer", self.0.name));
+        let namespace = self.0.namespace.deserialize(ns).map_err(ctx)?;
+        let key = keys.deserialize(key).map_err(ctx)?;
+        Ok((key, namespace))
     }
 
     /// Fires every timer due at `time`: removes and returns, in order,
@@ -300,7 +312,8 @@ impl<N> TimerService<N> {
         self.advance(b, time)
     }
 
-    fn check_domain(&self, want: TimeDomain) -> Result<()> {
+    /// Refuses a service that does not run on `want`.
+    pub(crate) fn check_domain(&self, want: TimeDomain) -> Result<()> {
         if self.0.domain == want {
             Ok(())
         } else {

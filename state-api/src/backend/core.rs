@@ -221,6 +221,14 @@ impl<K, S> BackendCore<K, S> {
         self.current.set_bytes(key, c.key_group_range, c.max_parallelism)
     }
 
+    /// Makes the serialized `key`, of `key_group` (computed before), current
+    /// without hashing it again. On error (a key group outside the
+    /// backend's) no key is current.
+    #[inline]
+    pub fn set_current_key_located(&mut self, key: &[u8], key_group: u32) -> Result<()> {
+        self.current.set_located(key, key_group, self.config.key_group_range)
+    }
+
     /// The current key, its key group and `state` with its namespace: what
     /// a state operation needs. Fails without a current key or for an
     /// unknown state.

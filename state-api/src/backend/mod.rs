@@ -156,14 +156,20 @@ impl CurrentKey {
         self.locate(range, max_parallelism)
     }
 
+    /// Makes the serialized `key`, already known to be of `key_group`,
+    /// current, without hashing it again; `key_group` must be in `range`.
+    pub fn set_located(&mut self, key: &[u8], key_group: u32, range: KeyGroupRange) -> Result<()> {
+        self.bytes.clear();
+        self.bytes.extend_from_slice(key);
+        self.key_group = None;
+        check_key_group(key_group, range)?;
+        self.key_group = Some(key_group);
+        Ok(())
+    }
+
     fn locate(&mut self, range: KeyGroupRange, max_parallelism: u32) -> Result<u32> {
-        let kg = crate::keygroup::key_group_for_key_bytes(&self.bytes, max_parallelism);
-        if !range.contains(kg) {
-            self.key_group = None;
-            return Err(Error::invalid(format!(
-                "key of key group {kg} is outside this backend's key groups {range}"
-            )));
-        }
+        self.key_group = None;
+        let kg = locate_key(&self.bytes, range, max_parallelism)?;
         self.key_group = Some(kg);
         Ok(kg)
     }
@@ -195,6 +201,23 @@ impl CurrentKey {
                 "no current key: call set_current_key before accessing state",
             )),
         }
+    }
+}
+
+/// The key group of the serialized key `key`, which must be in `range`.
+pub(crate) fn locate_key(key: &[u8], range: KeyGroupRange, max_parallelism: u32) -> Result<u32> {
+    let kg = crate::keygroup::key_group_for_key_bytes(key, max_parallelism);
+    check_key_group(kg, range)?;
+    Ok(kg)
+}
+
+fn check_key_group(kg: u32, range: KeyGroupRange) -> Result<()> {
+    if range.contains(kg) {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "key of key group {kg} is outside this backend's key groups {range}"
+        )))
     }
 }
 
@@ -495,6 +518,14 @@ pub trait KeyedStateBackend: Send {
     /// Sets the current key from its serialized bytes.
     fn set_current_key_bytes(&mut self, key: &[u8]) -> Result<()> {
         let key_group = self.core_mut().set_current_key_bytes(key)?;
+        self.current_key_changed(key_group)
+    }
+    /// Sets the current key from its serialized bytes and its key group,
+    /// computed before (an asynchronous request carries both), without
+    /// hashing the key again.
+    #[inline]
+    fn set_current_key_located(&mut self, key: &[u8], key_group: u32) -> Result<()> {
+        self.core_mut().set_current_key_located(key, key_group)?;
         self.current_key_changed(key_group)
     }
     /// The serialized current key, if one is set.
