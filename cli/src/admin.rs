@@ -526,6 +526,7 @@ pub async fn inspect(args: InspectArgs) -> Result<Outcome> {
                     format: match i.format {
                         NativeFormat::RocksDb => "incremental",
                         NativeFormat::HeapChain => "heap-chain",
+                        NativeFormat::SlateDb => "slatedb",
                     },
                     key_groups: i.range.to_string(),
                     files: i

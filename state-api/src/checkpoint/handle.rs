@@ -222,6 +222,10 @@ pub enum NativeFormat {
     /// The heap backend's chains of key-group frames: a base and the deltas
     /// on top of it per key group (docs/format.md, "Heap chains").
     HeapChain,
+    /// A reference to a SlateDB checkpoint of the disaggregated backend's
+    /// database in object storage: no files of its own (docs/format.md,
+    /// "SlateDB checkpoints").
+    SlateDb,
 }
 
 impl NativeFormat {
@@ -230,6 +234,7 @@ impl NativeFormat {
         match self {
             NativeFormat::RocksDb => "RocksDB",
             NativeFormat::HeapChain => "heap",
+            NativeFormat::SlateDb => "SlateDB",
         }
     }
 }
@@ -336,6 +341,7 @@ impl KeyedStateHandle {
                 out.push(match h.format {
                     NativeFormat::RocksDb => 2,
                     NativeFormat::HeapChain => 3,
+                    NativeFormat::SlateDb => 4,
                 });
                 put_varint(out, u64::from(h.range.start()));
                 put_varint(out, u64::from(h.range.end()));
@@ -378,11 +384,11 @@ impl KeyedStateHandle {
                     stream,
                 }))
             }
-            tag @ (2 | 3) => {
-                let format = if tag == 2 {
-                    NativeFormat::RocksDb
-                } else {
-                    NativeFormat::HeapChain
+            tag @ (2..=4) => {
+                let format = match tag {
+                    2 => NativeFormat::RocksDb,
+                    3 => NativeFormat::HeapChain,
+                    _ => NativeFormat::SlateDb,
                 };
                 let start = r.varint_u32("key-group range start")?;
                 let end = r.varint_u32("key-group range end")?;
@@ -483,6 +489,22 @@ mod tests {
             let e = KeyedStateHandle::from_bytes(&bytes.slice(..bytes.len() - 1), "subtask 0").unwrap_err();
             assert!(e.to_string().contains("subtask 0"), "{e}");
         }
+    }
+
+    #[test]
+    fn slatedb_handles_travel_with_tag_4() {
+        let h = KeyedStateHandle::Incremental(IncrementalStateHandle {
+            format: NativeFormat::SlateDb,
+            range: KeyGroupRange::new(0, 2).unwrap(),
+            backend_id: "d".into(),
+            checkpoint_id: 1,
+            shared: Vec::new(),
+            private: Vec::new(),
+            meta: StreamStateHandle::Inline(Bytes::from_static(b"m")),
+        });
+        let bytes = h.to_bytes();
+        assert_eq!(bytes, [4, 0, 2, 1, b'd', 1, 0, 0, 1, 1, b'm']);
+        assert_eq!(KeyedStateHandle::from_bytes(&Bytes::from(bytes), "s").unwrap(), h);
     }
 
     #[test]
