@@ -1,0 +1,159 @@
+//! How the backend opens its databases.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowstate_api::checkpoint::validate_relative_path;
+use flowstate_api::{Error, Result};
+use object_store::ObjectStore;
+use slatedb::config::{GarbageCollectorOptions, Settings};
+use slatedb::db_cache::DbCache;
+
+/// The memtable size that triggers an L0 flush by default: 64 MiB.
+pub const DEFAULT_L0_SST_SIZE: usize = 64 << 20;
+/// Unflushed bytes above which writes wait, by default: 256 MiB (SlateDB's
+/// own default, 1 GiB, is too much for many subtasks on one machine).
+pub const DEFAULT_MAX_UNFLUSHED_BYTES: usize = 256 << 20;
+
+/// Where and how the SlateDB backend keeps its databases.
+///
+/// Every backend instance (a new one or a restored one) opens a database of
+/// its own at a fresh path, `<base path>/<uuid>`, in `object_store`. The
+/// base path is usually `<job>/slatedb/<operator id>`: apart from the
+/// checkpoint storage's `chk-*/`, `shared/` and `taskowned/`, whose
+/// garbage collection never touches it.
+///
+/// The write-ahead log is always off: state between checkpoints is
+/// recomputed from the source after a failure, as in Flink, and only
+/// databases without WAL data can be cloned with a projection or from
+/// several sources (what rescaling needs).
+#[derive(Clone)]
+pub struct SlateDbOptions {
+    pub(crate) object_store: Arc<dyn ObjectStore>,
+    pub(crate) base_path: String,
+    pub(crate) flush_interval: Option<Duration>,
+    pub(crate) l0_sst_size_bytes: usize,
+    pub(crate) max_unflushed_bytes: usize,
+    pub(crate) boundary_files: bool,
+    pub(crate) cache: Option<Arc<dyn DbCache>>,
+    pub(crate) retained_checkpoints: usize,
+}
+
+impl fmt::Debug for SlateDbOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlateDbOptions")
+            .field("object_store", &format_args!("{}", self.object_store))
+            .field("base_path", &self.base_path)
+            .field("flush_interval", &self.flush_interval)
+            .field("l0_sst_size_bytes", &self.l0_sst_size_bytes)
+            .field("max_unflushed_bytes", &self.max_unflushed_bytes)
+            .field("boundary_files", &self.boundary_files)
+            .field("shared_cache", &self.cache.is_some())
+            .field("retained_checkpoints", &self.retained_checkpoints)
+            .finish()
+    }
+}
+
+impl SlateDbOptions {
+    /// Databases under `base_path` (relative, `/`-separated, e.g.
+    /// `job-1/slatedb/window-op`) in `object_store`, with the defaults:
+    /// 100 ms memtable checks, 64 MiB L0 files, 256 MiB of unflushed
+    /// bytes, no block cache, one retained checkpoint.
+    pub fn new(object_store: Arc<dyn ObjectStore>, base_path: impl Into<String>) -> Result<Self> {
+        let base_path = base_path.into();
+        validate_relative_path(&base_path).map_err(|e| e.context(format!("SlateDB base path {base_path:?}")))?;
+        Ok(SlateDbOptions {
+            object_store,
+            base_path,
+            flush_interval: Some(Duration::from_millis(100)),
+            l0_sst_size_bytes: DEFAULT_L0_SST_SIZE,
+            max_unflushed_bytes: DEFAULT_MAX_UNFLUSHED_BYTES,
+            boundary_files: true,
+            cache: None,
+            retained_checkpoints: 1,
+        })
+    }
+
+    /// The object store.
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.object_store
+    }
+
+    /// The path the databases are created under.
+    pub fn base_path(&self) -> &str {
+        &self.base_path
+    }
+
+    /// The memtable size that triggers a flush to an L0 file.
+    pub fn with_l0_sst_size(mut self, bytes: usize) -> Self {
+        self.l0_sst_size_bytes = bytes;
+        self
+    }
+
+    /// Unflushed bytes above which writes wait for a flush.
+    pub fn with_max_unflushed_bytes(mut self, bytes: usize) -> Self {
+        self.max_unflushed_bytes = bytes;
+        self
+    }
+
+    /// How often the memtable size is checked (`None`: only at checkpoints
+    /// and when it is full).
+    pub fn with_flush_interval(mut self, interval: Option<Duration>) -> Self {
+        self.flush_interval = interval;
+        self
+    }
+
+    /// One block and metadata cache shared by every database these options
+    /// open (each under an id of its own), e.g. SlateDB's `FoyerCache` or
+    /// `FoyerHybridCache` (memory plus local disk). Without one, reads
+    /// are not cached.
+    pub fn with_cache(mut self, cache: Arc<dyn DbCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Whether SlateDB's garbage collector writes boundary files, which need
+    /// conditional overwrites. Turn them off on a local filesystem, whose
+    /// object store cannot overwrite conditionally (the collector would
+    /// fail, silently, after its first pass). Every process opening a
+    /// database must use the same value.
+    pub fn with_boundary_files(mut self, enabled: bool) -> Self {
+        self.boundary_files = enabled;
+        self
+    }
+
+    /// How many completed checkpoints of a database keep their SlateDB
+    /// checkpoint: older ones are deleted when a newer checkpoint completes,
+    /// so SlateDB may collect the files only they kept. At least 1; use as
+    /// many as the checkpoint store retains.
+    pub fn with_retained_checkpoints(mut self, n: usize) -> Result<Self> {
+        if n == 0 {
+            return Err(Error::invalid(
+                "SlateDB backend: at least one checkpoint must be retained",
+            ));
+        }
+        self.retained_checkpoints = n;
+        Ok(self)
+    }
+
+    /// The SlateDB settings of every database: WAL off, the sizes above.
+    pub(crate) fn settings(&self) -> Settings {
+        Settings {
+            wal_enabled: false,
+            flush_interval: self.flush_interval,
+            l0_sst_size_bytes: self.l0_sst_size_bytes,
+            max_unflushed_bytes: self.max_unflushed_bytes,
+            garbage_collector_options: Some(GarbageCollectorOptions {
+                boundary_files_enabled: self.boundary_files,
+                ..GarbageCollectorOptions::default()
+            }),
+            ..Settings::default()
+        }
+    }
+
+    /// The path of the database `uuid`.
+    pub(crate) fn db_path(&self, uuid: &str) -> String {
+        format!("{}/{uuid}", self.base_path)
+    }
+}
