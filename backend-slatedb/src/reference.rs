@@ -83,3 +83,69 @@ pub fn decode_meta(data: &[u8], source: &str) -> Result<(SnapshotHeader, SlateDb
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowstate_api::serializer::default_serializer;
+    use flowstate_api::KeyGroupRange;
+
+    fn sample() -> (SnapshotHeader, SlateDbCheckpointRef) {
+        let header = SnapshotHeader {
+            range: KeyGroupRange::new(0, 2).unwrap(),
+            max_parallelism: 2,
+            key_serializer: default_serializer::<u64>().id(),
+            states: Vec::new(),
+            compressed: false,
+        };
+        let reference = SlateDbCheckpointRef {
+            db_path: "j/slatedb/o/d".into(),
+            checkpoint: [0x11; 16],
+            manifest_id: 7,
+        };
+        (header, reference)
+    }
+
+    /// The test vector of docs/format.md, "SlateDB checkpoints".
+    #[test]
+    fn the_reference_envelope_matches_the_documented_bytes() {
+        let (header, reference) = sample();
+        let bytes = encode_meta(&header, &reference);
+        let envelope = &bytes[header.encode().len()..];
+        let hex: String = envelope.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "46535344010000001f000000e7efa4ca0d6a2f736c61746564622f6f2f641111111111111111111111111111111107"
+        );
+        assert_eq!(decode_meta(&bytes, "t").unwrap(), (header, reference));
+    }
+
+    #[test]
+    fn damaged_metadata_is_refused() {
+        let (header, reference) = sample();
+        let bytes = encode_meta(&header, &reference);
+        let n = bytes.len();
+        for (bad, kind) in [
+            (bytes[..n - 1].to_vec(), flowstate_api::ErrorKind::Corrupted),
+            ([&bytes[..], &[0]].concat(), flowstate_api::ErrorKind::Corrupted),
+            (header.encode(), flowstate_api::ErrorKind::Corrupted),
+            (b"garbage".to_vec(), flowstate_api::ErrorKind::Corrupted),
+        ] {
+            let e = decode_meta(&bad, "handle x").unwrap_err();
+            assert_eq!(e.kind(), kind, "{e}");
+            assert!(e.to_string().contains("handle x"), "{e}");
+        }
+        let mut flipped = bytes.clone();
+        flipped[n - 3] ^= 1;
+        assert_eq!(
+            decode_meta(&flipped, "h").unwrap_err().kind(),
+            flowstate_api::ErrorKind::Corrupted
+        );
+        let escaping = SlateDbCheckpointRef {
+            db_path: "../elsewhere".into(),
+            ..reference
+        };
+        let e = decode_meta(&encode_meta(&header, &escaping), "h").unwrap_err();
+        assert_eq!(e.kind(), flowstate_api::ErrorKind::Corrupted, "{e}");
+    }
+}
