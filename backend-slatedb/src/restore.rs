@@ -16,6 +16,7 @@ use bytes::Bytes;
 use flowstate_api::checkpoint::{check_restore_handles, KeyedStateHandle, NativeFormat, StateReader};
 use flowstate_api::format::canonical::{check_compatible, SnapshotHeader};
 use flowstate_api::{Error, KeyGroupRange, KeyedBackendConfig, Result};
+use futures::StreamExt;
 use slatedb::admin::AdminBuilder;
 use slatedb::CloneSourceSpec;
 
@@ -112,6 +113,20 @@ pub(crate) async fn clone_sources(options: &SlateDbOptions, path: &str, plan: &P
     let store = &options.object_store;
     for s in &plan.sources {
         let r = &s.reference;
+        let manifests = object_store::path::Path::from(format!("{}/manifest", r.db_path));
+        let first = store.list(Some(&manifests)).next().await.transpose().map_err(|e| {
+            Error::new(
+                flowstate_api::ErrorKind::Unavailable,
+                format!("restoring from {}: listing the database's manifests: {e}", r.describe()),
+            )
+            .with_source(e)
+        })?;
+        if first.is_none() {
+            return Err(Error::not_found(format!(
+                "restoring from {}: the database does not exist (no manifest under {manifests})",
+                r.describe()
+            )));
+        }
         let admin = AdminBuilder::new(r.db_path.as_str(), Arc::clone(store)).build();
         let listed = admin.list_checkpoints(None).await.map_err(slate_err(|| {
             format!("restoring from {}: listing its checkpoints", r.describe())
