@@ -48,7 +48,7 @@ pub(crate) fn encode_meta(header: &SnapshotHeader, reference: &SlateDbCheckpoint
     out
 }
 
-/// Reads a metadata stream written by [`encode_meta`]; `source` names it
+/// Reads a metadata stream (header, then reference); `source` names it
 /// in errors. Anything malformed is `Corrupted`, a later version
 /// `Unsupported`.
 pub fn decode_meta(data: &[u8], source: &str) -> Result<(SnapshotHeader, SlateDbCheckpointRef)> {
