@@ -149,6 +149,73 @@ fn backend<B: KeyedStateBackend<Key = u64>>(name: &str, mut b: B, scale: usize) 
     Ok(())
 }
 
+/// value.get and value.update as records of a [`KeyOrderedExecutor`] over
+/// `b` behind [`SyncAsAsync`]: the asynchronous face's cost over the
+/// synchronous one (each batch of records is drained before the next).
+fn through_executor<B: KeyedStateBackend<Key = u64> + 'static>(name: &str, mut b: B, scale: usize) -> Result<()> {
+    use std::sync::Arc;
+    let (mut inputs, key_space) = Inputs::new(scale);
+    let value = b.register(ValueStateDescriptor::<u64>::new("w1-value"))?;
+    for k in 0..key_space {
+        b.set_current_key(&k)?;
+        b.update(&value, k)?;
+    }
+    b.compact()?;
+    let backend = Arc::new(SyncAsAsync::new(b));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| Error::io("a runtime", e))?;
+    runtime.block_on(async {
+        let mut executor =
+            KeyOrderedExecutor::new(backend, KeyOrderedExecutor::<SyncAsAsync<B>>::DEFAULT_MAX_IN_FLIGHT)?;
+        for (metric, update) in [("value.get", false), ("value.update", true)] {
+            let mut i = inputs.i;
+            run_records(&mut executor, &inputs, &mut i, inputs.warmup, update, &value).await?;
+            let (ops, elapsed) = run_records(&mut executor, &inputs, &mut i, inputs.measure, update, &value).await?;
+            inputs.i = i;
+            emit("W1", name, metric, ops as f64 / (elapsed.as_secs_f64() * 1e3), "ops/ms");
+        }
+        Ok(())
+    })
+}
+
+/// Submits records of `value.get` (or `value.update`) in batches, each
+/// drained, until `d` has passed; returns the records and the time.
+async fn run_records<'a, B: KeyedStateBackend<Key = u64> + 'static>(
+    executor: &mut KeyOrderedExecutor<'a, SyncAsAsync<B>>,
+    inputs: &Inputs,
+    i: &mut usize,
+    d: Duration,
+    update: bool,
+    value: &'a ValueState<u64>,
+) -> Result<(u64, Duration)> {
+    let n = inputs.keys.len();
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed() < d {
+        for _ in 0..BATCH {
+            let s = *i % n;
+            let (k, v) = (inputs.keys[s], inputs.values[s]);
+            if update {
+                executor
+                    .submit(&k, move |ctx| async move { ctx.update(value, v).await })
+                    .await?;
+            } else {
+                executor
+                    .submit(&k, move |ctx| async move {
+                        black_box(ctx.value(value).await?);
+                        Ok(())
+                    })
+                    .await?;
+            }
+            *i += 1;
+        }
+        executor.drain().await?;
+        ops += BATCH as u64;
+    }
+    Ok((ops, start.elapsed()))
+}
+
 fn config() -> Result<KeyedBackendConfig<u64>> {
     Ok(KeyedBackendConfig::<u64>::new(KeyGroupRange::all(128)?, 128))
 }
@@ -237,16 +304,21 @@ fn raw_hashmap(scale: usize) -> Result<()> {
     Ok(())
 }
 
-/// Runs W1 for every backend and limit.
+/// Runs W1 for every backend and limit, and the value operations of each
+/// backend through the asynchronous face (`heap-async`, `rocksdb-async`).
 /// `only`: `heap` or `rocksdb` runs that backend and its limit alone.
 pub fn run(scale: usize, only: Option<&str>) -> Result<()> {
     if only.is_none_or(|o| o == "heap") {
         heap(scale)?;
         raw_hashmap(scale)?;
+        through_executor("heap-async", HeapBackend::new(config()?)?, scale)?;
     }
     if only.is_none_or(|o| o == "rocksdb") {
         rocksdb(scale)?;
         raw_rocksdb(scale)?;
+        let dir = tempfile::tempdir().map_err(|e| Error::io("a temporary directory", e))?;
+        let b = RocksDbBackend::new(config()?, rocks_options(dir.path()))?;
+        through_executor("rocksdb-async", b, scale)?;
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::serializer::SharedSerializer;
 use crate::stored::{
     self, check_entry, check_list, decode, encode_all, encode_into, namespace_bytes, visit_map_entry, Checked,
-    MapVisitCtx,
+    EncodedEntries, MapVisitCtx,
 };
 use crate::ttl::StateTtlConfig;
 
@@ -452,17 +452,8 @@ pub trait KeyedStateBackendExt: KeyedStateBackend + Sized {
         let id = state_id(self, i.core.slot, name)?;
         let stamp = stamp_time(self, i.core.common.ttl.as_ref());
         // Every user key and value in one buffer, then one write of all of them.
-        let mut buf = Vec::new();
-        let mut bounds = Vec::new();
-        for (k, v) in entries {
-            let start = buf.len();
-            encode_into(&mut buf, &i.user_key, k.borrow(), None, name)?;
-            let split = buf.len();
-            encode_into(&mut buf, &i.value, v.borrow(), stamp, name)?;
-            bounds.push((start, split, buf.len()));
-        }
-        let pairs: Vec<(&[u8], &[u8])> = bounds.iter().map(|&(a, b, c)| (&buf[a..b], &buf[b..c])).collect();
-        KeyedStateBackend::raw_map_put_all(self, id, &pairs)
+        let encoded = EncodedEntries::new(&i.user_key, &i.value, entries, stamp, name)?;
+        KeyedStateBackend::raw_map_put_all(self, id, &encoded.pairs())
     }
 
     /// Removes an entry.

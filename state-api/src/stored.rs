@@ -55,6 +55,48 @@ pub(crate) fn encode_into<T>(
         .map_err(|e| e.context(format!("state {name:?}")))
 }
 
+/// Map entries encoded into one buffer: each user key, then its value
+/// (after a TTL timestamp if stamped).
+pub(crate) struct EncodedEntries {
+    buf: Vec<u8>,
+    /// Start of the user key, of the value, and end, of each entry.
+    bounds: Vec<(usize, usize, usize)>,
+}
+
+impl EncodedEntries {
+    /// Encodes every entry, in order.
+    pub(crate) fn new<UK, UV, K2, V2>(
+        user_key: &SharedSerializer<UK>,
+        value: &SharedSerializer<UV>,
+        entries: impl IntoIterator<Item = (K2, V2)>,
+        stamp: Option<u64>,
+        name: &str,
+    ) -> Result<Self>
+    where
+        K2: Borrow<UK>,
+        V2: Borrow<UV>,
+    {
+        let mut buf = Vec::new();
+        let mut bounds = Vec::new();
+        for (k, v) in entries {
+            let start = buf.len();
+            encode_into(&mut buf, user_key, k.borrow(), None, name)?;
+            let split = buf.len();
+            encode_into(&mut buf, value, v.borrow(), stamp, name)?;
+            bounds.push((start, split, buf.len()));
+        }
+        Ok(EncodedEntries { buf, bounds })
+    }
+
+    /// The (user key, value) pairs.
+    pub(crate) fn pairs(&self) -> Vec<(&[u8], &[u8])> {
+        self.bounds
+            .iter()
+            .map(|&(a, b, c)| (&self.buf[a..b], &self.buf[b..c]))
+            .collect()
+    }
+}
+
 /// Encodes each element on its own.
 pub(crate) fn encode_all<T, I>(
     ser: &SharedSerializer<T>,

@@ -45,6 +45,7 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A test suite: failures are panics.
 
+pub mod asynchronous;
 pub mod blob;
 pub mod compat;
 pub mod concurrent;
@@ -248,6 +249,9 @@ macro_rules! contracts {
 
 contracts! {
     backend {
+        asynchronous [] {
+            async_face_equals_sync_face, executor_orders_records_per_key_and_snapshots_at_barriers,
+        }
         keyed [] {
             value_absent_reads_none_or_default, value_update_get_clear, value_states_are_independent,
             list_add_get_update_clear, list_update_empty_clears_and_add_all_empty_is_noop,

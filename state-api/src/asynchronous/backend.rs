@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::backend::{locate_key, BackendCapabilities, MapVisit, RawTimer};
+use crate::backend::{check_key_group, BackendCapabilities, MapVisit, RawTimer};
 use crate::checkpoint::CheckpointLocation;
 use crate::descriptor::{StateDescriptor, StateId};
 use crate::error::Result;
@@ -19,10 +19,27 @@ use crate::ttl::SharedClock;
 /// A record's key, serialized once, with its key group computed once: what
 /// every request of the record carries instead of a backend-wide current
 /// key. Cheap to clone.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct KeyRef {
     bytes: Bytes,
     key_group: u32,
+    /// The MurmurHash3 of the bytes (the key group's hash), which is what
+    /// hashing a `KeyRef` feeds: the bytes are hashed once.
+    hash: u32,
+}
+
+impl PartialEq for KeyRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for KeyRef {}
+
+impl std::hash::Hash for KeyRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u32(self.hash);
+    }
 }
 
 impl KeyRef {
@@ -40,8 +57,10 @@ impl KeyRef {
     /// The serialized key `bytes`, whose key group must be one of `backend`'s.
     pub fn from_bytes<B: AsyncKeyedStateBackend>(backend: &B, bytes: impl Into<Bytes>) -> Result<Self> {
         let bytes = bytes.into();
-        let key_group = locate_key(&bytes, backend.key_group_range(), backend.max_parallelism())?;
-        Ok(KeyRef { bytes, key_group })
+        let hash = crate::keygroup::murmur3_32(&bytes, 0);
+        let key_group = hash % backend.max_parallelism();
+        check_key_group(key_group, backend.key_group_range())?;
+        Ok(KeyRef { bytes, key_group, hash })
     }
 
     /// The serialized key.

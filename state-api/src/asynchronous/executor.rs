@@ -4,6 +4,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::{poll_fn, Future};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -102,7 +103,7 @@ pub struct KeyOrderedExecutor<'a, B: AsyncKeyedStateBackend> {
     max_in_flight: usize,
     /// The running record of each key that has unfinished records.
     running: FuturesUnordered<Running<'a>>,
-    keys: HashMap<KeyRef, KeyQueue<'a>>,
+    keys: HashMap<KeyRef, KeyQueue<'a>, BuildHasherDefault<KeyHasher>>,
     /// Unfinished records, and unfinished timer records, admitted.
     records: usize,
     timers: usize,
@@ -143,7 +144,7 @@ impl<'a, B: AsyncKeyedStateBackend> KeyOrderedExecutor<'a, B> {
             backend,
             max_in_flight,
             running: FuturesUnordered::new(),
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             records: 0,
             timers: 0,
             next_seq: 0,
@@ -462,6 +463,28 @@ impl<'a, B: AsyncKeyedStateBackend> KeyOrderedExecutor<'a, B> {
                  running record(s) wait so"
             )),
             None => Error::internal("the executor waits for records, but none is running"),
+        }
+    }
+}
+
+/// Hashes a [`KeyRef`], which feeds the MurmurHash3 it already holds: one
+/// multiplication spreads it over the 64 bits the map takes its buckets and
+/// tags from, instead of hashing the key's bytes again.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u32(&mut self, hash: u32) {
+        self.0 = (self.0 ^ u64::from(hash)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u32(u32::from(b));
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::serializer::SharedSerializer;
 use crate::stored::{
     self, check_entry, check_list, decode, encode_all, encode_into, namespace_bytes, stamp_time, visit_map_entry,
-    Checked, MapVisitCtx,
+    Checked, EncodedEntries, MapVisitCtx,
 };
 use crate::timer::TimerService;
 use crate::ttl::StateTtlConfig;
@@ -355,17 +355,8 @@ impl<B: AsyncKeyedStateBackend> RecordCtx<B> {
         let id = self.state_id(i.core.slot, name)?;
         let stamp = stamp_time(self.backend.clock(), i.core.common.ttl.as_ref());
         // Every user key and value in one buffer, then one write of all of them.
-        let mut buf = Vec::new();
-        let mut bounds = Vec::new();
-        for (k, v) in entries {
-            let start = buf.len();
-            encode_into(&mut buf, &i.user_key, k.borrow(), None, name)?;
-            let split = buf.len();
-            encode_into(&mut buf, &i.value, v.borrow(), stamp, name)?;
-            bounds.push((start, split, buf.len()));
-        }
-        let pairs: Vec<(&[u8], &[u8])> = bounds.iter().map(|&(a, b, c)| (&buf[a..b], &buf[b..c])).collect();
-        self.backend.map_put_all(self.target(id), &pairs).await
+        let encoded = EncodedEntries::new(&i.user_key, &i.value, entries, stamp, name)?;
+        self.backend.map_put_all(self.target(id), &encoded.pairs()).await
     }
 
     /// Removes an entry.

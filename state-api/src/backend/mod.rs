@@ -211,7 +211,7 @@ pub(crate) fn locate_key(key: &[u8], range: KeyGroupRange, max_parallelism: u32)
     Ok(kg)
 }
 
-fn check_key_group(kg: u32, range: KeyGroupRange) -> Result<()> {
+pub(crate) fn check_key_group(kg: u32, range: KeyGroupRange) -> Result<()> {
     if range.contains(kg) {
         Ok(())
     } else {
