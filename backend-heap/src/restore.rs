@@ -76,10 +76,12 @@ impl<K> HeapBackend<K> {
             }
         }
         let KeyedStateHandle::KeyGroups(h) = handle else {
+            let remedy = match handle {
+                KeyedStateHandle::Incremental(h) => h.format.remedy(),
+                _ => NativeFormat::RocksDb.remedy(),
+            };
             return Err(Error::incompatible(format!(
-                "the heap backend cannot restore {}: it restores canonical snapshots and its own chains only; \
-                 restore native RocksDB snapshots into the RocksDB backend, or turn this one into a canonical \
-                 savepoint with `flowstate savepoint convert`",
+                "the heap backend cannot restore {}: it restores canonical snapshots and its own chains only; {remedy}",
                 describe_native(handle)
             )));
         };

@@ -107,14 +107,12 @@ impl<K: 'static> RocksDbBackend<K> {
             .find(|h| matches!(h, KeyedStateHandle::Incremental(h) if h.format != NativeFormat::RocksDb))
         {
             return Err(Error::incompatible(format!(
-                "the RocksDB backend cannot restore the native {} checkpoint {} of backend {} (key groups {}): \
-                 restore it into the {} backend, or turn it into a canonical savepoint with `flowstate savepoint \
-                 convert`",
+                "the RocksDB backend cannot restore the native {} checkpoint {} of backend {} (key groups {}): {}",
                 h.format.backend(),
                 h.checkpoint_id,
                 h.backend_id,
                 h.range,
-                h.format.backend()
+                h.format.remedy()
             )));
         }
         let incremental: Vec<&IncrementalStateHandle> = overlapping

@@ -237,6 +237,19 @@ impl NativeFormat {
             NativeFormat::SlateDb => "SlateDB",
         }
     }
+
+    /// What to do with a checkpoint of this format that another backend
+    /// cannot restore, for messages.
+    pub fn remedy(self) -> String {
+        match self {
+            NativeFormat::SlateDb => "restore it into the SlateDB backend".to_string(),
+            f => format!(
+                "restore it into the {} backend, or turn it into a canonical savepoint with `flowstate savepoint \
+                 convert`",
+                f.backend()
+            ),
+        }
+    }
 }
 
 /// An incremental snapshot of a native backend: immutable files shared
@@ -489,6 +502,21 @@ mod tests {
             let e = KeyedStateHandle::from_bytes(&bytes.slice(..bytes.len() - 1), "subtask 0").unwrap_err();
             assert!(e.to_string().contains("subtask 0"), "{e}");
         }
+    }
+
+    #[test]
+    fn only_files_of_their_own_are_offered_a_conversion() {
+        for f in [NativeFormat::RocksDb, NativeFormat::HeapChain] {
+            assert!(
+                f.remedy().contains(f.backend()) && f.remedy().contains("savepoint convert"),
+                "{f:?}"
+            );
+        }
+        let slatedb = NativeFormat::SlateDb.remedy();
+        assert!(
+            slatedb.contains("SlateDB backend") && !slatedb.contains("convert"),
+            "{slatedb}"
+        );
     }
 
     #[test]
