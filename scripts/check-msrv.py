@@ -11,7 +11,9 @@ import sys
 
 
 def version(v):
-    return tuple(int(x) for x in v.split("."))
+    """`1.89` and `1.89.0` are the same version."""
+    parts = [int(x) for x in v.split(".")]
+    return tuple(parts + [0] * (3 - len(parts)))
 
 
 host = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout

@@ -10,6 +10,8 @@
 //! asks it to drop expired elements.
 
 use flowstate_api::format::codec::{put_varint, Reader};
+pub use flowstate_api::format::keys::{elements, for_each_element, pack, prefix_end};
+use flowstate_api::format::keys::{put_escaped, read_escaped};
 use flowstate_api::{Error, Result};
 
 /// The 2-byte big-endian key-group prefix.
@@ -66,50 +68,6 @@ pub fn decode_key<'a>(raw: &'a [u8], what: &str) -> Result<DecodedKey<'a>> {
     })
 }
 
-/// The smallest key greater than every key starting with `prefix`, if any.
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
-/// Appends one list element.
-#[inline]
-pub fn pack(out: &mut Vec<u8>, element: &[u8]) {
-    put_varint(out, element.len() as u64);
-    out.extend_from_slice(element);
-}
-
-/// Calls `f` with each element of a packed list, in order (nothing is
-/// collected); `what` names the state in errors.
-#[inline]
-pub fn for_each_element(packed: &[u8], what: &str, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-    let mut r = Reader::new(packed);
-    while !r.is_empty() {
-        f(r.bytes("list element")
-            .map_err(|e| e.context(format!("state {what}: malformed list")))?)?;
-    }
-    Ok(())
-}
-
-/// The elements of a packed list; `what` names the state in errors.
-pub fn elements<'a>(packed: &'a [u8], what: &str) -> Result<Vec<&'a [u8]>> {
-    let mut r = Reader::new(packed);
-    let mut out = Vec::new();
-    while !r.is_empty() {
-        out.push(
-            r.bytes("list element")
-                .map_err(|e| e.context(format!("state {what}: malformed list")))?,
-        );
-    }
-    Ok(out)
-}
-
 /// Appends the RocksDB key of a timer: `key group (u16 big-endian) |
 /// timestamp (sign bit flipped, big-endian) | escaped key | namespace`. The
 /// key is escaped (`00` as `00 ff`, then the terminator `00 01`) so that
@@ -119,13 +77,7 @@ pub fn timer_key(out: &mut Vec<u8>, kg: u32, timestamp: i64, key: &[u8], namespa
     out.clear();
     out.extend_from_slice(&kg_prefix(kg));
     out.extend_from_slice(&flowstate_api::format::codec::encode_timestamp(timestamp));
-    for &b in key {
-        out.push(b);
-        if b == 0 {
-            out.push(0xff);
-        }
-    }
-    out.extend_from_slice(&[0, 1]);
+    put_escaped(out, key);
     out.extend_from_slice(namespace);
 }
 
@@ -151,30 +103,12 @@ pub fn decode_timer_key(raw: &[u8], what: &str) -> Result<DecodedTimer> {
     let kg = u32::from(u16::from_be_bytes([raw[0], raw[1]]));
     let mut ts = [0u8; 8];
     ts.copy_from_slice(&raw[2..10]);
-    let mut key = Vec::with_capacity(raw.len() - 12);
-    let mut i = 10;
-    loop {
-        match raw.get(i..i + 2) {
-            Some([0, 1]) => break,
-            Some([0, 0xff]) => {
-                key.push(0);
-                i += 2;
-            }
-            Some([0, _]) => return Err(bad("bad escape")),
-            _ => match raw.get(i) {
-                Some(&b) if b != 0 => {
-                    key.push(b);
-                    i += 1;
-                }
-                _ => return Err(bad("unterminated key")),
-            },
-        }
-    }
+    let (key, namespace) = read_escaped(&raw[10..], &format!("timer service {what}"))?;
     Ok(DecodedTimer {
         kg,
         timestamp: flowstate_api::format::codec::decode_timestamp(ts),
         key,
-        namespace: raw[i + 2..].to_vec(),
+        namespace: namespace.to_vec(),
     })
 }
 

@@ -20,6 +20,8 @@
 
 use bytes::Bytes;
 use flowstate_api::format::codec::{decode_timestamp, encode_timestamp, put_varint, Reader};
+pub use flowstate_api::format::keys::{for_each_element, pack, prefix_end};
+use flowstate_api::format::keys::{put_escaped, read_escaped};
 use flowstate_api::keygroup::murmur3_32;
 use flowstate_api::{Error, Result};
 
@@ -99,18 +101,6 @@ pub fn decode_key<'a>(raw: &'a [u8], what: &str) -> Result<DecodedKey<'a>> {
     })
 }
 
-/// The smallest key greater than every key starting with `prefix`, if any.
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 /// The byte range holding key groups `start..end`: from `kg_prefix(start)`
 /// up to, not including, `kg_prefix(end)` (`end` at most 32768, so it fits).
 pub fn key_group_bytes(start: u32, end: u32) -> (Bytes, Bytes) {
@@ -118,13 +108,6 @@ pub fn key_group_bytes(start: u32, end: u32) -> (Bytes, Bytes) {
         Bytes::copy_from_slice(&kg_prefix(start)),
         Bytes::copy_from_slice(&kg_prefix(end)),
     )
-}
-
-/// Appends one list element.
-#[inline]
-pub fn pack(out: &mut Vec<u8>, element: &[u8]) {
-    put_varint(out, element.len() as u64);
-    out.extend_from_slice(element);
 }
 
 /// Packs `elements` into one list value.
@@ -136,17 +119,6 @@ pub fn pack_all<E: AsRef<[u8]>>(elements: &[E]) -> Vec<u8> {
     out
 }
 
-/// Calls `f` with each element of a packed list, in order; `what` names the
-/// state in errors.
-pub fn for_each_element(packed: &[u8], what: &str, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-    let mut r = Reader::new(packed);
-    while !r.is_empty() {
-        f(r.bytes("list element")
-            .map_err(|e| e.context(format!("state {what}: malformed list")))?)?;
-    }
-    Ok(())
-}
-
 /// The key of a timer: `kg | tag | timestamp | escaped key | 00 01 |
 /// namespace`. The key is escaped (`00` as `00 ff`, then the terminator
 /// `00 01`) so that byte order within a key group is (timestamp, key
@@ -155,13 +127,7 @@ pub fn timer_key(kg: u32, tag: u32, timestamp: i64, key: &[u8], namespace: &[u8]
     let mut out = Vec::with_capacity(HEADER_LEN + 8 + key.len() + 2 + namespace.len() + 2);
     out.extend_from_slice(&state_prefix(kg, tag));
     out.extend_from_slice(&encode_timestamp(timestamp));
-    for &b in key {
-        out.push(b);
-        if b == 0 {
-            out.push(0xff);
-        }
-    }
-    out.extend_from_slice(&[0, 1]);
+    put_escaped(&mut out, key);
     out.extend_from_slice(namespace);
     out
 }
@@ -189,30 +155,12 @@ pub fn decode_timer_key(raw: &[u8], what: &str) -> Result<DecodedTimer> {
     let kg = u32::from(u16::from_be_bytes([raw[0], raw[1]]));
     let mut ts = [0u8; 8];
     ts.copy_from_slice(&raw[HEADER_LEN..HEADER_LEN + 8]);
-    let mut key = Vec::with_capacity(raw.len() - HEADER_LEN - 10);
-    let mut i = HEADER_LEN + 8;
-    loop {
-        match raw.get(i..i + 2) {
-            Some([0, 1]) => break,
-            Some([0, 0xff]) => {
-                key.push(0);
-                i += 2;
-            }
-            Some([0, _]) => return Err(bad("bad escape")),
-            _ => match raw.get(i) {
-                Some(&b) if b != 0 => {
-                    key.push(b);
-                    i += 1;
-                }
-                _ => return Err(bad("unterminated key")),
-            },
-        }
-    }
+    let (key, namespace) = read_escaped(&raw[HEADER_LEN + 8..], &format!("timer service {what}"))?;
     Ok(DecodedTimer {
         kg,
         timestamp: decode_timestamp(ts),
         key,
-        namespace: raw[i + 2..].to_vec(),
+        namespace: namespace.to_vec(),
     })
 }
 

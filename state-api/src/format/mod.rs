@@ -35,6 +35,9 @@
 //! - [`canonical`] (`canonical.rs`): the canonical snapshot writer
 //!   ([`canonical::write_canonical_snapshot`]) and reader
 //!   ([`canonical::CanonicalSnapshot`]).
+//! - [`keys`] (`keys.rs`): what the native backends' keys and values share:
+//!   packed lists, escaped keys, prefix ends.
 
 pub mod canonical;
 pub mod codec;
+pub mod keys;
