@@ -10,39 +10,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::*;
-use flowstate_api::checkpoint::{InlineReader, KeyedStateHandle, NativeFormat, StateReader, StreamStateHandle};
+use flowstate_api::checkpoint::{KeyedStateHandle, NativeFormat, StreamStateHandle};
 use flowstate_api::ttl::{Clock, ManualClock};
 use flowstate_api::*;
-use flowstate_slatedb::{SlateDbBackend, SlateDbOptions};
+use flowstate_slatedb::SlateDbBackend;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::ObjectStore;
 
 const KEYS: u64 = 40;
-const BASE: &str = "job/slatedb/op";
-
-fn options(store: &Arc<dyn ObjectStore>) -> SlateDbOptions {
-    SlateDbOptions::new(Arc::clone(store), BASE)
-        .unwrap()
-        .with_boundary_files(false)
-        .with_l0_sst_size(4096)
-}
-
-fn reader() -> Option<Arc<dyn StateReader>> {
-    Some(Arc::new(InlineReader))
-}
-
-async fn checkpoint<B: AsyncKeyedStateBackend<Key = u64>>(backend: &B, id: u64) -> KeyedStateHandle {
-    let storage = CheckpointStorage::in_memory("job");
-    let location = storage.init_checkpoint(id).await.unwrap();
-    let pending = backend
-        .snapshot(id, location, SnapshotOptions::checkpoint())
-        .await
-        .unwrap();
-    let result = pending.await.unwrap();
-    backend.notify_checkpoint_complete(id).await.unwrap();
-    result.handle
-}
 
 async fn restore(
     store: &Arc<dyn ObjectStore>,

@@ -11,43 +11,17 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::*;
-use flowstate_api::checkpoint::{
-    InlineReader, KeyGroupsStateHandle, KeyedStateHandle, NativeFormat, StateReader, StreamStateHandle,
-};
+use flowstate_api::checkpoint::{KeyGroupsStateHandle, KeyedStateHandle, NativeFormat, StreamStateHandle};
 use flowstate_api::ttl::ManualClock;
 use flowstate_api::*;
-use flowstate_slatedb::{SlateDbBackend, SlateDbOptions};
+use flowstate_slatedb::SlateDbBackend;
 use object_store::memory::InMemory;
 use object_store::ObjectStore;
 
 const KEYS: u64 = 60;
-const BASE: &str = "job/slatedb/op";
-
-fn options(store: &Arc<dyn ObjectStore>) -> SlateDbOptions {
-    SlateDbOptions::new(Arc::clone(store), BASE)
-        .unwrap()
-        .with_boundary_files(false)
-        .with_l0_sst_size(4096)
-}
-
-fn reader() -> Option<Arc<dyn StateReader>> {
-    Some(Arc::new(InlineReader))
-}
 
 fn range(start: u32, end: u32) -> KeyGroupRange {
     KeyGroupRange::new(start, end).unwrap()
-}
-
-async fn checkpoint<B: AsyncKeyedStateBackend<Key = u64>>(backend: &B, id: u64) -> KeyedStateHandle {
-    let storage = CheckpointStorage::in_memory("job");
-    let location = storage.init_checkpoint(id).await.unwrap();
-    let pending = backend
-        .snapshot(id, location, SnapshotOptions::checkpoint())
-        .await
-        .unwrap();
-    let result = pending.await.unwrap();
-    backend.notify_checkpoint_complete(id).await.unwrap();
-    result.handle
 }
 
 /// Every SlateDB key of `backend`'s database lies in its key groups.

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flowstate_api::checkpoint::{InlineReader, KeyedStateHandle, StateReader};
 use flowstate_api::ttl::{ManualClock, SharedClock};
 use flowstate_api::*;
 use flowstate_heap::HeapBackend;
@@ -30,6 +31,40 @@ pub fn heap(range: KeyGroupRange, clock: &Arc<ManualClock>) -> Arc<SyncAsAsync<H
     Arc::new(SyncAsAsync::new(HeapBackend::new(config(range, clock)).unwrap()))
 }
 
+/// Where the tests' databases live in their stores.
+pub const BASE: &str = "job/slatedb/op";
+
+/// Options under [`BASE`] of `store`, with small L0 files: reads and list
+/// merges span many flushed files.
+pub fn options(store: &Arc<dyn ObjectStore>) -> SlateDbOptions {
+    options_at(store, BASE)
+}
+
+fn options_at(store: &Arc<dyn ObjectStore>, base: &str) -> SlateDbOptions {
+    SlateDbOptions::new(Arc::clone(store), base)
+        .unwrap()
+        .with_boundary_files(false)
+        .with_l0_sst_size(4096)
+}
+
+/// The reader of the tests' handles, whose metadata is inline.
+pub fn reader() -> Option<Arc<dyn StateReader>> {
+    Some(Arc::new(InlineReader))
+}
+
+/// Checkpoint `id` of `backend`, completed and notified; its handle.
+pub async fn checkpoint<B: AsyncKeyedStateBackend<Key = u64>>(backend: &B, id: u64) -> KeyedStateHandle {
+    let storage = CheckpointStorage::in_memory("job");
+    let location = storage.init_checkpoint(id).await.unwrap();
+    let pending = backend
+        .snapshot(id, location, SnapshotOptions::checkpoint())
+        .await
+        .unwrap();
+    let result = pending.await.unwrap();
+    backend.notify_checkpoint_complete(id).await.unwrap();
+    result.handle
+}
+
 /// A SlateDB backend in `store` under `base`.
 pub async fn slate(
     store: Arc<dyn ObjectStore>,
@@ -37,11 +72,7 @@ pub async fn slate(
     range: KeyGroupRange,
     clock: &Arc<ManualClock>,
 ) -> Arc<SlateDbBackend<u64>> {
-    // Small L0 files: reads and list merges span many flushed files.
-    let options = SlateDbOptions::new(store, base)
-        .unwrap()
-        .with_boundary_files(false)
-        .with_l0_sst_size(4096);
+    let options = options_at(&store, base);
     Arc::new(SlateDbBackend::open(options, config(range, clock)).await.unwrap())
 }
 
