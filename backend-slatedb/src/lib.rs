@@ -73,21 +73,26 @@
 //! - `restore.rs`: restores and rescales as clones;
 //! - `options.rs`: [`SlateDbOptions`].
 
+mod blocking;
+mod canonical;
 mod error;
 pub mod keys;
 mod merge;
 mod options;
 mod reference;
+mod release;
 mod restore;
 mod timers;
 
+pub use blocking::{SlateDbBackendFactory, SlateDbSyncBackend};
 pub use merge::ListConcat;
-pub use options::{SlateDbOptions, DEFAULT_L0_SST_SIZE, DEFAULT_MAX_UNFLUSHED_BYTES};
+pub use options::{SlateDbOptions, DEFAULT_CACHE_BYTES, DEFAULT_L0_SST_SIZE, DEFAULT_MAX_UNFLUSHED_BYTES};
 pub use reference::{decode_meta, SlateDbCheckpointRef, REFERENCE_MAGIC, REFERENCE_VERSION};
+pub use release::SlateDbRelease;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -95,14 +100,16 @@ use flowstate_api::asynchronous::Target;
 use flowstate_api::backend::AsyncOutput;
 use flowstate_api::backend::{BackendCapabilities, BackendCore, MapVisit, RawTimer, StateId, StorageKind};
 use flowstate_api::checkpoint::{
-    CheckpointLocation, IncrementalStateHandle, KeyedStateHandle, NativeFormat, StateReader, StateScope,
+    CheckpointLocation, IncrementalStateHandle, KeyGroupsStateHandle, KeyedStateHandle, NativeFormat, StateReader,
+    StateScope, StreamStateHandle,
 };
 use flowstate_api::descriptor::{StateDescriptor, StateMetaInfo, StateRef};
+use flowstate_api::format::canonical::{write_canonical_snapshot, SnapshotHeader, TtlFilter};
 use flowstate_api::serializer::{SchemaCompatibility, SharedSerializer};
 use flowstate_api::ttl::SharedClock;
 use flowstate_api::{
-    AsyncKeyedStateBackend, CheckpointKind, Error, KeyGroupRange, KeyedBackendConfig, PendingSnapshot, Result,
-    SnapshotOptions,
+    AsyncKeyedStateBackend, CheckpointKind, Error, ErrorKind, KeyGroupRange, KeyedBackendConfig, PendingSnapshot,
+    Result, SnapshotOptions,
 };
 use slatedb::admin::{Admin, AdminBuilder};
 use slatedb::config::{CheckpointOptions, CheckpointScope};
@@ -169,6 +176,15 @@ pub struct SlateDbBackend<K> {
     options: SlateDbOptions,
     outstanding: AtomicUsize,
     checkpoints: Mutex<Checkpoints>,
+    /// Set when the backend is closed or dropped: snapshots still in their
+    /// asynchronous phase then fail with `Closed`.
+    closed: Arc<AtomicBool>,
+}
+
+impl<K> Drop for SlateDbBackend<K> {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+    }
 }
 
 impl<K> fmt::Debug for SlateDbBackend<K> {
@@ -232,6 +248,7 @@ impl<K: 'static> SlateDbBackend<K> {
             options,
             outstanding: AtomicUsize::new(0),
             checkpoints: Mutex::new(Checkpoints::default()),
+            closed: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -263,6 +280,42 @@ impl<K: 'static> SlateDbBackend<K> {
                     }
                 }
             }
+        }
+        for handle in &plan.canonical {
+            let reader = reader
+                .as_deref()
+                .ok_or_else(|| Error::invalid("restoring a canonical snapshot needs a state reader"))?;
+            canonical::restore(
+                &backend.db,
+                &backend.path,
+                &backend.config,
+                handle,
+                reader,
+                |header, name| {
+                    let mut core = backend.core.lock().map_err(|_| poisoned())?;
+                    let source = format!("snapshot {name}");
+                    header
+                        .states
+                        .iter()
+                        .map(|meta| {
+                            let id = match core.check_restored(meta, &source)? {
+                                Some(id) => id,
+                                None => {
+                                    check_tag(&core, meta)?;
+                                    core.add_state(meta.clone(), StateStore::new(meta))?
+                                }
+                            };
+                            let s = core.state(id)?.storage();
+                            Ok(canonical::SnapshotState {
+                                tag: s.tag,
+                                kind: s.kind,
+                                name: Arc::clone(&s.name),
+                            })
+                        })
+                        .collect()
+                },
+            )
+            .await?;
         }
         Ok(backend)
     }
@@ -300,6 +353,7 @@ impl<K: 'static> SlateDbBackend<K> {
     /// last checkpoint is then in the object store, but belongs to no
     /// checkpoint). Requests after this fail with `Closed`.
     pub async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
         self.db
             .close()
             .await
@@ -314,14 +368,11 @@ impl<K: 'static> SlateDbBackend<K> {
     /// The storage of `state`, which must be of `kind`.
     fn state(&self, state: StateId, kind: StorageKind) -> Result<StateStore> {
         let core = self.core.lock().map_err(|_| poisoned())?;
-        let s = core.state(state)?.storage();
-        if s.kind != kind {
-            return Err(Error::invalid(format!(
-                "state {:?} is stored as {:?}, not as {kind:?}",
-                s.name, s.kind
-            )));
+        let entry = core.state(state)?;
+        if entry.storage().kind != kind {
+            return Err(entry.meta().wrong_kind(kind));
         }
-        Ok(s.clone())
+        Ok(entry.storage().clone())
     }
 
     fn timer_db<'a>(&'a self, s: &'a StateStore) -> TimerDb<'a> {
@@ -354,6 +405,64 @@ impl<K: 'static> SlateDbBackend<K> {
             }))?;
         }
         Ok(())
+    }
+
+    /// The id of state `meta`, added to the registry if new: what the
+    /// synchronous face maps its own registrations to.
+    pub(crate) fn add_state(&self, meta: &StateMetaInfo) -> Result<StateId> {
+        let mut core = self.core.lock().map_err(|_| poisoned())?;
+        if let Some(id) = core.find(&meta.name) {
+            return Ok(id);
+        }
+        check_tag(&core, meta)?;
+        core.add_state(meta.clone(), StateStore::new(meta))
+    }
+
+    /// Every state the backend holds, with its id.
+    pub(crate) fn state_list(&self) -> Result<Vec<(StateMetaInfo, StateId)>> {
+        let core = self.core.lock().map_err(|_| poisoned())?;
+        Ok(core
+            .states()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.meta().clone(), i as StateId))
+            .collect())
+    }
+
+    /// Every `(key, namespace)` holding `state`, only in `namespace` if
+    /// given, in key order.
+    pub(crate) async fn keys_of(&self, state: StateId, namespace: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let _request = self.request();
+        let s = {
+            let core = self.core.lock().map_err(|_| poisoned())?;
+            core.state(state)?.storage().clone()
+        };
+        let what = || format!("listing the keys of state {:?} in database {}", s.name, self.path);
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for kg in self.config.key_group_range.iter() {
+            let mut it = self
+                .db
+                .scan_prefix(keys::state_prefix(kg, s.tag), ..)
+                .await
+                .map_err(slate_err(what))?;
+            while let Some(kv) = it.next().await.map_err(slate_err(what))? {
+                let (key, ns) = if s.kind == StorageKind::Timers {
+                    let t = keys::decode_timer_key(&kv.key, &s.name)?;
+                    (t.key, t.namespace)
+                } else {
+                    let d = keys::decode_key(&kv.key, &s.name)?;
+                    // A map's entries of one key and namespace are adjacent.
+                    if pairs.last().is_some_and(|(k, n)| k == d.key && n == d.namespace) {
+                        continue;
+                    }
+                    (d.key.to_vec(), d.namespace.to_vec())
+                };
+                if namespace.is_none_or(|want| want == ns) {
+                    pairs.push((key, ns));
+                }
+            }
+        }
+        Ok(pairs)
     }
 
     fn register_now<D: StateDescriptor>(&self, descriptor: D) -> Result<D::Handle> {
@@ -389,6 +498,162 @@ impl<K: 'static> SlateDbBackend<K> {
         core.mark_registered(id, descriptor.ttl())?;
         Ok(descriptor.into_handle(StateRef { backend: self.id, id }))
     }
+    /// The synchronous phase of a snapshot whose header (the states and
+    /// their serializers) is `header`: a checkpoint flushes the memtable
+    /// and takes a SlateDB checkpoint; a savepoint freezes a SlateDB
+    /// snapshot of the database, which its asynchronous phase writes in
+    /// the canonical format (without the entries `filter` drops).
+    pub(crate) async fn snapshot_with(
+        &self,
+        checkpoint_id: u64,
+        location: Arc<CheckpointLocation>,
+        options: SnapshotOptions,
+        header: SnapshotHeader,
+        filter: TtlFilter,
+    ) -> Result<PendingSnapshot> {
+        let started = Instant::now();
+        if options.kind != CheckpointKind::Checkpoint {
+            return self.savepoint(checkpoint_id, location, options, header, filter, started);
+        }
+        if header.states.is_empty() {
+            // Nothing registered or restored: nothing to pin.
+            let range = header.range;
+            return Ok(PendingSnapshot::new(checkpoint_id, started, async move {
+                Ok(AsyncOutput {
+                    bytes_written: 0,
+                    handle: KeyedStateHandle::KeyGroups(KeyGroupsStateHandle {
+                        range,
+                        offsets: Vec::new(),
+                        stream: StreamStateHandle::Empty,
+                    }),
+                    records: 0,
+                })
+            }));
+        }
+        // Flushes the memtable; writes after this returns are not in it.
+        let pending = self
+            .db
+            .begin_checkpoint(
+                CheckpointScope::All,
+                &CheckpointOptions {
+                    name: Some(release::checkpoint_name(checkpoint_id)),
+                    ..CheckpointOptions::default()
+                },
+            )
+            .await
+            .map_err(slate_err(|| {
+                format!("checkpoint {checkpoint_id}: checkpointing database {}", self.path)
+            }))?;
+        self.checkpoints
+            .lock()
+            .map_err(|_| poisoned())?
+            .pending
+            .insert(checkpoint_id, pending.id());
+        let (range, db_path, backend_id) = (self.config.key_group_range, self.path.clone(), self.uuid.clone());
+        let (closed, store) = (Arc::clone(&self.closed), Arc::clone(&self.options.object_store));
+        Ok(PendingSnapshot::new(checkpoint_id, started, async move {
+            let created = pending.wait().await.map_err(slate_err(|| {
+                format!("checkpoint {checkpoint_id}: checkpointing database {db_path}")
+            }))?;
+            if closed.load(Ordering::Acquire) {
+                // No handle will reference the SlateDB checkpoint: release it
+                // now (garbage collection would otherwise).
+                let admin = AdminBuilder::new(db_path.as_str(), store).build();
+                if let Err(e) = admin.delete_checkpoint(created.id).await {
+                    tracing::warn!(error = %e, db = %db_path, checkpoint_id, "left a SlateDB checkpoint for garbage collection");
+                }
+                return Err(Error::new(
+                    ErrorKind::Closed,
+                    format!("checkpoint {checkpoint_id}: the SlateDB backend of database {db_path} was closed"),
+                ));
+            }
+            let reference = SlateDbCheckpointRef {
+                db_path,
+                checkpoint: created.id.into_bytes(),
+                manifest_id: created.manifest_id,
+            };
+            let mut out = location.create_output_stream(StateScope::Exclusive).await?;
+            out.write(&encode_meta(&header, &reference)).await?;
+            let meta = out.close().await?;
+            Ok(AsyncOutput {
+                bytes_written: meta.size(),
+                handle: KeyedStateHandle::Incremental(IncrementalStateHandle {
+                    format: NativeFormat::SlateDb,
+                    range,
+                    backend_id,
+                    checkpoint_id,
+                    shared: Vec::new(),
+                    private: Vec::new(),
+                    meta,
+                }),
+                records: 0,
+            })
+        }))
+    }
+
+    /// A savepoint: a SlateDB snapshot now, written in the canonical
+    /// format by the asynchronous phase.
+    fn savepoint(
+        &self,
+        checkpoint_id: u64,
+        location: Arc<CheckpointLocation>,
+        options: SnapshotOptions,
+        header: SnapshotHeader,
+        filter: TtlFilter,
+        started: Instant,
+    ) -> Result<PendingSnapshot> {
+        let header = SnapshotHeader {
+            compressed: options.compression.is_some(),
+            ..header
+        };
+        let snapshot = self.db.snapshot().map_err(slate_err(|| {
+            format!("savepoint {checkpoint_id}: snapshotting database {}", self.path)
+        }))?;
+        let states = header
+            .states
+            .iter()
+            .enumerate()
+            .map(|(i, meta)| {
+                let s = canonical::SnapshotState {
+                    tag: state_tag(&meta.name),
+                    kind: meta.kind.storage(),
+                    name: Arc::from(meta.name.as_str()),
+                };
+                (s.tag, (i as u32, s))
+            })
+            .collect();
+        let source = canonical::SnapshotSource {
+            snapshot,
+            runtime: tokio::runtime::Handle::try_current().map_err(|_| {
+                Error::invalid(format!(
+                    "savepoint {checkpoint_id}: the SlateDB backend must be used on a Tokio runtime"
+                ))
+            })?,
+            states,
+            path: self.path.clone(),
+        };
+        Ok(PendingSnapshot::new(checkpoint_id, started, async move {
+            let stream = location.create_output_stream(StateScope::Exclusive).await?;
+            let written = write_canonical_snapshot(&header, source, filter, stream, options.compression)
+                .await
+                .map_err(|e| e.context(format!("savepoint {checkpoint_id}")))?;
+            Ok(AsyncOutput {
+                bytes_written: written.handle.stream.size(),
+                records: written.records,
+                handle: KeyedStateHandle::KeyGroups(written.handle),
+            })
+        }))
+    }
+}
+
+/// What the backend can do, on both faces: checkpoints are incremental
+/// (they pin the database's files, uploading none), timers are stored, and
+/// the state is disaggregated (in the databases, not in checkpoints).
+pub(crate) fn capabilities() -> BackendCapabilities {
+    BackendCapabilities::none()
+        .with_incremental_checkpoints()
+        .with_timers()
+        .with_disaggregated_state()
 }
 
 /// Fails with `Incompatible` when `meta`'s tag is that of another state.
@@ -409,7 +674,7 @@ fn check_tag<K>(core: &BackendCore<K, StateStore>, meta: &StateMetaInfo) -> Resu
     }
 }
 
-impl<K: Send + Sync + 'static> AsyncKeyedStateBackend for SlateDbBackend<K> {
+impl<K: 'static> AsyncKeyedStateBackend for SlateDbBackend<K> {
     type Key = K;
 
     fn backend_id(&self) -> u64 {
@@ -433,7 +698,7 @@ impl<K: Send + Sync + 'static> AsyncKeyedStateBackend for SlateDbBackend<K> {
     }
 
     fn capabilities(&self) -> BackendCapabilities {
-        BackendCapabilities::none().with_incremental_checkpoints().with_timers()
+        capabilities()
     }
 
     fn register<D: StateDescriptor>(&self, descriptor: D) -> Result<D::Handle> {
@@ -697,74 +962,37 @@ impl<K: Send + Sync + 'static> AsyncKeyedStateBackend for SlateDbBackend<K> {
         location: Arc<CheckpointLocation>,
         options: SnapshotOptions,
     ) -> Result<PendingSnapshot> {
-        if options.kind != CheckpointKind::Checkpoint {
-            return Err(Error::unsupported(format!(
-                "savepoint {checkpoint_id}: the SlateDB backend writes checkpoints only (a savepoint must not \
-                 depend on the backend's database)"
-            )));
-        }
-        let started = Instant::now();
-        let header = self.core.lock().map_err(|_| poisoned())?.snapshot_header(false);
-        // Flushes the memtable; writes after this returns are not in it.
-        let pending = self
-            .db
-            .begin_checkpoint(
-                CheckpointScope::All,
-                &CheckpointOptions {
-                    name: Some(format!("flowstate:{checkpoint_id}")),
-                    ..CheckpointOptions::default()
-                },
-            )
+        let (header, filter) = {
+            let core = self.core.lock().map_err(|_| poisoned())?;
+            (core.snapshot_header(false), core.ttl_filter())
+        };
+        self.snapshot_with(checkpoint_id, location, options, header, filter)
             .await
-            .map_err(slate_err(|| {
-                format!("checkpoint {checkpoint_id}: checkpointing database {}", self.path)
-            }))?;
-        self.checkpoints
-            .lock()
-            .map_err(|_| poisoned())?
-            .pending
-            .insert(checkpoint_id, pending.id());
-        let (range, db_path, backend_id) = (self.config.key_group_range, self.path.clone(), self.uuid.clone());
-        Ok(PendingSnapshot::new(checkpoint_id, started, async move {
-            let created = pending.wait().await.map_err(slate_err(|| {
-                format!("checkpoint {checkpoint_id}: checkpointing database {db_path}")
-            }))?;
-            let reference = SlateDbCheckpointRef {
-                db_path,
-                checkpoint: created.id.into_bytes(),
-                manifest_id: created.manifest_id,
-            };
-            let mut out = location.create_output_stream(StateScope::Exclusive).await?;
-            out.write(&encode_meta(&header, &reference)).await?;
-            let meta = out.close().await?;
-            Ok(AsyncOutput {
-                bytes_written: meta.size(),
-                handle: KeyedStateHandle::Incremental(IncrementalStateHandle {
-                    format: NativeFormat::SlateDb,
-                    range,
-                    backend_id,
-                    checkpoint_id,
-                    shared: Vec::new(),
-                    private: Vec::new(),
-                    meta,
-                }),
-                records: 0,
-            })
-        }))
     }
 
     async fn notify_checkpoint_complete(&self, checkpoint_id: u64) -> Result<()> {
         let released = {
             let mut c = self.checkpoints.lock().map_err(|_| poisoned())?;
-            let Some(uuid) = c.pending.remove(&checkpoint_id) else {
+            if !c.pending.contains_key(&checkpoint_id) {
                 return Ok(());
-            };
-            // Earlier checkpoints still pending never complete now.
+            }
+            // Earlier checkpoints still pending may have completed with their
+            // notification lost: they count as completed, older than this one.
             let later = c.pending.split_off(&checkpoint_id);
-            let mut released: Vec<(u64, uuid::Uuid)> = std::mem::replace(&mut c.pending, later).into_iter().collect();
-            c.completed.push_back((checkpoint_id, uuid));
-            while c.completed.len() > self.options.retained_checkpoints {
+            let mut done = std::mem::replace(&mut c.pending, later);
+            if let Some(uuid) = c.pending.remove(&checkpoint_id) {
+                done.insert(checkpoint_id, uuid);
+            }
+            c.completed.extend(done);
+            let keep = self.options.retained_checkpoints.unwrap_or(1);
+            let mut released = Vec::new();
+            while c.completed.len() > keep {
                 released.extend(c.completed.pop_front());
+            }
+            // Without a retention of its own the checkpoint store releases
+            // them; only the newest is remembered.
+            if self.options.retained_checkpoints.is_none() {
+                released.clear();
             }
             released
         };

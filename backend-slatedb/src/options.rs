@@ -8,6 +8,7 @@ use flowstate_api::checkpoint::validate_relative_path;
 use flowstate_api::{Error, Result};
 use object_store::ObjectStore;
 use slatedb::config::{GarbageCollectorOptions, Settings};
+use slatedb::db_cache::moka::{MokaCache, MokaCacheOptions};
 use slatedb::db_cache::DbCache;
 
 /// The memtable size that triggers an L0 flush by default: 64 MiB.
@@ -15,6 +16,10 @@ pub const DEFAULT_L0_SST_SIZE: usize = 64 << 20;
 /// Unflushed bytes above which writes wait, by default: 256 MiB (SlateDB's
 /// own default, 1 GiB, is too much for many subtasks on one machine).
 pub const DEFAULT_MAX_UNFLUSHED_BYTES: usize = 256 << 20;
+
+/// The in-memory block and metadata cache shared by the databases of one
+/// set of options, by default: 64 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 
 /// Where and how the SlateDB backend keeps its databases.
 ///
@@ -37,7 +42,7 @@ pub struct SlateDbOptions {
     pub(crate) max_unflushed_bytes: usize,
     pub(crate) boundary_files: bool,
     pub(crate) cache: Option<Arc<dyn DbCache>>,
-    pub(crate) retained_checkpoints: usize,
+    pub(crate) retained_checkpoints: Option<usize>,
 }
 
 impl fmt::Debug for SlateDbOptions {
@@ -59,7 +64,8 @@ impl SlateDbOptions {
     /// Databases under `base_path` (relative, `/`-separated, e.g.
     /// `job-1/slatedb/window-op`) in `object_store`, with the defaults:
     /// 100 ms memtable checks, 64 MiB L0 files, 256 MiB of unflushed
-    /// bytes, no block cache, one retained checkpoint.
+    /// bytes, a 64 MiB in-memory cache, SlateDB checkpoints released by the checkpoint
+    /// store.
     pub fn new(object_store: Arc<dyn ObjectStore>, base_path: impl Into<String>) -> Result<Self> {
         let base_path = base_path.into();
         validate_relative_path(&base_path).map_err(|e| e.context(format!("SlateDB base path {base_path:?}")))?;
@@ -71,8 +77,9 @@ impl SlateDbOptions {
             max_unflushed_bytes: DEFAULT_MAX_UNFLUSHED_BYTES,
             boundary_files: true,
             cache: None,
-            retained_checkpoints: 1,
-        })
+            retained_checkpoints: None,
+        }
+        .with_cache_bytes(DEFAULT_CACHE_BYTES))
     }
 
     /// The object store.
@@ -105,11 +112,27 @@ impl SlateDbOptions {
     }
 
     /// One block and metadata cache shared by every database these options
-    /// open (each under an id of its own), e.g. SlateDB's `FoyerCache` or
-    /// `FoyerHybridCache` (memory plus local disk). Without one, reads
-    /// are not cached.
+    /// open (each under an id of its own), replacing the default in-memory
+    /// cache of [`DEFAULT_CACHE_BYTES`].
     pub fn with_cache(mut self, cache: Arc<dyn DbCache>) -> Self {
         self.cache = Some(cache);
+        self
+    }
+
+    /// An in-memory cache of `bytes` (SlateDB's `MokaCache`), shared by
+    /// every database these options open.
+    pub fn with_cache_bytes(self, bytes: u64) -> Self {
+        let cache = MokaCache::new_with_opts(MokaCacheOptions {
+            max_capacity: bytes,
+            ..MokaCacheOptions::default()
+        });
+        self.with_cache(Arc::new(cache))
+    }
+
+    /// No cache: every read of a block not in the memtable goes to the
+    /// object store (what a cold cache costs, measured).
+    pub fn without_cache(mut self) -> Self {
+        self.cache = None;
         self
     }
 
@@ -123,18 +146,35 @@ impl SlateDbOptions {
         self
     }
 
-    /// How many completed checkpoints of a database keep their SlateDB
-    /// checkpoint: older ones are deleted when a newer checkpoint completes,
-    /// so SlateDB may collect the files only they kept. At least 1; use as
-    /// many as the checkpoint store retains.
+    /// Has each backend release the SlateDB checkpoints of its completed
+    /// checkpoints itself, keeping the newest `n`: older ones are deleted
+    /// when a newer checkpoint completes, so SlateDB may collect the files
+    /// only they kept. At least 1; use as many as the checkpoint store
+    /// retains. For engines without a [`CheckpointStore`]; by default the
+    /// store releases them ([`SlateDbOptions::release`]).
+    ///
+    /// [`CheckpointStore`]: flowstate_api::CheckpointStore
     pub fn with_retained_checkpoints(mut self, n: usize) -> Result<Self> {
         if n == 0 {
             return Err(Error::invalid(
                 "SlateDB backend: at least one checkpoint must be retained",
             ));
         }
-        self.retained_checkpoints = n;
+        self.retained_checkpoints = Some(n);
         Ok(self)
+    }
+
+    /// What a [`CheckpointStore`] calls to release the SlateDB checkpoints
+    /// of the checkpoints it no longer retains (subsumed, discarded, or
+    /// aborted): register it with
+    /// [`CheckpointStore::with_native_release`](flowstate_api::CheckpointStore::with_native_release).
+    /// Without it (and without [`with_retained_checkpoints`](Self::with_retained_checkpoints))
+    /// the SlateDB checkpoints of completed checkpoints stay until `flowstate
+    /// gc` removes those no checkpoint references.
+    ///
+    /// [`CheckpointStore`]: flowstate_api::CheckpointStore
+    pub fn release(&self) -> std::sync::Arc<dyn flowstate_api::lifecycle::NativeStateRelease> {
+        std::sync::Arc::new(crate::release::SlateDbRelease::new(self))
     }
 
     /// The SlateDB settings of every database: WAL off, the sizes above.

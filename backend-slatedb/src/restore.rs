@@ -13,10 +13,11 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use flowstate_api::checkpoint::{check_restore_handles, KeyedStateHandle, NativeFormat, StateReader};
+use flowstate_api::checkpoint::{
+    check_restore_handles, KeyGroupsStateHandle, KeyedStateHandle, NativeFormat, StateReader,
+};
 use flowstate_api::format::canonical::{check_compatible, SnapshotHeader};
 use flowstate_api::{Error, KeyGroupRange, KeyedBackendConfig, Result};
-use futures::StreamExt;
 use slatedb::admin::AdminBuilder;
 use slatedb::CloneSourceSpec;
 
@@ -39,6 +40,10 @@ pub(crate) struct Plan {
     pub(crate) sources: Vec<Source>,
     /// Each source's registered states, with a name for messages.
     pub(crate) headers: Vec<(SnapshotHeader, String)>,
+    /// Canonical snapshots (savepoints, full checkpoints of other
+    /// backends) whose key groups are written into the database after the
+    /// clone.
+    pub(crate) canonical: Vec<KeyGroupsStateHandle>,
 }
 
 /// Reads the handles that meet the backend's key groups and checks them.
@@ -55,25 +60,29 @@ pub(crate) async fn plan<K>(
         .filter(|h| !h.is_empty() && !h.key_group_range().intersect(&want).is_empty())
         .collect();
     let mut plan = Plan::default();
+    let mut native = Vec::new();
     for handle in &meeting {
-        let h = match handle {
-            KeyedStateHandle::Incremental(h) if h.format == NativeFormat::SlateDb => h,
+        match handle {
+            KeyedStateHandle::Incremental(h) if h.format == NativeFormat::SlateDb => native.push(h),
             KeyedStateHandle::Incremental(h) => {
                 return Err(Error::incompatible(format!(
-                    "the handle of key groups {} holds a {} checkpoint; the SlateDB backend restores only its \
-                     own checkpoints",
+                    "the handle of key groups {} holds a {} checkpoint, which the SlateDB backend does not read \
+                     (it restores its own checkpoints and canonical snapshots): {}",
                     h.range,
-                    h.format.backend()
+                    h.format.backend(),
+                    h.format.remedy()
                 )))
             }
+            KeyedStateHandle::KeyGroups(h) => plan.canonical.push(h.clone()),
             other => {
                 return Err(Error::incompatible(format!(
-                    "the handle of key groups {} is a canonical snapshot; the SlateDB backend restores only its \
-                     own checkpoints",
+                    "the handle of key groups {} is of a kind the SlateDB backend does not read",
                     other.key_group_range()
                 )))
             }
-        };
+        }
+    }
+    for h in &native {
         let source = format!(
             "SlateDB handle of key groups {} (backend {}, checkpoint {})",
             h.range, h.backend_id, h.checkpoint_id
@@ -99,7 +108,7 @@ pub(crate) async fn plan<K>(
             );
         }
         let overlap = h.range.intersect(&want);
-        let projection = (meeting.len() > 1 || overlap != h.range).then_some(overlap);
+        let projection = (native.len() > 1 || overlap != h.range).then_some(overlap);
         plan.sources.push(Source { reference, projection });
         plan.headers.push((header, source));
     }
@@ -113,18 +122,14 @@ pub(crate) async fn clone_sources(options: &SlateDbOptions, path: &str, plan: &P
     let store = &options.object_store;
     for s in &plan.sources {
         let r = &s.reference;
-        let manifests = object_store::path::Path::from(format!("{}/manifest", r.db_path));
-        let first = store.list(Some(&manifests)).next().await.transpose().map_err(|e| {
-            Error::new(
-                flowstate_api::ErrorKind::Unavailable,
-                format!("restoring from {}: listing the database's manifests: {e}", r.describe()),
-            )
-            .with_source(e)
-        })?;
-        if first.is_none() {
+        if !crate::release::exists(store, &r.db_path)
+            .await
+            .map_err(|e| e.context(format!("restoring from {}", r.describe())))?
+        {
             return Err(Error::not_found(format!(
-                "restoring from {}: the database does not exist (no manifest under {manifests})",
-                r.describe()
+                "restoring from {}: the database does not exist (no manifest under {}/manifest)",
+                r.describe(),
+                r.db_path
             )));
         }
         let admin = AdminBuilder::new(r.db_path.as_str(), Arc::clone(store)).build();

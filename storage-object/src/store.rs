@@ -115,6 +115,11 @@ impl ObjectBlobStore {
         &self.store
     }
 
+    /// The key prefix, without entropy (empty for the whole store).
+    pub fn prefix(&self) -> &str {
+        self.prefix.as_ref()
+    }
+
     /// The key of `path`: with entropy for data files when it is on.
     fn key(&self, path: &BlobPath) -> Path {
         let base = match &self.entropy {

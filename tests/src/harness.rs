@@ -35,6 +35,10 @@ pub enum Need {
     TtlCompactionFilter,
     /// The backend stores timers ([`BackendCapabilities::timers`]).
     Timers,
+    /// Checkpoints hold the state itself in the checkpoint storage (not
+    /// [`BackendCapabilities::disaggregated`]): what contracts on the
+    /// checkpoint storage's files and size limits need.
+    StateInCheckpoints,
     /// Checkpoints survive the process ([`StorageCapabilities::durable`]).
     DurableStorage,
     /// Checkpoints end with the process (not [`StorageCapabilities::durable`]).
@@ -67,6 +71,7 @@ impl Need {
             Need::TtlIncrementalCleanup => backend.is_some_and(|b| b.ttl_incremental_cleanup),
             Need::TtlCompactionFilter => backend.is_some_and(|b| b.ttl_compaction_filter),
             Need::Timers => backend.is_some_and(|b| b.timers),
+            Need::StateInCheckpoints => backend.is_some_and(|b| !b.disaggregated),
             Need::DurableStorage => storage.durable,
             Need::VolatileStorage => !storage.durable,
             Need::MaxStateSize => storage.max_state_size.is_some(),
@@ -87,6 +92,7 @@ impl Need {
                 | Need::TtlIncrementalCleanup
                 | Need::TtlCompactionFilter
                 | Need::Timers
+                | Need::StateInCheckpoints
         )
     }
 }
@@ -99,6 +105,7 @@ impl fmt::Display for Need {
             Need::TtlIncrementalCleanup => f.write_str("ttl_incremental_cleanup"),
             Need::TtlCompactionFilter => f.write_str("ttl_compaction_filter"),
             Need::Timers => f.write_str("timers"),
+            Need::StateInCheckpoints => f.write_str("state held in checkpoints (the backend is disaggregated)"),
             Need::DurableStorage => f.write_str("durable storage"),
             Need::VolatileStorage => f.write_str("volatile storage"),
             Need::MaxStateSize => f.write_str("max_state_size"),

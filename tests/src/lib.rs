@@ -300,7 +300,7 @@ contracts! {
             every_byte_flip_of_a_snapshot_is_refused, every_truncation_of_a_snapshot_is_refused,
             every_byte_flip_of_metadata_is_refused, hostile_lengths_do_not_allocate,
         }
-        storage [Need::MaxStateSize] { memory_storage_refuses_state_above_maximum }
+        storage [Need::MaxStateSize, Need::StateInCheckpoints] { memory_storage_refuses_state_above_maximum }
         storage [Need::VolatileStorage] { memory_storage_checkpoints_end_with_the_process }
         lifecycle [] {
             retains_newest_n_and_subsumes_the_rest, savepoints_survive_retention, cancellation_policies,
@@ -319,8 +319,8 @@ contracts! {
         // Measures our code on the runtime, not a store's: `object_store`'s in-memory
         // store copies on the calling task by design. Once, on the first storage (fs).
         runtime [Need::OneStorage, Need::UnlimitedState] { snapshot_and_restore_never_block_the_runtime }
-        incremental [Need::IncrementalCheckpoints] { incremental_checkpoints_upload_only_new_files }
-        incremental [Need::IncrementalCheckpoints, Need::SharedState] {
+        incremental [Need::IncrementalCheckpoints, Need::StateInCheckpoints] { incremental_checkpoints_upload_only_new_files }
+        incremental [Need::IncrementalCheckpoints, Need::StateInCheckpoints, Need::SharedState] {
             shared_files_are_deleted_when_no_retained_checkpoint_uses_them,
             no_claim_restore_shares_nothing_with_the_next_checkpoint,
         }

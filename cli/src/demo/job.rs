@@ -15,6 +15,7 @@ use flowstate_api::ttl::{Clock, SystemClock};
 use flowstate_api::*;
 use flowstate_heap::{HeapBackend, HeapOptions};
 use flowstate_rocksdb::{RocksDbBackend, RocksDbOptions};
+use flowstate_slatedb::{SlateDbBackendFactory, SlateDbSyncBackend};
 
 use super::sink::Sink;
 
@@ -23,6 +24,8 @@ pub(crate) struct Env {
     pub(crate) work: PathBuf,
     pub(crate) local: PathBuf,
     pub(crate) incremental: bool,
+    /// The SlateDB backend's factory, when it runs the job.
+    pub(crate) slatedb: Option<SlateDbBackendFactory>,
 }
 
 /// A backend the demo can run on.
@@ -32,7 +35,7 @@ pub(crate) trait DemoBackend: KeyedStateBackend<Key = u64> + Sized + Send + 'sta
     fn restore(
         config: KeyedBackendConfig<u64>,
         handles: &[KeyedStateHandle],
-        reader: &dyn StateReader,
+        reader: &Arc<dyn StateReader>,
         env: &Env,
         subtask: u32,
     ) -> impl std::future::Future<Output = Result<Self>> + Send;
@@ -50,11 +53,11 @@ impl DemoBackend for HeapBackend<u64> {
     async fn restore(
         config: KeyedBackendConfig<u64>,
         handles: &[KeyedStateHandle],
-        reader: &dyn StateReader,
+        reader: &Arc<dyn StateReader>,
         env: &Env,
         _subtask: u32,
     ) -> Result<Self> {
-        HeapBackend::restore_with_options(config, heap_options(env), handles, reader).await
+        HeapBackend::restore_with_options(config, heap_options(env), handles, &**reader).await
     }
 }
 
@@ -79,14 +82,36 @@ impl DemoBackend for RocksDbBackend<u64> {
     async fn restore(
         config: KeyedBackendConfig<u64>,
         handles: &[KeyedStateHandle],
-        reader: &dyn StateReader,
+        reader: &Arc<dyn StateReader>,
         env: &Env,
         subtask: u32,
     ) -> Result<Self> {
-        RocksDbBackend::restore(config, handles, reader, rocksdb_options(env, subtask)).await
+        RocksDbBackend::restore(config, handles, &**reader, rocksdb_options(env, subtask)).await
     }
     fn restored_locally(&self) -> bool {
         self.restore_stats().handles_from_local_copy > 0
+    }
+}
+
+fn slatedb(env: &Env) -> Result<&SlateDbBackendFactory> {
+    env.slatedb
+        .as_ref()
+        .ok_or_else(|| Error::internal("the SlateDB backend runs without its factory"))
+}
+
+impl DemoBackend for SlateDbSyncBackend<u64> {
+    const NAME: &'static str = "SlateDB";
+    fn create(config: KeyedBackendConfig<u64>, env: &Env, _subtask: u32) -> Result<Self> {
+        slatedb(env)?.build(config)
+    }
+    async fn restore(
+        config: KeyedBackendConfig<u64>,
+        handles: &[KeyedStateHandle],
+        reader: &Arc<dyn StateReader>,
+        env: &Env,
+        _subtask: u32,
+    ) -> Result<Self> {
+        slatedb(env)?.restore(config, handles, Arc::clone(reader)).await
     }
 }
 
@@ -427,7 +452,7 @@ impl<B: DemoBackend> Job<B> {
         let mut backends = Vec::new();
         for (config, i) in Self::configs(parallelism)?.into_iter().zip(0..) {
             // Handles do not carry their checkpoint: name it here.
-            let backend = B::restore(config, &handles, &*checkpoint.reader, env, i)
+            let backend = B::restore(config, &handles, &checkpoint.reader, env, i)
                 .await
                 .map_err(|e| e.context(format!("restoring subtask {i} from checkpoint {}", checkpoint.pointer)))?;
             backends.push(backend);

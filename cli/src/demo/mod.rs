@@ -17,11 +17,13 @@ use flowstate_api::{
     CheckpointKind, CheckpointStorage, CheckpointStore, CheckpointStoreConfig, Error, RestoreMode, Result,
 };
 use flowstate_heap::HeapBackend;
+use flowstate_object::object_store::{self, ObjectStore};
 use flowstate_object::ObjectStoreBuilder;
 use flowstate_rocksdb::RocksDbBackend;
+use flowstate_slatedb::{SlateDbBackendFactory, SlateDbOptions, SlateDbSyncBackend};
 
 use job::{events, window_of, CheckpointReport, DemoBackend, Env, Event, Job, Progress, UserState};
-use job::{JOB, MAX_PARALLELISM};
+use job::{JOB, MAX_PARALLELISM, OPERATOR};
 use sink::{write_synced, Sink, WindowResults};
 
 /// Options of `flowstate demo`.
@@ -155,6 +157,9 @@ pub enum BackendKind {
     Rocksdb,
     /// The in-memory backend.
     Heap,
+    /// SlateDB: state in the object store (or the directory) the
+    /// checkpoints go to, checkpoints that pin it and upload nothing.
+    Slatedb,
 }
 
 /// Where checkpoints go.
@@ -183,6 +188,9 @@ impl StorageKind {
 
 /// The RocksDB working directory under the demo's directory.
 const WORKING_DIR: &str = "rocksdb";
+/// The SlateDB backend's databases under the demo's directory (with
+/// filesystem storage).
+const SLATEDB_DIR: &str = "slatedb";
 
 /// The files under `dir`, relative, with sizes; runs of state files in one
 /// directory are summarized. The RocksDB working directory is left out: the
@@ -199,7 +207,7 @@ fn layout(dir: &Path) -> Result<Vec<String>> {
         let (mut state_files, mut state_bytes) = (0, 0);
         for e in entries {
             let name = e.file_name().to_string_lossy().into_owned();
-            if rel.is_empty() && name == WORKING_DIR {
+            if rel.is_empty() && (name == WORKING_DIR || name == SLATEDB_DIR) {
                 continue;
             }
             let path = if rel.is_empty() {
@@ -274,6 +282,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     match args.backend {
         BackendKind::Rocksdb => run_on::<RocksDbBackend<u64>>(args).await,
         BackendKind::Heap => run_on::<HeapBackend<u64>>(args).await,
+        BackendKind::Slatedb => run_on::<SlateDbSyncBackend<u64>>(args).await,
     }
 }
 
@@ -290,6 +299,18 @@ struct Setup {
     config: CheckpointStoreConfig,
     /// The durable sink's directory (none on memory storage).
     sink_dir: Option<PathBuf>,
+}
+
+impl Setup {
+    /// The job's checkpoint store; it releases the SlateDB checkpoints of
+    /// the checkpoints it no longer retains.
+    async fn open_store(&self) -> Result<CheckpointStore> {
+        let store = CheckpointStore::open(Arc::clone(&self.storage), self.config).await?;
+        Ok(match &self.env.slatedb {
+            Some(f) => store.with_native_release(f.options().release()),
+            None => store,
+        })
+    }
 }
 
 /// Refuses settings the run cannot honour, before anything is written.
@@ -326,12 +347,9 @@ fn setup(args: &DemoArgs) -> Result<Setup> {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("flowstate-demo-{}", unique_file_name())),
     };
-    let env = Env {
-        work: root.join(WORKING_DIR),
-        local: root.join("local-recovery"),
-        incremental: !args.full,
-    };
     let kind = StorageKind::parse(&args.storage);
+    // Where the SlateDB backend's databases go: next to the checkpoints.
+    let mut databases: Option<(Arc<dyn ObjectStore>, String)> = None;
     let (storage, dir): (Arc<CheckpointStorage>, Option<PathBuf>) = match &kind {
         StorageKind::Object(url) => {
             let mut builder = ObjectStoreBuilder::new(url.as_str());
@@ -342,6 +360,11 @@ fn setup(args: &DemoArgs) -> Result<Setup> {
                 builder = builder.with_option(key, value);
             }
             let store = builder.build()?;
+            let base = match store.prefix() {
+                "" => format!("{JOB}/{SLATEDB_DIR}/{OPERATOR}"),
+                prefix => format!("{prefix}/{JOB}/{SLATEDB_DIR}/{OPERATOR}"),
+            };
+            databases = Some((Arc::clone(store.store()), base));
             let savepoints = format!("{}/savepoints", store.root());
             let storage = CheckpointStorage::new(Arc::new(store), JOB)?.with_savepoint_dir(savepoints);
             (Arc::new(storage), None)
@@ -353,12 +376,41 @@ fn setup(args: &DemoArgs) -> Result<Setup> {
             };
             let fs = flowstate_fs::checkpoint_storage(dir.join("checkpoints"), JOB)?
                 .with_savepoint_dir(dir.join("savepoints").display().to_string());
+            if args.backend == BackendKind::Slatedb {
+                let at = root.join(SLATEDB_DIR);
+                std::fs::create_dir_all(&at).map_err(|e| Error::io(at.display(), e))?;
+                let local = object_store::local::LocalFileSystem::new_with_prefix(&at)
+                    .map_err(|e| Error::invalid(format!("{}: {e}", at.display())))?;
+                databases = Some((Arc::new(local), format!("{JOB}/{OPERATOR}")));
+            }
             (Arc::new(fs), Some(dir))
         }
-        StorageKind::Memory => (
-            Arc::new(CheckpointStorage::in_memory(JOB).with_max_state_size(64 << 20)),
-            None,
-        ),
+        StorageKind::Memory => {
+            databases = Some((
+                Arc::new(object_store::memory::InMemory::new()),
+                format!("{JOB}/{OPERATOR}"),
+            ));
+            (
+                Arc::new(CheckpointStorage::in_memory(JOB).with_max_state_size(64 << 20)),
+                None,
+            )
+        }
+    };
+    let slatedb = match databases.filter(|_| args.backend == BackendKind::Slatedb) {
+        Some((store, base)) => {
+            // On a local filesystem SlateDB's garbage collector needs its
+            // boundary files off.
+            let local = matches!(kind, StorageKind::Fs | StorageKind::Dir(_));
+            let options = SlateDbOptions::new(store, base)?.with_boundary_files(!local);
+            Some(SlateDbBackendFactory::new(options)?)
+        }
+        None => None,
+    };
+    let env = Env {
+        work: root.join(WORKING_DIR),
+        local: root.join("local-recovery"),
+        incremental: !args.full,
+        slatedb,
     };
     let sink_dir = (!matches!(kind, StorageKind::Memory)).then(|| root.join("sink"));
     Ok(Setup {
@@ -502,7 +554,7 @@ impl Run<'_> {
                 .map_err(|e| Error::internal(format!("run settings: {e}")))?;
             write_synced(setup.root.join(SETTINGS_FILE), settings).await?;
         }
-        let mut store = CheckpointStore::open(Arc::clone(&setup.storage), setup.config).await?;
+        let mut store = setup.open_store().await?;
         let mut job = Job::<B>::new(args.parallelism, &setup.env)?;
         let stop = args.kill_at.unwrap_or(args.crash_after);
         self.run_events(&mut job, &mut store, 0..stop).await?;
@@ -531,7 +583,7 @@ impl Run<'_> {
     async fn recover<B: DemoBackend>(&mut self) -> Result<(Job<B>, CheckpointStore, Option<String>)> {
         let (args, setup) = (self.args, self.setup);
         let started = Instant::now();
-        let mut store = CheckpointStore::open(Arc::clone(&setup.storage), setup.config).await?;
+        let mut store = setup.open_store().await?;
         let parallelism = args.restore_parallelism.unwrap_or(args.parallelism);
         let resuming = args.resume.is_some();
         let Some(pointer) = store.latest().map(|c| c.pointer.clone()) else {

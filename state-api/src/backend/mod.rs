@@ -63,6 +63,12 @@ pub struct BackendCapabilities {
     /// Stores timers ([`TimerService`](crate::TimerService)); without it the
     /// `raw_timer_*` methods are `Unsupported`.
     pub timers: bool,
+    /// Disaggregated: the state's primary copy lives outside the checkpoint
+    /// storage (in the backend's own databases in object storage), so a
+    /// checkpoint writes a reference that pins it rather than the state,
+    /// and the checkpoint storage's files and size limits do not apply to
+    /// the state.
+    pub disaggregated: bool,
 }
 
 impl BackendCapabilities {
@@ -98,6 +104,12 @@ impl BackendCapabilities {
     /// With timers.
     pub fn with_timers(mut self) -> Self {
         self.timers = true;
+        self
+    }
+
+    /// Disaggregated state.
+    pub fn with_disaggregated_state(mut self) -> Self {
+        self.disaggregated = true;
         self
     }
 }

@@ -10,6 +10,8 @@
 //!   termination keeps ([`JobStatus`], [`CancellationPolicy`]).
 //! - `registry.rs`: the [`SharedStateRegistry`], which counts the retained
 //!   checkpoints that reference each file.
+//! - `release.rs`: [`NativeStateRelease`], what a store calls to release
+//!   what native checkpoints pin outside the checkpoint storage.
 //! - `gc.rs`: garbage collection of orphaned files
 //!   ([`CheckpointStore::collect_garbage`], [`GcOptions`], [`GcReport`]).
 //!
@@ -33,10 +35,12 @@
 
 mod gc;
 mod registry;
+mod release;
 mod store;
 
 pub use self::gc::{GcOptions, GcReport};
 pub use self::registry::SharedStateRegistry;
+pub use self::release::NativeStateRelease;
 pub use self::store::{
     CancellationPolicy, CheckpointStore, CheckpointStoreConfig, CompletedCheckpoint, Completion, JobStatus, RestoreMode,
 };

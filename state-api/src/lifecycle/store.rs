@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 
 use super::registry::SharedStateRegistry;
+use super::release::{keyed_handles, native_handles, NativeStateRelease};
 use crate::checkpoint::{
     metadata_path, metadata_path_id, CheckpointKind, CheckpointLocation, CheckpointMetadata, CheckpointStorage,
     KeyedStateHandle, OperatorState, ResolvedCheckpoint, StoredFile,
@@ -159,6 +160,7 @@ pub struct CheckpointStore {
     pub(super) registry: SharedStateRegistry,
     pub(super) pending: BTreeSet<u64>,
     deferred: Vec<DeferredDelete>,
+    releases: Vec<Arc<dyn NativeStateRelease>>,
 }
 
 impl CheckpointStore {
@@ -184,6 +186,7 @@ impl CheckpointStore {
             registry: SharedStateRegistry::new(),
             pending: BTreeSet::new(),
             deferred: Vec::new(),
+            releases: Vec::new(),
         };
         for id in ids {
             match store.read_metadata(id).await {
@@ -215,6 +218,35 @@ impl CheckpointStore {
             .position(|c| c.checkpoint_id > checkpoint.checkpoint_id)
             .unwrap_or(self.retained.len());
         self.retained.insert(at, checkpoint);
+    }
+
+    /// Releases, through `release`, what the native handles of its format
+    /// pin outside the checkpoint storage, whenever no retained checkpoint
+    /// needs them any more (subsumed, discarded at shutdown, or aborted
+    /// after being reported).
+    pub fn with_native_release(mut self, release: Arc<dyn NativeStateRelease>) -> Self {
+        self.releases.push(release);
+        self
+    }
+
+    /// Releases what the native handles among `handles` pin; failures are
+    /// logged (garbage collection finds them later). Returns the failures.
+    async fn release_native(&self, handles: &[&KeyedStateHandle]) -> usize {
+        let mut failed = 0;
+        for release in &self.releases {
+            for handle in native_handles(handles.iter().copied(), release.format()) {
+                if let Err(e) = release.release(handle).await {
+                    tracing::warn!(
+                        error = %e,
+                        checkpoint_id = handle.checkpoint_id,
+                        backend = %handle.backend_id,
+                        "could not release a native checkpoint; garbage collection will"
+                    );
+                    failed += 1;
+                }
+            }
+        }
+        failed
     }
 
     /// The storage.
@@ -462,7 +494,10 @@ impl CheckpointStore {
             .filter(|p| *p != meta)
             .collect();
         let (deleted, failed) = self.delete_released(free).await;
-        Ok((id, deleted + 1, failed))
+        let unreleased = self
+            .release_native(&keyed_handles(&oldest.metadata).collect::<Vec<_>>())
+            .await;
+        Ok((id, deleted + 1, failed + unreleased))
     }
 
     /// Aborts a checkpoint that will not complete: deletes everything its
@@ -483,6 +518,7 @@ impl CheckpointStore {
         orphans.dedup();
         let disposed = location.dispose().await;
         if location.kind() == CheckpointKind::Checkpoint {
+            self.release_native(&reported.iter().collect::<Vec<_>>()).await;
             let (_, failed) = self.delete_released(orphans).await;
             if failed > 0 {
                 tracing::warn!(

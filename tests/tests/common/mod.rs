@@ -292,3 +292,38 @@ impl BackendFactory for RocksDbFactory {
         async move { RocksDbBackend::restore(config, handles, &*reader, options).await }
     }
 }
+
+/// The SlateDB backend's factory, its databases in a fresh in-memory object
+/// store (`slatedb`) or in a bucket of the S3-compatible server
+/// (`slatedb-s3`), under a path of its own.
+pub struct SlateDbFactory;
+
+impl SlateDbFactory {
+    /// Databases in memory: `slatedb`.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> flowstate_slatedb::SlateDbBackendFactory {
+        let store: Arc<dyn flowstate_object::object_store::ObjectStore> =
+            Arc::new(flowstate_object::object_store::memory::InMemory::new());
+        Self::on(store, "slatedb")
+    }
+
+    /// Databases on the S3-compatible server: `slatedb-s3`.
+    pub fn s3() -> flowstate_slatedb::SlateDbBackendFactory {
+        let server = S3Server::from_env().expect("FLOWSTATE_S3_ENDPOINT is set when slatedb-s3 is registered");
+        let store = server.builder("").with_option("max_retries", "3").build().unwrap();
+        Self::on(Arc::clone(store.store()), "slatedb-s3")
+    }
+
+    fn on(
+        store: Arc<dyn flowstate_object::object_store::ObjectStore>,
+        name: &str,
+    ) -> flowstate_slatedb::SlateDbBackendFactory {
+        // Memtables are flushed by checkpoints, or past 1 MiB.
+        let options = flowstate_slatedb::SlateDbOptions::new(store, format!("{}/slatedb", unique_run()))
+            .unwrap()
+            .with_l0_sst_size(1 << 20);
+        flowstate_slatedb::SlateDbBackendFactory::new(options)
+            .unwrap()
+            .with_name(name)
+    }
+}
