@@ -342,6 +342,20 @@ impl<K: 'static> KeyedStateBackend for SlateDbSyncBackend<K> {
         self.block(self.inner.notify_checkpoint_complete(checkpoint_id))
     }
 
+    /// Flushes the memtable into an L0 file: state is then read from SST
+    /// files (through the cache). SlateDB's compactor merges them in the
+    /// background, on its own schedule.
+    fn compact(&mut self) -> Result<()> {
+        let path = self.inner.path().to_string();
+        self.block(async {
+            self.inner
+                .db()
+                .flush()
+                .await
+                .map_err(|e| crate::error::from_slatedb(format!("flushing database {path}"), e))
+        })
+    }
+
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
         self.block(self.inner.notify_checkpoint_aborted(checkpoint_id))
     }

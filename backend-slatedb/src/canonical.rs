@@ -22,7 +22,7 @@ use tokio::runtime::Handle;
 use crate::error::slate_err;
 use flowstate_api::format::keys::elements;
 
-use crate::keys::{decode_key, decode_timer_key, kg_prefix, map_key, pack_all, state_key, timer_key};
+use crate::keys::{bulk_scan, decode_key, decode_timer_key, kg_prefix, map_key, pack_all, state_key, timer_key};
 
 /// Frames read and written per batch of a canonical restore.
 const RESTORE_BATCH_BYTES: u64 = 16 << 20;
@@ -52,7 +52,10 @@ impl KeyGroupSource for SnapshotSource {
         self.runtime.block_on(async {
             let what = || format!("reading key group {kg} of database {path} for a savepoint");
             let (start, end) = (kg_prefix(kg).to_vec(), kg_prefix(kg + 1).to_vec());
-            let mut it = snapshot.scan(start..end).await.map_err(slate_err(what))?;
+            let mut it = snapshot
+                .scan_with_options(start..end, &bulk_scan())
+                .await
+                .map_err(slate_err(what))?;
             while let Some(kv) = it.next().await.map_err(slate_err(what))? {
                 let Some(tag) = kv.key.get(2..6).and_then(|t| <[u8; 4]>::try_from(t).ok()) else {
                     return Err(Error::corrupted(format!("{}: a key of {} bytes", what(), kv.key.len())));

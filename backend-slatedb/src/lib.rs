@@ -53,17 +53,23 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Not yet done (each is refused or documented, never silently wrong):
-//! - SlateDB checkpoints are released by the backend itself, keeping the
-//!   newest [`SlateDbOptions::with_retained_checkpoints`] (1 by default)
-//!   once a newer checkpoint completes: a checkpoint store that retains
-//!   more checkpoints than that cannot restore the older ones (`NotFound`).
-//!   Release through the store's retention is the next step.
-//! - Savepoints are refused as `Unsupported`; the synchronous
-//!   `KeyedStateBackend` face, and with it a `BackendFactory` and the
-//!   conformance suite, are not there yet.
+//! Engines with a current-key model use the synchronous face,
+//! [`SlateDbSyncBackend`], built and restored by [`SlateDbBackendFactory`]
+//! (which runs the databases on a Tokio runtime of its own): each operation
+//! waits for its request, so the asynchronous face is the fast one.
+//!
+//! - **Savepoints** are canonical (they must not depend on the database):
+//!   a SlateDB snapshot is taken in the synchronous phase and written one
+//!   key group at a time. Canonical snapshots of any backend restore into
+//!   this one (a backend switch).
+//! - **Release.** A SlateDB checkpoint pins the database's files until it
+//!   is released: by the [`CheckpointStore`](flowstate_api::CheckpointStore)
+//!   that retains the checkpoints, through [`SlateDbOptions::release`],
+//!   when it subsumes, discards or aborts them; or, for engines without a
+//!   store, by the backend itself
+//!   ([`SlateDbOptions::with_retained_checkpoints`]).
 //! - Expired TTL entries are hidden on read but not removed (no compaction
-//!   filter yet).
+//!   filter).
 //!
 //! - `keys.rs`: the key layout (key group first, then the state's tag);
 //! - `merge.rs`: [`ListConcat`], the merge operator of list appends;
@@ -71,6 +77,9 @@
 //! - `reference.rs`: the handle's metadata, the reference to a SlateDB
 //!   checkpoint ([`SlateDbCheckpointRef`]);
 //! - `restore.rs`: restores and rescales as clones;
+//! - `canonical.rs`: savepoints, and canonical snapshots restored;
+//! - `release.rs`: [`SlateDbRelease`], what the checkpoint store calls;
+//! - `blocking.rs`: the synchronous face and its factory;
 //! - `options.rs`: [`SlateDbOptions`].
 
 mod blocking;
@@ -88,7 +97,7 @@ pub use blocking::{SlateDbBackendFactory, SlateDbSyncBackend};
 pub use merge::ListConcat;
 pub use options::{SlateDbOptions, DEFAULT_CACHE_BYTES, DEFAULT_L0_SST_SIZE, DEFAULT_MAX_UNFLUSHED_BYTES};
 pub use reference::{decode_meta, SlateDbCheckpointRef, REFERENCE_MAGIC, REFERENCE_VERSION};
-pub use release::SlateDbRelease;
+pub use release::{SlateDbGcReport, SlateDbRelease};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -268,10 +277,44 @@ impl<K: 'static> SlateDbBackend<K> {
         let uuid = uuid::Uuid::new_v4().to_string();
         let path = options.db_path(&uuid);
         let plan = restore::plan(&options, &config, handles, reader.as_deref()).await?;
-        restore::clone_sources(&options, &path, &plan).await?;
+        let store = Arc::clone(&options.object_store);
+        let restored = Self::restore_at(options, config, uuid, path.clone(), &plan, reader).await;
+        if restored.is_err() {
+            // Nothing of a failed restore stays behind.
+            if let Err(e) = release::delete_database(&store, &path).await {
+                tracing::warn!(error = %e, db = %path, "left the database of a failed restore for garbage collection");
+            }
+        }
+        restored
+    }
+
+    /// Clones `plan`'s sources into a new database at `path`, opens it and
+    /// writes the canonical snapshots of `plan` into it; closes it again
+    /// when that fails.
+    async fn restore_at(
+        options: SlateDbOptions,
+        config: KeyedBackendConfig<K>,
+        uuid: String,
+        path: String,
+        plan: &restore::Plan,
+        reader: Option<Arc<dyn StateReader>>,
+    ) -> Result<Self> {
+        restore::clone_sources(&options, &path, plan).await?;
         let backend = Self::open_at(options, config, uuid, path, plan.sources.len()).await?;
+        match backend.register_restored(plan, reader.as_deref()).await {
+            Ok(()) => Ok(backend),
+            Err(e) => {
+                let _ = backend.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Registers the states of `plan`'s sources and writes its canonical
+    /// snapshots.
+    async fn register_restored(&self, plan: &restore::Plan, reader: Option<&dyn StateReader>) -> Result<()> {
         {
-            let mut core = backend.core.lock().map_err(|_| poisoned())?;
+            let mut core = self.core.lock().map_err(|_| poisoned())?;
             for (header, source) in &plan.headers {
                 for meta in &header.states {
                     if core.check_restored(meta, source)?.is_none() {
@@ -282,42 +325,33 @@ impl<K: 'static> SlateDbBackend<K> {
             }
         }
         for handle in &plan.canonical {
-            let reader = reader
-                .as_deref()
-                .ok_or_else(|| Error::invalid("restoring a canonical snapshot needs a state reader"))?;
-            canonical::restore(
-                &backend.db,
-                &backend.path,
-                &backend.config,
-                handle,
-                reader,
-                |header, name| {
-                    let mut core = backend.core.lock().map_err(|_| poisoned())?;
-                    let source = format!("snapshot {name}");
-                    header
-                        .states
-                        .iter()
-                        .map(|meta| {
-                            let id = match core.check_restored(meta, &source)? {
-                                Some(id) => id,
-                                None => {
-                                    check_tag(&core, meta)?;
-                                    core.add_state(meta.clone(), StateStore::new(meta))?
-                                }
-                            };
-                            let s = core.state(id)?.storage();
-                            Ok(canonical::SnapshotState {
-                                tag: s.tag,
-                                kind: s.kind,
-                                name: Arc::clone(&s.name),
-                            })
+            let reader = reader.ok_or_else(|| Error::invalid("restoring a canonical snapshot needs a state reader"))?;
+            canonical::restore(&self.db, &self.path, &self.config, handle, reader, |header, name| {
+                let mut core = self.core.lock().map_err(|_| poisoned())?;
+                let source = format!("snapshot {name}");
+                header
+                    .states
+                    .iter()
+                    .map(|meta| {
+                        let id = match core.check_restored(meta, &source)? {
+                            Some(id) => id,
+                            None => {
+                                check_tag(&core, meta)?;
+                                core.add_state(meta.clone(), StateStore::new(meta))?
+                            }
+                        };
+                        let s = core.state(id)?.storage();
+                        Ok(canonical::SnapshotState {
+                            tag: s.tag,
+                            kind: s.kind,
+                            name: Arc::clone(&s.name),
                         })
-                        .collect()
-                },
-            )
+                    })
+                    .collect()
+            })
             .await?;
         }
-        Ok(backend)
+        Ok(())
     }
 
     /// The database's path in the object store.
@@ -442,7 +476,7 @@ impl<K: 'static> SlateDbBackend<K> {
         for kg in self.config.key_group_range.iter() {
             let mut it = self
                 .db
-                .scan_prefix(keys::state_prefix(kg, s.tag), ..)
+                .scan_prefix_with_options(keys::state_prefix(kg, s.tag), .., &keys::bulk_scan())
                 .await
                 .map_err(slate_err(what))?;
             while let Some(kv) = it.next().await.map_err(slate_err(what))? {

@@ -17,6 +17,9 @@ pub const DEFAULT_L0_SST_SIZE: usize = 64 << 20;
 /// own default, 1 GiB, is too much for many subtasks on one machine).
 pub const DEFAULT_MAX_UNFLUSHED_BYTES: usize = 256 << 20;
 
+/// L0 files that may cover one key before flushes wait for compaction.
+const L0_FILES_PER_KEY: usize = 24;
+
 /// The in-memory block and metadata cache shared by the databases of one
 /// set of options, by default: 64 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
@@ -177,13 +180,19 @@ impl SlateDbOptions {
         std::sync::Arc::new(crate::release::SlateDbRelease::new(self))
     }
 
-    /// The SlateDB settings of every database: WAL off, the sizes above.
+    /// The SlateDB settings of every database: WAL off, the sizes above,
+    /// and room for 24 L0 files per key (SlateDB's default is 8): every
+    /// checkpoint flushes one, and a flush that finds L0 full waits for a
+    /// compaction of the whole database, which would make checkpoints as
+    /// slow as the state is large.
     pub(crate) fn settings(&self) -> Settings {
         Settings {
             wal_enabled: false,
             flush_interval: self.flush_interval,
             l0_sst_size_bytes: self.l0_sst_size_bytes,
             max_unflushed_bytes: self.max_unflushed_bytes,
+            l0_max_ssts_per_key: L0_FILES_PER_KEY,
+            l0_max_ssts: L0_FILES_PER_KEY * 4,
             garbage_collector_options: Some(GarbageCollectorOptions {
                 boundary_files_enabled: self.boundary_files,
                 ..GarbageCollectorOptions::default()

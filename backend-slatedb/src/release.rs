@@ -1,13 +1,14 @@
 //! Releasing SlateDB checkpoints when the checkpoint store no longer
 //! retains the checkpoint that pinned them.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use flowstate_api::checkpoint::{IncrementalStateHandle, NativeFormat};
+use flowstate_api::checkpoint::{IncrementalStateHandle, KeyedStateHandle, NativeFormat};
 use flowstate_api::lifecycle::NativeStateRelease;
 use flowstate_api::{Error, ErrorKind, Result};
 use futures::StreamExt;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use slatedb::admin::AdminBuilder;
 
 use crate::error::slate_err;
@@ -47,6 +48,161 @@ pub(crate) async fn exists(store: &Arc<dyn ObjectStore>, path: &str) -> Result<b
         .with_source(e)
     })?;
     Ok(first.is_some())
+}
+
+/// Deletes the database at `path` (one no checkpoint references, and no
+/// process has open), first releasing what it pins in the databases it was
+/// cloned from (SlateDB's `delete_db`); a path holding objects but no
+/// manifest (a clone that failed midway) has its objects deleted.
+pub(crate) async fn delete_database(store: &Arc<dyn ObjectStore>, path: &str) -> Result<()> {
+    let admin = AdminBuilder::new(path, Arc::clone(store)).build();
+    match admin.delete_db(true).await {
+        Ok(_) => return Ok(()),
+        Err(e) if exists(store, path).await? => {
+            return Err(crate::error::from_slatedb(format!("deleting database {path}"), e));
+        }
+        Err(_) => {}
+    }
+    let prefix = object_store::path::Path::from(path);
+    let what = |e: object_store::Error| {
+        Error::new(ErrorKind::Unavailable, format!("deleting database {path}: {e}")).with_source(e)
+    };
+    let objects: Vec<object_store::path::Path> = store
+        .list(Some(&prefix))
+        .map(|m| m.map(|m| m.location))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<std::result::Result<_, _>>()
+        .map_err(what)?;
+    for o in objects {
+        match store.delete(&o).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(what(e)),
+        }
+    }
+    Ok(())
+}
+
+/// What [`SlateDbOptions::collect_garbage`] found, and removed unless it
+/// was a dry run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SlateDbGcReport {
+    /// Databases deleted whole: of no running backend, referenced by no
+    /// retained checkpoint, and read by no clone.
+    pub deleted_databases: Vec<String>,
+    /// SlateDB checkpoints of flowstate checkpoints that are not retained,
+    /// released (`<database>#flowstate:<checkpoint id>`).
+    pub released_checkpoints: Vec<String>,
+    /// Databases of no running backend and no retained checkpoint, kept
+    /// because a clone (a backend restored from them) still reads their
+    /// files; SlateDB releases that once the clone's compaction has
+    /// rewritten them, or the clone is deleted.
+    pub read_by_clones: Vec<String>,
+}
+
+impl SlateDbOptions {
+    /// Removes what no one needs among the databases under the base path:
+    /// the SlateDB checkpoints of flowstate checkpoints not in `retained`
+    /// (the keyed handles of every checkpoint the job retains), and whole
+    /// databases that, after that, no retained checkpoint references and
+    /// no clone reads: those of failed attempts and finished jobs. The
+    /// databases of the backends running now (`live`, their backend ids)
+    /// are left alone: their checkpoints in flight are not retained yet.
+    /// Run it with the job stopped, or with every running backend in
+    /// `live`. `dry_run` reports without removing anything.
+    pub async fn collect_garbage(
+        &self,
+        retained: &[KeyedStateHandle],
+        live: &[&str],
+        dry_run: bool,
+    ) -> Result<SlateDbGcReport> {
+        let mut wanted: HashMap<&str, HashSet<u64>> = HashMap::new();
+        for h in retained {
+            if let KeyedStateHandle::Incremental(h) = h {
+                if h.format == NativeFormat::SlateDb {
+                    wanted.entry(h.backend_id.as_str()).or_default().insert(h.checkpoint_id);
+                }
+            }
+        }
+        let store = &self.object_store;
+        let base = object_store::path::Path::from(self.base_path.as_str());
+        let listing = store.list_with_delimiter(Some(&base)).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("listing the databases under {}: {e}", self.base_path),
+            )
+            .with_source(e)
+        })?;
+        let mut report = SlateDbGcReport::default();
+        let mut pending: Vec<(String, String)> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| Some((p.filename()?.to_string(), p.to_string())))
+            .filter(|(id, _)| !live.contains(&id.as_str()))
+            .collect();
+        // Deleting a clone releases what it pinned in its sources, which
+        // may then go too: repeat while databases are deleted.
+        loop {
+            let mut deleted_any = false;
+            let mut still = Vec::new();
+            for (id, path) in pending {
+                if !exists(store, &path).await? {
+                    report.deleted_databases.push(path.clone());
+                    if !dry_run {
+                        delete_database(store, &path).await?;
+                    }
+                    continue;
+                }
+                let admin = AdminBuilder::new(path.as_str(), Arc::clone(store)).build();
+                let checkpoints = admin
+                    .list_checkpoints(None)
+                    .await
+                    .map_err(slate_err(|| format!("listing the checkpoints of database {path}")))?;
+                let keep = wanted.get(id.as_str());
+                let (mut kept, mut pinned) = (false, false);
+                for c in &checkpoints {
+                    match c.name.as_deref().and_then(|n| n.strip_prefix("flowstate:")) {
+                        Some(n) if keep.is_some_and(|k| n.parse().is_ok_and(|id: u64| k.contains(&id))) => kept = true,
+                        Some(n) => {
+                            let name = format!("{path}#flowstate:{n}");
+                            if !report.released_checkpoints.contains(&name) {
+                                report.released_checkpoints.push(name);
+                            }
+                            if !dry_run {
+                                admin.delete_checkpoint(c.id).await.map_err(slate_err(|| {
+                                    format!("releasing checkpoint {} of database {path}", c.id)
+                                }))?;
+                            }
+                        }
+                        None => pinned = true,
+                    }
+                }
+                if kept || keep.is_some() {
+                    continue;
+                }
+                if pinned && !dry_run {
+                    still.push((id, path));
+                    continue;
+                }
+                if pinned {
+                    report.read_by_clones.push(path);
+                    continue;
+                }
+                report.deleted_databases.push(path.clone());
+                if !dry_run {
+                    delete_database(store, &path).await?;
+                }
+                deleted_any = true;
+            }
+            if !deleted_any || still.is_empty() {
+                report.read_by_clones.extend(still.into_iter().map(|(_, p)| p));
+                break;
+            }
+            pending = still;
+        }
+        Ok(report)
+    }
 }
 
 #[async_trait::async_trait]

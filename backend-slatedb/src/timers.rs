@@ -17,7 +17,7 @@ use slatedb::Db;
 use tokio::sync::OnceCell;
 
 use crate::error::slate_err;
-use crate::keys::{decode_timer_key, state_prefix, timer_key};
+use crate::keys::{bulk_scan, decode_timer_key, state_prefix, timer_key};
 
 /// `(timestamp, key group, key, namespace)`: the firing order.
 type Entry = (i64, u32, Vec<u8>, Vec<u8>);
@@ -51,7 +51,7 @@ impl TimerIndex {
                 for kg in t.range.iter() {
                     let what = || format!("reading the timers of {:?} in database {}", t.name, t.path);
                     let mut it =
-                        t.db.scan_prefix(state_prefix(kg, t.tag), ..)
+                        t.db.scan_prefix_with_options(state_prefix(kg, t.tag), .., &bulk_scan())
                             .await
                             .map_err(slate_err(what))?;
                     while let Some(kv) = it.next().await.map_err(slate_err(what))? {

@@ -3,11 +3,12 @@
 //! 20M keys), one tab-separated line per figure:
 //! `flowstate <workload> <backend> <metric> <value> <unit>`.
 //!
-//! `workload [W1|W2|W3|T1|S1|all] [--quick] [--keys N] [--storage s3] [--only heap|rocksdb]`; `--quick` shrinks every
-//! size 10x; `--keys N` sets W3's keys (default 2,000,000; W3 runs only when named); `--storage s3` runs W2's RocksDB checkpoints against the
-//! S3-compatible server of `FLOWSTATE_S3_*` (see `scripts/s3-server.sh`).
+//! `workload [W1|W2|W3|T1|S1|all] [--quick] [--keys N] [--storage s3] [--only heap|rocksdb|slatedb]`; `--quick` shrinks every
+//! size 10x; `--keys N` sets W3's keys (default 2,000,000; W3 runs only when named); `--storage s3` runs W2's RocksDB checkpoints (and with `--only slatedb` the SlateDB
+//! backend's databases) against the S3-compatible server of `FLOWSTATE_S3_*` (see `scripts/s3-server.sh`).
 
 mod scale;
+mod slate;
 mod stall;
 mod timers;
 mod w1;
@@ -80,6 +81,10 @@ fn main() -> ExitCode {
     };
     let which = if which == "s3" || which == "fs" { "all" } else { which };
     let result = match which {
+        "W1" if only == Some("slatedb") => slate::run_w1(scale, object.as_ref()),
+        "W2" if only == Some("slatedb") => slate::run_w2(scale, object.as_ref()),
+        "W3" if only == Some("slatedb") => slate::run_w3(keys, object.as_ref()),
+        "S1" if only == Some("slatedb") => slate::run_s1(scale, object.as_ref()),
         "W1" => w1::run(scale, only),
         "W2" => w2::run(scale, object.as_ref(), only),
         "W3" => w3::run(keys, only),

@@ -79,7 +79,7 @@ fn rocks_options(dir: &std::path::Path) -> RocksDbOptions {
 }
 
 /// Preloads and measures the six W1 operations on backend `b`, named `name`.
-fn backend<B: KeyedStateBackend<Key = u64>>(name: &str, mut b: B, scale: usize) -> Result<()> {
+pub(crate) fn backend<B: KeyedStateBackend<Key = u64>>(name: &str, mut b: B, scale: usize) -> Result<()> {
     let (mut inputs, key_space) = Inputs::new(scale);
     let value = b.register(ValueStateDescriptor::<u64>::new("w1-value"))?;
     let list = b.register(ListStateDescriptor::<u64>::new("w1-list"))?;
@@ -154,24 +154,35 @@ fn backend<B: KeyedStateBackend<Key = u64>>(name: &str, mut b: B, scale: usize) 
 /// synchronous one (each batch of records is drained before the next).
 fn through_executor<B: KeyedStateBackend<Key = u64> + 'static>(name: &str, mut b: B, scale: usize) -> Result<()> {
     use std::sync::Arc;
-    let (mut inputs, key_space) = Inputs::new(scale);
+    let (_, key_space) = Inputs::new(scale);
     let value = b.register(ValueStateDescriptor::<u64>::new("w1-value"))?;
     for k in 0..key_space {
         b.set_current_key(&k)?;
         b.update(&value, k)?;
     }
     b.compact()?;
-    let backend = Arc::new(SyncAsAsync::new(b));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .map_err(|e| Error::io("a runtime", e))?;
+    measure_async(name, Arc::new(SyncAsAsync::new(b)), &value, scale, &runtime)
+}
+
+/// value.get and value.update as records of a [`KeyOrderedExecutor`] over
+/// `backend`, preloaded with W1's keys in `value`, on `runtime`.
+pub(crate) fn measure_async<A: AsyncKeyedStateBackend<Key = u64> + 'static>(
+    name: &str,
+    backend: std::sync::Arc<A>,
+    value: &ValueState<u64>,
+    scale: usize,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<()> {
+    let (mut inputs, _) = Inputs::new(scale);
     runtime.block_on(async {
-        let mut executor =
-            KeyOrderedExecutor::new(backend, KeyOrderedExecutor::<SyncAsAsync<B>>::DEFAULT_MAX_IN_FLIGHT)?;
+        let mut executor = KeyOrderedExecutor::new(backend, KeyOrderedExecutor::<A>::DEFAULT_MAX_IN_FLIGHT)?;
         for (metric, update) in [("value.get", false), ("value.update", true)] {
             let mut i = inputs.i;
-            run_records(&mut executor, &inputs, &mut i, inputs.warmup, update, &value).await?;
-            let (ops, elapsed) = run_records(&mut executor, &inputs, &mut i, inputs.measure, update, &value).await?;
+            run_records(&mut executor, &inputs, &mut i, inputs.warmup, update, value).await?;
+            let (ops, elapsed) = run_records(&mut executor, &inputs, &mut i, inputs.measure, update, value).await?;
             inputs.i = i;
             emit("W1", name, metric, ops as f64 / (elapsed.as_secs_f64() * 1e3), "ops/ms");
         }
@@ -181,8 +192,8 @@ fn through_executor<B: KeyedStateBackend<Key = u64> + 'static>(name: &str, mut b
 
 /// Submits records of `value.get` (or `value.update`) in batches, each
 /// drained, until `d` has passed; returns the records and the time.
-async fn run_records<'a, B: KeyedStateBackend<Key = u64> + 'static>(
-    executor: &mut KeyOrderedExecutor<'a, SyncAsAsync<B>>,
+async fn run_records<'a, A: AsyncKeyedStateBackend<Key = u64> + 'static>(
+    executor: &mut KeyOrderedExecutor<'a, A>,
     inputs: &Inputs,
     i: &mut usize,
     d: Duration,

@@ -437,6 +437,21 @@ impl ObjectTarget {
             CheckpointStorage::new(Arc::new(store), "w2")?.with_savepoint_dir(savepoints),
         ))
     }
+
+    /// The server's bucket as an object store, and a fresh key prefix in
+    /// it starting with `run`.
+    pub fn object_store(&self, run: &str) -> Result<(Arc<dyn flowstate_object::object_store::ObjectStore>, String)> {
+        let tag = unique_file_name();
+        let store = flowstate_object::ObjectStoreBuilder::new(format!("s3://{}", self.bucket))
+            .without_env()
+            .with_option("endpoint", &self.endpoint)
+            .with_option("access_key_id", &self.key)
+            .with_option("secret_access_key", &self.secret)
+            .with_option("region", "us-east-1")
+            .with_option("allow_http", "true")
+            .build()?;
+        Ok((Arc::clone(store.store()), format!("{run}-{}", &tag[tag.len() - 4..])))
+    }
 }
 
 /// Resets this process's peak resident set size to the current one (Linux:

@@ -310,7 +310,7 @@ contracts! {
         // every stream inline in memory has none to fail but the metadata.
         lifecycle [Need::DurableStorage] { fault_sweep_restores_last_completed }
         concurrent [] { overlapping_checkpoints_keep_reused_files, interleaved_checkpoints_restore_exactly }
-        concurrent [Need::DurableStorage] { failed_upload_leaves_nothing_behind }
+        concurrent [Need::DurableStorage, Need::StateInCheckpoints] { failed_upload_leaves_nothing_behind }
         compat [] {
             restore_at_other_max_parallelism_is_refused, duplicate_handle_is_refused,
             invalid_state_names_are_refused_at_registration, hostile_state_name_in_snapshot_is_refused,

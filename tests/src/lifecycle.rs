@@ -440,7 +440,10 @@ pub async fn fault_sweep_restores_last_completed<F: BackendFactory>(ctx: Ctx<F>)
             k += if tail { 1 } else { stride };
         }
     }
-    assert!(runs >= 6, "only {runs} faults injected");
+    // A disaggregated backend's checkpoint writes its handles' references
+    // and the metadata only: a few operations, each faulted in both modes.
+    let least = if ctx.backend.capabilities().disaggregated { 4 } else { 6 };
+    assert!(runs >= least, "only {runs} faults injected");
     eprintln!("fault sweep: {runs} injected failures");
 }
 

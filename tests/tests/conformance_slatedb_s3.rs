@@ -2,11 +2,12 @@
 //! checkpoints on the S3-compatible server that `scripts/test.sh` starts
 //! (`slatedb-s3/s3/…`).
 //!
-//! Two contracts are listed but ignored here, with the reason: the
-//! randomized interleavings of `concurrent` take several thousand SlateDB
-//! requests per seed (over ten minutes against this server); they run on
+//! Some contracts are listed but ignored here, with the reason; they run on
 //! the backend's in-memory object store in `conformance_slatedb`, and
-//! nothing in them depends on the object store.
+//! nothing they check depends on the object store: the randomized
+//! interleavings of `concurrent` (several thousand SlateDB requests per
+//! seed, over ten minutes against this server) and the byte-by-byte
+//! `corruption` sweeps (one restore, so one database opened, per byte).
 
 mod common;
 
@@ -15,9 +16,11 @@ use flowstate_conformance::Suite;
 use libtest_mimic::{Arguments, Completion, Trial};
 
 /// Contracts that run on the in-memory object store only.
-const IN_MEMORY_ONLY: [&str; 2] = [
+const IN_MEMORY_ONLY: [&str; 4] = [
     "concurrent/interleaved_checkpoints_restore_exactly",
     "concurrent/overlapping_checkpoints_keep_reused_files",
+    "corruption/every_byte_flip_of_a_snapshot_is_refused",
+    "corruption/every_truncation_of_a_snapshot_is_refused",
 ];
 
 fn main() {
@@ -33,8 +36,8 @@ fn main() {
                     let name = t.name().to_string();
                     Trial::ignorable_test(name, || {
                         Ok(Completion::ignored_with(
-                            "runs on the in-memory object store (conformance_slatedb): thousands of requests per \
-                             seed, over ten minutes on this server",
+                            "runs on the in-memory object store (conformance_slatedb): thousands of databases or \
+                             requests, over ten minutes on this server",
                         ))
                     })
                     .with_ignored_flag(true)

@@ -264,3 +264,40 @@ pub async fn objects(store: &Arc<dyn ObjectStore>, prefix: &str) -> BTreeMap<Str
         .await
         .unwrap()
 }
+
+/// The S3-compatible server the test scripts start (`FLOWSTATE_S3_*`), in
+/// a bucket of this process's own; `None` outside CI without one (CI
+/// always has one: its absence there fails the test).
+pub fn s3_server() -> Option<Arc<dyn ObjectStore>> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let Some(endpoint) = var("FLOWSTATE_S3_ENDPOINT") else {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI runs the object-store tests against a real server: run them through scripts/test.sh"
+        );
+        eprintln!("no S3-compatible server (FLOWSTATE_S3_ENDPOINT): run through scripts/test.sh");
+        return None;
+    };
+    // The file-backed server keeps a bucket as a directory of its root.
+    let bucket = match var("FLOWSTATE_S3_ROOT") {
+        Some(root) => {
+            let name = format!("slatedb-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+            std::fs::create_dir(std::path::Path::new(&root).join(&name)).unwrap();
+            name
+        }
+        None => var("FLOWSTATE_S3_BUCKET").unwrap(),
+    };
+    let store = flowstate_object::ObjectStoreBuilder::new(format!("s3://{bucket}"))
+        .without_env()
+        .with_option("endpoint", endpoint)
+        .with_option("access_key_id", var("FLOWSTATE_S3_ACCESS_KEY_ID").unwrap_or_default())
+        .with_option(
+            "secret_access_key",
+            var("FLOWSTATE_S3_SECRET_ACCESS_KEY").unwrap_or_default(),
+        )
+        .with_option("region", "us-east-1")
+        .with_option("allow_http", "true")
+        .build()
+        .unwrap();
+    Some(Arc::clone(store.store()))
+}

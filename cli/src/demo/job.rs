@@ -43,6 +43,10 @@ pub(crate) trait DemoBackend: KeyedStateBackend<Key = u64> + Sized + Send + 'sta
     fn restored_locally(&self) -> bool {
         false
     }
+    /// The backend's own database, if it has one (the SlateDB backend's id).
+    fn database(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl DemoBackend for HeapBackend<u64> {
@@ -112,6 +116,9 @@ impl DemoBackend for SlateDbSyncBackend<u64> {
         _subtask: u32,
     ) -> Result<Self> {
         slatedb(env)?.restore(config, handles, Arc::clone(reader)).await
+    }
+    fn database(&self) -> Option<&str> {
+        Some(self.inner().uuid())
     }
 }
 
@@ -468,6 +475,11 @@ impl<B: DemoBackend> Job<B> {
     /// The keyed operator's parallelism.
     pub(crate) fn parallelism(&self) -> usize {
         self.subtasks.len()
+    }
+
+    /// The databases of the running backends that have one.
+    pub(crate) fn databases(&self) -> Vec<&str> {
+        self.subtasks.iter().filter_map(|s| s.backend.database()).collect()
     }
 
     /// How many keyed subtasks were restored from local copies.

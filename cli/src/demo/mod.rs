@@ -14,7 +14,8 @@ use clap::Args;
 use flowstate_api::checkpoint::{is_own_file_name, unique_file_name, BlobStore};
 use flowstate_api::lifecycle::GcOptions;
 use flowstate_api::{
-    CheckpointKind, CheckpointStorage, CheckpointStore, CheckpointStoreConfig, Error, RestoreMode, Result,
+    CheckpointKind, CheckpointStorage, CheckpointStore, CheckpointStoreConfig, Error, KeyedStateHandle, RestoreMode,
+    Result,
 };
 use flowstate_heap::HeapBackend;
 use flowstate_object::object_store::{self, ObjectStore};
@@ -646,6 +647,21 @@ impl Run<'_> {
             .checkpoint(store, self.next_id, CheckpointKind::Savepoint, &mut self.sink)
             .await?;
         self.printer.report("end of input", savepoint);
+        if let Some(f) = &self.setup.env.slatedb {
+            let retained: Vec<KeyedStateHandle> = store
+                .retained()
+                .iter()
+                .flat_map(|c| c.metadata.operators.iter().flat_map(|o| o.keyed.clone()))
+                .collect();
+            let r = f.options().collect_garbage(&retained, &job.databases(), false).await?;
+            println!(
+                "SlateDB garbage collection: {} databases deleted, {} checkpoints released, {} databases kept \
+                 while the running backends' clones read them",
+                r.deleted_databases.len(),
+                r.released_checkpoints.len(),
+                r.read_by_clones.len()
+            );
+        }
         Ok(Some(store.collect_garbage(&GcOptions::new(Duration::ZERO)).await?))
     }
 }
@@ -829,22 +845,20 @@ mod tests {
         assert!(sp.path().join(METADATA_FILE).is_file());
     }
 
-    /// On the S3-compatible server of `scripts/test.sh`, with RocksDB's
-    /// incremental checkpoints: recovery from the bucket is exactly-once.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn demo_on_s3_recovers_exactly_once() {
+    /// A run in a fresh bucket prefix of the S3-compatible server of
+    /// `scripts/test.sh`, in `dir`; `None` without a server (outside CI).
+    fn on_s3(dir: &Path) -> Option<DemoArgs> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let Some(endpoint) = var("FLOWSTATE_S3_ENDPOINT") else {
             assert!(
                 var("CI").is_none_or(|v| v != "true"),
                 "CI runs this against a server: use scripts/test.sh"
             );
-            return;
+            return None;
         };
         let bucket = var("FLOWSTATE_S3_BUCKET").unwrap_or_else(|| "flowstate".into());
-        let dir = tempfile::tempdir().unwrap();
-        let args = DemoArgs {
-            dir: Some(dir.path().to_path_buf()),
+        Some(DemoArgs {
+            dir: Some(dir.to_path_buf()),
             storage: format!("s3://{bucket}/demo-{}", unique_file_name()),
             storage_options: vec![
                 format!("endpoint={endpoint}"),
@@ -859,9 +873,52 @@ mod tests {
                 "region=us-east-1".into(),
                 "allow_http=true".into(),
             ],
+            ..small_run()
+        })
+    }
+
+    /// On the S3-compatible server, with RocksDB's incremental checkpoints:
+    /// recovery from the bucket is exactly-once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_on_s3_recovers_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(args) = on_s3(dir.path()) else { return };
+        let args = DemoArgs {
             retain: 2,
             backend: BackendKind::Rocksdb,
+            ..args
+        };
+        assert!(run(args).await.unwrap());
+    }
+
+    /// On the SlateDB backend, its databases under the run's directory:
+    /// the crash, a recovery rescaled from 2 to 3 subtasks (clones of the
+    /// crashed attempt's databases) and the end of input are exactly-once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_on_slatedb_recovers_and_rescales_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = DemoArgs {
+            restore_parallelism: Some(3),
+            dir: Some(dir.path().to_path_buf()),
+            storage: "fs".into(),
+            retain: 2,
+            backend: BackendKind::Slatedb,
             ..small_run()
+        };
+        assert!(run(args).await.unwrap());
+        assert!(dir.path().join(SLATEDB_DIR).join(JOB).join(OPERATOR).is_dir());
+    }
+
+    /// On the SlateDB backend with its databases and checkpoints in the
+    /// S3-compatible server's bucket, rescaled from 2 to 3 on recovery.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_on_slatedb_and_s3_recovers_and_rescales_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(args) = on_s3(dir.path()) else { return };
+        let args = DemoArgs {
+            restore_parallelism: Some(3),
+            backend: BackendKind::Slatedb,
+            ..args
         };
         assert!(run(args).await.unwrap());
     }
