@@ -419,19 +419,23 @@ impl ObjectTarget {
         })
     }
 
+    /// A store of this server at `url` (`s3://<bucket>/…`).
+    fn build(&self, url: String) -> Result<flowstate_object::ObjectBlobStore> {
+        flowstate_object::ObjectStoreBuilder::new(url)
+            .without_env()
+            .with_option("endpoint", &self.endpoint)
+            .with_option("access_key_id", &self.key)
+            .with_option("secret_access_key", &self.secret)
+            .with_option("region", "us-east-1")
+            .with_option("allow_http", "true")
+            .build()
+    }
+
     fn storage(&self, run: &str) -> Result<Arc<CheckpointStorage>> {
         // Short keys: s3s-fs names a file after each key in base64, so keys
         // beyond ~140 bytes exceed the filesystem's 255-byte names.
         let tag = unique_file_name();
-        let store =
-            flowstate_object::ObjectStoreBuilder::new(format!("s3://{}/{run}-{}", self.bucket, &tag[tag.len() - 4..]))
-                .without_env()
-                .with_option("endpoint", &self.endpoint)
-                .with_option("access_key_id", &self.key)
-                .with_option("secret_access_key", &self.secret)
-                .with_option("region", "us-east-1")
-                .with_option("allow_http", "true")
-                .build()?;
+        let store = self.build(format!("s3://{}/{run}-{}", self.bucket, &tag[tag.len() - 4..]))?;
         let savepoints = format!("s3://{}/sp", self.bucket);
         Ok(Arc::new(
             CheckpointStorage::new(Arc::new(store), "w2")?.with_savepoint_dir(savepoints),
@@ -442,14 +446,7 @@ impl ObjectTarget {
     /// it starting with `run`.
     pub fn object_store(&self, run: &str) -> Result<(Arc<dyn flowstate_object::object_store::ObjectStore>, String)> {
         let tag = unique_file_name();
-        let store = flowstate_object::ObjectStoreBuilder::new(format!("s3://{}", self.bucket))
-            .without_env()
-            .with_option("endpoint", &self.endpoint)
-            .with_option("access_key_id", &self.key)
-            .with_option("secret_access_key", &self.secret)
-            .with_option("region", "us-east-1")
-            .with_option("allow_http", "true")
-            .build()?;
+        let store = self.build(format!("s3://{}", self.bucket))?;
         Ok((Arc::clone(store.store()), format!("{run}-{}", &tag[tag.len() - 4..])))
     }
 }

@@ -701,6 +701,17 @@ async fn verify(m: &CheckpointMetadata, reader: &dyn StateReader) -> Vec<String>
                         if let Err(e) = flowstate_heap::verify_chain(i, reader).await {
                             problems.push(format!("{}: {e}", i.meta.describe()));
                         }
+                    } else if i.format == NativeFormat::SlateDb {
+                        // The reference to the SlateDB checkpoint, checksummed
+                        // after the header.
+                        let name = i.meta.describe();
+                        let reference = reader
+                            .read(&i.meta)
+                            .await
+                            .and_then(|data| flowstate_slatedb::decode_meta(&data, &name).map(drop));
+                        if let Err(e) = reference {
+                            problems.push(format!("{name}: {e}"));
+                        }
                     }
                 }
                 other => problems.push(format!(
@@ -1020,6 +1031,57 @@ mod tests {
         };
         let path = dir.join("job").join(k.stream.file_path().unwrap());
         (k, reader, path)
+    }
+
+    /// A SlateDB checkpoint verifies: its handle's metadata is the header
+    /// and the checksummed reference to the SlateDB checkpoint; a damaged
+    /// reference is named.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verify_checks_a_slatedb_checkpoints_reference() {
+        use flowstate_api::AsyncKeyedStateBackend;
+        let store: Arc<dyn flowstate_object::object_store::ObjectStore> =
+            Arc::new(flowstate_object::object_store::memory::InMemory::new());
+        let options = flowstate_slatedb::SlateDbOptions::new(store, "job/slatedb/op").unwrap();
+        let config = KeyedBackendConfig::<u64>::new(KeyGroupRange::all(128).unwrap(), 128);
+        let b = Arc::new(flowstate_slatedb::SlateDbBackend::open(options, config).await.unwrap());
+        let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
+        flowstate_api::RecordCtx::for_key(Arc::clone(&b), &7)
+            .unwrap()
+            .update(&v, 1)
+            .await
+            .unwrap();
+        let storage = CheckpointStorage::in_memory("job");
+        let location = storage.init_checkpoint(1).await.unwrap();
+        let result = b
+            .snapshot(1, location.clone(), SnapshotOptions::checkpoint())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let reader: Arc<dyn StateReader> = Arc::new(flowstate_api::checkpoint::InlineReader);
+        let metadata = |handle: KeyedStateHandle| {
+            let mut m = CheckpointMetadata::new(1, CheckpointKind::Checkpoint, 0);
+            m.operators.push(OperatorState::new("op", 1, 128, vec![handle]));
+            m
+        };
+        assert_eq!(
+            verify(&metadata(result.handle.clone()), &*reader).await,
+            Vec::<String>::new()
+        );
+        let KeyedStateHandle::Incremental(mut h) = result.handle else {
+            panic!("a SlateDB checkpoint is native: {:?}", result.handle)
+        };
+        let StreamStateHandle::Inline(bytes) = &h.meta else {
+            panic!("the reference is inline: {:?}", h.meta)
+        };
+        let mut damaged = bytes.to_vec();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        h.meta = StreamStateHandle::Inline(damaged.into());
+        let problems = verify(&metadata(KeyedStateHandle::Incremental(h)), &*reader).await;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("SlateDB"), "{problems:?}");
+        b.close().await.unwrap();
     }
 
     #[tokio::test]
