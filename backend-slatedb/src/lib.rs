@@ -95,9 +95,14 @@ mod timers;
 
 pub use blocking::{SlateDbBackendFactory, SlateDbSyncBackend};
 pub use merge::ListConcat;
-pub use options::{SlateDbOptions, DEFAULT_CACHE_BYTES, DEFAULT_L0_SST_SIZE, DEFAULT_MAX_UNFLUSHED_BYTES};
+pub use options::{
+    SlateDbOptions, DEFAULT_CACHE_BYTES, DEFAULT_L0_SST_SIZE, DEFAULT_MAX_UNFLUSHED_BYTES, DEFAULT_STORE_RETRIES,
+};
 pub use reference::{decode_meta, SlateDbCheckpointRef, REFERENCE_MAGIC, REFERENCE_VERSION};
 pub use release::{SlateDbGcReport, SlateDbRelease};
+/// The SlateDB version this backend is built on ([`SlateDbBackend::db`]
+/// hands out its database).
+pub use slatedb;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use flowstate_api::checkpoint::validate_relative_path;
 use flowstate_api::{Error, Result};
 use object_store::ObjectStore;
-use slatedb::config::{GarbageCollectorOptions, Settings};
+use slatedb::config::{GarbageCollectorDirectoryOptions, GarbageCollectorOptions, Settings};
 use slatedb::db_cache::moka::{MokaCache, MokaCacheOptions};
 use slatedb::db_cache::DbCache;
 
@@ -19,6 +19,11 @@ pub const DEFAULT_MAX_UNFLUSHED_BYTES: usize = 256 << 20;
 
 /// L0 files that may cover one key before flushes wait for compaction.
 const L0_FILES_PER_KEY: usize = 24;
+
+/// How often SlateDB retries an object-store request that failed in a way
+/// that may pass (on top of the object store client's own retries), by
+/// default, before the error fails the read, write or checkpoint.
+pub const DEFAULT_STORE_RETRIES: u32 = 10;
 
 /// The in-memory block and metadata cache shared by the databases of one
 /// set of options, by default: 64 MiB.
@@ -46,6 +51,7 @@ pub struct SlateDbOptions {
     pub(crate) boundary_files: bool,
     pub(crate) cache: Option<Arc<dyn DbCache>>,
     pub(crate) retained_checkpoints: Option<usize>,
+    pub(crate) store_retries: Option<u32>,
 }
 
 impl fmt::Debug for SlateDbOptions {
@@ -59,6 +65,7 @@ impl fmt::Debug for SlateDbOptions {
             .field("boundary_files", &self.boundary_files)
             .field("shared_cache", &self.cache.is_some())
             .field("retained_checkpoints", &self.retained_checkpoints)
+            .field("store_retries", &self.store_retries)
             .finish()
     }
 }
@@ -67,8 +74,8 @@ impl SlateDbOptions {
     /// Databases under `base_path` (relative, `/`-separated, e.g.
     /// `job-1/slatedb/window-op`) in `object_store`, with the defaults:
     /// 100 ms memtable checks, 64 MiB L0 files, 256 MiB of unflushed
-    /// bytes, a 64 MiB in-memory cache, SlateDB checkpoints released by the checkpoint
-    /// store.
+    /// bytes, a 64 MiB in-memory cache, [`DEFAULT_STORE_RETRIES`] retries,
+    /// SlateDB checkpoints released by the checkpoint store.
     pub fn new(object_store: Arc<dyn ObjectStore>, base_path: impl Into<String>) -> Result<Self> {
         let base_path = base_path.into();
         validate_relative_path(&base_path).map_err(|e| e.context(format!("SlateDB base path {base_path:?}")))?;
@@ -81,6 +88,7 @@ impl SlateDbOptions {
             boundary_files: true,
             cache: None,
             retained_checkpoints: None,
+            store_retries: Some(DEFAULT_STORE_RETRIES),
         }
         .with_cache_bytes(DEFAULT_CACHE_BYTES))
     }
@@ -139,6 +147,16 @@ impl SlateDbOptions {
         self
     }
 
+    /// How often a database's object-store requests are retried when they
+    /// fail in a way that may pass, before the error fails the read, write
+    /// or checkpoint (and the job restarts from its last checkpoint, as on
+    /// any other backend); `None` retries for as long as the store is down,
+    /// stalling processing meanwhile.
+    pub fn with_store_retries(mut self, retries: Option<u32>) -> Self {
+        self.store_retries = retries;
+        self
+    }
+
     /// Whether SlateDB's garbage collector writes boundary files, which need
     /// conditional overwrites. Turn them off on a local filesystem, whose
     /// object store cannot overwrite conditionally (the collector would
@@ -193,11 +211,31 @@ impl SlateDbOptions {
             max_unflushed_bytes: self.max_unflushed_bytes,
             l0_max_ssts_per_key: L0_FILES_PER_KEY,
             l0_max_ssts: L0_FILES_PER_KEY * 4,
+            object_store_max_retries: self.store_retries,
             garbage_collector_options: Some(GarbageCollectorOptions {
                 boundary_files_enabled: self.boundary_files,
                 ..GarbageCollectorOptions::default()
             }),
             ..Settings::default()
+        }
+    }
+
+    /// The options of one pass of SlateDB's collector over a database no
+    /// backend has open: files (SSTs, manifests, compaction records) older
+    /// than `min_age` that nothing references go.
+    pub(crate) fn collector_options(&self, min_age: Duration) -> GarbageCollectorOptions {
+        let directory = Some(GarbageCollectorDirectoryOptions {
+            interval: None,
+            min_age,
+            dry_run: false,
+        });
+        GarbageCollectorOptions {
+            manifest_options: directory,
+            wal_options: directory,
+            compacted_options: directory,
+            compactions_options: directory,
+            boundary_files_enabled: self.boundary_files,
+            ..GarbageCollectorOptions::default()
         }
     }
 

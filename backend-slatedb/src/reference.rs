@@ -3,10 +3,16 @@
 //! SlateDB checkpoint that holds the state (docs/format.md, "SlateDB
 //! checkpoints").
 
+use std::sync::Arc;
+
 use flowstate_api::checkpoint::validate_relative_path;
 use flowstate_api::format::canonical::SnapshotHeader;
 use flowstate_api::format::codec::{decode_envelope, encode_envelope, put_str, Reader};
 use flowstate_api::{Error, Result};
+use object_store::ObjectStore;
+use slatedb::admin::AdminBuilder;
+
+use crate::error::slate_err;
 
 /// Magic of the reference envelope: `FSSD`.
 pub const REFERENCE_MAGIC: [u8; 4] = *b"FSSD";
@@ -34,6 +40,39 @@ impl SlateDbCheckpointRef {
     /// A name for messages: `<path>#<uuid>`.
     pub fn describe(&self) -> String {
         format!("SlateDB checkpoint {}#{}", self.db_path, self.checkpoint_uuid())
+    }
+
+    /// Checks that the SlateDB checkpoint is there, in the object store the
+    /// database paths are relative to: the database has a manifest, and
+    /// the checkpoint is among its checkpoints, pinning the manifest this
+    /// reference names. `NotFound` when the database or the checkpoint is
+    /// gone, `Corrupted` when it pins another manifest.
+    pub async fn check(&self, store: &Arc<dyn ObjectStore>) -> Result<()> {
+        let what = self.describe();
+        if !crate::release::exists(store, &self.db_path)
+            .await
+            .map_err(|e| e.context(what.clone()))?
+        {
+            return Err(Error::not_found(format!(
+                "{what}: the database does not exist (no manifest under {}/manifest)",
+                self.db_path
+            )));
+        }
+        let admin = AdminBuilder::new(self.db_path.as_str(), Arc::clone(store)).build();
+        let listed = admin
+            .list_checkpoints(None)
+            .await
+            .map_err(slate_err(|| format!("{what}: listing the database's checkpoints")))?;
+        match listed.iter().find(|c| c.id == self.checkpoint_uuid()) {
+            None => Err(Error::not_found(format!(
+                "{what}: the database has no such checkpoint (released, or the database was deleted)"
+            ))),
+            Some(c) if c.manifest_id != self.manifest_id => Err(Error::corrupted(format!(
+                "{what}: the checkpoint pins manifest {}, the reference says {}",
+                c.manifest_id, self.manifest_id
+            ))),
+            Some(_) => Ok(()),
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use flowstate_api::checkpoint::{IncrementalStateHandle, KeyedStateHandle, NativeFormat};
-use flowstate_api::lifecycle::NativeStateRelease;
+use flowstate_api::lifecycle::{GcOptions, NativeStateRelease};
 use flowstate_api::{Error, ErrorKind, Result};
 use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -48,6 +48,27 @@ pub(crate) async fn exists(store: &Arc<dyn ObjectStore>, path: &str) -> Result<b
         .with_source(e)
     })?;
     Ok(first.is_some())
+}
+
+/// When the newest manifest of the database at `path` was written
+/// (milliseconds since the Unix epoch); `None` without a manifest. Every
+/// flush and checkpoint of a running database writes one.
+async fn last_written(store: &Arc<dyn ObjectStore>, path: &str) -> Result<Option<u64>> {
+    let manifests = object_store::path::Path::from(format!("{path}/manifest"));
+    let mut listing = store.list(Some(&manifests));
+    let mut newest = None;
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(|e| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("listing the manifests of database {path}: {e}"),
+            )
+            .with_source(e)
+        })?;
+        let at = u64::try_from(meta.last_modified.timestamp_millis()).unwrap_or(0);
+        newest = Some(newest.map_or(at, |n: u64| n.max(at)));
+    }
+    Ok(newest)
 }
 
 /// Deletes the database at `path` (one no checkpoint references, and no
@@ -99,6 +120,15 @@ pub struct SlateDbGcReport {
     /// files; SlateDB releases that once the clone's compaction has
     /// rewritten them, or the clone is deleted.
     pub read_by_clones: Vec<String>,
+    /// Databases left alone because their newest manifest is younger than
+    /// the minimum age: a backend may be writing them.
+    pub recently_written: Vec<String>,
+    /// Retained databases of no running backend on which SlateDB's
+    /// collector ran once, deleting the files older than the minimum age
+    /// that neither their manifest nor a remaining SlateDB checkpoint
+    /// references (a running backend's database is collected by its own
+    /// process).
+    pub collected_databases: Vec<String>,
 }
 
 impl SlateDbOptions {
@@ -106,17 +136,25 @@ impl SlateDbOptions {
     /// the SlateDB checkpoints of flowstate checkpoints not in `retained`
     /// (the keyed handles of every checkpoint the job retains), and whole
     /// databases that, after that, no retained checkpoint references and
-    /// no clone reads: those of failed attempts and finished jobs. The
-    /// databases of the backends running now (`live`, their backend ids)
-    /// are left alone: their checkpoints in flight are not retained yet.
-    /// Run it with the job stopped, or with every running backend in
-    /// `live`. `dry_run` reports without removing anything.
+    /// no clone reads: those of failed attempts and finished jobs. On the
+    /// retained databases of no running backend, SlateDB's collector runs
+    /// once, so the files only released checkpoints kept go too.
+    ///
+    /// The databases of running backends are left alone: those in `live`
+    /// (their backend ids) and those whose newest manifest is younger than
+    /// `options.min_age` (their checkpoints in flight are not retained
+    /// yet). Run it with the job stopped, with every running backend in
+    /// `live`, or with a minimum age longer than the checkpoint interval.
+    /// Unless `options` deletes, it only reports.
     pub async fn collect_garbage(
         &self,
         retained: &[KeyedStateHandle],
         live: &[&str],
-        dry_run: bool,
+        options: &GcOptions,
     ) -> Result<SlateDbGcReport> {
+        let dry_run = options.dry_run;
+        let now = options.clock.now_millis();
+        let min_age = u64::try_from(options.min_age.as_millis()).unwrap_or(u64::MAX);
         let mut wanted: HashMap<&str, HashSet<u64>> = HashMap::new();
         for h in retained {
             if let KeyedStateHandle::Incremental(h) = h {
@@ -135,12 +173,19 @@ impl SlateDbOptions {
             .with_source(e)
         })?;
         let mut report = SlateDbGcReport::default();
-        let mut pending: Vec<(String, String)> = listing
+        let mut pending: Vec<(String, String)> = Vec::new();
+        for (id, path) in listing
             .common_prefixes
             .iter()
             .filter_map(|p| Some((p.filename()?.to_string(), p.to_string())))
             .filter(|(id, _)| !live.contains(&id.as_str()))
-            .collect();
+        {
+            match last_written(store, &path).await? {
+                Some(at) if now.saturating_sub(at) < min_age => report.recently_written.push(path),
+                _ => pending.push((id, path)),
+            }
+        }
+        let mut collect = Vec::new();
         // Deleting a clone releases what it pinned in its sources, which
         // may then go too: repeat while databases are deleted.
         loop {
@@ -179,6 +224,7 @@ impl SlateDbOptions {
                     }
                 }
                 if kept || keep.is_some() {
+                    collect.push(path);
                     continue;
                 }
                 if pinned && !dry_run {
@@ -200,6 +246,16 @@ impl SlateDbOptions {
                 break;
             }
             pending = still;
+        }
+        if !dry_run {
+            for path in collect {
+                let admin = AdminBuilder::new(path.as_str(), Arc::clone(store)).build();
+                admin
+                    .run_gc_once(self.collector_options(options.min_age))
+                    .await
+                    .map_err(slate_err(|| format!("collecting the garbage of database {path}")))?;
+                report.collected_databases.push(path);
+            }
         }
         Ok(report)
     }

@@ -121,27 +121,7 @@ pub(crate) async fn plan<K>(
 pub(crate) async fn clone_sources(options: &SlateDbOptions, path: &str, plan: &Plan) -> Result<()> {
     let store = &options.object_store;
     for s in &plan.sources {
-        let r = &s.reference;
-        if !crate::release::exists(store, &r.db_path)
-            .await
-            .map_err(|e| e.context(format!("restoring from {}", r.describe())))?
-        {
-            return Err(Error::not_found(format!(
-                "restoring from {}: the database does not exist (no manifest under {}/manifest)",
-                r.describe(),
-                r.db_path
-            )));
-        }
-        let admin = AdminBuilder::new(r.db_path.as_str(), Arc::clone(store)).build();
-        let listed = admin.list_checkpoints(None).await.map_err(slate_err(|| {
-            format!("restoring from {}: listing its checkpoints", r.describe())
-        }))?;
-        if !listed.iter().any(|c| c.id == r.checkpoint_uuid()) {
-            return Err(Error::not_found(format!(
-                "restoring from {}: the database has no such checkpoint (released, or the database was deleted)",
-                r.describe()
-            )));
-        }
+        s.reference.check(store).await.map_err(|e| e.context("restore"))?;
     }
     let spec = |s: &Source| {
         let spec = CloneSourceSpec::with_checkpoint(s.reference.db_path.as_str(), s.reference.checkpoint_uuid());

@@ -9,10 +9,11 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use flowstate_api::checkpoint::{KeyedStateHandle, OperatorState};
-use flowstate_api::lifecycle::JobStatus;
+use flowstate_api::lifecycle::{GcOptions, JobStatus};
 use flowstate_api::ttl::ManualClock;
 use flowstate_api::*;
 use flowstate_slatedb::{SlateDbBackend, SlateDbGcReport, SlateDbOptions};
@@ -140,16 +141,17 @@ async fn dead_attempts_leave_nothing_once_the_job_is_done(store: Arc<dyn ObjectS
         deleted_databases: vec![zero_path.clone()],
         released_checkpoints: vec![format!("{one_path}#flowstate:2")],
         read_by_clones: vec![one_path.clone()],
+        ..SlateDbGcReport::default()
     };
     let before = objects(&store, "").await;
     let dry = options
-        .collect_garbage(&retained(&checkpoints), &live, true)
+        .collect_garbage(&retained(&checkpoints), &live, &GcOptions::new(Duration::ZERO))
         .await
         .unwrap();
     assert_eq!(dry, want);
     assert_eq!(objects(&store, "").await, before, "a dry run removes nothing");
     let report = options
-        .collect_garbage(&retained(&checkpoints), &live, false)
+        .collect_garbage(&retained(&checkpoints), &live, &GcOptions::new(Duration::ZERO).delete())
         .await
         .unwrap();
     assert_eq!(report, want);
@@ -160,6 +162,39 @@ async fn dead_attempts_leave_nothing_once_the_job_is_done(store: Arc<dyn ObjectS
         "the clone's pin only"
     );
 
+    // Attempt 2 stops. A collection with an hour's minimum age finds its
+    // database just written and leaves it alone; one without runs
+    // SlateDB's collector on it, as on every retained database no backend
+    // has open, and what is retained still restores.
+    let two_path = two.path().to_string();
+    two.close().await.unwrap();
+    drop(two);
+    let before = objects(&store, "").await;
+    let recent = options
+        .collect_garbage(
+            &retained(&checkpoints),
+            &[],
+            &GcOptions::new(Duration::from_secs(3600)).delete(),
+        )
+        .await
+        .unwrap();
+    let mut recently = recent.recently_written.clone();
+    recently.sort();
+    let mut want = vec![one_path.clone(), two_path.clone()];
+    want.sort();
+    assert_eq!(recently, want, "{recent:?}");
+    assert!(recent.collected_databases.is_empty(), "{recent:?}");
+    assert_eq!(objects(&store, "").await, before, "recent databases are left alone");
+    let report = options
+        .collect_garbage(&retained(&checkpoints), &[], &GcOptions::new(Duration::ZERO).delete())
+        .await
+        .unwrap();
+    assert_eq!(
+        report.collected_databases,
+        std::slice::from_ref(&two_path),
+        "{report:?}"
+    );
+    assert_eq!(report.read_by_clones, std::slice::from_ref(&one_path), "{report:?}");
     // What is retained still restores, exactly.
     let handle = retained(&checkpoints);
     let check = Arc::new(
@@ -180,10 +215,11 @@ async fn dead_attempts_leave_nothing_once_the_job_is_done(store: Arc<dyn ObjectS
 
     // The job finishes: its checkpoints are discarded (their SlateDB
     // checkpoints released), and garbage collection leaves nothing.
-    two.close().await.unwrap();
-    drop(two);
     checkpoints.shutdown(JobStatus::Finished).await.unwrap();
-    let report = options.collect_garbage(&[], &[], false).await.unwrap();
+    let report = options
+        .collect_garbage(&[], &[], &GcOptions::new(Duration::ZERO).delete())
+        .await
+        .unwrap();
     assert!(report.read_by_clones.is_empty(), "{report:?}");
     assert!(report.deleted_databases.contains(&one_path), "{report:?}");
     let left = objects(&store, BASE).await;

@@ -41,22 +41,29 @@ pub struct StoreArgs {
 }
 
 /// True when `location` is an object-store URL rather than a path.
-fn is_url(location: &str) -> bool {
+pub(crate) fn is_url(location: &str) -> bool {
     location.contains("://")
+}
+
+/// The builder of the object store at `url`, with `options` (`KEY=VALUE`).
+pub(crate) fn object_store_builder(url: &str, options: &[String]) -> Result<ObjectStoreBuilder> {
+    let mut builder = ObjectStoreBuilder::new(url);
+    for option in options {
+        let Some((key, value)) = option.split_once('=') else {
+            return Err(Error::invalid(format!("--storage-option {option:?} is not KEY=VALUE")));
+        };
+        builder = builder.with_option(key, value);
+    }
+    Ok(builder)
 }
 
 /// The store rooted at `location`: a directory that must exist, or an
 /// object-store URL.
 fn open_store(location: &str, args: &StoreArgs) -> Result<Arc<dyn BlobStore>> {
     if is_url(location) {
-        let mut builder = ObjectStoreBuilder::new(location);
-        for option in &args.storage_options {
-            let Some((key, value)) = option.split_once('=') else {
-                return Err(Error::invalid(format!("--storage-option {option:?} is not KEY=VALUE")));
-            };
-            builder = builder.with_option(key, value);
-        }
-        return Ok(Arc::new(builder.build()?));
+        return Ok(Arc::new(
+            object_store_builder(location, &args.storage_options)?.build()?,
+        ));
     }
     let path = Path::new(location);
     let meta = std::fs::metadata(path).map_err(|e| Error::io(location, e))?;
@@ -157,6 +164,9 @@ struct Listed {
     files: Option<usize>,
     /// Files also referenced by another checkpoint of the listing.
     shared_files: Option<usize>,
+    /// SlateDB checkpoints referenced (one per subtask on the SlateDB
+    /// backend, which writes no files of its own).
+    slatedb_checkpoints: Option<usize>,
     error: Option<String>,
 }
 
@@ -187,6 +197,7 @@ async fn list_under(store: &Arc<dyn BlobStore>, storage: &CheckpointStorage) -> 
             state_size: None,
             files: None,
             shared_files: None,
+            slatedb_checkpoints: None,
             error: None,
         };
         if store.head(&dir.join(METADATA_FILE)?).await?.is_none() {
@@ -212,6 +223,13 @@ async fn list_under(store: &Arc<dyn BlobStore>, storage: &CheckpointStorage) -> 
                 listed.state_size = Some(m.state_size());
                 let files = m.file_paths();
                 listed.files = Some(files.len());
+                listed.slatedb_checkpoints = Some(
+                    m.operators
+                        .iter()
+                        .flat_map(|o| &o.keyed)
+                        .filter(|h| matches!(h, KeyedStateHandle::Incremental(i) if i.format == NativeFormat::SlateDb))
+                        .count(),
+                );
                 out.push((listed, files));
             }
             Err(e) => {
@@ -284,8 +302,8 @@ pub async fn checkpoints(args: CheckpointsArgs) -> Result<Outcome> {
         println!("{}", json(&rows)?);
     } else {
         println!(
-            "{:>6}  {:10}  {:18}  {:19}  {:>10}  {:>5}  {:>6}  where",
-            "id", "kind", "status", "time (UTC)", "state", "files", "shared"
+            "{:>6}  {:10}  {:18}  {:19}  {:>10}  {:>5}  {:>6}  {:>7}  where",
+            "id", "kind", "status", "time (UTC)", "state", "files", "shared", "slatedb"
         );
         for l in &rows {
             let dash = || "-".to_string();
@@ -294,7 +312,7 @@ pub async fn checkpoints(args: CheckpointsArgs) -> Result<Outcome> {
                 (s, _) => s.to_string(),
             };
             println!(
-                "{:>6}  {:10}  {:18}  {:19}  {:>10}  {:>5}  {:>6}  {}",
+                "{:>6}  {:10}  {:18}  {:19}  {:>10}  {:>5}  {:>6}  {:>7}  {}",
                 l.id.map_or_else(dash, |i| i.to_string()),
                 l.kind,
                 status,
@@ -302,6 +320,7 @@ pub async fn checkpoints(args: CheckpointsArgs) -> Result<Outcome> {
                 l.state_size.map_or_else(dash, size),
                 l.files.map_or_else(dash, |n| n.to_string()),
                 l.shared_files.map_or_else(dash, |n| n.to_string()),
+                l.slatedb_checkpoints.map_or_else(dash, |n| n.to_string()),
                 l.pointer
             );
             if let Some(e) = &l.error {
@@ -335,6 +354,12 @@ pub struct InspectArgs {
     /// Read every referenced file and check its size and checksums.
     #[arg(long)]
     pub verify: bool,
+    /// Where the SlateDB backend's databases are (the directory or URL the
+    /// database paths of its checkpoints are relative to), for `--verify`
+    /// to check the SlateDB checkpoints there; for a checkpoint in a
+    /// bucket, the bucket by default.
+    #[arg(long, value_name = "DIR|URL")]
+    pub slatedb: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -381,6 +406,9 @@ struct InspectedHandle {
     key_groups: String,
     files: Vec<InspectedFile>,
     inline_bytes: u64,
+    /// The SlateDB checkpoint a `slatedb` handle references
+    /// (`<database>#<checkpoint>, manifest <n>`).
+    slatedb_checkpoint: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -521,6 +549,7 @@ pub async fn inspect(args: InspectArgs) -> Result<Outcome> {
                     key_groups: k.range.to_string(),
                     files: stream_file(&k.stream, None).into_iter().collect(),
                     inline_bytes: inline_bytes(&k.stream),
+                    slatedb_checkpoint: None,
                 },
                 KeyedStateHandle::Incremental(i) => InspectedHandle {
                     format: match i.format {
@@ -543,15 +572,28 @@ pub async fn inspect(args: InspectArgs) -> Result<Outcome> {
                         .map(|f| inline_bytes(&f.stream))
                         .sum::<u64>()
                         + inline_bytes(&i.meta),
+                    slatedb_checkpoint: None,
                 },
                 other => InspectedHandle {
                     format: "unknown",
                     key_groups: other.key_group_range().to_string(),
                     files: Vec::new(),
                     inline_bytes: 0,
+                    slatedb_checkpoint: None,
                 },
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut keyed = keyed;
+        for (h, inspected) in op.keyed.iter().zip(keyed.iter_mut()) {
+            if let KeyedStateHandle::Incremental(i) = h {
+                if i.format == NativeFormat::SlateDb {
+                    inspected.slatedb_checkpoint = Some(match crate::slatedb::reference(reader, i).await {
+                        Ok(r) => format!("{}#{}, manifest {}", r.db_path, r.checkpoint_uuid(), r.manifest_id),
+                        Err(e) => format!("unreadable: {e}"),
+                    });
+                }
+            }
+        }
         let operator_state = op
             .operator_state
             .iter()
@@ -575,8 +617,15 @@ pub async fn inspect(args: InspectArgs) -> Result<Outcome> {
             operator_state,
         });
     }
+    let mut unchecked = false;
     let problems = if args.verify {
-        Some(verify(m, reader).await)
+        let mut problems = verify(m, reader).await;
+        let databases = crate::slatedb::Databases::locate(args.slatedb.as_deref(), &parent, &args.store)?;
+        match crate::slatedb::verify(m, reader, databases.as_ref()).await {
+            Some(p) => problems.extend(p),
+            None => unchecked = true,
+        }
+        Some(problems)
     } else {
         None
     };
@@ -598,6 +647,12 @@ pub async fn inspect(args: InspectArgs) -> Result<Outcome> {
         println!("{}", json(&report)?);
     } else {
         print_inspected(&report);
+    }
+    if unchecked {
+        eprintln!(
+            "note: the SlateDB checkpoints this references were not looked for in their databases: pass --slatedb \
+             DIR (where the SlateDB backend keeps them)"
+        );
     }
     Ok(if findings { Outcome::Findings } else { Outcome::Clean })
 }
@@ -641,6 +696,9 @@ fn print_inspected(r: &Inspected) {
             for f in &h.files {
                 let crc = f.crc32c.as_ref().map(|c| format!("  crc32c {c}")).unwrap_or_default();
                 println!("      {:>10}  {}{crc}", size(f.size), f.path);
+            }
+            if let Some(c) = &h.slatedb_checkpoint {
+                println!("      SlateDB checkpoint {c}");
             }
         }
         for o in &op.operator_state {
@@ -850,6 +908,15 @@ pub struct GcArgs {
     /// may belong to a checkpoint still being written.
     #[arg(long, default_value = "1h", value_parser = parse_age)]
     pub min_age: Duration,
+    /// Where the SlateDB backend's databases are (the directory or URL the
+    /// database paths of its checkpoints are relative to): releases the
+    /// SlateDB checkpoints no retained checkpoint references, deletes the
+    /// databases nothing needs (those of failed attempts) and runs
+    /// SlateDB's collector on the others; databases written within
+    /// `--min-age` are left alone. For checkpoints in a bucket, the bucket
+    /// by default.
+    #[arg(long, value_name = "DIR|URL")]
+    pub slatedb: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -878,6 +945,8 @@ struct GcOutput {
     orphans: Vec<GcFile>,
     bytes: u64,
     metadata_read: usize,
+    /// The SlateDB backends' databases, per base path.
+    slatedb: Vec<crate::slatedb::Collected>,
 }
 
 #[derive(Debug, Serialize)]
@@ -889,12 +958,30 @@ struct GcFile {
 /// Finds (and with `--delete` deletes) files no checkpoint references.
 pub async fn gc(args: GcArgs) -> Result<Outcome> {
     let (_, storage) = storage_at(&args.target, &args.store)?;
-    let store = CheckpointStore::open(storage, CheckpointStoreConfig::default()).await?;
+    let store = CheckpointStore::open(Arc::clone(&storage), CheckpointStoreConfig::default()).await?;
     let mut options = GcOptions::new(args.min_age);
     if args.delete {
         options = options.delete();
     }
     let report = store.collect_garbage(&options).await?;
+    let mut retained = Vec::new();
+    for c in store.retained() {
+        let resolved = storage.resolve(&c.pointer).await?;
+        retained.push((Arc::clone(&c.metadata), resolved.reader));
+    }
+    let slatedb = match crate::slatedb::Databases::locate(args.slatedb.as_deref(), &args.target, &args.store)? {
+        Some(databases) => crate::slatedb::collect(&databases, &retained, &options).await?,
+        None => {
+            let n = crate::slatedb::count_handles(&retained);
+            if n > 0 {
+                eprintln!(
+                    "note: {n} SlateDB checkpoints are referenced; pass --slatedb DIR (where the SlateDB backend \
+                     keeps its databases) to collect those databases too"
+                );
+            }
+            Vec::new()
+        }
+    };
     let out = GcOutput {
         deleted: report.deleted,
         orphans: report
@@ -907,6 +994,7 @@ pub async fn gc(args: GcArgs) -> Result<Outcome> {
             .collect(),
         bytes: report.bytes,
         metadata_read: report.metadata_read,
+        slatedb,
     };
     if args.store.json {
         println!("{}", json(&out)?);
@@ -925,8 +1013,27 @@ pub async fn gc(args: GcArgs) -> Result<Outcome> {
             size(out.bytes),
             out.metadata_read
         );
+        for c in &out.slatedb {
+            let list = |what: &str, items: &[String]| {
+                for i in items {
+                    println!("  {what}  {i}");
+                }
+            };
+            println!("SlateDB databases under {}:", c.base);
+            list("released", &c.released_checkpoints);
+            list("deleted ", &c.deleted_databases);
+            list("collected", &c.collected_databases);
+            list("read by a clone", &c.read_by_clones);
+            list("recently written", &c.recently_written);
+            println!(
+                "{verb}: {} SlateDB checkpoints, {} databases",
+                c.released_checkpoints.len(),
+                c.deleted_databases.len()
+            );
+        }
     }
-    Ok(if out.orphans.is_empty() || out.deleted {
+    let slatedb_left = !out.deleted && out.slatedb.iter().any(|c| c.removes_something());
+    Ok(if (out.orphans.is_empty() && !slatedb_left) || out.deleted {
         Outcome::Clean
     } else {
         Outcome::Findings

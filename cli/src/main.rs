@@ -3,6 +3,7 @@
 
 mod admin;
 mod demo;
+mod slatedb;
 
 use std::process::ExitCode;
 
@@ -31,7 +32,8 @@ enum Command {
     /// file it references.
     Inspect(admin::InspectArgs),
     /// Finds the files of a job's checkpoint directory that no checkpoint
-    /// references (a dry run unless `--delete`).
+    /// references, and the SlateDB databases and checkpoints none needs (a
+    /// dry run unless `--delete`).
     Gc(admin::GcArgs),
     /// Savepoint tools.
     #[command(subcommand)]

@@ -3,7 +3,8 @@
 //! bucket and a directory restore both ways; throttling and dropped
 //! responses are retried; a store that keeps failing fails the checkpoint
 //! cleanly; a server killed between checkpoints or during an upload loses
-//! nothing. Without a server (outside CI) these tests pass vacuously and say
+//! nothing, and one killed during a checkpoint of the SlateDB backend
+//! leaves nothing behind once the job is done. Without a server (outside CI) these tests pass vacuously and say
 //! so; CI always has one.
 #![allow(clippy::unwrap_used)]
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use common::{unique_run, FsStorageFactory, ObjectStorageFactory, RocksDbFactory, S3Server};
 use flowstate_api::checkpoint::OperatorState;
+use flowstate_api::lifecycle::{GcOptions, JobStatus};
 use flowstate_api::*;
 use flowstate_conformance::{
     full_config, restore_from, snapshot_and_complete, BackendFactory, Ctx, StorageFactory, OPERATOR,
@@ -25,6 +27,7 @@ use flowstate_conformance::{
 
 use flowstate_object::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use flowstate_object::{ObjectBlobStore, ObjectStoreBuilder};
+use flowstate_slatedb::{SlateDbBackend, SlateDbOptions};
 use futures::TryStreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -405,8 +408,8 @@ impl OwnServer {
         }
     }
 
-    fn storage(&self, prefix: &str, parts: bool) -> Arc<CheckpointStorage> {
-        let mut b = ObjectStoreBuilder::new(format!("s3://flowstate/{prefix}"))
+    fn builder(&self, prefix: &str) -> ObjectStoreBuilder {
+        ObjectStoreBuilder::new(format!("s3://flowstate/{prefix}"))
             .without_env()
             .with_option("endpoint", format!("http://127.0.0.1:{}", self.port))
             .with_option("access_key_id", &self.key)
@@ -414,11 +417,36 @@ impl OwnServer {
             .with_option("region", "us-east-1")
             .with_option("allow_http", "true")
             .with_option("max_retries", "1")
-            .with_option("retry_timeout", "3s");
+            .with_option("retry_timeout", "3s")
+    }
+
+    fn storage(&self, prefix: &str, parts: bool) -> Arc<CheckpointStorage> {
+        let mut b = self.builder(prefix);
         if parts {
             b = b.with_parts(5 << 20, 2);
         }
         storage_of(b.build().unwrap())
+    }
+
+    /// The bucket, as the SlateDB backend is given it.
+    fn bucket(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(self.builder("").build().unwrap().store())
+    }
+
+    /// How many files the server holds (objects, and uploads under way).
+    fn files(&self) -> usize {
+        fn count(dir: &Path) -> usize {
+            std::fs::read_dir(dir).map_or(0, |entries| {
+                entries
+                    .flatten()
+                    .map(|e| match e.file_type() {
+                        Ok(t) if t.is_dir() => count(&e.path()),
+                        _ => 1,
+                    })
+                    .sum()
+            })
+        }
+        count(self.root.path())
     }
 }
 
@@ -530,4 +558,203 @@ async fn credentials_are_not_in_checkpoint_objects() {
             m.location
         );
     }
+}
+
+/// Completes checkpoint `id` of the SlateDB backend `b` through `store`.
+async fn complete_slatedb(store: &mut CheckpointStore, b: &SlateDbBackend<u64>, id: u64) -> Result<()> {
+    let location = store.begin_checkpoint(id).await?;
+    let result = b
+        .snapshot(id, Arc::clone(&location), SnapshotOptions::checkpoint())
+        .await?
+        .await?;
+    let metadata = CheckpointMetadata::new(id, CheckpointKind::Checkpoint, 0).with_operator(OperatorState::new(
+        OPERATOR,
+        1,
+        SLATEDB_MAX_PARALLELISM,
+        vec![result.handle],
+    ));
+    store.complete(&location, metadata).await?;
+    b.notify_checkpoint_complete(id).await
+}
+
+const SLATEDB_MAX_PARALLELISM: u32 = 128;
+const SLATEDB_KEYS: u64 = 2_000;
+
+async fn put_round(b: &Arc<SlateDbBackend<u64>>, v: &ValueState<u64>, round: u64) {
+    for k in 0..SLATEDB_KEYS {
+        RecordCtx::for_key(Arc::clone(b), &k)
+            .unwrap()
+            .update(v, k * 1_000 + round)
+            .await
+            .unwrap();
+    }
+}
+
+async fn check_round(b: &Arc<SlateDbBackend<u64>>, v: &ValueState<u64>, round: u64) {
+    for k in 0..SLATEDB_KEYS {
+        let got = RecordCtx::for_key(Arc::clone(b), &k).unwrap().value(v).await.unwrap();
+        assert_eq!(got, Some(k * 1_000 + round), "key {k}");
+    }
+}
+
+/// The SlateDB backend with its databases and checkpoints on a server
+/// killed in the middle of a checkpoint: the checkpoint does not complete
+/// and the attempt dies with it; after a restart the next attempt restores
+/// the last complete checkpoint, exactly; garbage collection while it
+/// runs releases the dead attempt's SlateDB checkpoint in flight and keeps
+/// its database only for the clone that reads it; once the job is done,
+/// nothing of either attempt remains in the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_checkpoint_leaves_nothing_of_the_slatedb_attempt() {
+    let Some(_) = server() else { return };
+    let bin = std::env::var("FLOWSTATE_S3_BIN").unwrap_or_else(|_| "s3s-fs".into());
+    let mut own = OwnServer::start(&bin);
+    let bucket = own.bucket();
+    let options = SlateDbOptions::new(Arc::clone(&bucket), "job/slatedb/op")
+        .unwrap()
+        .with_store_retries(Some(2));
+    let storage = own.storage("job", false);
+    let config = || {
+        KeyedBackendConfig::<u64>::new(
+            KeyGroupRange::all(SLATEDB_MAX_PARALLELISM).unwrap(),
+            SLATEDB_MAX_PARALLELISM,
+        )
+    };
+    let open = || async {
+        CheckpointStore::open(Arc::clone(&storage), CheckpointStoreConfig::default())
+            .await
+            .unwrap()
+            .with_native_release(options.release())
+    };
+
+    // Attempt 1 completes checkpoint 1.
+    let mut checkpoints = open().await;
+    let one = Arc::new(SlateDbBackend::open(options.clone(), config()).await.unwrap());
+    let v = one.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
+    put_round(&one, &v, 1).await;
+    complete_slatedb(&mut checkpoints, &one, 1).await.unwrap();
+    let one_path = one.path().to_string();
+
+    // Checkpoint 2 flushes ~16 MiB; the server is killed once the flush
+    // has started writing.
+    put_round(&one, &v, 2).await;
+    let big = one.register(ValueStateDescriptor::<Vec<u8>>::new("big")).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for k in 0..256u64 {
+        let blob: Vec<u8> = (0..65_536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        RecordCtx::for_key(Arc::clone(&one), &k)
+            .unwrap()
+            .update(&big, blob)
+            .await
+            .unwrap();
+    }
+    let before = own.files();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut writing = false;
+    let (outcome, ()) = futures::join!(
+        async {
+            let outcome = complete_slatedb(&mut checkpoints, &one, 2).await;
+            done.store(true, Ordering::SeqCst);
+            outcome
+        },
+        async {
+            for _ in 0..20_000 {
+                writing = own.files() > before;
+                if writing || done.load(Ordering::SeqCst) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            own.kill();
+        }
+    );
+    assert!(writing, "checkpoint 2 started writing to the server");
+    assert!(outcome.is_err(), "a checkpoint whose server died cannot complete");
+    // The process dies with its backend and checkpoint store.
+    drop(checkpoints);
+    drop(one);
+
+    // Attempt 2, after a restart, restores checkpoint 1.
+    own.restart();
+    let mut checkpoints = open().await;
+    let latest = checkpoints.latest().unwrap().clone();
+    assert_eq!(latest.checkpoint_id, 1);
+    let handles = latest.metadata.operators[0].keyed.clone();
+    let reader = storage.resolve(&latest.pointer).await.unwrap().reader;
+    let two = Arc::new(
+        SlateDbBackend::restore(options.clone(), config(), &handles, Some(reader))
+            .await
+            .unwrap(),
+    );
+    let v = two.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
+    check_round(&two, &v, 1).await;
+    let big = two.register(ValueStateDescriptor::<Vec<u8>>::new("big")).unwrap();
+    let none = RecordCtx::for_key(Arc::clone(&two), &0)
+        .unwrap()
+        .value(&big)
+        .await
+        .unwrap();
+    assert_eq!(none, None, "nothing of the failed checkpoint is visible");
+    put_round(&two, &v, 3).await;
+    complete_slatedb(&mut checkpoints, &two, 3).await.unwrap();
+    put_round(&two, &v, 4).await;
+    complete_slatedb(&mut checkpoints, &two, 4).await.unwrap();
+
+    // Garbage collection while attempt 2 runs: the dead attempt's SlateDB
+    // checkpoints are released (1 by subsumption, 2 by the collection if
+    // it was taken), and its database stays only because attempt 2's clone
+    // reads it; the checkpoint directory keeps nothing of checkpoint 2.
+    let retained: Vec<_> = checkpoints
+        .retained()
+        .iter()
+        .flat_map(|c| c.metadata.operators.iter().flat_map(|o| o.keyed.clone()))
+        .collect();
+    let report = options
+        .collect_garbage(&retained, &[two.uuid()], &GcOptions::new(Duration::ZERO).delete())
+        .await
+        .unwrap();
+    assert_eq!(report.read_by_clones, std::slice::from_ref(&one_path), "{report:?}");
+    assert!(report.deleted_databases.is_empty(), "{report:?}");
+    let admin = slatedb::admin::AdminBuilder::new(one_path.as_str(), Arc::clone(&bucket)).build();
+    let pins = admin.list_checkpoints(None).await.unwrap();
+    assert!(
+        pins.iter().all(|c| c.name.is_none()),
+        "only the clone's pin is left: {pins:?}"
+    );
+    checkpoints
+        .collect_garbage(&GcOptions::new(Duration::ZERO).delete())
+        .await
+        .unwrap();
+    let chk2: Vec<_> = bucket.list(Some(&"job/chk-2".into())).try_collect().await.unwrap();
+    assert!(chk2.is_empty(), "{chk2:?}");
+
+    // The job finishes: its checkpoints are discarded, and garbage
+    // collection leaves nothing of either attempt.
+    let two_path = two.path().to_string();
+    two.close().await.unwrap();
+    drop(two);
+    checkpoints.shutdown(JobStatus::Finished).await.unwrap();
+    let report = options
+        .collect_garbage(&[], &[], &GcOptions::new(Duration::ZERO).delete())
+        .await
+        .unwrap();
+    let mut deleted = report.deleted_databases.clone();
+    deleted.sort();
+    let mut want = vec![one_path, two_path];
+    want.sort();
+    assert_eq!(deleted, want, "{report:?}");
+    let left: Vec<String> = bucket
+        .list(Some(&"job/slatedb".into()))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -19,7 +19,6 @@ use flowstate_api::{
 };
 use flowstate_heap::HeapBackend;
 use flowstate_object::object_store::{self, ObjectStore};
-use flowstate_object::ObjectStoreBuilder;
 use flowstate_rocksdb::RocksDbBackend;
 use flowstate_slatedb::{SlateDbBackendFactory, SlateDbOptions, SlateDbSyncBackend};
 
@@ -353,14 +352,7 @@ fn setup(args: &DemoArgs) -> Result<Setup> {
     let mut databases: Option<(Arc<dyn ObjectStore>, String)> = None;
     let (storage, dir): (Arc<CheckpointStorage>, Option<PathBuf>) = match &kind {
         StorageKind::Object(url) => {
-            let mut builder = ObjectStoreBuilder::new(url.as_str());
-            for option in &args.storage_options {
-                let Some((key, value)) = option.split_once('=') else {
-                    return Err(Error::invalid(format!("--storage-option {option:?} is not KEY=VALUE")));
-                };
-                builder = builder.with_option(key, value);
-            }
-            let store = builder.build()?;
+            let store = crate::admin::object_store_builder(url, &args.storage_options)?.build()?;
             let base = match store.prefix() {
                 "" => format!("{JOB}/{SLATEDB_DIR}/{OPERATOR}"),
                 prefix => format!("{prefix}/{JOB}/{SLATEDB_DIR}/{OPERATOR}"),
@@ -653,7 +645,10 @@ impl Run<'_> {
                 .iter()
                 .flat_map(|c| c.metadata.operators.iter().flat_map(|o| o.keyed.clone()))
                 .collect();
-            let r = f.options().collect_garbage(&retained, &job.databases(), false).await?;
+            let r = f
+                .options()
+                .collect_garbage(&retained, &job.databases(), &GcOptions::new(Duration::ZERO).delete())
+                .await?;
             println!(
                 "SlateDB garbage collection: {} databases deleted, {} checkpoints released, {} databases kept \
                  while the running backends' clones read them",
