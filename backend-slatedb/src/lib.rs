@@ -85,6 +85,7 @@
 mod blocking;
 mod canonical;
 mod error;
+mod fail_fast;
 pub mod keys;
 mod merge;
 mod options;
@@ -125,7 +126,7 @@ use flowstate_api::{
     AsyncKeyedStateBackend, CheckpointKind, Error, ErrorKind, KeyGroupRange, KeyedBackendConfig, PendingSnapshot,
     Result, SnapshotOptions,
 };
-use slatedb::admin::{Admin, AdminBuilder};
+use slatedb::admin::Admin;
 use slatedb::config::{CheckpointOptions, CheckpointScope};
 use slatedb::{Db, WriteBatch};
 
@@ -248,7 +249,7 @@ impl<K: 'static> SlateDbBackend<K> {
             .build()
             .await
             .map_err(slate_err(|| format!("opening database {path}")))?;
-        let admin = AdminBuilder::new(path.as_str(), Arc::clone(&options.object_store))
+        let admin = fail_fast::admin_builder(&path, &options.object_store)
             .with_merge_operator(Arc::new(ListConcat))
             .build();
         Ok(SlateDbBackend {
@@ -597,7 +598,7 @@ impl<K: 'static> SlateDbBackend<K> {
             if closed.load(Ordering::Acquire) {
                 // No handle will reference the SlateDB checkpoint: release it
                 // now (garbage collection would otherwise).
-                let admin = AdminBuilder::new(db_path.as_str(), store).build();
+                let admin = fail_fast::admin_builder(&db_path, &store).build();
                 if let Err(e) = admin.delete_checkpoint(created.id).await {
                     tracing::warn!(error = %e, db = %db_path, checkpoint_id, "left a SlateDB checkpoint for garbage collection");
                 }

@@ -10,7 +10,6 @@ use flowstate_api::format::canonical::SnapshotHeader;
 use flowstate_api::format::codec::{decode_envelope, encode_envelope, put_str, Reader};
 use flowstate_api::{Error, Result};
 use object_store::ObjectStore;
-use slatedb::admin::AdminBuilder;
 
 use crate::error::slate_err;
 
@@ -58,7 +57,7 @@ impl SlateDbCheckpointRef {
                 self.db_path
             )));
         }
-        let admin = AdminBuilder::new(self.db_path.as_str(), Arc::clone(store)).build();
+        let admin = crate::fail_fast::admin_builder(&self.db_path, store).build();
         let listed = admin
             .list_checkpoints(None)
             .await

@@ -4,12 +4,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::fail_fast::admin_builder;
 use flowstate_api::checkpoint::{IncrementalStateHandle, KeyedStateHandle, NativeFormat};
 use flowstate_api::lifecycle::{GcOptions, NativeStateRelease};
 use flowstate_api::{Error, ErrorKind, Result};
 use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
-use slatedb::admin::AdminBuilder;
 
 use crate::error::slate_err;
 use crate::SlateDbOptions;
@@ -76,7 +76,7 @@ async fn last_written(store: &Arc<dyn ObjectStore>, path: &str) -> Result<Option
 /// cloned from (SlateDB's `delete_db`); a path holding objects but no
 /// manifest (a clone that failed midway) has its objects deleted.
 pub(crate) async fn delete_database(store: &Arc<dyn ObjectStore>, path: &str) -> Result<()> {
-    let admin = AdminBuilder::new(path, Arc::clone(store)).build();
+    let admin = admin_builder(path, store).build();
     match admin.delete_db(true).await {
         Ok(_) => return Ok(()),
         Err(e) if exists(store, path).await? => {
@@ -199,7 +199,7 @@ impl SlateDbOptions {
                     }
                     continue;
                 }
-                let admin = AdminBuilder::new(path.as_str(), Arc::clone(store)).build();
+                let admin = admin_builder(&path, store).build();
                 let checkpoints = admin
                     .list_checkpoints(None)
                     .await
@@ -249,7 +249,7 @@ impl SlateDbOptions {
         }
         if !dry_run {
             for path in collect {
-                let admin = AdminBuilder::new(path.as_str(), Arc::clone(store)).build();
+                let admin = admin_builder(&path, store).build();
                 admin
                     .run_gc_once(self.collector_options(options.min_age))
                     .await
@@ -272,7 +272,7 @@ impl NativeStateRelease for SlateDbRelease {
         if !exists(&self.object_store, &path).await? {
             return Ok(());
         }
-        let admin = AdminBuilder::new(path.as_str(), Arc::clone(&self.object_store)).build();
+        let admin = admin_builder(&path, &self.object_store).build();
         let name = checkpoint_name(handle.checkpoint_id);
         let listed = admin
             .list_checkpoints(Some(&name))

@@ -18,7 +18,6 @@ use flowstate_api::checkpoint::{
 };
 use flowstate_api::format::canonical::{check_compatible, SnapshotHeader};
 use flowstate_api::{Error, KeyGroupRange, KeyedBackendConfig, Result};
-use slatedb::admin::AdminBuilder;
 use slatedb::CloneSourceSpec;
 
 use crate::error::slate_err;
@@ -137,7 +136,7 @@ pub(crate) async fn clone_sources(options: &SlateDbOptions, path: &str, plan: &P
     let Some(first) = sources.next() else {
         return Ok(());
     };
-    let admin = AdminBuilder::new(path, Arc::clone(store))
+    let admin = crate::fail_fast::admin_builder(path, store)
         .with_merge_operator(Arc::new(ListConcat))
         .build();
     let mut builder = admin.create_clone_builder_from_source(spec(first));

@@ -54,7 +54,7 @@ impl Databases {
             }
             None => {
                 let dir = tempfile::tempdir().map_err(|e| Error::io("a temporary directory", e))?;
-                let local = object_store::local::LocalFileSystem::new_with_prefix(dir.path())
+                let local = flowstate_object::LocalFiles::new_with_prefix(dir.path())
                     .map_err(|e| Error::invalid(format!("{}: {e}", dir.path().display())))?;
                 Ok(Databases {
                     store: Arc::new(local),

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use flowstate_api::checkpoint::{IncrementalStateHandle, KeyedStateHandle, NativeFormat, StateReader};
 use flowstate_api::lifecycle::GcOptions;
 use flowstate_api::{CheckpointMetadata, Error, Result};
-use flowstate_object::object_store::local::LocalFileSystem;
 use flowstate_object::object_store::prefix::PrefixStore;
 use flowstate_object::object_store::ObjectStore;
+use flowstate_object::LocalFiles;
 use flowstate_slatedb::{decode_meta, SlateDbCheckpointRef, SlateDbGcReport, SlateDbOptions};
 use serde::Serialize;
 
@@ -64,8 +64,7 @@ impl Databases {
         if !meta.is_dir() {
             return Err(Error::invalid(format!("{location}: not a directory")));
         }
-        let local =
-            LocalFileSystem::new_with_prefix(&location).map_err(|e| Error::invalid(format!("{location}: {e}")))?;
+        let local = LocalFiles::new_with_prefix(&location).map_err(|e| Error::invalid(format!("{location}: {e}")))?;
         Ok(Some(Databases {
             store: Arc::new(local),
             local: true,
@@ -260,13 +259,14 @@ mod tests {
     /// checkpoint that no one released and deletes a dead attempt's
     /// database (a dry run only reports them, as findings); `inspect
     /// --verify --slatedb` finds the retained checkpoint's SlateDB
-    /// checkpoint in its database, and names it once it is gone.
+    /// checkpoint in its database, refuses a manifest that is a link out
+    /// of the directory, and names the checkpoint once it is gone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn gc_and_verify_know_the_slatedb_databases() {
         let dir = tempfile::tempdir().unwrap();
         let databases = dir.path().join("slatedb");
         std::fs::create_dir(&databases).unwrap();
-        let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&databases).unwrap());
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalFiles::new_with_prefix(&databases).unwrap());
         let options = SlateDbOptions::new(Arc::clone(&store), "job/op")
             .unwrap()
             .with_boundary_files(false);
@@ -323,6 +323,20 @@ mod tests {
             store: StoreArgs::default(),
         };
         assert_eq!(inspect(verify(Some(&databases))).await.unwrap(), Outcome::Clean);
+        // The newest manifest replaced by a link to a copy outside the
+        // directory is a finding: only regular files are read there.
+        let manifests = databases.join(&live_path).join("manifest");
+        let newest = std::fs::read_dir(&manifests)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .max()
+            .unwrap();
+        let outside = dir.path().join("elsewhere.manifest");
+        std::fs::rename(&newest, &outside).unwrap();
+        std::os::unix::fs::symlink(&outside, &newest).unwrap();
+        assert_eq!(inspect(verify(Some(&databases))).await.unwrap(), Outcome::Findings);
+        std::fs::remove_file(&newest).unwrap();
+        std::fs::rename(&outside, &newest).unwrap();
         let admin = slatedb_admin(&store, &live_path);
         for c in admin.list_checkpoints(None).await.unwrap() {
             admin.delete_checkpoint(c.id).await.unwrap();

@@ -15,7 +15,6 @@ use object_store::client::SpawnedReqwestConnector;
 #[cfg(feature = "gcp")]
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::limit::LimitStore;
-use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::ObjectStore;
 #[cfg(feature = "http")]
@@ -23,6 +22,7 @@ use object_store::RetryConfig;
 use tokio::runtime::Handle;
 
 use crate::entropy::ENTROPY_MARKER;
+use crate::local::LocalFiles;
 use crate::store::ObjectBlobStore;
 
 /// Hex digits of entropy when the URL holds [`ENTROPY_MARKER`] and no length
@@ -258,7 +258,7 @@ impl ObjectStoreBuilder {
                         self.url
                     )));
                 }
-                (Arc::new(LocalFileSystem::new()), "file://".to_string(), path)
+                (Arc::new(LocalFiles::new()), "file://".to_string(), path)
             }
             "memory" => {
                 self.refuse_options("memory")?;

@@ -40,9 +40,11 @@
 
 mod builder;
 mod entropy;
+mod local;
 mod store;
 
 pub use builder::{ObjectStoreBuilder, DEFAULT_ENTROPY_LENGTH, FLOWSTATE_OPTION_KEYS};
 pub use entropy::{ENTROPY_MARKER, MAX_ENTROPY_LENGTH};
+pub use local::LocalFiles;
 pub use object_store;
 pub use store::{ObjectBlobStore, DEFAULT_PART_CONCURRENCY, DEFAULT_PART_SIZE};

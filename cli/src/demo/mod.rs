@@ -372,7 +372,7 @@ fn setup(args: &DemoArgs) -> Result<Setup> {
             if args.backend == BackendKind::Slatedb {
                 let at = root.join(SLATEDB_DIR);
                 std::fs::create_dir_all(&at).map_err(|e| Error::io(at.display(), e))?;
-                let local = object_store::local::LocalFileSystem::new_with_prefix(&at)
+                let local = flowstate_object::LocalFiles::new_with_prefix(&at)
                     .map_err(|e| Error::invalid(format!("{}: {e}", at.display())))?;
                 databases = Some((Arc::new(local), format!("{JOB}/{OPERATOR}")));
             }
