@@ -15,8 +15,9 @@ use flowstate_api::format::canonical::{CanonicalSnapshot, SnapshotHeader};
 use flowstate_api::lifecycle::GcOptions;
 use flowstate_api::*;
 use flowstate_fs::FsBlobStore;
-use flowstate_object::ObjectStoreBuilder;
 use serde::Serialize;
+
+use crate::stores::{is_url, object_store_builder};
 
 /// What a command found: its exit code is 0 for `Clean` and 1 for
 /// `Findings` (a damaged checkpoint, orphans); errors exit with 2.
@@ -38,23 +39,6 @@ pub struct StoreArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-}
-
-/// True when `location` is an object-store URL rather than a path.
-pub(crate) fn is_url(location: &str) -> bool {
-    location.contains("://")
-}
-
-/// The builder of the object store at `url`, with `options` (`KEY=VALUE`).
-pub(crate) fn object_store_builder(url: &str, options: &[String]) -> Result<ObjectStoreBuilder> {
-    let mut builder = ObjectStoreBuilder::new(url);
-    for option in options {
-        let Some((key, value)) = option.split_once('=') else {
-            return Err(Error::invalid(format!("--storage-option {option:?} is not KEY=VALUE")));
-        };
-        builder = builder.with_option(key, value);
-    }
-    Ok(builder)
 }
 
 /// The store rooted at `location`: a directory that must exist, or an
@@ -620,7 +604,8 @@ pub async fn inspect(args: InspectArgs) -> Result<Outcome> {
     let mut unchecked = false;
     let problems = if args.verify {
         let mut problems = verify(m, reader).await;
-        let databases = crate::slatedb::Databases::locate(args.slatedb.as_deref(), &parent, &args.store)?;
+        let databases =
+            crate::slatedb::Databases::locate(args.slatedb.as_deref(), &parent, &args.store.storage_options)?;
         match crate::slatedb::verify(m, reader, databases.as_ref()).await {
             Some(p) => problems.extend(p),
             None => unchecked = true,
@@ -969,19 +954,20 @@ pub async fn gc(args: GcArgs) -> Result<Outcome> {
         let resolved = storage.resolve(&c.pointer).await?;
         retained.push((Arc::clone(&c.metadata), resolved.reader));
     }
-    let slatedb = match crate::slatedb::Databases::locate(args.slatedb.as_deref(), &args.target, &args.store)? {
-        Some(databases) => crate::slatedb::collect(&databases, &retained, &options).await?,
-        None => {
-            let n = crate::slatedb::count_handles(&retained);
-            if n > 0 {
-                eprintln!(
-                    "note: {n} SlateDB checkpoints are referenced; pass --slatedb DIR (where the SlateDB backend \
+    let slatedb =
+        match crate::slatedb::Databases::locate(args.slatedb.as_deref(), &args.target, &args.store.storage_options)? {
+            Some(databases) => crate::slatedb::collect(&databases, &retained, &options).await?,
+            None => {
+                let n = crate::slatedb::count_handles(&retained);
+                if n > 0 {
+                    eprintln!(
+                        "note: {n} SlateDB checkpoints are referenced; pass --slatedb DIR (where the SlateDB backend \
                      keeps its databases) to collect those databases too"
-                );
+                    );
+                }
+                Vec::new()
             }
-            Vec::new()
-        }
-    };
+        };
     let out = GcOutput {
         deleted: report.deleted,
         orphans: report
@@ -1043,6 +1029,167 @@ pub async fn gc(args: GcArgs) -> Result<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `gc` and `inspect` on the SlateDB backend's databases.
+    mod slatedb_databases {
+        use super::super::*;
+        use flowstate_api::checkpoint::OperatorState;
+        use flowstate_api::{
+            AsyncKeyedStateBackend, CheckpointKind, CheckpointStore, CheckpointStoreConfig, KeyGroupRange,
+            KeyedBackendConfig, RecordCtx, SnapshotOptions, ValueStateDescriptor,
+        };
+        use flowstate_object::object_store::ObjectStore;
+        use flowstate_object::LocalFiles;
+        use flowstate_slatedb::SlateDbBackend;
+        use flowstate_slatedb::SlateDbOptions;
+        use std::time::Duration;
+
+        async fn write(b: &Arc<SlateDbBackend<u64>>, round: u64) {
+            let v = b.register(ValueStateDescriptor::<u64>::new("v")).unwrap();
+            for k in 0..100u64 {
+                RecordCtx::for_key(Arc::clone(b), &k)
+                    .unwrap()
+                    .update(&v, round)
+                    .await
+                    .unwrap();
+            }
+        }
+
+        async fn complete(store: &mut CheckpointStore, b: &SlateDbBackend<u64>, id: u64) {
+            let location = store.begin_checkpoint(id).await.unwrap();
+            let result = b
+                .snapshot(id, Arc::clone(&location), SnapshotOptions::checkpoint())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            let m = CheckpointMetadata::new(id, CheckpointKind::Checkpoint, 0).with_operator(OperatorState::new(
+                "op",
+                1,
+                128,
+                vec![result.handle],
+            ));
+            store.complete(&location, m).await.unwrap();
+            b.notify_checkpoint_complete(id).await.unwrap();
+        }
+
+        /// Files (not directories) under `dir`.
+        fn files_under(dir: &std::path::Path) -> usize {
+            std::fs::read_dir(dir).map_or(0, |entries| {
+                entries
+                    .flatten()
+                    .map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 })
+                    .sum()
+            })
+        }
+
+        /// Names of the SlateDB checkpoints of the database at `path`.
+        async fn names(store: &Arc<dyn ObjectStore>, path: &str) -> Vec<Option<String>> {
+            let admin = slatedb_admin(store, path);
+            admin
+                .list_checkpoints(None)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.name)
+                .collect()
+        }
+
+        fn slatedb_admin(store: &Arc<dyn ObjectStore>, path: &str) -> flowstate_slatedb::slatedb::admin::Admin {
+            flowstate_slatedb::slatedb::admin::AdminBuilder::new(path, Arc::clone(store)).build()
+        }
+
+        /// `gc --slatedb` releases the SlateDB checkpoint of a subsumed
+        /// checkpoint that no one released and deletes a dead attempt's
+        /// database (a dry run only reports them, as findings); `inspect
+        /// --verify --slatedb` finds the retained checkpoint's SlateDB
+        /// checkpoint in its database, refuses a manifest that is a link out
+        /// of the directory, and names the checkpoint once it is gone.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn gc_and_verify_know_the_slatedb_databases() {
+            let dir = tempfile::tempdir().unwrap();
+            let databases = dir.path().join("slatedb");
+            std::fs::create_dir(&databases).unwrap();
+            let store: Arc<dyn ObjectStore> = Arc::new(LocalFiles::new_with_prefix(&databases).unwrap());
+            let options = SlateDbOptions::new(Arc::clone(&store), "job/op")
+                .unwrap()
+                .with_boundary_files(false);
+            let config = || KeyedBackendConfig::<u64>::new(KeyGroupRange::all(128).unwrap(), 128);
+
+            // A dead attempt wrote its database and never checkpointed.
+            let dead = Arc::new(SlateDbBackend::open(options.clone(), config()).await.unwrap());
+            write(&dead, 0).await;
+            dead.db().flush().await.unwrap();
+            let dead_path = dead.path().to_string();
+            dead.close().await.unwrap();
+
+            // The next attempt completes checkpoints 1 and 2 through a store
+            // that releases no SlateDB checkpoint.
+            let storage = Arc::new(flowstate_fs::checkpoint_storage(dir.path().join("checkpoints"), "job").unwrap());
+            let mut checkpoints = CheckpointStore::open(storage, CheckpointStoreConfig::default())
+                .await
+                .unwrap();
+            let live = Arc::new(SlateDbBackend::open(options.clone(), config()).await.unwrap());
+            write(&live, 1).await;
+            complete(&mut checkpoints, &live, 1).await;
+            write(&live, 2).await;
+            complete(&mut checkpoints, &live, 2).await;
+            let live_path = live.path().to_string();
+            live.close().await.unwrap();
+            assert_eq!(names(&store, &live_path).await.len(), 2);
+
+            let job = dir.path().join("checkpoints").join("job");
+            let args = |delete: bool| GcArgs {
+                target: job.display().to_string(),
+                delete,
+                min_age: Duration::ZERO,
+                slatedb: Some(databases.display().to_string()),
+                store: StoreArgs::default(),
+            };
+            assert_eq!(gc(args(false)).await.unwrap(), Outcome::Findings);
+            assert!(
+                files_under(&databases.join(&dead_path)) > 0,
+                "a dry run deletes nothing"
+            );
+            assert_eq!(names(&store, &live_path).await.len(), 2);
+            assert_eq!(gc(args(true)).await.unwrap(), Outcome::Clean);
+            assert_eq!(
+                files_under(&databases.join(&dead_path)),
+                0,
+                "the dead attempt's database is gone"
+            );
+            assert_eq!(names(&store, &live_path).await, [Some("flowstate:2".to_string())]);
+
+            let verify = |slatedb: Option<&std::path::Path>| InspectArgs {
+                pointer: job.join("chk-2").display().to_string(),
+                verify: true,
+                slatedb: slatedb.map(|p| p.display().to_string()),
+                store: StoreArgs::default(),
+            };
+            assert_eq!(inspect(verify(Some(&databases))).await.unwrap(), Outcome::Clean);
+            // The newest manifest replaced by a link to a copy outside the
+            // directory is a finding: only regular files are read there.
+            let manifests = databases.join(&live_path).join("manifest");
+            let newest = std::fs::read_dir(&manifests)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .max()
+                .unwrap();
+            let outside = dir.path().join("elsewhere.manifest");
+            std::fs::rename(&newest, &outside).unwrap();
+            std::os::unix::fs::symlink(&outside, &newest).unwrap();
+            assert_eq!(inspect(verify(Some(&databases))).await.unwrap(), Outcome::Findings);
+            std::fs::remove_file(&newest).unwrap();
+            std::fs::rename(&outside, &newest).unwrap();
+            let admin = slatedb_admin(&store, &live_path);
+            for c in admin.list_checkpoints(None).await.unwrap() {
+                admin.delete_checkpoint(c.id).await.unwrap();
+            }
+            assert_eq!(inspect(verify(Some(&databases))).await.unwrap(), Outcome::Findings);
+            // Without `--slatedb` only the reference itself is checked.
+            assert_eq!(inspect(verify(None)).await.unwrap(), Outcome::Clean);
+        }
+    }
 
     #[test]
     fn civil_time_of_known_instants() {

@@ -4,6 +4,7 @@
 mod admin;
 mod demo;
 mod slatedb;
+mod stores;
 
 use std::process::ExitCode;
 

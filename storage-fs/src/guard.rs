@@ -4,7 +4,7 @@
 
 use std::fs::{File, FileType};
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use flowstate_api::checkpoint::validate_relative_path;
@@ -73,25 +73,8 @@ pub(crate) fn real_dir(root: &Path, path: &str) -> Result<PathBuf> {
     Ok(real)
 }
 
-/// Names a file type for error messages.
 fn describe(t: FileType) -> &'static str {
-    if t.is_file() {
-        "a regular file"
-    } else if t.is_dir() {
-        "a directory"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else {
-        "of an unknown type"
-    }
+    flowstate_api::checkpoint::file_type_name(t)
 }
 
 fn not_regular(path: &Path, t: FileType) -> Error {

@@ -1,9 +1,7 @@
 //! Local directories as object stores that read only regular files.
 
 use std::fmt;
-use std::fs::FileType;
 use std::ops::Range;
-use std::os::unix::fs::FileTypeExt;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -50,7 +48,7 @@ impl LocalFiles {
                 source: format!(
                     "{} is {}, not a regular file",
                     path.display(),
-                    describe(meta.file_type())
+                    flowstate_api::checkpoint::file_type_name(meta.file_type())
                 )
                 .into(),
             }),
@@ -62,25 +60,6 @@ impl LocalFiles {
 impl Default for LocalFiles {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// Names a file type for error messages.
-fn describe(t: FileType) -> &'static str {
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else {
-        "of an unknown type"
     }
 }
 

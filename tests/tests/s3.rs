@@ -40,6 +40,18 @@ fn server() -> Option<S3Server> {
     server
 }
 
+/// `len` bytes of xorshift noise continuing from `x`.
+fn incompressible(len: usize, x: &mut u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            *x as u8
+        })
+        .collect()
+}
+
 /// Checkpoint storage for `job` under `prefix` of a store built by `builder`.
 fn storage_of(store: ObjectBlobStore) -> Arc<CheckpointStorage> {
     Arc::new(CheckpointStorage::new(Arc::new(store), "job").unwrap())
@@ -485,14 +497,7 @@ async fn a_killed_server_loses_nothing() {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for k in 0..KEYS {
         b.set_current_key(&k).unwrap();
-        let blob: Vec<u8> = (0..16_384)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let blob = incompressible(16_384, &mut x);
         b.append(&l, blob).unwrap();
     }
     let location = storage.init_checkpoint(3).await.unwrap();
@@ -641,14 +646,7 @@ async fn a_server_killed_mid_checkpoint_leaves_nothing_of_the_slatedb_attempt() 
     let big = one.register(ValueStateDescriptor::<Vec<u8>>::new("big")).unwrap();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for k in 0..256u64 {
-        let blob: Vec<u8> = (0..65_536)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let blob = incompressible(65_536, &mut x);
         RecordCtx::for_key(Arc::clone(&one), &k)
             .unwrap()
             .update(&big, blob)

@@ -352,7 +352,7 @@ fn setup(args: &DemoArgs) -> Result<Setup> {
     let mut databases: Option<(Arc<dyn ObjectStore>, String)> = None;
     let (storage, dir): (Arc<CheckpointStorage>, Option<PathBuf>) = match &kind {
         StorageKind::Object(url) => {
-            let store = crate::admin::object_store_builder(url, &args.storage_options)?.build()?;
+            let store = crate::stores::object_store_builder(url, &args.storage_options)?.build()?;
             let base = match store.prefix() {
                 "" => format!("{JOB}/{SLATEDB_DIR}/{OPERATOR}"),
                 prefix => format!("{prefix}/{JOB}/{SLATEDB_DIR}/{OPERATOR}"),

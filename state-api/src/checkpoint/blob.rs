@@ -328,6 +328,30 @@ impl BlobStore for MemoryBlobStore {
     }
 }
 
+/// Names a file type for errors about something that is not a regular
+/// file where one should be (`"a FIFO"`, `"a symbolic link"`, …).
+#[cfg(unix)]
+pub fn file_type_name(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "of an unknown type"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,6 +81,8 @@ mod metadata;
 mod operator_handle;
 mod storage;
 
+#[cfg(unix)]
+pub use self::blob::file_type_name;
 pub use self::blob::{BlobListing, BlobMeta, BlobPath, BlobStore, BlobWriter, MemoryBlobStore};
 pub use self::handle::{
     check_restore_handles, validate_relative_path, HandleFile, IncrementalStateHandle, KeyGroupsStateHandle,
