@@ -70,6 +70,11 @@
 //!   ([`SlateDbOptions::with_retained_checkpoints`]).
 //! - Expired TTL entries are hidden on read but not removed (no compaction
 //!   filter).
+//! - **A failing store** fails the read, write or checkpoint after
+//!   [`DEFAULT_STORE_RETRIES`] retries of SlateDB's own
+//!   ([`SlateDbOptions::with_store_retries`]), on top of the store client's;
+//!   releases, clones and garbage collection fail at once. The job then
+//!   restarts from its last checkpoint, as on any backend.
 //!
 //! - `keys.rs`: the key layout (key group first, then the state's tag);
 //! - `merge.rs`: [`ListConcat`], the merge operator of list appends;
