@@ -11,7 +11,8 @@
 //! - S1: W2's checkpoint (after 20,000 updates) and restore at 200k, 2M
 //!   and 20M keys, once the compactor has merged the load (how long that
 //!   took is reported);
-//! - W3: rescaled restores 2→3, 2→1 and 3→2.
+//! - W3: rescaled restores 2→3, 2→1 and 3→2, once the compactors have
+//!   merged the load.
 //!
 //! State is written through the asynchronous face, 256 records at once.
 
@@ -348,6 +349,9 @@ async fn w3(keys: u64, object: Option<&ObjectTarget>, from: u32, to: &[u32]) -> 
     store.complete(&location, metadata).await?;
     for b in &backends {
         b.notify_checkpoint_complete(1).await?;
+        // As in S1: restores once the compactor has merged the load.
+        let settled = settle(&dbs, b.path()).await?;
+        emit("W3", dbs.label, &format!("p{from}.settle_ms"), settled, "ms");
     }
     let reader = latest_reader(&store).await?;
     for &p in to {
